@@ -1,0 +1,735 @@
+"""The asynchronous (Trio) client.
+
+Theory of operation
+-------------------
+:class:`AsyncClient` keeps one long-lived stream to the scheduler: the write
+side is a :class:`~trioflow.comm.BatchedSend` (graphs, releases,
+cancellations), the read side a loop that resolves futures as the scheduler
+reports keys in memory, erred or cancelled.  Everything else (who_has,
+identity, shutdown) is a request on a pooled connection.
+
+Data never passes through the scheduler: ``gather`` asks the scheduler who
+holds each key and fetches from those workers directly; ``scatter`` puts
+values on workers directly and then tells the scheduler where they are.
+
+Task arguments are pickled once, with futures replaced by references (their
+keys become the task's dependencies, at any depth).  Pure tasks get
+deterministic keys: the function name and a hash of the pickled function and
+arguments, so the same call twice is computed once.
+
+``open_client`` runs the client in the caller's Trio loop; the blocking
+:class:`~trioflow.client.sync.Client` runs it in a portal thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import pickle
+import threading
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ..comm import BatchedSend, CommClosedError, CommError, ConnectionPool, connect
+from ..comm.pool import RemoteError
+from ..protocol import messages as m
+from ..protocol.serialize import (
+    SerializationError,
+    Serialized,
+    dumps,
+    dumps_function,
+    dumps_with_deps,
+    loads,
+)
+from .futures import Future, FutureLostError, FutureState, _flatten_futures
+
+logger = logging.getLogger("trioflow.client")
+
+__all__ = ["AsyncClient", "open_client"]
+
+_SIMPLE = (int, float, str, bool, type(None), bytes)
+_fn_cache: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
+
+
+def funcname(func: Any) -> str:
+    while hasattr(func, "func") and hasattr(func, "args"):  # functools.partial
+        func = func.func
+    name = getattr(func, "__name__", None) or type(func).__name__
+    return "lambda" if name == "<lambda>" else name
+
+
+def _tokenize(*parts: Any) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for p in parts:
+        h.update(memoryview(p).cast("B") if not isinstance(p, bytes) else p)
+    return h.hexdigest()
+
+
+def _ser_token(s: Serialized) -> list[Any]:
+    return [bytes((s.kind,)), s.data, *s.buffers]
+
+
+def _function_bytes(func: Any) -> bytes:
+    try:
+        return _fn_cache[func]
+    except (KeyError, TypeError):
+        pass
+    b = dumps_function(func)
+    try:
+        _fn_cache[func] = b
+    except TypeError:
+        pass
+    return b
+
+
+def _dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Serialized, list[str]]:
+    # Fast path: flat arguments of simple types need no future scan.
+    if all(type(a) in _SIMPLE for a in args) and all(type(v) in _SIMPLE for v in kwargs.values()):
+        return Serialized(kind=0, data=pickle.dumps((args, kwargs), protocol=5)), []
+    return dumps_with_deps((args, kwargs), Future)
+
+
+def read_scheduler_file(path: str) -> str:
+    """The scheduler address written in ``path``."""
+    with open(path) as f:
+        info = json.load(f)
+    address = info.get("address")
+    if not isinstance(address, str):
+        raise ValueError(f"scheduler file {path!r} has no address")
+    return address
+
+
+class AsyncClient:
+    """A client in the current Trio loop; make one with :func:`open_client`."""
+
+    def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:
+        self.scheduler_address = address
+        self.security = security
+        self.id = name or f"client-{uuid.uuid4().hex[:12]}"
+        self.timeout = timeout
+        self.status = "init"
+        self.scheduler_id = ""
+        self._states: dict[str, FutureState] = {}
+        self._refcount: dict[str, int] = {}
+        self._ref_lock = threading.Lock()
+        self._to_release: list[str] = []
+        self._release_scheduled = False
+        self._batched: BatchedSend | None = None
+        self._pool: ConnectionPool | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._portal: Any = None  # set by the blocking Client
+        self._nursery: trio.Nursery | None = None
+        self._comm: Any = None
+        self._done = trio.Event()
+        self._seq = itertools.count()
+
+    def __repr__(self) -> str:
+        return f"<AsyncClient {self.id} scheduler={self.scheduler_address} status={self.status}>"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._nursery = nursery
+        self._pool = ConnectionPool(security=self.security, role="client", name=self.id, timeout=self.timeout)
+        comm = await connect(self.scheduler_address, security=self.security, role="client", name=self.id, timeout=self.timeout)
+        try:
+            with trio.fail_after(self.timeout):
+                await comm.send(m.RegisterClient(client_id=self.id))
+                reply = await comm.recv()
+        except BaseException:
+            await comm.aclose()
+            raise
+        if isinstance(reply, m.ErrorReply):
+            await comm.aclose()
+            raise CommError(f"the scheduler at {self.scheduler_address} refused this client: {reply.message}")
+        if not isinstance(reply, m.ClientRegistered):
+            await comm.aclose()
+            raise CommError(f"unexpected reply {reply.op!r} from {self.scheduler_address}")
+        self.scheduler_id = reply.scheduler_id
+        self._comm = comm
+        self._batched = BatchedSend(comm)
+        self.status = "running"
+        nursery.start_soon(self._run_batched)
+        nursery.start_soon(self._receive_loop)
+
+    async def _run_batched(self) -> None:
+        assert self._batched is not None
+        try:
+            await self._batched.run()
+        except CommClosedError:
+            pass
+
+    async def aclose(self) -> None:
+        """Close the connection; the scheduler releases this client's keys."""
+        if self.status in ("closing", "closed"):
+            return
+        self.status = "closing"
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            if self._batched is not None:
+                try:
+                    self._batched.send(m.CloseClient())
+                except CommClosedError:
+                    pass
+                await self._batched.aclose(timeout=1)
+            if self._comm is not None:
+                await self._comm.aclose()
+            if self._pool is not None:
+                await self._pool.aclose()
+        self._lose_all("client closed")
+        self.status = "closed"
+
+    async def _receive_loop(self) -> None:
+        comm = self._comm
+        reason = "connection to the scheduler closed"
+        try:
+            while True:
+                msg = await comm.recv()
+                t = type(msg)
+                if t is m.KeyInMemory:
+                    st = self._states.get(msg.key)
+                    if st is not None:
+                        st.finish()
+                elif t is m.KeyErred:
+                    st = self._states.get(msg.key)
+                    if st is not None:
+                        st.err(msg.exception, msg.exception_text, msg.traceback_text, msg.type_name)
+                elif t is m.KeyCancelled:
+                    st = self._states.get(msg.key)
+                    if st is not None:
+                        st.cancel(msg.reason or "cancelled")
+                elif t is m.SchedulerClosing:
+                    reason = f"the scheduler closed: {msg.reason}"
+                    break
+                else:
+                    logger.warning("unexpected %r from the scheduler", msg.op)
+        except CommClosedError as exc:
+            reason = f"scheduler lost: {exc}"
+        except Exception as exc:  # noqa: BLE001 - protocol errors end the stream
+            reason = f"scheduler stream failed: {exc}"
+        if self.status == "running":
+            logger.warning("%s", reason)
+            self.status = "lost"
+        self._lose_all(reason)
+
+    def _lose_all(self, reason: str) -> None:
+        for st in self._states.values():
+            if st.status == "pending":
+                st.lose(reason)
+
+    def _send(self, msg: m.Message) -> None:
+        if self._batched is None or self.status != "running":
+            raise FutureLostError(f"client is {self.status}; cannot talk to the scheduler")
+        try:
+            self._batched.send(msg)
+        except CommClosedError:
+            raise FutureLostError("the connection to the scheduler is closed") from None
+
+    # ------------------------------------------------------------ reference counting
+
+    def _state_for(self, key: str) -> FutureState:
+        st = self._states.get(key)
+        if st is None:
+            st = self._states[key] = FutureState()
+        return st
+
+    def _inc_ref(self, key: str) -> None:
+        with self._ref_lock:
+            self._refcount[key] = self._refcount.get(key, 0) + 1
+
+    def _dec_ref(self, key: str) -> None:
+        with self._ref_lock:
+            n = self._refcount.get(key, 0) - 1
+            if n > 0:
+                self._refcount[key] = n
+                return
+            self._refcount.pop(key, None)
+            self._to_release.append(key)
+            if self._release_scheduled or self._token is None or self.status != "running":
+                return
+            self._release_scheduled = True
+        try:
+            self._token.run_sync_soon(self._flush_releases)
+        except trio.RunFinishedError:
+            pass
+
+    def _flush_releases(self) -> None:
+        with self._ref_lock:
+            self._release_scheduled = False
+            keys = [k for k in self._to_release if k not in self._refcount]
+            self._to_release.clear()
+        if not keys:
+            return
+        for k in keys:
+            self._states.pop(k, None)
+        if self.status == "running":
+            try:
+                self._send(m.ReleaseKeys(keys=keys))
+            except FutureLostError:
+                pass
+
+    def _sync_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` in the client's loop from a blocking thread."""
+        return self._portal.call(fn, *args)
+
+    def refcount(self, key: str) -> int:
+        with self._ref_lock:
+            return self._refcount.get(key, 0)
+
+    # ------------------------------------------------------------ submitting
+
+    def _make_spec(
+        self,
+        func: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        key: str | None,
+        pure: bool,
+        workers: Any,
+        resources: dict[str, float] | None,
+        priority: int,
+        retries: int,
+        allow_other_workers: bool,
+        fbytes: bytes | None = None,
+    ) -> m.TaskSpec:
+        if fbytes is None:
+            fbytes = _function_bytes(func)
+        ser, deps = _dumps_args(args, kwargs)
+        if key is None:
+            if pure:
+                key = f"{funcname(func)}-{_tokenize(fbytes, *_ser_token(ser))}"
+            else:
+                key = f"{funcname(func)}-{uuid.uuid4().hex}"
+        for d in deps:
+            if d not in self._states:
+                raise ValueError(f"argument future {d!r} does not belong to this client (or was released)")
+        if isinstance(workers, str):
+            workers = [workers]
+        return m.TaskSpec(
+            key=key,
+            function=fbytes,
+            args=ser,
+            dependencies=deps,
+            priority=int(priority),
+            workers=list(workers or ()),
+            allow_other_workers=bool(allow_other_workers),
+            resources={k: float(v) for k, v in (resources or {}).items()},
+            retries=int(retries or 0),
+        )
+
+    async def submit(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        key: str | None = None,
+        workers: Any = None,
+        resources: dict[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        allow_other_workers: bool = False,
+        pure: bool = True,
+        **kwargs: Any,
+    ) -> Future:
+        """Run ``func(*args, **kwargs)`` on the cluster; returns its Future.
+
+        Raises:
+            TypeError: ``func`` is not callable.
+            SerializationError: the function or an argument cannot be pickled
+                (the message names its type).
+        """
+        if not callable(func):
+            raise TypeError(f"submit() needs a callable, got {type(func).__name__}")
+        spec = self._make_spec(
+            func, args, kwargs, key=key, pure=pure, workers=workers, resources=resources,
+            priority=priority, retries=retries or 0, allow_other_workers=allow_other_workers,
+        )
+        fut = Future(spec.key, self)
+        self._send(m.UpdateGraph(tasks=[spec], keys=[spec.key]))
+        await trio.lowlevel.checkpoint()
+        return fut
+
+    async def map(
+        self,
+        func: Callable[..., Any],
+        *iterables: Iterable[Any],
+        key: str | list[str] | None = None,
+        workers: Any = None,
+        resources: dict[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        allow_other_workers: bool = False,
+        pure: bool = True,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> list[Future]:
+        """Submit ``func`` over the zipped iterables; returns a list of Futures.
+
+        ``key`` may be a list of keys (one per task) or a prefix.
+        ``batch_size`` sends the tasks to the scheduler in graphs of that
+        many (the default sends them all at once).
+        """
+        if not callable(func):
+            raise TypeError(f"map() needs a callable, got {type(func).__name__}")
+        if not iterables:
+            raise TypeError("map() needs at least one iterable")
+        arg_lists = list(zip(*iterables, strict=False))
+        keys: list[str | None]
+        if isinstance(key, (list, tuple)):
+            if len(key) != len(arg_lists):
+                raise ValueError(f"map() got {len(key)} keys for {len(arg_lists)} tasks")
+            keys = list(key)
+        else:
+            keys = [None] * len(arg_lists)
+        prefix = key if isinstance(key, str) else None
+        fbytes = _function_bytes(func)
+        fname = prefix or funcname(func)
+        specs = []
+        for i, args in enumerate(arg_lists):
+            k = keys[i]
+            spec = self._make_spec(
+                func, args, kwargs, key=k, pure=pure, workers=workers, resources=resources,
+                priority=priority, retries=retries or 0, allow_other_workers=allow_other_workers, fbytes=fbytes,
+            )
+            if prefix is not None and k is None:
+                spec = _rekey(spec, f"{fname}-{spec.key.rsplit('-', 1)[-1]}")
+            specs.append(spec)
+        futures = [Future(s.key, self) for s in specs]
+        step = batch_size or len(specs) or 1
+        for i in range(0, len(specs), step):
+            chunk = specs[i : i + step]
+            # De-duplicate repeated pure keys within one graph.
+            uniq = list({s.key: s for s in chunk}.values())
+            self._send(m.UpdateGraph(tasks=uniq, keys=[s.key for s in uniq]))
+            await trio.lowlevel.checkpoint()
+        return futures
+
+    async def update_graph(self, specs: list[m.TaskSpec], wanted: list[str]) -> list[Future]:
+        """Submit prepared task specs (used by the dask integration)."""
+        futures = [Future(k, self) for k in wanted]
+        self._send(m.UpdateGraph(tasks=specs, keys=wanted))
+        await trio.lowlevel.checkpoint()
+        return futures
+
+    # ------------------------------------------------------------ results
+
+    async def _result_async(self, future: Future, timeout: float | None) -> Any:
+        st = future._state
+        if st.status == "pending":
+            try:
+                with trio.fail_after(timeout if timeout is not None else float("inf")):
+                    await st.wait()
+            except trio.TooSlowError:
+                raise TimeoutError(f"future {future.key!r} not done after {timeout}s") from None
+        if st.status != "finished":
+            raise st.make_exception()
+        data = await self._gather_keys([future.key])
+        return data[future.key]
+
+    async def gather(self, futures: Any, errors: str = "raise") -> Any:
+        """Wait for futures (in any nesting of lists, tuples, sets and dicts)
+        and return their results in the same structure.
+
+        ``errors="raise"`` raises the first task exception; ``"skip"``
+        leaves out the futures that failed.
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        flat = _flatten_futures(futures) if not isinstance(futures, Future) else [futures]
+        for f in flat:
+            if f.client is not self:
+                raise ValueError(f"future {f.key!r} belongs to another client")
+            await f._state.wait()
+        bad = [f for f in flat if f.status != "finished"]
+        if bad and errors == "raise":
+            raise bad[0]._state.make_exception()
+        keys = list(dict.fromkeys(f.key for f in flat if f.status == "finished"))
+        data = await self._gather_keys(keys) if keys else {}
+        skip = {f.key for f in bad}
+        return _rebuild(futures, data, skip)
+
+    async def _gather_keys(self, keys: list[str]) -> dict[str, Any]:
+        """Fetch keys from the workers that hold them, retrying on moves."""
+        assert self._pool is not None
+        out: dict[str, Any] = {}
+        remaining = list(keys)
+        for attempt in range(20):
+            who = await self._rpc(m.WhoHas(keys=remaining), m.WhoHasReply)
+            by_worker: dict[str, list[str]] = {}
+            lost = []
+            for k in remaining:
+                holders = who.who_has.get(k) or []
+                if not holders:
+                    lost.append(k)
+                else:
+                    by_worker.setdefault(holders[attempt % len(holders)], []).append(k)
+            results: dict[str, Serialized] = {}
+
+            async def fetch(addr: str, ks: list[str]) -> None:
+                try:
+                    reply = await self._pool.rpc(addr, m.GetData(keys=ks), m.DataReply, timeout=max(self.timeout, 300))  # type: ignore[union-attr]
+                except RemoteError as exc:
+                    raise SerializationError(str(exc)) from None
+                except (CommError, OSError) as exc:
+                    logger.info("gather: %s unreachable: %s", addr, exc)
+                    self._pool.drop(addr)  # type: ignore[union-attr]
+                    return
+                results.update(reply.data)
+
+            async with trio.open_nursery() as n:
+                for addr, ks in by_worker.items():
+                    n.start_soon(fetch, addr, ks)
+            for k, ser in results.items():
+                out[k] = loads(ser)
+            remaining = [k for k in remaining if k not in out]
+            if not remaining:
+                return out
+            for k in lost:
+                st = self._states.get(k)
+                if st is not None and st.status in ("error", "lost", "cancelled"):
+                    raise st.make_exception()
+            await trio.sleep(min(0.01 * 2**attempt, 1.0))
+        raise FutureLostError(f"could not gather {len(remaining)} keys (first: {remaining[0]!r}): no worker holds them")
+
+    async def _rpc(self, msg: m.Message, reply_type: type[Any], timeout: float | None = None) -> Any:
+        assert self._pool is not None
+        return await self._pool.rpc(self.scheduler_address, msg, reply_type, timeout=timeout)
+
+    # ------------------------------------------------------------ scatter
+
+    async def scatter(self, data: Any, workers: Any = None, broadcast: bool = False, hash: bool = True) -> Any:
+        """Put data on workers; returns Futures in the same shape (one value,
+        a list, or a dict whose keys become the keys)."""
+        if isinstance(data, dict):
+            items = [(str(k), v) for k, v in data.items()]
+        elif isinstance(data, (list, tuple, set, frozenset)):
+            items = [(None, v) for v in data]  # type: ignore[misc]
+        else:
+            items = [(None, data)]  # type: ignore[list-item]
+        sers: list[tuple[str, Serialized]] = []
+        for k, v in items:
+            ser = dumps(v)
+            if k is None:
+                name = type(v).__name__
+                k = f"{name}-{_tokenize(*_ser_token(ser))}" if hash else f"{name}-{uuid.uuid4().hex}"
+            sers.append((k, ser))
+        ident = await self._rpc(m.IdentityRequest(), m.IdentityReply)
+        targets = list(ident.workers)
+        if workers is not None:
+            wanted = [workers] if isinstance(workers, str) else list(workers)
+            names = {w.name: a for a, w in ident.workers.items()}
+            targets = [names.get(w, w) for w in wanted if w in ident.workers or w in names]
+        if not targets:
+            raise ValueError("no workers to scatter to" + (f" (asked for {workers!r})" if workers is not None else ""))
+        placement: dict[str, dict[str, Serialized]] = {}
+        who_has: dict[str, list[str]] = {}
+        for i, (k, ser) in enumerate(sers):
+            chosen = targets if broadcast else [targets[i % len(targets)]]
+            for a in chosen:
+                placement.setdefault(a, {})[k] = ser
+            who_has[k] = list(chosen)
+
+        async def put(addr: str, d: dict[str, Serialized]) -> None:
+            assert self._pool is not None
+            await self._pool.rpc(addr, m.PutData(data=d), m.Ok, timeout=max(self.timeout, 300))
+
+        async with trio.open_nursery() as n:
+            for addr, d in placement.items():
+                n.start_soon(put, addr, d)
+        nbytes = {k: ser.nbytes for k, ser in sers}
+        futures = [Future(k, self) for k, _ in sers]
+        self._send(m.UpdateData(who_has=who_has, nbytes=nbytes))
+        for f in futures:
+            f._state.finish()
+        if isinstance(data, dict):
+            return dict(zip(data.keys(), futures, strict=True))
+        if isinstance(data, (list, tuple, set, frozenset)):
+            return type(data)(futures) if not isinstance(data, (set, frozenset)) else list(futures)
+        return futures[0]
+
+    # ------------------------------------------------------------ control
+
+    async def _cancel_async(self, futures: Any) -> None:
+        flat = _flatten_futures(futures)
+        keys = [f.key for f in flat]
+        self._send(m.CancelKeys(keys=keys))
+        for f in flat:
+            if not f.done():
+                f._state.cancel()
+        await trio.lowlevel.checkpoint()
+
+    async def cancel(self, futures: Any) -> None:
+        await self._cancel_async(futures)
+
+    async def who_has(self, futures: Any = None) -> dict[str, list[str]]:
+        keys = None if futures is None else [f.key for f in _flatten_futures(futures)]
+        reply = await self._rpc(m.WhoHas(keys=keys), m.WhoHasReply)
+        return reply.who_has  # type: ignore[no-any-return]
+
+    async def has_what(self, workers: Any = None) -> dict[str, list[str]]:
+        ws = [workers] if isinstance(workers, str) else (list(workers) if workers is not None else None)
+        reply = await self._rpc(m.HasWhat(workers=ws), m.HasWhatReply)
+        return reply.has_what  # type: ignore[no-any-return]
+
+    async def scheduler_info(self) -> dict[str, Any]:
+        ident = await self._rpc(m.IdentityRequest(), m.IdentityReply)
+        return {
+            "type": "Scheduler",
+            "id": ident.scheduler_id,
+            "address": ident.address,
+            "services": dict(ident.services),
+            "started": ident.started,
+            "n_tasks": ident.n_tasks,
+            "n_clients": ident.n_clients,
+            "workers": {
+                a: {
+                    "name": w.name,
+                    "nthreads": w.nthreads,
+                    "memory_limit": w.memory_limit,
+                    "resources": dict(w.resources),
+                    "nanny": w.nanny,
+                    "pid": w.pid,
+                    "local_directory": w.local_directory,
+                    "metrics": {"memory": w.memory, "managed": w.managed, "spilled": w.spilled, "cpu": w.cpu, "executing": w.executing, "in_memory": w.in_memory},
+                    "status": "paused" if w.paused else "running",
+                    "last_seen": w.last_seen,
+                    "services": dict(w.services),
+                }
+                for a, w in ident.workers.items()
+            },
+        }
+
+    async def nthreads(self) -> dict[str, int]:
+        ident = await self._rpc(m.IdentityRequest(), m.IdentityReply)
+        return {a: w.nthreads for a, w in ident.workers.items()}
+
+    ncores = nthreads
+
+    async def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
+        """Wait until at least ``n_workers`` workers are connected."""
+        with trio.fail_after(timeout if timeout is not None else float("inf")):
+            while True:
+                ident = await self._rpc(m.IdentityRequest(), m.IdentityReply)
+                if len(ident.workers) >= n_workers:
+                    return
+                await trio.sleep(0.05)
+
+    async def run(self, function: Callable[..., Any], *args: Any, workers: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """Run ``function(*args, **kwargs)`` once on each worker (outside the
+        task system); returns ``{worker address: result}``."""
+        ident = await self._rpc(m.IdentityRequest(), m.IdentityReply)
+        targets = list(ident.workers)
+        if workers is not None:
+            wanted = [workers] if isinstance(workers, str) else list(workers)
+            names = {w.name: a for a, w in ident.workers.items()}
+            targets = [names.get(w, w) for w in wanted]
+        fbytes = dumps_function(function)
+        args_ser = dumps((args, kwargs))
+        results: dict[str, Any] = {}
+        errors: list[BaseException] = []
+
+        async def one(addr: str) -> None:
+            assert self._pool is not None
+            reply = await self._pool.rpc(addr, m.RunFunction(function=fbytes, args=args_ser), m.RunReply)
+            if reply.result is not None:
+                results[addr] = loads(reply.result)
+            else:
+                st = FutureState()
+                st.err(reply.exception, reply.exception_text, reply.traceback_text, reply.type_name)
+                errors.append(st.make_exception())
+
+        async with trio.open_nursery() as n:
+            for a in targets:
+                n.start_soon(one, a)
+        if errors:
+            raise errors[0]
+        return {a: results[a] for a in targets if a in results}
+
+    async def retire_workers(self, workers: Any) -> list[str]:
+        ws = [workers] if isinstance(workers, str) else list(workers)
+        reply = await self._rpc(m.RetireWorkers(workers=ws), m.RetireWorkersReply)
+        return list(reply.retired)
+
+    async def shutdown(self) -> None:
+        """Close the scheduler (and with it the workers), then this client."""
+        try:
+            await self._rpc(m.Shutdown(), m.Ok, timeout=self.timeout)
+        except (CommError, RemoteError, trio.TooSlowError) as exc:
+            logger.info("shutdown: %s", exc)
+        await self.aclose()
+
+
+def _rekey(spec: m.TaskSpec, key: str) -> m.TaskSpec:
+    import attrs
+
+    return attrs.evolve(spec, key=key)
+
+
+def _rebuild(structure: Any, data: dict[str, Any], skip: set[str]) -> Any:
+    if isinstance(structure, Future):
+        return data.get(structure.key)
+    if isinstance(structure, dict):
+        return {k: _rebuild(v, data, skip) for k, v in structure.items() if not (isinstance(v, Future) and v.key in skip)}
+    if isinstance(structure, (list, tuple, set, frozenset)):
+        items = [_rebuild(v, data, skip) for v in structure if not (isinstance(v, Future) and v.key in skip)]
+        if isinstance(structure, list):
+            return items
+        if isinstance(structure, tuple):
+            return type(structure)(*items) if hasattr(structure, "_fields") else tuple(items)
+        return type(structure)(items)
+    return structure
+
+
+@asynccontextmanager
+async def open_client(
+    address: Any = None,
+    *,
+    security: Any = None,
+    name: str | None = None,
+    timeout: float = 10,
+    scheduler_file: str | None = None,
+) -> AsyncIterator[AsyncClient]:
+    """Connect a client in the current Trio loop::
+
+        async with open_client("tcp://127.0.0.1:8786") as client:
+            future = await client.submit(inc, 1)
+            assert await future == 2
+    """
+    address = await _resolve_address(address, scheduler_file, timeout)
+    if security is None and hasattr(address, "security"):
+        security = address.security
+    if not isinstance(address, str):
+        address = address.scheduler_address
+    client = AsyncClient(address, security=security, name=name, timeout=timeout)
+    async with trio.open_nursery() as nursery:
+        try:
+            await client._start(nursery)
+            yield client
+        finally:
+            await client.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def _resolve_address(address: Any, scheduler_file: str | None, timeout: float) -> Any:
+    if scheduler_file is not None:
+        try:
+            with trio.fail_after(timeout):
+                while not os.path.exists(scheduler_file):
+                    await trio.sleep(0.05)
+        except trio.TooSlowError:
+            raise FileNotFoundError(f"scheduler file {scheduler_file!r} did not appear within {timeout}s") from None
+        return read_scheduler_file(scheduler_file)
+    if address is None:
+        env = os.environ.get("TRIOFLOW_SCHEDULER_ADDRESS")
+        if env:
+            return env
+        raise ValueError("no scheduler address given (pass an address, a cluster, or scheduler_file=)")
+    return address

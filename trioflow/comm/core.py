@@ -1,0 +1,495 @@
+"""Comms: one message at a time over a Trio stream, plus connect and listen.
+
+Theory of operation
+-------------------
+A :class:`Comm` sends and receives whole messages.  :class:`StreamComm` wraps
+a Trio byte stream (TCP, or TLS over TCP) and speaks the frame-group format of
+:mod:`trioflow.protocol.codec`; :class:`InprocComm` (in :mod:`.inproc`) hands
+message objects across memory channels inside one Trio run.
+
+Reading is buffered: small reads (prefixes, headers, small frames) come out of
+a 256 KiB buffer filled with as much as the kernel has; a large frame is read
+with ``recv_into`` straight into its final, preallocated memory, so a 256 MiB
+array is never copied or concatenated on the way in.  The frame-count and
+lengths are checked against :class:`~trioflow.protocol.codec.Limits` before
+anything is allocated for the frames.
+
+Writing gathers small pieces (prefixes, headers, small frames) into one buffer
+and writes large frames straight from their own memory.  One writer at a time
+per comm: long-lived streams give a :class:`~trioflow.comm.batched.BatchedSend`
+sole ownership; request/response comms are used by one task at a time from a
+:class:`~trioflow.comm.pool.ConnectionPool`.
+
+Every connection opens with a handshake: the connecting side sends
+:class:`~trioflow.protocol.messages.Hello`, the listening side answers with
+its own ``Hello`` or with ``HandshakeRejected`` and a reason.  A peer that
+says nothing within ``handshake_timeout``, sends garbage, or speaks another
+protocol version is disconnected with one log line; the listener keeps
+serving everyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import struct
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import attrs
+import trio
+
+from ..protocol import codec
+from ..protocol.codec import DEFAULT_LIMITS, Limits, ProtocolError
+from ..protocol.messages import PROTOCOL_VERSION, HandshakeRejected, Hello, Message
+from .addressing import Address, parse_address
+
+logger = logging.getLogger("trioflow.comm")
+
+__all__ = [
+    "Comm",
+    "CommClosedError",
+    "CommError",
+    "HandshakeError",
+    "StreamComm",
+    "connect",
+    "listen",
+    "Listener",
+]
+
+_BUFSIZE = 256 * 1024
+_SMALL = 64 * 1024
+_U32 = struct.Struct("<I")
+
+
+class CommError(ConnectionError):
+    """Could not connect, or the connection failed, for a stated reason."""
+
+
+class CommClosedError(CommError):
+    """The peer closed the connection or it broke."""
+
+
+class HandshakeError(ProtocolError):
+    """The peer refused our handshake, or we refused theirs."""
+
+
+class Comm:
+    """A bidirectional message stream; see the module docstring."""
+
+    local_address: str = ""
+    peer_address: str = ""
+    peer: Hello | None = None
+
+    async def send(self, msg: Message) -> None:
+        await self.send_many((msg,))
+
+    async def send_many(self, msgs: Iterable[Message]) -> None:
+        raise NotImplementedError
+
+    async def recv(self) -> Message:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        peer = f" {self.peer.role} {self.peer.name!r}" if self.peer else ""
+        return f"<{type(self).__name__} {self.local_address} -> {self.peer_address}{peer}>"
+
+
+def _nbytes(buf: Any) -> int:
+    return buf.nbytes if type(buf) is memoryview else len(buf) if type(buf) in (bytes, bytearray) else memoryview(buf).nbytes
+
+
+class StreamComm(Comm):
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        local_address: str = "",
+        peer_address: str = "",
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        self._stream = stream
+        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._buf = bytearray(_BUFSIZE)
+        self._view = memoryview(self._buf)
+        self._pos = 0
+        self._end = 0
+        self._limits = limits
+        self._send_lock = trio.StrictFIFOLock()
+        self._closed = False
+        self.local_address = local_address
+        self.peer_address = peer_address
+        self.bytes_received = 0
+        self.bytes_sent = 0
+
+    # ------------------------------------------------------------ reading
+
+    async def _receive_into(self, view: memoryview) -> int:
+        try:
+            if self._sock is not None:
+                n = await self._sock.recv_into(view)
+            else:
+                data = await self._stream.receive_some(len(view))
+                n = len(data)
+                view[:n] = data
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._closed = True
+            raise CommClosedError(f"connection to {self.peer_address} broke: {_cause(exc)}") from exc
+        if n == 0:
+            self._closed = True
+            raise CommClosedError(f"connection to {self.peer_address} closed by peer")
+        self.bytes_received += n
+        return n
+
+    async def _read_into(self, view: memoryview) -> None:
+        avail = self._end - self._pos
+        if avail:
+            k = min(avail, len(view))
+            view[:k] = self._view[self._pos : self._pos + k]
+            self._pos += k
+            view = view[k:]
+        if not view:
+            return
+        if len(view) >= _BUFSIZE // 2:
+            while view:
+                n = await self._receive_into(view)
+                view = view[n:]
+            return
+        # Small read: refill our buffer (possibly reading ahead) then copy.
+        self._pos = self._end = 0
+        need = len(view)
+        while self._end < need:
+            self._end += await self._receive_into(self._view[self._end :])
+        view[:] = self._view[:need]
+        self._pos = need
+
+    async def _read_exactly(self, n: int) -> memoryview:
+        if self._end - self._pos >= n:
+            v = self._view[self._pos : self._pos + n]
+            self._pos += n
+            return v
+        out = memoryview(bytearray(n))
+        await self._read_into(out)
+        return out
+
+    async def recv(self) -> Message:
+        """Receive one message.
+
+        Raises:
+            CommClosedError: the connection closed or broke.
+            ProtocolError: the peer sent something malformed or over a limit;
+                the comm should then be closed.
+        """
+        (n,) = _U32.unpack(await self._read_exactly(4))
+        codec.check_count(n, self._limits)
+        lengths = codec.check_prefix(await self._read_exactly(8 * n), n, self._limits)
+        total = sum(lengths)
+        if total <= self._end - self._pos:
+            # Whole message already buffered: copy it out once (the buffer is reused).
+            data = memoryview(bytes(self._view[self._pos : self._pos + total]))
+            self._pos += total
+        else:
+            data = memoryview(bytearray(total))
+            await self._read_into(data)
+        frames = []
+        off = 0
+        for length in lengths:
+            frames.append(data[off : off + length])
+            off += length
+        return codec.decode(frames)
+
+    # ------------------------------------------------------------ writing
+
+    async def send_many(self, msgs: Iterable[Message]) -> None:
+        parts: list[Any] = []
+        small = bytearray()
+        for msg in msgs:
+            frames = codec.encode(msg)
+            small += codec.pack_prefix(frames)
+            for f in frames:
+                if _nbytes(f) < _SMALL:
+                    small += f
+                else:
+                    if small:
+                        parts.append(small)
+                        small = bytearray()
+                    parts.append(f)
+        if small:
+            parts.append(small)
+        async with self._send_lock:
+            try:
+                for part in parts:
+                    await self._stream.send_all(part)
+                    self.bytes_sent += _nbytes(part)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._closed = True
+                raise CommClosedError(f"connection to {self.peer_address} broke: {_cause(exc)}") from exc
+
+    async def aclose(self) -> None:
+        self._closed = True
+        with trio.move_on_after(1) as cs:
+            cs.shield = True
+            try:
+                await self._stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+        if cs.cancelled_caught:
+            await trio.aclose_forcefully(self._stream)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def _cause(exc: BaseException) -> str:
+    inner = exc.__cause__ or exc.__context__ or exc
+    if isinstance(inner, ssl.SSLError):
+        from ..security import describe_ssl_error
+
+        return describe_ssl_error(inner)
+    return f"{type(inner).__name__}: {inner}" if str(inner) else type(inner).__name__
+
+
+# ---------------------------------------------------------------- handshake
+
+
+async def client_handshake(comm: Comm, *, role: str, name: str, address: str = "", timeout: float = 10) -> Hello:
+    """Say hello and read the answer.
+
+    Raises:
+        HandshakeError: refused, or the peer answered with something else.
+        CommError: the peer closed the connection or did not answer in time.
+    """
+    try:
+        with trio.fail_after(timeout):
+            await comm.send(Hello(role=role, name=name, version=PROTOCOL_VERSION, address=address))
+            reply = await comm.recv()
+    except trio.TooSlowError:
+        raise CommError(f"{comm.peer_address} did not answer the handshake within {timeout}s") from None
+    except CommClosedError as exc:
+        raise CommClosedError(
+            f"{comm.peer_address} closed the connection during the handshake "
+            f"(is it a trioflow server, and does it expect {'tcp' if comm.peer_address.startswith('tls') else 'tls'}://?): {exc}"
+        ) from None
+    except ProtocolError as exc:
+        raise HandshakeError(f"{comm.peer_address} is not a trioflow server (bad handshake: {exc})") from None
+    if isinstance(reply, HandshakeRejected):
+        raise HandshakeError(f"{comm.peer_address} refused the handshake: {reply.reason}")
+    if not isinstance(reply, Hello):
+        raise HandshakeError(f"{comm.peer_address} answered the handshake with {reply.op!r}")
+    if reply.version != PROTOCOL_VERSION:
+        raise HandshakeError(
+            f"{comm.peer_address} speaks protocol version {reply.version}, we speak {PROTOCOL_VERSION}"
+        )
+    comm.peer = reply
+    return reply
+
+
+async def server_handshake(comm: Comm, *, role: str, name: str, address: str, timeout: float) -> Hello:
+    """Read the peer's hello and answer it.
+
+    Raises:
+        HandshakeError: the peer's hello was missing, late or wrong; it has
+            been told why when possible.
+    """
+    try:
+        with trio.fail_after(timeout):
+            msg = await comm.recv()
+    except trio.TooSlowError:
+        raise HandshakeError(f"no hello within {timeout}s") from None
+    if not isinstance(msg, Hello):
+        reason = f"expected 'hello' as the first message, got {msg.op!r}"
+        await _try_send(comm, HandshakeRejected(reason=reason))
+        raise HandshakeError(reason)
+    if msg.version != PROTOCOL_VERSION:
+        reason = f"protocol version {msg.version} is not supported; this {role} speaks version {PROTOCOL_VERSION}"
+        await _try_send(comm, HandshakeRejected(reason=reason))
+        raise HandshakeError(reason)
+    with trio.fail_after(timeout):
+        await comm.send(Hello(role=role, name=name, version=PROTOCOL_VERSION, address=address))
+    comm.peer = msg
+    return msg
+
+
+async def _try_send(comm: Comm, msg: Message) -> None:
+    with trio.move_on_after(1):
+        try:
+            await comm.send(msg)
+        except CommError:
+            pass
+
+
+# ---------------------------------------------------------------- connect
+
+
+async def connect(
+    address: str,
+    *,
+    security: Any = None,
+    role: str = "client",
+    name: str = "",
+    local_address: str = "",
+    timeout: float = 10,
+    limits: Limits = DEFAULT_LIMITS,
+) -> Comm:
+    """Open a connection to ``address`` and complete the handshake.
+
+    Raises:
+        AddressError: malformed address.
+        SecurityError: ``tcp://`` under ``require_encryption``, or bad TLS files.
+        CommError: nothing listens there, TLS failed, or no answer in time;
+            the message names the address and the cause.
+        HandshakeError: the peer is not a compatible trioflow server.
+    """
+    addr = parse_address(address)
+    if security is not None:
+        security.check_scheme(addr.scheme, action="connect to")
+    if addr.scheme == "inproc":
+        from .inproc import connect_inproc
+
+        comm = await connect_inproc(addr, limits=limits)
+        await client_handshake(comm, role=role, name=name, address=local_address, timeout=timeout)
+        return comm
+    ctx: ssl.SSLContext | None = None
+    if addr.scheme == "tls":
+        if security is None or not security.enabled:
+            from ..security import SecurityError
+
+            raise SecurityError(f"cannot connect to {address}: tls:// needs TLS certificates (pass security=)")
+        ctx = security.get_client_context(role)
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(timeout):
+            try:
+                stream = await trio.open_tcp_stream(addr.host, addr.port)
+            except OSError as exc:
+                raise CommError(f"could not connect to {address}: {exc.strerror or exc}") from None
+            if ctx is not None:
+                ssl_stream = trio.SSLStream(stream, ctx, server_hostname=addr.host)
+                stream = ssl_stream
+                try:
+                    await ssl_stream.do_handshake()
+                except (trio.BrokenResourceError, ssl.SSLError) as exc:
+                    raise CommError(f"TLS handshake with {address} failed: {_cause(exc)}") from None
+            comm = StreamComm(stream, peer_address=str(addr), local_address=local_address, limits=limits)
+            await client_handshake(comm, role=role, name=name, address=local_address, timeout=timeout)
+            return comm
+    except trio.TooSlowError:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise CommError(f"timed out after {timeout}s connecting to {address}") from None
+    except BaseException:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        raise
+
+
+# ---------------------------------------------------------------- listen
+
+
+@attrs.frozen
+class Listener:
+    """What :func:`listen` reports once it is ready."""
+
+    address: str  # the bound address, with the real port
+    port: int
+
+
+Handler = Callable[[Comm], Awaitable[None]]
+
+
+async def listen(
+    address: str,
+    handler: Handler,
+    *,
+    security: Any = None,
+    role: str,
+    name: str = "",
+    limits: Limits = DEFAULT_LIMITS,
+    handshake_timeout: float = 10,
+    task_status: trio.TaskStatus[Listener] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve connections on ``address`` until cancelled.
+
+    Each accepted connection is handshaken, then passed to ``handler(comm)``
+    in its own task; the comm is closed when the handler returns.  Errors of a
+    single connection (protocol errors, broken connections, TLS failures)
+    are logged in one line and never stop the listener.
+
+    Raises:
+        AddressError, SecurityError: bad address or TLS configuration.
+        OSError: the address cannot be bound (port in use).
+    """
+    addr = parse_address(address, default_port=0)
+    if security is not None:
+        security.check_scheme(addr.scheme, action="listen on")
+    if addr.scheme == "inproc":
+        from .inproc import listen_inproc
+
+        await listen_inproc(
+            addr, handler, role=role, name=name, handshake_timeout=handshake_timeout, task_status=task_status
+        )
+        return
+    ctx: ssl.SSLContext | None = None
+    if addr.scheme == "tls":
+        if security is None or not security.enabled:
+            from ..security import SecurityError
+
+            raise SecurityError(f"cannot listen on {address}: tls:// needs TLS certificates")
+        ctx = security.get_server_context(role)
+    host: str | None = addr.host
+    if host in ("", "0.0.0.0", "*"):
+        host = None if host == "*" else "0.0.0.0"
+    listeners = await trio.open_tcp_listeners(addr.port, host=host)
+    try:
+        port = listeners[0].socket.getsockname()[1]
+        bound = str(Address(addr.scheme, addr.host or "0.0.0.0", port))
+        n_connections = 0
+
+        async def serve_one(stream: trio.SocketStream) -> None:
+            nonlocal n_connections
+            n_connections += 1
+            try:
+                peer = stream.socket.getpeername()
+                peer_address = str(Address(addr.scheme, peer[0], peer[1]))
+            except OSError:
+                peer_address = f"{addr.scheme}://?"
+            s: trio.abc.Stream = stream
+            comm: StreamComm | None = None
+            try:
+                if ctx is not None:
+                    s = trio.SSLStream(stream, ctx, server_side=True)
+                    with trio.fail_after(handshake_timeout):
+                        await s.do_handshake()
+                comm = StreamComm(s, local_address=bound, peer_address=peer_address, limits=limits)
+                await server_handshake(comm, role=role, name=name, address=bound, timeout=handshake_timeout)
+                await handler(comm)
+            except trio.TooSlowError:
+                logger.warning("%s: dropped %s: no TLS handshake within %ss", role, peer_address, handshake_timeout)
+            except (ProtocolError, CommError) as exc:
+                logger.warning("%s: dropped %s: %s", role, peer_address, exc)
+            except (trio.BrokenResourceError, ssl.SSLError) as exc:
+                logger.warning("%s: dropped %s: %s", role, peer_address, _cause(exc))
+            except Exception:
+                logger.exception("%s: error serving %s", role, peer_address)
+            finally:
+                n_connections -= 1
+                if comm is not None:
+                    await comm.aclose()
+                else:
+                    await trio.aclose_forcefully(s)
+
+        async with trio.open_nursery() as nursery:
+            task_status.started(Listener(address=bound, port=port))
+            await trio.serve_listeners(serve_one, listeners, handler_nursery=nursery)  # type: ignore[arg-type]
+    finally:
+        for listener in listeners:
+            await trio.aclose_forcefully(listener)
+

@@ -1,0 +1,75 @@
+"""Parsing memory sizes and limits ("5GB", "5000M", 0.5, "auto", 0)."""
+
+from __future__ import annotations
+
+import re
+
+import psutil
+
+__all__ = ["parse_bytes", "parse_memory_limit", "format_bytes"]
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3, "kb": 10**3, "kib": 2**10,
+    "m": 10**6, "mb": 10**6, "mib": 2**20,
+    "g": 10**9, "gb": 10**9, "gib": 2**30,
+    "t": 10**12, "tb": 10**12, "tib": 2**40,
+    "p": 10**15, "pb": 10**15, "pib": 2**50,
+}
+
+
+def parse_bytes(text: str | int | float) -> int:
+    """``"5GB"`` -> 5_000_000_000; ``"5000M"``; ``"1.5 GiB"``; ``123``.
+
+    Raises:
+        ValueError: not a size; the message quotes it.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"not a size: {text!r}")
+    if isinstance(text, (int, float)):
+        if text < 0:
+            raise ValueError(f"size must not be negative: {text!r}")
+        return int(text)
+    s = text.strip().lower().replace("_", "")
+    match = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)", s)
+    if not match or match.group(2) not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (expected a number of bytes, or like 5GB, 5000M, 1.5GiB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_memory_limit(limit: str | int | float | None, nthreads: int = 1, n_workers: int = 1, total: int | None = None) -> int:
+    """Bytes a worker may use: an int of bytes, a float fraction of total
+    memory (0 < x <= 1), a string like ``"5GB"``, ``"auto"`` (total memory
+    shared out by threads), or 0/None for no limit.
+
+    Raises:
+        ValueError: anything else; the message says what is accepted.
+    """
+    if total is None:
+        total = psutil.virtual_memory().total
+    if limit is None or limit == 0 or limit == "0":
+        return 0
+    if isinstance(limit, str):
+        s = limit.strip().lower()
+        if s == "auto":
+            return int(total / max(n_workers, 1))
+        try:
+            value = float(s)
+        except ValueError:
+            return min(parse_bytes(limit), total)
+        limit = value
+    if isinstance(limit, bool):
+        raise ValueError(f"memory limit must be a size, got {limit!r}")
+    if isinstance(limit, float) and 0 < limit <= 1:
+        return int(total * limit)
+    if limit < 0:
+        raise ValueError(f"memory limit must not be negative, got {limit!r}")
+    return min(int(limit), total)
+
+
+def format_bytes(n: float) -> str:
+    for unit, size in (("PB", 1e15), ("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size * 0.9:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"

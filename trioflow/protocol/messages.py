@@ -1,0 +1,448 @@
+"""Every message trioflow peers exchange, one frozen attrs class per operation.
+
+Theory of operation
+-------------------
+A message is a frozen, slotted, keyword-only attrs class whose class-level
+``op`` names the operation.  On the wire a message is a msgpack map with an
+``"op"`` entry plus one entry per field (see :mod:`trioflow.protocol.codec`).
+The set of classes is closed: :data:`MESSAGES` maps every ``op`` to its class,
+and the decoder refuses anything else.
+
+User data never appears here as Python objects: it is a
+:class:`~trioflow.protocol.serialize.Serialized` (opaque bytes plus buffers)
+that the codec moves as out-of-band frames.  The scheduler routes those
+without unpickling them.
+
+Who sends what:
+
+* every connection opens with :class:`Hello` from both sides;
+* workers register with :class:`RegisterWorker` and then keep a batched
+  stream: worker→scheduler ``TaskFinished``, ``TaskErred``, ``AddKeys``,
+  ``MissingData``, ``Heartbeat``; scheduler→worker ``ComputeTask``,
+  ``FreeKeys``, ``CloseWorker``;
+* clients register with :class:`RegisterClient` and keep a batched stream:
+  client→scheduler ``UpdateGraph``, ``ReleaseKeys``, ``CancelKeys``,
+  ``UpdateData``; scheduler→client ``KeyInMemory``, ``KeyErred``,
+  ``KeyCancelled``;
+* request/response calls (``WhoHas``, ``GetData``, ``PutData``, ...) go over
+  pooled connections, one request at a time per connection, and are answered
+  by their ``...Reply`` class or :class:`ErrorReply`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, TypeVar
+
+import attrs
+
+from .serialize import Serialized
+
+PROTOCOL_VERSION = 1
+
+#: op -> message class, the closed set the decoder accepts.
+MESSAGES: dict[str, type[Message]] = {}
+
+_M = TypeVar("_M", bound="type[Message]")
+
+
+class Message:
+    """Base of every message class."""
+
+    __slots__ = ()
+    op: ClassVar[str]
+
+
+def message(op: str) -> Any:
+    """Class decorator: make a frozen keyword-only attrs message tagged ``op``."""
+
+    def wrap(cls: _M) -> _M:
+        if op in MESSAGES:
+            raise ValueError(f"duplicate message op {op!r}")
+        cls.op = op
+        new = attrs.frozen(kw_only=True, slots=True)(cls)
+        MESSAGES[op] = new
+        return new
+
+    return wrap
+
+
+def _empty_list() -> list[Any]:
+    return []
+
+
+def _empty_dict() -> dict[Any, Any]:
+    return {}
+
+
+# ---------------------------------------------------------------- handshake
+
+
+@message("hello")
+class Hello(Message):
+    """First message on every connection, from both sides."""
+
+    role: str  # "scheduler", "worker", "client", "nanny", "rpc"
+    name: str
+    version: int
+    address: str = ""
+
+
+@message("handshake-rejected")
+class HandshakeRejected(Message):
+    reason: str
+
+
+# ---------------------------------------------------------------- generic replies
+
+
+@message("ok")
+class Ok(Message):
+    pass
+
+
+@message("error")
+class ErrorReply(Message):
+    """A request failed; ``message`` says why in words for a person."""
+
+    message: str
+
+
+# ---------------------------------------------------------------- registration
+
+
+@message("register-worker")
+class RegisterWorker(Message):
+    address: str
+    name: str
+    nthreads: int
+    memory_limit: int
+    resources: dict[str, float] = attrs.field(factory=_empty_dict)
+    nanny: str = ""
+    pid: int = 0
+    local_directory: str = ""
+    nbytes: dict[str, int] = attrs.field(factory=_empty_dict)  # keys already held
+    services: dict[str, int] = attrs.field(factory=_empty_dict)
+
+
+@message("worker-registered")
+class WorkerRegistered(Message):
+    scheduler_id: str
+    heartbeat_interval: float
+    forget: list[str] = attrs.field(factory=_empty_list)  # held keys the scheduler doesn't want
+
+
+@message("register-client")
+class RegisterClient(Message):
+    client_id: str
+
+
+@message("client-registered")
+class ClientRegistered(Message):
+    scheduler_id: str
+    address: str
+
+
+# ---------------------------------------------------------------- worker -> scheduler
+
+
+@message("heartbeat")
+class Heartbeat(Message):
+    memory: int  # process RSS
+    managed: int  # bytes of task results held in memory
+    spilled: int  # bytes spilled to disk
+    cpu: float  # percent
+    executing: int
+    ready: int
+    in_memory: int  # number of keys held
+    bandwidth: float  # bytes/s, recent average of peer transfers
+    paused: bool = False
+
+
+@message("task-finished")
+class TaskFinished(Message):
+    key: str
+    nbytes: int
+    type_name: str
+    start: float
+    stop: float
+    thread: int = 0
+
+
+@message("task-erred")
+class TaskErred(Message):
+    key: str
+    exception: Serialized | None
+    exception_text: str
+    traceback_text: str
+    type_name: str
+    start: float = 0.0
+    stop: float = 0.0
+    thread: int = 0
+
+
+@message("add-keys")
+class AddKeys(Message):
+    """The worker now holds these keys (fetched or received by scatter)."""
+
+    nbytes: dict[str, int]
+
+
+@message("missing-data")
+class MissingData(Message):
+    """A dependency could not be fetched from the worker said to hold it."""
+
+    key: str
+    worker: str
+
+
+@message("reschedule")
+class Reschedule(Message):
+    """The worker cannot run this task as things stand (a dependency could
+    not be fetched from anywhere); the scheduler should place it again."""
+
+    key: str
+
+
+@message("release-worker-data")
+class ReleaseWorkerData(Message):
+    """The worker no longer holds these keys (it dropped or lost them)."""
+
+    keys: list[str]
+
+
+@message("worker-unregister")
+class WorkerUnregister(Message):
+    """The worker is closing cleanly."""
+
+    reason: str
+
+
+# ---------------------------------------------------------------- scheduler -> worker
+
+
+@message("compute-task")
+class ComputeTask(Message):
+    key: str
+    function: bytes
+    args: Serialized
+    who_has: dict[str, list[str]]  # dependency key -> worker addresses
+    nbytes: dict[str, int]  # dependency key -> size
+    priority: tuple[int, int, int]
+    resources: dict[str, float] = attrs.field(factory=_empty_dict)
+    duration: float = 0.5  # expected seconds, for the worker's own estimates
+
+
+@message("free-keys")
+class FreeKeys(Message):
+    keys: list[str]
+
+
+@message("close-worker")
+class CloseWorker(Message):
+    reason: str
+
+
+# ---------------------------------------------------------------- client -> scheduler
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class TaskSpec:
+    """One task of a graph as the client submits it."""
+
+    key: str
+    function: bytes
+    args: Serialized
+    dependencies: list[str] = attrs.field(factory=_empty_list)
+    priority: int = 0
+    workers: list[str] = attrs.field(factory=_empty_list)
+    allow_other_workers: bool = False
+    resources: dict[str, float] = attrs.field(factory=_empty_dict)
+    retries: int = 0
+
+
+@message("update-graph")
+class UpdateGraph(Message):
+    tasks: list[TaskSpec]
+    keys: list[str]  # the keys this client wants (holds futures for)
+
+
+@message("release-keys")
+class ReleaseKeys(Message):
+    keys: list[str]
+
+
+@message("cancel-keys")
+class CancelKeys(Message):
+    keys: list[str]
+
+
+@message("update-data")
+class UpdateData(Message):
+    """The client scattered these keys straight to these workers."""
+
+    who_has: dict[str, list[str]]
+    nbytes: dict[str, int]
+
+
+@message("close-client")
+class CloseClient(Message):
+    pass
+
+
+# ---------------------------------------------------------------- scheduler -> client
+
+
+@message("key-in-memory")
+class KeyInMemory(Message):
+    key: str
+    type_name: str = ""
+
+
+@message("key-erred")
+class KeyErred(Message):
+    key: str
+    exception: Serialized | None
+    exception_text: str
+    traceback_text: str
+    type_name: str
+
+
+@message("key-cancelled")
+class KeyCancelled(Message):
+    key: str
+    reason: str = ""
+
+
+@message("scheduler-closing")
+class SchedulerClosing(Message):
+    reason: str
+
+
+# ---------------------------------------------------------------- requests to the scheduler
+
+
+@message("who-has")
+class WhoHas(Message):
+    keys: list[str] | None = None
+
+
+@message("who-has-reply")
+class WhoHasReply(Message):
+    who_has: dict[str, list[str]]
+
+
+@message("has-what")
+class HasWhat(Message):
+    workers: list[str] | None = None
+
+
+@message("has-what-reply")
+class HasWhatReply(Message):
+    has_what: dict[str, list[str]]
+
+
+@message("identity")
+class IdentityRequest(Message):
+    pass
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class WorkerInfo:
+    name: str
+    nthreads: int
+    memory_limit: int
+    resources: dict[str, float]
+    nanny: str = ""
+    pid: int = 0
+    local_directory: str = ""
+    memory: int = 0
+    managed: int = 0
+    spilled: int = 0
+    cpu: float = 0.0
+    executing: int = 0
+    in_memory: int = 0
+    paused: bool = False
+    last_seen: float = 0.0
+    services: dict[str, int] = attrs.field(factory=_empty_dict)
+
+
+@message("identity-reply")
+class IdentityReply(Message):
+    scheduler_id: str
+    address: str
+    workers: dict[str, WorkerInfo]
+    services: dict[str, int] = attrs.field(factory=_empty_dict)
+    started: float = 0.0
+    n_tasks: int = 0
+    n_clients: int = 0
+
+
+@message("shutdown")
+class Shutdown(Message):
+    pass
+
+
+@message("retire-workers")
+class RetireWorkers(Message):
+    workers: list[str]
+
+
+@message("retire-workers-reply")
+class RetireWorkersReply(Message):
+    retired: list[str]
+
+
+@message("restart")
+class Restart(Message):
+    timeout: float = 30.0
+
+
+# ---------------------------------------------------------------- requests to workers
+
+
+@message("get-data")
+class GetData(Message):
+    keys: list[str]
+
+
+@message("data-reply")
+class DataReply(Message):
+    data: dict[str, Serialized]
+    missing: list[str] = attrs.field(factory=_empty_list)
+
+
+@message("put-data")
+class PutData(Message):
+    data: dict[str, Serialized]
+
+
+@message("run-function")
+class RunFunction(Message):
+    function: bytes
+    args: Serialized
+
+
+@message("run-reply")
+class RunReply(Message):
+    result: Serialized | None
+    exception: Serialized | None = None
+    exception_text: str = ""
+    traceback_text: str = ""
+    type_name: str = ""
+
+
+# ---------------------------------------------------------------- requests to nannies
+
+
+@message("nanny-restart")
+class NannyRestart(Message):
+    reason: str = ""
+
+
+@message("nanny-kill")
+class NannyKill(Message):
+    reason: str = ""
+
+
+#: Sub-structures that travel inside messages (not messages themselves).
+STRUCTURES: tuple[type, ...] = (TaskSpec, WorkerInfo)

@@ -1,0 +1,301 @@
+"""User-data serialization: pickle protocol 5 with out-of-band buffers.
+
+Theory of operation
+-------------------
+Everything a user hands us (task results, scattered values, function
+arguments, exceptions) becomes a :class:`Serialized`: one pickle stream plus
+zero or more raw buffers.  Large contiguous buffers (numpy arrays, bytearrays,
+anything exporting ``__reduce_ex__`` with ``PickleBuffer``) are *not* copied
+into the pickle stream; they ride beside it as separate wire frames and are
+written to the socket straight from the object's memory.  On the receiving
+side the unpickler is handed views of the received frames, so a numpy array
+comes back as a view of the receive buffer, again without a copy.
+
+Top-level ``bytes``, ``bytearray`` and ``memoryview`` values skip pickle
+altogether: the value *is* the frame.
+
+We try the stdlib pickler first (fast, and enough for most data) and fall
+back to cloudpickle for lambdas, closures and interactively defined classes.
+An object neither can pickle raises :class:`SerializationError` naming its
+type, so a user sees "cannot serialize object of type Lock" instead of a
+deep pickle traceback.
+
+Futures inside task arguments are handled with pickle's persistent-id hook:
+the client's pickler emits the future's key as a persistent id (collecting
+the keys as dependencies on the way), and the worker's unpickler resolves
+those ids to the dependency values.  No walk over the arguments is needed and
+futures can sit at any depth, even inside user objects.
+
+This module is sans-IO and imports no trio.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import attrs
+import cloudpickle
+
+__all__ = [
+    "Serialized",
+    "SerializationError",
+    "dumps",
+    "loads",
+    "dumps_function",
+    "loads_function",
+    "dumps_with_deps",
+    "loads_with_deps",
+]
+
+#: Buffers smaller than this stay inside the pickle stream: a separate wire
+#: frame costs more than copying a few kilobytes.
+OUT_OF_BAND_THRESHOLD = 16 * 1024
+
+_KIND_PICKLE = 0
+_KIND_BYTES = 1
+_KIND_BYTEARRAY = 2
+_KIND_MEMORYVIEW = 3
+
+
+class SerializationError(TypeError):
+    """A value could not be pickled or unpickled."""
+
+
+@attrs.frozen(slots=True, eq=False)
+class Serialized:
+    """An opaque serialized value: a pickle stream and its out-of-band buffers.
+
+    The scheduler only ever routes these; it never looks inside.
+    """
+
+    kind: int
+    data: bytes | bytearray | memoryview
+    buffers: tuple[Any, ...] = ()
+
+    @property
+    def nbytes(self) -> int:
+        return memoryview(self.data).nbytes + sum(memoryview(b).nbytes for b in self.buffers)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Serialized):
+            return NotImplemented
+        return (
+            self.kind == other.kind
+            and bytes(self.data) == bytes(other.data)
+            and len(self.buffers) == len(other.buffers)
+            and all(bytes(a) == bytes(b) for a, b in zip(self.buffers, other.buffers, strict=True))
+        )
+
+    def __hash__(self) -> int:  # pragma: no cover - not used as dict key, but keep hashable
+        return hash((self.kind, bytes(self.data)))
+
+    def __repr__(self) -> str:
+        return f"<Serialized kind={self.kind} {self.nbytes} bytes, {len(self.buffers)} buffers>"
+
+
+def _type_name(obj: object) -> str:
+    t = type(obj)
+    mod = t.__module__
+    return t.__qualname__ if mod in ("builtins", None) else f"{mod}.{t.__qualname__}"
+
+
+class _Collector:
+    __slots__ = ("buffers",)
+
+    def __init__(self) -> None:
+        self.buffers: list[Any] = []
+
+    def __call__(self, buf: pickle.PickleBuffer) -> bool:
+        view = buf.raw()
+        if view.nbytes < OUT_OF_BAND_THRESHOLD:
+            return True  # keep in-band
+        self.buffers.append(view)
+        return False
+
+
+def dumps(obj: object) -> Serialized:
+    """Serialize a user value.
+
+    Raises:
+        SerializationError: neither pickle nor cloudpickle can serialize it.
+    """
+    t = type(obj)
+    if t is bytes:
+        return Serialized(kind=_KIND_BYTES, data=obj)  # type: ignore[arg-type]
+    if t is bytearray:
+        return Serialized(kind=_KIND_BYTEARRAY, data=obj)  # type: ignore[arg-type]
+    if t is memoryview:
+        mv: memoryview = obj  # type: ignore[assignment]
+        if mv.contiguous:
+            return Serialized(kind=_KIND_MEMORYVIEW, data=mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv)
+        return Serialized(kind=_KIND_MEMORYVIEW, data=mv.tobytes())
+    collector = _Collector()
+    try:
+        data = pickle.dumps(obj, protocol=5, buffer_callback=collector)
+    except Exception:
+        collector = _Collector()
+        try:
+            data = cloudpickle.dumps(obj, protocol=5, buffer_callback=collector)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot serialize object of type {_type_name(obj)}: {exc}"
+            ) from exc
+    return Serialized(kind=_KIND_PICKLE, data=data, buffers=tuple(collector.buffers))
+
+
+def loads(s: Serialized) -> Any:
+    """Deserialize a value made by :func:`dumps` (or :func:`dumps_with_deps`
+    without dependencies).
+
+    Raises:
+        SerializationError: the stream could not be unpickled (for instance a
+            module it names is not importable here).
+    """
+    kind = s.kind
+    if kind == _KIND_PICKLE:
+        try:
+            return pickle.loads(s.data, buffers=s.buffers)
+        except Exception as exc:
+            raise SerializationError(f"cannot deserialize value: {type(exc).__name__}: {exc}") from exc
+    if kind == _KIND_BYTES:
+        return bytes(s.data)
+    if kind == _KIND_BYTEARRAY:
+        d = s.data
+        return d if type(d) is bytearray else bytearray(d)
+    if kind == _KIND_MEMORYVIEW:
+        return memoryview(s.data)
+    raise SerializationError(f"unknown serialized kind {kind!r}")
+
+
+# --------------------------------------------------------------------------
+# Functions: pickled once, cached by their bytes on the receiving side.
+
+_function_cache: dict[bytes, Callable[..., Any]] = {}
+_FUNCTION_CACHE_MAX = 1024
+
+
+def dumps_function(func: Callable[..., Any]) -> bytes:
+    """Pickle a callable (by reference when importable, else by value)."""
+    try:
+        return pickle.dumps(func, protocol=5)
+    except Exception:
+        try:
+            return cloudpickle.dumps(func, protocol=5)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot serialize function of type {_type_name(func)}: {exc}"
+            ) from exc
+
+
+def loads_function(data: bytes) -> Callable[..., Any]:
+    """Unpickle a callable, caching the result by its bytes."""
+    try:
+        return _function_cache[data]
+    except KeyError:
+        pass
+    try:
+        func = pickle.loads(data)
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot deserialize function: {type(exc).__name__}: {exc}"
+        ) from exc
+    if len(_function_cache) >= _FUNCTION_CACHE_MAX:
+        _function_cache.clear()
+    _function_cache[data] = func
+    return func
+
+
+# --------------------------------------------------------------------------
+# Task arguments: futures become dependencies via persistent ids.
+
+
+class _DepPicklerMixin:
+    dep_type: type
+    deps: dict[str, None]
+
+    def persistent_id(self, obj: object) -> str | None:
+        if type(obj) is self.dep_type or isinstance(obj, self.dep_type):
+            key: str = obj.key  # type: ignore[attr-defined]
+            self.deps[key] = None
+            return key
+        return None
+
+
+class _DepPickler(_DepPicklerMixin, pickle.Pickler):
+    pass
+
+
+class _DepCloudPickler(_DepPicklerMixin, cloudpickle.Pickler):
+    pass
+
+
+def dumps_with_deps(obj: object, dep_type: type) -> tuple[Serialized, list[str]]:
+    """Serialize ``obj``, replacing each instance of ``dep_type`` (a future)
+    by a reference to its ``.key``.
+
+    Returns:
+        The serialized value and the keys found, in first-seen order.
+    """
+    for pickler_cls in (_DepPickler, _DepCloudPickler):
+        collector = _Collector()
+        f = io.BytesIO()
+        p = pickler_cls(f, protocol=5, buffer_callback=collector)
+        p.dep_type = dep_type
+        p.deps = {}
+        try:
+            p.dump(obj)
+        except Exception as exc:
+            if pickler_cls is _DepCloudPickler:
+                raise SerializationError(
+                    f"cannot serialize task arguments: {_describe_unpicklable(obj, exc)}"
+                ) from exc
+            continue
+        return (
+            Serialized(kind=_KIND_PICKLE, data=f.getvalue(), buffers=tuple(collector.buffers)),
+            list(p.deps),
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _describe_unpicklable(obj: object, exc: Exception) -> str:
+    """Find the innermost argument that fails to pickle, to name its type."""
+    items: Iterable[object]
+    if isinstance(obj, Mapping):
+        items = obj.values()
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        items = obj
+    else:
+        return f"object of type {_type_name(obj)}: {exc}"
+    for item in items:
+        try:
+            cloudpickle.dumps(item)
+        except Exception as inner:
+            return _describe_unpicklable(item, inner)
+    return f"object of type {_type_name(obj)}: {exc}"
+
+
+class _DepUnpickler(pickle.Unpickler):
+    def __init__(self, file: Any, *, buffers: Any, data: Mapping[str, Any]) -> None:
+        super().__init__(file, buffers=buffers)
+        self._data = data
+
+    def persistent_load(self, pid: Any) -> Any:
+        try:
+            return self._data[pid]
+        except KeyError:
+            raise SerializationError(f"dependency {pid!r} is not available") from None
+
+
+def loads_with_deps(s: Serialized, data: Mapping[str, Any]) -> Any:
+    """Inverse of :func:`dumps_with_deps`: references resolve from ``data``."""
+    if s.kind != _KIND_PICKLE:
+        return loads(s)
+    try:
+        return _DepUnpickler(io.BytesIO(s.data), buffers=s.buffers, data=data).load()
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise SerializationError(f"cannot deserialize task arguments: {type(exc).__name__}: {exc}") from exc

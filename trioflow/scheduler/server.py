@@ -1,0 +1,525 @@
+"""The scheduler: a Trio shell around :class:`~trioflow.scheduler.state.SchedulerState`.
+
+Theory of operation
+-------------------
+``Scheduler.serve`` builds this nursery tree::
+
+    Scheduler nursery
+     ├ listener -> one task per connection:
+     │    RegisterWorker -> worker stream (receive loop + BatchedSend)
+     │    RegisterClient -> client stream (receive loop + BatchedSend)
+     │    anything else  -> request/response loop (WhoHas, Identity, ...)
+     ├ liveness loop: drop workers silent for longer than ``worker_ttl``
+     └ diagnostics server (when enabled)
+
+Every event from a peer becomes a state-machine event in
+:meth:`Scheduler._handle`, and the instructions it returns are queued on the
+batched streams of the workers and clients they name.  The scheduler never
+unpickles user data: run specs, results and exceptions pass through as
+:class:`~trioflow.protocol.serialize.Serialized` bytes.
+
+A peer's bad input never takes the scheduler down: a malformed frame or
+unknown op closes that one connection (logged in one line); a well-formed
+message that does not fit the state (``InvalidEvent``) is answered with an
+error (or logged) and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from ..comm import BatchedSend, Comm, CommClosedError, listen
+from ..comm.addressing import Address, parse_address
+from ..protocol import messages as m
+from ..protocol.codec import ProtocolError
+from ..protocol.serialize import dumps
+from . import state as ss
+
+logger = logging.getLogger("trioflow.scheduler")
+
+__all__ = ["Scheduler"]
+
+
+class Scheduler:
+    """A scheduler server; start it with ``await nursery.start(scheduler.serve)``."""
+
+    def __init__(
+        self,
+        address: str = "tcp://127.0.0.1:0",
+        *,
+        security: Any = None,
+        contact_address: str | None = None,
+        worker_ttl: float | None = None,
+        allowed_failures: int = 3,
+        validate: bool = False,
+        scheduler_file: str | None = None,
+        dashboard_address: str | None = None,
+        dashboard_prefix: str = "",
+        dashboard_whitelist: list[str] | None = None,
+        use_xheaders: bool = False,
+        name: str = "scheduler",
+    ) -> None:
+        self.listen_address = address
+        self.contact_address = contact_address
+        self.security = security
+        self.id = f"scheduler-{uuid.uuid4().hex[:12]}"
+        self.name = name
+        self.state = ss.SchedulerState(allowed_failures=allowed_failures, validate=validate)
+        self.worker_ttl = worker_ttl
+        self.scheduler_file = scheduler_file
+        self.dashboard_address = dashboard_address
+        self.dashboard_prefix = dashboard_prefix
+        self.dashboard_whitelist = dashboard_whitelist or []
+        self.use_xheaders = use_xheaders
+        self.address = ""
+        self.services: dict[str, int] = {}
+        self.worker_streams: dict[str, BatchedSend] = {}
+        self.worker_comms: dict[str, Comm] = {}
+        self.client_streams: dict[str, BatchedSend] = {}
+        self.started = time.time()
+        self.status = "init"
+        self._close_event = trio.Event()
+        self._closed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._closing_workers: set[str] = set()
+        self.task_stream: list[tuple[str, str, float, float, int]] = []
+        self.plugins: list[Any] = []
+        self.events_handled = 0
+        self._request_handlers: dict[type, Callable[[Any], Any]] = {
+            m.WhoHas: self._who_has,
+            m.HasWhat: self._has_what,
+            m.IdentityRequest: self._identity,
+            m.Shutdown: self._shutdown,
+            m.RetireWorkers: self._retire_workers,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Scheduler {self.address or '(not started)'} workers={len(self.state.workers)} tasks={len(self.state.tasks)}>"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def serve(self, *, task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until :meth:`close` or cancellation; ready when ``start`` returns."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                listener = await nursery.start(
+                    lambda task_status: listen(
+                        self.listen_address,
+                        self._handle_comm,
+                        security=self.security,
+                        role="scheduler",
+                        name=self.name,
+                        task_status=task_status,
+                    )
+                )
+                self.address = self.contact_address or _contact(listener.address)
+                if self.dashboard_address is not None:
+                    from ..diagnostics import serve_dashboard
+
+                    port = await nursery.start(serve_dashboard, self, self.dashboard_address)
+                    self.services["dashboard"] = port
+                nursery.start_soon(self._liveness_loop)
+                self._write_scheduler_file()
+                self.status = "running"
+                task_status.started(self)
+                await self._close_event.wait()
+                await self._tell_everyone_closing()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.status = "closed"
+            self._remove_scheduler_file()
+            self._closed.set()
+
+    def close(self) -> None:
+        """Ask the scheduler to stop; :meth:`serve` returns soon after."""
+        self.status = "closing"
+        self._close_event.set()
+
+    async def aclose(self, timeout: float = 5) -> None:
+        self.close()
+        with trio.move_on_after(timeout):
+            await self._closed.wait()
+
+    async def _tell_everyone_closing(self) -> None:
+        for address, b in list(self.worker_streams.items()):
+            try:
+                b.send(m.CloseWorker(reason="scheduler closing"))
+            except CommClosedError:
+                pass
+        for b in list(self.client_streams.values()):
+            try:
+                b.send(m.SchedulerClosing(reason="scheduler closing"))
+            except CommClosedError:
+                pass
+        with trio.move_on_after(1):
+            for b in [*self.worker_streams.values(), *self.client_streams.values()]:
+                await b.aclose(timeout=0.5)
+
+    def _write_scheduler_file(self) -> None:
+        if not self.scheduler_file:
+            return
+        info = {"type": "Scheduler", "id": self.id, "address": self.address, "services": self.services, "pid": os.getpid()}
+        tmp = f"{self.scheduler_file}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(info, f, indent=2)
+        os.replace(tmp, self.scheduler_file)
+
+    def _remove_scheduler_file(self) -> None:
+        if self.scheduler_file:
+            try:
+                with open(self.scheduler_file) as f:
+                    if json.load(f).get("id") != self.id:
+                        return
+                os.remove(self.scheduler_file)
+            except (OSError, ValueError):
+                pass
+
+    # ------------------------------------------------------------ state machine
+
+    def _handle(self, event: Any) -> None:
+        """Feed ``event`` to the state machine and send what it returns.
+
+        Raises:
+            InvalidEvent: the event did not fit; nothing changed.
+        """
+        instructions = self.state.handle(event, trio.current_time())
+        self.events_handled += 1
+        self._dispatch(instructions)
+
+    def _dispatch(self, instructions: list[Any]) -> None:
+        workers = self.worker_streams
+        clients = self.client_streams
+        for inst in instructions:
+            if type(inst) is ss.ToWorker:
+                b = workers.get(inst.address)
+            else:
+                b = clients.get(inst.client)
+            if b is not None:
+                try:
+                    b.send(inst.msg)
+                except CommClosedError:
+                    pass  # its receive loop will notice and clean up
+
+    # ------------------------------------------------------------ connections
+
+    async def _handle_comm(self, comm: Comm) -> None:
+        try:
+            first = await comm.recv()
+        except CommClosedError:
+            return
+        if isinstance(first, m.RegisterWorker):
+            await self._worker_stream(comm, first)
+        elif isinstance(first, m.RegisterClient):
+            await self._client_stream(comm, first)
+        else:
+            await self._request_loop(comm, first)
+
+    async def _request_loop(self, comm: Comm, msg: m.Message | None) -> None:
+        while True:
+            if msg is None:
+                try:
+                    msg = await comm.recv()
+                except CommClosedError:
+                    return
+            handler = self._request_handlers.get(type(msg))
+            if handler is None:
+                reply: m.Message = m.ErrorReply(message=f"the scheduler does not serve {msg.op!r} requests on this connection")
+            else:
+                try:
+                    reply = await handler(msg)
+                except ss.InvalidEvent as exc:
+                    reply = m.ErrorReply(message=str(exc))
+            await comm.send(reply)
+            msg = None
+
+    async def _worker_stream(self, comm: Comm, reg: m.RegisterWorker) -> None:
+        address = reg.address
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            await comm.send(m.ErrorReply(message=f"bad worker address: {exc}"))
+            return
+        event = ss.AddWorker(
+            address=address,
+            name=reg.name,
+            nthreads=reg.nthreads,
+            memory_limit=reg.memory_limit,
+            resources=reg.resources,
+            nanny=reg.nanny,
+            pid=reg.pid,
+            local_directory=reg.local_directory,
+            services=reg.services,
+            nbytes=reg.nbytes,
+        )
+        try:
+            instructions = self.state.handle(event, trio.current_time())
+        except ss.InvalidEvent as exc:
+            logger.warning("refused worker %s: %s", address, exc)
+            await comm.send(m.ErrorReply(message=str(exc)))
+            return
+        batched = BatchedSend(comm)
+        self.worker_streams[address] = batched
+        self.worker_comms[address] = comm
+        forget = [
+            k for inst in instructions if type(inst) is ss.ToWorker and inst.address == address and isinstance(inst.msg, m.FreeKeys) for k in inst.msg.keys
+        ]
+        batched.send(m.WorkerRegistered(scheduler_id=self.id, heartbeat_interval=self._heartbeat_interval(), forget=forget))
+        self._dispatch([i for i in instructions if not (type(i) is ss.ToWorker and isinstance(i.msg, m.FreeKeys) and i.address == address)])
+        logger.info("Register worker %s (%s, %d threads)", address, reg.name, reg.nthreads)
+        safe = False
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(_run_batched, batched, n.cancel_scope)
+                while True:
+                    msg = await comm.recv()
+                    t = type(msg)
+                    try:
+                        if t is m.TaskFinished:
+                            self._handle(ss.TaskFinishedEvent(worker=address, key=msg.key, nbytes=msg.nbytes, type_name=msg.type_name, start=msg.start, stop=msg.stop))
+                            self._log_task(msg.key, address, msg.start, msg.stop, msg.thread)
+                        elif t is m.TaskErred:
+                            self._handle(
+                                ss.TaskErredEvent(
+                                    worker=address,
+                                    key=msg.key,
+                                    exception=msg.exception,
+                                    exception_text=msg.exception_text,
+                                    traceback_text=msg.traceback_text,
+                                    type_name=msg.type_name,
+                                )
+                            )
+                        elif t is m.Heartbeat:
+                            self._handle(ss.HeartbeatEvent(worker=address, metrics=attrs.asdict(msg)))
+                        elif t is m.AddKeys:
+                            self._handle(ss.AddKeysEvent(worker=address, nbytes=msg.nbytes))
+                        elif t is m.MissingData:
+                            self._handle(ss.MissingDataEvent(worker=address, key=msg.key, errant_worker=msg.worker))
+                        elif t is m.Reschedule:
+                            self._handle(ss.RescheduleEvent(worker=address, key=msg.key))
+                        elif t is m.ReleaseWorkerData:
+                            self._handle(ss.ReleaseWorkerDataEvent(worker=address, keys=msg.keys))
+                        elif t is m.WorkerUnregister:
+                            safe = True
+                            logger.info("worker %s is closing: %s", address, msg.reason)
+                            n.cancel_scope.cancel()
+                            break
+                        else:
+                            logger.warning("worker %s sent unexpected %r; closing its connection", address, msg.op)
+                            n.cancel_scope.cancel()
+                            break
+                    except ss.InvalidEvent as exc:
+                        logger.warning("worker %s: %s", address, exc)
+        except CommClosedError as exc:
+            logger.info("lost worker %s: %s", address, exc)
+        except ProtocolError as exc:
+            logger.warning("worker %s broke the protocol: %s", address, exc)
+        finally:
+            if self.worker_streams.get(address) is batched:
+                del self.worker_streams[address]
+                self.worker_comms.pop(address, None)
+                safe = safe or address in self._closing_workers
+                self._closing_workers.discard(address)
+                if self.status == "running" or self.status == "closing":
+                    self._handle(ss.RemoveWorker(address=address, reason="connection closed", safe=safe))
+                logger.info("Remove worker %s", address)
+
+    def _log_task(self, key: str, worker: str, start: float, stop: float, thread: int) -> None:
+        ts = self.task_stream
+        ts.append((key, worker, start, stop, thread))
+        if len(ts) > 20_000:
+            del ts[:10_000]
+
+    async def _client_stream(self, comm: Comm, reg: m.RegisterClient) -> None:
+        cid = reg.client_id
+        try:
+            self._handle(ss.AddClient(client=cid))
+        except ss.InvalidEvent as exc:
+            await comm.send(m.ErrorReply(message=str(exc)))
+            return
+        batched = BatchedSend(comm)
+        self.client_streams[cid] = batched
+        batched.send(m.ClientRegistered(scheduler_id=self.id, address=self.address))
+        logger.info("Receive client connection: %s", cid)
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(_run_batched, batched, n.cancel_scope)
+                while True:
+                    msg = await comm.recv()
+                    t = type(msg)
+                    try:
+                        if t is m.UpdateGraph:
+                            self._update_graph(cid, msg)
+                        elif t is m.ReleaseKeys:
+                            self._handle(ss.ReleaseKeysEvent(client=cid, keys=msg.keys))
+                        elif t is m.CancelKeys:
+                            self._handle(ss.CancelKeysEvent(client=cid, keys=msg.keys))
+                        elif t is m.UpdateData:
+                            self._handle(ss.UpdateDataEvent(client=cid, who_has=msg.who_has, nbytes=msg.nbytes))
+                        elif t is m.CloseClient:
+                            n.cancel_scope.cancel()
+                            break
+                        else:
+                            logger.warning("client %s sent unexpected %r; closing its connection", cid, msg.op)
+                            n.cancel_scope.cancel()
+                            break
+                    except ss.InvalidEvent as exc:
+                        logger.warning("client %s: %s", cid, exc)
+        except CommClosedError:
+            pass
+        except ProtocolError as exc:
+            logger.warning("client %s broke the protocol: %s", cid, exc)
+        finally:
+            if self.client_streams.get(cid) is batched:
+                del self.client_streams[cid]
+                self._handle(ss.RemoveClient(client=cid))
+                logger.info("Remove client %s", cid)
+
+    def _update_graph(self, cid: str, msg: m.UpdateGraph) -> None:
+        try:
+            self._handle(ss.UpdateGraphEvent(client=cid, tasks=msg.tasks, keys=msg.keys))
+        except ss.InvalidEvent as exc:
+            # Tell the client: every future it asked for errs with the reason.
+            err = ValueError(f"invalid graph: {exc}")
+            ser = dumps(err)
+            b = self.client_streams.get(cid)
+            if b is not None:
+                for key in msg.keys:
+                    b.send(m.KeyErred(key=key, exception=ser, exception_text=str(err), traceback_text="", type_name="ValueError"))
+
+    # ------------------------------------------------------------ requests
+
+    async def _who_has(self, msg: m.WhoHas) -> m.Message:
+        tasks = self.state.tasks
+        keys = msg.keys if msg.keys is not None else list(tasks)
+        out: dict[str, list[str]] = {}
+        for k in keys:
+            ts = tasks.get(k)
+            out[k] = [w.address for w in ts.who_has] if ts is not None else []
+        return m.WhoHasReply(who_has=out)
+
+    async def _has_what(self, msg: m.HasWhat) -> m.Message:
+        workers = self.state.workers
+        addrs = msg.workers if msg.workers is not None else list(workers)
+        out: dict[str, list[str]] = {}
+        for a in addrs:
+            w = workers.get(a) or workers.get(self.state.names.get(a, ""))
+            out[a] = [t.key for t in w.has_what] if w is not None else []
+        return m.HasWhatReply(has_what=out)
+
+    async def _identity(self, msg: m.IdentityRequest) -> m.Message:
+        return self.identity()
+
+    def identity(self) -> m.IdentityReply:
+        workers = {}
+        for a, w in self.state.workers.items():
+            met = w.metrics
+            workers[a] = m.WorkerInfo(
+                name=w.name,
+                nthreads=w.nthreads,
+                memory_limit=w.memory_limit,
+                resources=dict(w.resources),
+                nanny=w.nanny,
+                pid=w.pid,
+                local_directory=w.local_directory,
+                memory=int(met.get("memory", 0)),
+                managed=int(met.get("managed", 0)),
+                spilled=int(met.get("spilled", 0)),
+                cpu=float(met.get("cpu", 0.0)),
+                executing=len(w.processing),
+                in_memory=len(w.has_what),
+                paused=w.status == "paused",
+                last_seen=w.last_seen,
+                services=dict(w.services),
+            )
+        return m.IdentityReply(
+            scheduler_id=self.id,
+            address=self.address,
+            workers=workers,
+            services=dict(self.services),
+            started=self.started,
+            n_tasks=len(self.state.tasks),
+            n_clients=len(self.state.clients),
+        )
+
+    async def _shutdown(self, msg: m.Shutdown) -> m.Message:
+        logger.info("shutdown requested by a client")
+        self.close()
+        return m.Ok()
+
+    async def _retire_workers(self, msg: m.RetireWorkers) -> m.Message:
+        retired = []
+        for a in msg.workers:
+            addr = a if a in self.state.workers else self.state.names.get(a)
+            if addr is None:
+                continue
+            self._closing_workers.add(addr)
+            b = self.worker_streams.get(addr)
+            if b is not None:
+                try:
+                    b.send(m.CloseWorker(reason="retired"))
+                except CommClosedError:
+                    pass
+            retired.append(addr)
+        return m.RetireWorkersReply(retired=retired)
+
+    # ------------------------------------------------------------ liveness
+
+    def _heartbeat_interval(self) -> float:
+        n = len(self.state.workers)
+        return min(max(n / 200, 0.5), 5.0)
+
+    async def _liveness_loop(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            now = trio.current_time()
+            ttl = self.worker_ttl if self.worker_ttl is not None else max(10.0, 10 * self._heartbeat_interval())
+            for address, w in list(self.state.workers.items()):
+                if now - w.last_seen > ttl:
+                    logger.warning("worker %s silent for %.1fs (ttl %.1fs); removing it", address, now - w.last_seen, ttl)
+                    comm = self.worker_comms.get(address)
+                    if comm is not None:
+                        await comm.aclose()
+                    if address in self.state.workers:
+                        self.worker_streams.pop(address, None)
+                        self.worker_comms.pop(address, None)
+                        self._handle(ss.RemoveWorker(address=address, reason="silent"))
+
+
+async def _run_batched(batched: BatchedSend, scope: trio.CancelScope) -> None:
+    try:
+        await batched.run()
+    except CommClosedError:
+        scope.cancel()
+
+
+def _contact(bound: str) -> str:
+    addr = parse_address(bound)
+    if addr.scheme != "inproc" and addr.host in ("0.0.0.0", "", "::"):
+        return str(Address(addr.scheme, default_host(), addr.port))
+    return bound
+
+
+def default_host() -> str:
+    """This machine's first non-loopback IPv4 address (from psutil), or 127.0.0.1."""
+    import socket
+
+    import psutil
+
+    try:
+        for _name, addrs in psutil.net_if_addrs().items():
+            for a in addrs:
+                if a.family == socket.AF_INET and not a.address.startswith("127."):
+                    return str(a.address)
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+    return "127.0.0.1"

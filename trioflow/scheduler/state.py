@@ -1,0 +1,1344 @@
+"""The scheduler's state machine: every decision, no IO.
+
+Theory of operation
+-------------------
+Everything that affects scheduling lives here.  :class:`SchedulerState` takes
+events (a worker joined, a task finished, a client submitted a graph, ...)
+through :meth:`SchedulerState.handle` together with the current time, and
+returns the messages to send, as :class:`ToWorker` / :class:`ToClient`
+instructions.  It does no IO, reads no clock, draws no random numbers and
+imports no trio: the shell in :mod:`trioflow.scheduler.server` owns sockets
+and timers, and tests drive this class directly (hypothesis stateful tests in
+``tests/test_scheduler_state.py``).
+
+Task states and their meaning:
+
+============  =============================================================
+released      known, not wanted by anything right now, holds no data
+waiting       wanted; waits for dependencies to be in memory
+no-worker     ready to run, but no worker can take it (restrictions, none)
+processing    sent to ``processing_on``; the worker will report back
+memory        result held by the workers in ``who_has``
+erred         the task (or a dependency) failed; ``exception*`` says how
+forgotten     dropped from the state entirely (not stored; a final state)
+============  =============================================================
+
+Transitions are a table, :data:`TRANSITIONS`; asking for a pair that is not
+in it raises :class:`InvalidTransition` before anything changes.  Events
+from peers are checked before they mutate anything; a bad one raises
+:class:`InvalidEvent` and leaves the state as it was.
+
+Memory is reference counted through the graph: a task stays in memory while a
+client wants it (``who_wants``) or a dependent still needs it (``waiters``);
+when both are empty it is released, and once it has no dependents left either
+it is forgotten.  Released tasks that still have dependents keep their run
+spec, so lost results can be recomputed from lineage.
+
+Placement (:meth:`SchedulerState.decide_worker`) picks, among the workers
+allowed to run a task, the one where it would start earliest: the worker's
+queued work (occupancy / threads) plus the time to fetch the dependency bytes
+it does not hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from ..protocol.messages import (
+    ComputeTask,
+    FreeKeys,
+    KeyCancelled,
+    KeyErred,
+    KeyInMemory,
+    Message,
+    TaskSpec,
+)
+from ..protocol.serialize import Serialized, dumps
+
+__all__ = [
+    "SchedulerState",
+    "TaskState",
+    "WorkerState",
+    "ClientState",
+    "ToWorker",
+    "ToClient",
+    "InvalidTransition",
+    "InvalidEvent",
+    "KilledWorker",
+    "TRANSITIONS",
+]
+
+ALL_STATES = ("released", "waiting", "no-worker", "processing", "memory", "erred", "forgotten")
+DEFAULT_DURATION = 0.5
+DEFAULT_BANDWIDTH = 100e6
+
+
+class InvalidTransition(RuntimeError):
+    """An internal transition not in the table was asked for (a bug)."""
+
+
+class InvalidEvent(ValueError):
+    """An event from a peer does not fit the current state (bad input)."""
+
+
+class KilledWorker(Exception):
+    """A task was running on workers that died too many times."""
+
+    def __init__(self, key: str, last_worker: str, allowed_failures: int) -> None:
+        super().__init__(key, last_worker, allowed_failures)
+        self.key = key
+        self.last_worker = last_worker
+        self.allowed_failures = allowed_failures
+
+    def __str__(self) -> str:
+        return (
+            f"task {self.key!r} was running on workers that died {self.allowed_failures + 1} times "
+            f"(last: {self.last_worker}); it may be what kills them"
+        )
+
+
+class LostData(Exception):
+    """Scattered data was lost with the worker that held it."""
+
+
+# ---------------------------------------------------------------- instructions
+
+
+@attrs.frozen(slots=True)
+class ToWorker:
+    address: str
+    msg: Message
+
+
+@attrs.frozen(slots=True)
+class ToClient:
+    client: str
+    msg: Message
+
+
+Instruction = ToWorker | ToClient
+
+
+# ---------------------------------------------------------------- entities
+
+
+class TaskState:
+    __slots__ = (
+        "key",
+        "prefix",
+        "function",
+        "args",
+        "dependencies",
+        "dependents",
+        "state",
+        "priority",
+        "who_has",
+        "processing_on",
+        "waiting_on",
+        "waiters",
+        "who_wants",
+        "nbytes",
+        "exception",
+        "exception_text",
+        "traceback_text",
+        "type_name",
+        "exception_blame",
+        "retries",
+        "suspicious",
+        "workers",
+        "allow_other_workers",
+        "resources",
+        "erred_by",
+        "result_type",
+    )
+
+    def __init__(self, key: str, function: bytes | None, args: Serialized | None) -> None:
+        self.key = key
+        self.prefix = key_prefix(key)
+        self.function = function
+        self.args = args
+        self.dependencies: set[TaskState] = set()
+        self.dependents: set[TaskState] = set()
+        self.state = "released"
+        self.priority: tuple[int, int, int] = (0, 0, 0)
+        self.who_has: set[WorkerState] = set()
+        self.processing_on: WorkerState | None = None
+        self.waiting_on: set[TaskState] = set()
+        self.waiters: set[TaskState] = set()
+        self.who_wants: set[ClientState] = set()
+        self.nbytes = -1
+        self.exception: Serialized | None = None
+        self.exception_text = ""
+        self.traceback_text = ""
+        self.type_name = ""
+        self.exception_blame: TaskState | None = None
+        self.retries = 0
+        self.suspicious = 0
+        self.workers: frozenset[str] = frozenset()
+        self.allow_other_workers = False
+        self.resources: dict[str, float] = {}
+        self.erred_by = ""
+        self.result_type = ""
+
+    @property
+    def runnable(self) -> bool:
+        return self.function is not None
+
+    def __repr__(self) -> str:
+        return f"<TaskState {self.key!r} {self.state}>"
+
+
+class WorkerState:
+    __slots__ = (
+        "address",
+        "name",
+        "nthreads",
+        "memory_limit",
+        "resources",
+        "used_resources",
+        "processing",
+        "has_what",
+        "nbytes",
+        "occupancy",
+        "nanny",
+        "pid",
+        "local_directory",
+        "services",
+        "metrics",
+        "last_seen",
+        "status",
+    )
+
+    def __init__(self, address: str, name: str, nthreads: int, memory_limit: int, resources: dict[str, float]) -> None:
+        self.address = address
+        self.name = name
+        self.nthreads = nthreads
+        self.memory_limit = memory_limit
+        self.resources = dict(resources)
+        self.used_resources = {k: 0.0 for k in resources}
+        self.processing: dict[TaskState, float] = {}
+        self.has_what: dict[TaskState, None] = {}
+        self.nbytes = 0
+        self.occupancy = 0.0
+        self.nanny = ""
+        self.pid = 0
+        self.local_directory = ""
+        self.services: dict[str, int] = {}
+        self.metrics: dict[str, Any] = {}
+        self.last_seen = 0.0
+        self.status = "running"
+
+    def __repr__(self) -> str:
+        return f"<WorkerState {self.address} {self.name!r} processing={len(self.processing)} has={len(self.has_what)}>"
+
+
+class ClientState:
+    __slots__ = ("client_id", "wants_what")
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.wants_what: set[TaskState] = set()
+
+    def __repr__(self) -> str:
+        return f"<ClientState {self.client_id} wants={len(self.wants_what)}>"
+
+
+def key_prefix(key: str) -> str:
+    """``'inc-123abc'`` -> ``'inc'``; ``"('x', 1)"``-style keys -> ``'x'``."""
+    if key.startswith("("):
+        head = key[1:].split(",", 1)[0].strip().strip("'\"")
+        return head.rsplit("-", 1)[0] if "-" in head else head
+    return key.rsplit("-", 1)[0] if "-" in key else key
+
+
+# ---------------------------------------------------------------- events
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class AddWorker:
+    address: str
+    name: str
+    nthreads: int
+    memory_limit: int
+    resources: dict[str, float] = attrs.field(factory=dict)
+    nanny: str = ""
+    pid: int = 0
+    local_directory: str = ""
+    services: dict[str, int] = attrs.field(factory=dict)
+    nbytes: dict[str, int] = attrs.field(factory=dict)
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class RemoveWorker:
+    address: str
+    reason: str = ""
+    safe: bool = False  # a clean shutdown: running tasks are not suspicious
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class AddClient:
+    client: str
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class RemoveClient:
+    client: str
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class UpdateGraphEvent:
+    client: str
+    tasks: list[TaskSpec]
+    keys: list[str]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class TaskFinishedEvent:
+    worker: str
+    key: str
+    nbytes: int
+    type_name: str = ""
+    start: float = 0.0
+    stop: float = 0.0
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class TaskErredEvent:
+    worker: str
+    key: str
+    exception: Serialized | None
+    exception_text: str
+    traceback_text: str
+    type_name: str
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class ReleaseKeysEvent:
+    client: str
+    keys: list[str]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class CancelKeysEvent:
+    client: str
+    keys: list[str]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class UpdateDataEvent:
+    client: str
+    who_has: dict[str, list[str]]
+    nbytes: dict[str, int]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class AddKeysEvent:
+    worker: str
+    nbytes: dict[str, int]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class MissingDataEvent:
+    worker: str  # who reports
+    key: str
+    errant_worker: str  # who was said to hold it
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class RescheduleEvent:
+    worker: str
+    key: str
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class ReleaseWorkerDataEvent:
+    worker: str
+    keys: list[str]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class HeartbeatEvent:
+    worker: str
+    metrics: dict[str, Any]
+
+
+Event = (
+    AddWorker
+    | RemoveWorker
+    | AddClient
+    | RemoveClient
+    | UpdateGraphEvent
+    | TaskFinishedEvent
+    | TaskErredEvent
+    | ReleaseKeysEvent
+    | CancelKeysEvent
+    | UpdateDataEvent
+    | AddKeysEvent
+    | MissingDataEvent
+    | ReleaseWorkerDataEvent
+    | RescheduleEvent
+    | HeartbeatEvent
+)
+
+
+# ---------------------------------------------------------------- the machine
+
+
+class SchedulerState:
+    """See the module docstring."""
+
+    def __init__(self, *, allowed_failures: int = 3, bandwidth: float = DEFAULT_BANDWIDTH, validate: bool = False) -> None:
+        self.tasks: dict[str, TaskState] = {}
+        self.workers: dict[str, WorkerState] = {}
+        self.clients: dict[str, ClientState] = {}
+        self.unrunnable: set[TaskState] = set()
+        self.allowed_failures = allowed_failures
+        self.bandwidth = bandwidth
+        self.validate_after_each = validate
+        self.generation = 0
+        self.prefix_durations: dict[str, float] = {}
+        self.names: dict[str, str] = {}  # worker name -> address
+        self.transition_counter = 0
+        self.task_counts: dict[str, int] = dict.fromkeys(ALL_STATES[:-1], 0)
+        self.now = 0.0
+        self._out: list[Instruction] = []
+        self._pending_unrunnable: set[TaskState] = set()
+        # Per-prefix task counts by state, for progress displays.
+        self.prefix_counts: dict[str, dict[str, int]] = {}
+
+    # ------------------------------------------------------------ entry point
+
+    def handle(self, event: Event, now: float) -> list[Instruction]:
+        """Apply ``event`` at time ``now``; return the messages to send.
+
+        Raises:
+            InvalidEvent: the event does not fit the state; nothing changed.
+        """
+        self.now = now
+        method = self._handlers[type(event)]
+        method(self, event)
+        out, self._out = self._out, []
+        if self.validate_after_each:
+            self.validate()
+        return out
+
+    def handle_many(self, events: Iterable[Event], now: float) -> list[Instruction]:
+        out: list[Instruction] = []
+        for ev in events:
+            out.extend(self.handle(ev, now))
+        return out
+
+    # ------------------------------------------------------------ workers
+
+    def _add_worker(self, ev: AddWorker) -> None:
+        if ev.address in self.workers:
+            raise InvalidEvent(f"worker {ev.address} is already registered")
+        if ev.name in self.names:
+            raise InvalidEvent(f"a worker named {ev.name!r} is already registered ({self.names[ev.name]})")
+        if ev.nthreads < 1:
+            raise InvalidEvent(f"worker {ev.address}: nthreads must be at least 1, got {ev.nthreads}")
+        if ev.memory_limit < 0:
+            raise InvalidEvent(f"worker {ev.address}: memory_limit must not be negative")
+        for k, v in ev.resources.items():
+            if v < 0:
+                raise InvalidEvent(f"worker {ev.address}: resource {k!r} must not be negative")
+        for k, v in ev.nbytes.items():
+            if v < 0:
+                raise InvalidEvent(f"worker {ev.address}: negative size for key {k!r}")
+        ws = WorkerState(ev.address, ev.name, ev.nthreads, ev.memory_limit, ev.resources)
+        ws.nanny = ev.nanny
+        ws.pid = ev.pid
+        ws.local_directory = ev.local_directory
+        ws.services = dict(ev.services)
+        ws.last_seen = self.now
+        self.workers[ev.address] = ws
+        self.names[ev.name] = ev.address
+        recs: dict[TaskState, str] = {}
+        forget: list[str] = []
+        for key, nbytes in ev.nbytes.items():
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state in ("memory", "waiting", "no-worker", "released") and (ts.who_wants or ts.waiters):
+                self._add_replica(ts, ws, nbytes)
+                if ts.state != "memory":
+                    recs[ts] = "memory"
+            else:
+                forget.append(key)
+        if forget:
+            self._out.append(ToWorker(ws.address, FreeKeys(keys=forget)))
+        for ts in sorted(self.unrunnable, key=lambda t: t.priority):
+            if ts.state == "no-worker" and self._valid_workers_now(ts, [ws]):
+                recs[ts] = "processing"
+        self._transitions(recs)
+
+    def _remove_worker(self, ev: RemoveWorker) -> None:
+        ws = self.workers.get(ev.address)
+        if ws is None:
+            return  # already gone; removal is idempotent
+        del self.workers[ws.address]
+        if self.names.get(ws.name) == ws.address:
+            del self.names[ws.name]
+        recs: dict[TaskState, str] = {}
+        for ts in list(ws.processing):
+            if not ev.safe:
+                ts.suspicious += 1
+            ts.processing_on = None
+            self._release_resources(ts, ws)
+            if ts.suspicious > self.allowed_failures:
+                self._set_exception(
+                    ts,
+                    KilledWorker(ts.key, ws.address, self.allowed_failures),
+                    worker=ws.address,
+                )
+                ts.state = "processing-lost"
+                recs[ts] = "erred"
+            else:
+                ts.state = "processing-lost"
+                recs[ts] = "released"
+        ws.processing.clear()
+        ws.occupancy = 0.0
+        for ts in list(ws.has_what):
+            ts.who_has.discard(ws)
+            if not ts.who_has:
+                if ts.runnable:
+                    recs[ts] = "released"
+                else:
+                    self._set_exception(
+                        ts,
+                        LostData(f"scattered data {ts.key!r} was lost with worker {ws.address} and cannot be recomputed"),
+                        worker=ws.address,
+                    )
+                    recs[ts] = "erred"
+        ws.has_what.clear()
+        ws.nbytes = 0
+        self._transitions(recs)
+
+    def _heartbeat(self, ev: HeartbeatEvent) -> None:
+        ws = self.workers.get(ev.worker)
+        if ws is None:
+            raise InvalidEvent(f"heartbeat from unknown worker {ev.worker}")
+        ws.metrics = dict(ev.metrics)
+        ws.last_seen = self.now
+        paused = bool(ev.metrics.get("paused"))
+        if paused and ws.status == "running":
+            ws.status = "paused"
+        elif not paused and ws.status == "paused":
+            ws.status = "running"
+            recs = {ts: "processing" for ts in self.unrunnable if ts.state == "no-worker"}
+            self._transitions(recs)
+
+    # ------------------------------------------------------------ clients
+
+    def _add_client(self, ev: AddClient) -> None:
+        if ev.client in self.clients:
+            raise InvalidEvent(f"client {ev.client} is already registered")
+        self.clients[ev.client] = ClientState(ev.client)
+
+    def _remove_client(self, ev: RemoveClient) -> None:
+        cs = self.clients.pop(ev.client, None)
+        if cs is None:
+            return
+        recs: dict[TaskState, str] = {}
+        for ts in cs.wants_what:
+            ts.who_wants.discard(cs)
+            self._maybe_release(ts, recs)
+        cs.wants_what.clear()
+        self._transitions(recs)
+
+    def _client(self, client: str) -> ClientState:
+        try:
+            return self.clients[client]
+        except KeyError:
+            raise InvalidEvent(f"unknown client {client!r}") from None
+
+    # ------------------------------------------------------------ graphs
+
+    def _update_graph(self, ev: UpdateGraphEvent) -> None:
+        cs = self._client(ev.client)
+        new_keys: dict[str, TaskSpec] = {}
+        for spec in ev.tasks:
+            if spec.key in new_keys:
+                raise InvalidEvent(f"task {spec.key!r} appears twice in the graph")
+            if spec.retries < 0:
+                raise InvalidEvent(f"task {spec.key!r}: retries must not be negative")
+            for k, v in spec.resources.items():
+                if v < 0:
+                    raise InvalidEvent(f"task {spec.key!r}: resource {k!r} must not be negative")
+            new_keys[spec.key] = spec
+        for spec in ev.tasks:
+            for dep in spec.dependencies:
+                if dep not in new_keys and dep not in self.tasks:
+                    raise InvalidEvent(f"task {spec.key!r} depends on unknown key {dep!r}")
+                if dep == spec.key:
+                    raise InvalidEvent(f"task {spec.key!r} depends on itself")
+        for key in ev.keys:
+            if key not in new_keys and key not in self.tasks:
+                raise InvalidEvent(f"the graph wants unknown key {key!r}")
+        _check_acyclic(new_keys)
+
+        self.generation += 1
+        gen = self.generation
+        touched: list[TaskState] = []
+        for order, spec in enumerate(ev.tasks):
+            ts = self.tasks.get(spec.key)
+            if ts is None:
+                ts = TaskState(spec.key, spec.function, spec.args)
+                self.tasks[spec.key] = ts
+                self.task_counts["released"] += 1
+                self._prefix_count(ts.prefix, "released", 1)
+            elif ts.state in ("released", "erred") and not ts.runnable:
+                ts.function, ts.args = spec.function, spec.args
+            else:
+                continue  # already known: keep the running/held one
+            ts.priority = (-spec.priority, gen, order)
+            ts.retries = spec.retries
+            ts.workers = frozenset(spec.workers)
+            ts.allow_other_workers = spec.allow_other_workers
+            ts.resources = dict(spec.resources)
+            touched.append(ts)
+        for ts in touched:
+            spec = new_keys[ts.key]
+            for dep_key in spec.dependencies:
+                dts = self.tasks[dep_key]
+                ts.dependencies.add(dts)
+                dts.dependents.add(ts)
+
+        recs: dict[TaskState, str] = {}
+        for key in ev.keys:
+            ts = self.tasks[key]
+            if cs not in ts.who_wants:
+                ts.who_wants.add(cs)
+                cs.wants_what.add(ts)
+            if ts.state == "memory":
+                self._out.append(ToClient(cs.client_id, KeyInMemory(key=ts.key, type_name=ts.result_type)))
+            elif ts.state == "erred":
+                self._report_erred(ts, [cs])
+            elif ts.state == "released":
+                recs[ts] = "waiting"
+        # Dependencies of wanted tasks that were released need to run again too.
+        self._transitions(recs)
+
+    def _release_keys(self, ev: ReleaseKeysEvent) -> None:
+        cs = self.clients.get(ev.client)
+        if cs is None:
+            return
+        recs: dict[TaskState, str] = {}
+        for key in ev.keys:
+            ts = self.tasks.get(key)
+            if ts is None or cs not in ts.who_wants:
+                continue
+            ts.who_wants.discard(cs)
+            cs.wants_what.discard(ts)
+            self._maybe_release(ts, recs)
+        self._transitions(recs)
+
+    def _cancel_keys(self, ev: CancelKeysEvent) -> None:
+        cs = self.clients.get(ev.client)
+        if cs is None:
+            return
+        recs: dict[TaskState, str] = {}
+        for key in ev.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            # Cancelling drops every client's claim on it and on what depends on it.
+            stack = [ts]
+            seen: set[TaskState] = set()
+            while stack:
+                t = stack.pop()
+                if t in seen:
+                    continue
+                seen.add(t)
+                for c in list(t.who_wants):
+                    t.who_wants.discard(c)
+                    c.wants_what.discard(t)
+                    self._out.append(ToClient(c.client_id, KeyCancelled(key=t.key, reason="cancelled")))
+                if t.state not in ("memory",):
+                    stack.extend(t.dependents)
+            for t in seen:
+                if not t.who_wants and t.state != "released":
+                    recs[t] = "released"
+        self._transitions(recs)
+        recs = {}
+        for ts in list(self.tasks.values()):
+            if ts.state == "released" and not ts.who_wants and not ts.waiters and not ts.dependents:
+                recs[ts] = "forgotten"
+        self._transitions(recs)
+
+    def _update_data(self, ev: UpdateDataEvent) -> None:
+        cs = self._client(ev.client)
+        for key, addrs in ev.who_has.items():
+            if not addrs:
+                raise InvalidEvent(f"scattered key {key!r} has no workers")
+            for a in addrs:
+                if a not in self.workers:
+                    raise InvalidEvent(f"scattered key {key!r} names unknown worker {a}")
+            if key not in ev.nbytes:
+                raise InvalidEvent(f"scattered key {key!r} has no size")
+        for key, n in ev.nbytes.items():
+            if n < 0:
+                raise InvalidEvent(f"scattered key {key!r} has negative size {n}")
+        recs: dict[TaskState, str] = {}
+        for key, addrs in ev.who_has.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = TaskState(key, None, None)
+                self.tasks[key] = ts
+                self.task_counts["released"] += 1
+                self._prefix_count(ts.prefix, "released", 1)
+            for a in addrs:
+                self._add_replica(ts, self.workers[a], ev.nbytes[key])
+            if cs not in ts.who_wants:
+                ts.who_wants.add(cs)
+                cs.wants_what.add(ts)
+            if ts.state != "memory":
+                recs[ts] = "memory"
+            else:
+                self._out.append(ToClient(cs.client_id, KeyInMemory(key=key, type_name=ts.result_type)))
+        self._transitions(recs)
+
+    # ------------------------------------------------------------ task reports
+
+    def _task_finished(self, ev: TaskFinishedEvent) -> None:
+        ws = self.workers.get(ev.worker)
+        ts = self.tasks.get(ev.key)
+        if ev.nbytes < 0:
+            raise InvalidEvent(f"task {ev.key!r} reported with negative size {ev.nbytes}")
+        if ws is None:
+            raise InvalidEvent(f"task report from unknown worker {ev.worker}")
+        if ts is None or ts.state not in ("processing", "memory") or (ts.state == "processing" and ts.processing_on is not ws):
+            # Stale report (cancelled, or moved): the worker should drop it
+            # unless the scheduler now wants it from there.
+            if ts is not None and ts.state in ("waiting", "no-worker", "released") and (ts.who_wants or ts.waiters) and ts.runnable and all(d.who_has for d in ts.dependencies):
+                self._add_replica(ts, ws, ev.nbytes)
+                ts.result_type = ev.type_name
+                self._transitions({ts: "memory"})
+            elif ts is not None and ts.state == "processing" and ts.processing_on is not None:
+                # Done elsewhere first: accept this copy, cancel the other run.
+                self._add_replica(ts, ws, ev.nbytes)
+                ts.result_type = ev.type_name
+                self._transitions({ts: "memory"})
+            else:
+                self._out.append(ToWorker(ws.address, FreeKeys(keys=[ev.key])))
+            return
+        if ts.state == "memory":
+            self._add_replica(ts, ws, ev.nbytes)
+            return
+        if ev.stop > ev.start > 0:
+            self._update_duration(ts.prefix, ev.stop - ev.start)
+        ts.result_type = ev.type_name
+        self._add_replica(ts, ws, ev.nbytes)
+        self._transitions({ts: "memory"})
+
+    def _task_erred(self, ev: TaskErredEvent) -> None:
+        ws = self.workers.get(ev.worker)
+        ts = self.tasks.get(ev.key)
+        if ws is None:
+            raise InvalidEvent(f"task report from unknown worker {ev.worker}")
+        if ts is None or ts.state != "processing" or ts.processing_on is not ws:
+            return  # stale
+        if ts.retries > 0:
+            ts.retries -= 1
+            self._transitions({ts: "waiting"})
+            return
+        ts.exception = ev.exception
+        ts.exception_text = ev.exception_text
+        ts.traceback_text = ev.traceback_text
+        ts.type_name = ev.type_name
+        ts.erred_by = ws.address
+        self._transitions({ts: "erred"})
+
+    def _add_keys(self, ev: AddKeysEvent) -> None:
+        ws = self.workers.get(ev.worker)
+        if ws is None:
+            raise InvalidEvent(f"add-keys from unknown worker {ev.worker}")
+        for k, n in ev.nbytes.items():
+            if n < 0:
+                raise InvalidEvent(f"add-keys: negative size for {k!r}")
+        forget = []
+        for key, n in ev.nbytes.items():
+            ts = self.tasks.get(key)
+            if ts is not None and ts.state == "memory":
+                self._add_replica(ts, ws, n)
+            else:
+                forget.append(key)
+        if forget:
+            self._out.append(ToWorker(ws.address, FreeKeys(keys=forget)))
+
+    def _release_worker_data(self, ev: ReleaseWorkerDataEvent) -> None:
+        ws = self.workers.get(ev.worker)
+        if ws is None:
+            return
+        recs: dict[TaskState, str] = {}
+        for key in ev.keys:
+            ts = self.tasks.get(key)
+            if ts is None or ws not in ts.who_has:
+                continue
+            self._remove_replica(ts, ws)
+            if not ts.who_has and ts.state == "memory":
+                recs[ts] = "released"
+        self._transitions(recs)
+
+    def _missing_data(self, ev: MissingDataEvent) -> None:
+        ts = self.tasks.get(ev.key)
+        errant = self.workers.get(ev.errant_worker)
+        if ts is None or errant is None:
+            return
+        if errant in ts.who_has:
+            self._remove_replica(ts, errant)
+            if not ts.who_has and ts.state == "memory":
+                self._transitions({ts: "released"})
+
+    def _reschedule(self, ev: RescheduleEvent) -> None:
+        ts = self.tasks.get(ev.key)
+        ws = self.workers.get(ev.worker)
+        if ts is None or ws is None or ts.state != "processing" or ts.processing_on is not ws:
+            return
+        self._transitions({ts: "released"})
+
+    _handlers: dict[type, Any] = {}
+
+    # ------------------------------------------------------------ helpers
+
+    def _prefix_count(self, prefix: str, state: str, delta: int) -> None:
+        counts = self.prefix_counts.get(prefix)
+        if counts is None:
+            counts = self.prefix_counts[prefix] = {}
+        counts[state] = counts.get(state, 0) + delta
+
+    def _update_duration(self, prefix: str, duration: float) -> None:
+        old = self.prefix_durations.get(prefix)
+        self.prefix_durations[prefix] = duration if old is None else 0.5 * old + 0.5 * duration
+
+    def _add_replica(self, ts: TaskState, ws: WorkerState, nbytes: int) -> None:
+        if ws not in ts.who_has:
+            ts.who_has.add(ws)
+            ws.has_what[ts] = None
+            ws.nbytes += max(nbytes, 0)
+        ts.nbytes = nbytes
+
+    def _remove_replica(self, ts: TaskState, ws: WorkerState) -> None:
+        ts.who_has.discard(ws)
+        if ws.has_what.pop(ts, 0) is None:
+            ws.nbytes -= max(ts.nbytes, 0)
+
+    def _set_exception(self, ts: TaskState, exc: BaseException, worker: str = "") -> None:
+        ts.exception = dumps(exc)
+        ts.exception_text = str(exc)
+        ts.traceback_text = ""
+        ts.type_name = type(exc).__name__
+        ts.erred_by = worker
+
+    def _maybe_release(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        if ts.who_wants or ts.waiters:
+            return
+        if ts.state in ("released",):
+            if not ts.dependents:
+                recs[ts] = "forgotten"
+        elif ts.state == "erred":
+            # An erred task stays erred (it is the blame of its dependents)
+            # until nothing depends on it any more.
+            if not ts.dependents:
+                recs[ts] = "forgotten"
+        else:
+            recs[ts] = "released"
+
+    def _report_erred(self, ts: TaskState, clients: Iterable[ClientState]) -> None:
+        blame = ts.exception_blame or ts
+        for cs in clients:
+            self._out.append(
+                ToClient(
+                    cs.client_id,
+                    KeyErred(
+                        key=ts.key,
+                        exception=blame.exception,
+                        exception_text=blame.exception_text,
+                        traceback_text=blame.traceback_text,
+                        type_name=blame.type_name,
+                    ),
+                )
+            )
+
+    def _valid_workers_now(self, ts: TaskState, pool: Iterable[WorkerState] | None = None) -> list[WorkerState]:
+        """Workers allowed to run ``ts`` and with resources free right now."""
+        workers = self.workers.values() if pool is None else pool
+        out = []
+        restricted = ts.workers and not ts.allow_other_workers
+        for ws in workers:
+            if ws.status != "running":
+                continue
+            if restricted and ws.address not in ts.workers and ws.name not in ts.workers:
+                continue
+            if ts.resources and not self._fits(ts, ws):
+                continue
+            out.append(ws)
+        if ts.workers and ts.allow_other_workers and out:
+            preferred = [w for w in out if w.address in ts.workers or w.name in ts.workers]
+            if preferred:
+                return preferred
+        return out
+
+    @staticmethod
+    def _fits(ts: TaskState, ws: WorkerState) -> bool:
+        for name, need in ts.resources.items():
+            total = ws.resources.get(name)
+            if total is None or total - ws.used_resources.get(name, 0.0) < need:
+                return False
+        return True
+
+    def _release_resources(self, ts: TaskState, ws: WorkerState) -> bool:
+        if not ts.resources:
+            return False
+        for name, need in ts.resources.items():
+            if name in ws.used_resources:
+                ws.used_resources[name] -= need
+        return True
+
+    def decide_worker(self, ts: TaskState) -> WorkerState | None:
+        """The worker where ``ts`` would start earliest, or None."""
+        candidates: Iterable[WorkerState]
+        if not ts.workers and not ts.resources and len(self.workers) > 0:
+            candidates = [ws for ws in self.workers.values() if ws.status == "running"]
+        else:
+            candidates = self._valid_workers_now(ts)
+        if not candidates:
+            return None
+        if ts.dependencies:
+            holders = {ws for dts in ts.dependencies for ws in dts.who_has}
+            near = [ws for ws in candidates if ws in holders]
+            # Consider the holders first, but any worker may win if it is idle enough.
+            if near and len(candidates) > 20:
+                candidates = near + sorted(candidates, key=lambda w: w.occupancy / w.nthreads)[:5]
+        bandwidth = self.bandwidth
+        best = None
+        best_cost = 0.0
+        for ws in candidates:
+            cost = ws.occupancy / ws.nthreads
+            if ts.dependencies:
+                missing = 0
+                for dts in ts.dependencies:
+                    if ws not in dts.who_has:
+                        missing += max(dts.nbytes, 0)
+                cost += missing / bandwidth
+            if best is None or cost < best_cost or (cost == best_cost and len(ws.processing) < len(best.processing)):
+                best, best_cost = ws, cost
+        return best
+
+    # ------------------------------------------------------------ transitions
+
+    def _transitions(self, recs: dict[TaskState, str]) -> None:
+        while recs:
+            ts, finish = recs.popitem()
+            self._transition(ts, finish, recs)
+
+    def _transition(self, ts: TaskState, finish: str, recs: dict[TaskState, str]) -> None:
+        start = ts.state
+        if start == finish:
+            return
+        if start == "forgotten":
+            return
+        func = TRANSITIONS.get((start, finish))
+        if func is None:
+            # Go through 'released' when there is no direct edge.
+            if (start, "released") in TRANSITIONS and ("released", finish) in TRANSITIONS:
+                self._transition(ts, "released", recs)
+                if ts.state == "released":
+                    self._transition(ts, finish, recs)
+                return
+            raise InvalidTransition(f"no transition {start} -> {finish} for {ts.key!r}")
+        self.transition_counter += 1
+        func(self, ts, recs)
+        end = ts.state
+        if start == "processing-lost":
+            start = "processing"
+        if end != start:
+            counts = self.task_counts
+            counts[start] -= 1
+            if end != "forgotten":
+                counts[end] += 1
+            pc = self.prefix_counts[ts.prefix]
+            pc[start] -= 1
+            if end != "forgotten":
+                pc[end] = pc.get(end, 0) + 1
+
+    def _t_released_waiting(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        if not ts.runnable:
+            raise InvalidTransition(f"{ts.key!r} has no run spec and cannot be computed")
+        ts.state = "waiting"
+        ts.waiting_on.clear()
+        for dts in ts.dependencies:
+            if dts.state == "erred":
+                ts.exception_blame = dts.exception_blame or dts
+                recs[ts] = "erred"
+                continue
+            dts.waiters.add(ts)
+            if not dts.who_has:
+                ts.waiting_on.add(dts)
+                if dts.state == "released":
+                    if dts.runnable:
+                        recs[dts] = "waiting"
+                    else:
+                        self._set_exception(ts, LostData(f"dependency {dts.key!r} was scattered data that has been lost"))
+                        recs[ts] = "erred"
+        if not ts.waiting_on and ts not in recs:
+            recs[ts] = "processing"
+
+    def _t_waiting_processing(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        ws = self.decide_worker(ts)
+        if ws is None:
+            ts.state = "no-worker"
+            self.unrunnable.add(ts)
+            return
+        self._send_to_worker(ts, ws)
+
+    def _send_to_worker(self, ts: TaskState, ws: WorkerState) -> None:
+        duration = self.prefix_durations.get(ts.prefix, DEFAULT_DURATION)
+        ts.state = "processing"
+        ts.processing_on = ws
+        ws.processing[ts] = duration
+        ws.occupancy += duration
+        if ts.resources:
+            for name, need in ts.resources.items():
+                ws.used_resources[name] = ws.used_resources.get(name, 0.0) + need
+        who_has = {dts.key: [w.address for w in dts.who_has] for dts in ts.dependencies}
+        nbytes = {dts.key: dts.nbytes for dts in ts.dependencies}
+        assert ts.function is not None and ts.args is not None
+        self._out.append(
+            ToWorker(
+                ws.address,
+                ComputeTask(
+                    key=ts.key,
+                    function=ts.function,
+                    args=ts.args,
+                    who_has=who_has,
+                    nbytes=nbytes,
+                    priority=ts.priority,
+                    resources=ts.resources,
+                    duration=duration,
+                ),
+            )
+        )
+
+    def _t_noworker_processing(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        ws = self.decide_worker(ts)
+        if ws is None:
+            return
+        self.unrunnable.discard(ts)
+        self._send_to_worker(ts, ws)
+
+    def _leave_processing(self, ts: TaskState) -> WorkerState | None:
+        ws = ts.processing_on
+        if ws is not None:
+            d = ws.processing.pop(ts, None)
+            if d is not None:
+                ws.occupancy = max(ws.occupancy - d, 0.0) if ws.processing else 0.0
+            ts.processing_on = None
+            if self._release_resources(ts, ws):
+                for t in sorted(self.unrunnable, key=lambda t: t.priority):
+                    if self._fits(t, ws):
+                        self._pending_unrunnable.add(t)
+        return ws
+
+    def _t_processing_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        self._leave_processing(ts)
+        ts.state = "memory"
+        ts.exception_blame = None
+        ts.suspicious = 0
+        self._became_memory(ts, recs)
+        self._flush_unrunnable(recs)
+
+    def _became_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        for dts in ts.dependents:
+            dts.waiting_on.discard(ts)
+            if not dts.waiting_on and dts.state == "waiting":
+                recs[dts] = "processing"
+        for dts in ts.dependencies:
+            dts.waiters.discard(ts)
+            if not dts.waiters and not dts.who_wants and dts.state == "memory":
+                recs[dts] = "released"
+        for cs in ts.who_wants:
+            self._out.append(ToClient(cs.client_id, KeyInMemory(key=ts.key, type_name=ts.result_type)))
+        if not ts.who_wants and not ts.waiters:
+            recs[ts] = "released"
+
+    def _t_waiting_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        # A result arrived for a task we were (re)waiting on: accept it.
+        for dts in ts.waiting_on:
+            dts.waiters.discard(ts)
+        ts.waiting_on.clear()
+        self.unrunnable.discard(ts)
+        ts.state = "memory"
+        self._became_memory(ts, recs)
+
+    def _t_released_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        if not ts.who_has:
+            raise InvalidTransition(f"{ts.key!r} cannot be in memory with no holder")
+        ts.state = "memory"
+        self._became_memory(ts, recs)
+
+    def _t_memory_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        for ws in list(ts.who_has):
+            self._remove_replica(ts, ws)
+            self._out.append(ToWorker(ws.address, FreeKeys(keys=[ts.key])))
+        ts.state = "released"
+        # Dependents that still need this result must wait for it again.
+        for dts in ts.dependents:
+            if dts.state in ("waiting", "no-worker"):
+                dts.waiting_on.add(ts)
+                if dts.state == "no-worker":
+                    self.unrunnable.discard(dts)
+                    dts.state = "waiting"
+            elif dts.state == "processing":
+                recs[dts] = "released"
+        if ts.who_wants or ts.waiters:
+            if ts.runnable:
+                recs[ts] = "waiting"
+            else:
+                self._set_exception(ts, LostData(f"scattered data {ts.key!r} was lost"))
+                recs[ts] = "erred"
+        elif not ts.dependents:
+            recs[ts] = "forgotten"
+
+    def _t_processing_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        ws = self._leave_processing(ts)
+        if ws is not None and ts.state == "processing":
+            self._out.append(ToWorker(ws.address, FreeKeys(keys=[ts.key])))
+        self._to_released(ts, recs)
+        self._flush_unrunnable(recs)
+
+    def _to_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        for dts in ts.dependencies:
+            dts.waiters.discard(ts)
+            if not dts.waiters and not dts.who_wants and dts.state == "memory":
+                recs[dts] = "released"
+        ts.waiting_on.clear()
+        ts.state = "released"
+        if ts.who_wants or ts.waiters:
+            recs[ts] = "waiting"
+        elif not ts.dependents:
+            recs[ts] = "forgotten"
+
+    def _t_waiting_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        self._to_released(ts, recs)
+
+    def _t_noworker_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        self.unrunnable.discard(ts)
+        self._to_released(ts, recs)
+
+    def _t_processing_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        self._leave_processing(ts)
+        self._to_erred(ts, recs)
+        self._flush_unrunnable(recs)
+
+    def _to_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        for dts in ts.dependencies:
+            dts.waiters.discard(ts)
+            if not dts.waiters and not dts.who_wants and dts.state == "memory":
+                recs[dts] = "released"
+        ts.waiting_on.clear()
+        for ws in list(ts.who_has):
+            self._remove_replica(ts, ws)
+            self._out.append(ToWorker(ws.address, FreeKeys(keys=[ts.key])))
+        ts.state = "erred"
+        blame = ts.exception_blame or ts
+        for dts in ts.dependents:
+            if dts.state in ("waiting", "no-worker", "processing", "released") and (dts.who_wants or dts.waiters or dts.state != "released"):
+                dts.exception_blame = blame
+                recs[dts] = "erred"
+        self._report_erred(ts, ts.who_wants)
+        if not ts.who_wants and not ts.waiters and not ts.dependents:
+            recs[ts] = "forgotten"
+
+    def _t_waiting_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        self._to_erred(ts, recs)
+
+    def _t_noworker_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        self.unrunnable.discard(ts)
+        self._to_erred(ts, recs)
+
+    def _t_released_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        self._to_erred(ts, recs)
+
+    def _t_memory_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        self._to_erred(ts, recs)
+
+    def _t_erred_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        ts.exception = None
+        ts.exception_text = ts.traceback_text = ts.type_name = ""
+        ts.exception_blame = None
+        ts.state = "released"
+        for dts in ts.dependents:
+            if dts.state == "erred" and (dts.who_wants or dts.waiters):
+                recs[dts] = "released"
+        if ts.who_wants or ts.waiters:
+            if ts.runnable:
+                recs[ts] = "waiting"
+        elif not ts.dependents:
+            recs[ts] = "forgotten"
+
+    def _t_to_forgotten(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        if ts.who_wants or ts.waiters or ts.dependents:
+            raise InvalidTransition(f"{ts.key!r} is still needed and cannot be forgotten")
+        for dts in ts.dependencies:
+            dts.dependents.discard(ts)
+            dts.waiters.discard(ts)
+            if not dts.dependents and not dts.who_wants and not dts.waiters and dts.state in ("released", "erred"):
+                recs[dts] = "forgotten"
+        ts.dependencies.clear()
+        self.unrunnable.discard(ts)
+        ts.state = "forgotten"
+        del self.tasks[ts.key]
+
+    def _flush_unrunnable(self, recs: dict[TaskState, str]) -> None:
+        if self._pending_unrunnable:
+            for t in self._pending_unrunnable:
+                if t.state == "no-worker":
+                    recs[t] = "processing"
+            self._pending_unrunnable.clear()
+
+    # ------------------------------------------------------------ checking
+
+    def validate(self) -> None:
+        """Check every invariant; raise AssertionError naming the broken one."""
+        counts = dict.fromkeys(ALL_STATES[:-1], 0)
+        for key, ts in self.tasks.items():
+            assert ts.key == key, (key, ts)
+            assert ts.state in ALL_STATES[:-1], f"{ts!r} in unknown state"
+            counts[ts.state] += 1
+            for dts in ts.dependencies:
+                assert dts.key in self.tasks, f"{ts!r} depends on forgotten {dts!r}"
+                assert ts in dts.dependents, f"{ts!r} not among dependents of {dts!r}"
+            for dts in ts.dependents:
+                assert dts.key in self.tasks, f"{ts!r} has forgotten dependent {dts!r}"
+                assert ts in dts.dependencies
+            for cs in ts.who_wants:
+                assert ts in cs.wants_what, (ts, cs)
+                assert cs.client_id in self.clients, (ts, cs)
+            for ws in ts.who_has:
+                assert ts in ws.has_what, (ts, ws)
+                assert ws.address in self.workers, f"{ts!r} held by removed {ws!r}"
+            if ts.state == "memory":
+                assert ts.who_has, f"{ts!r} in memory with no holder"
+                assert ts.processing_on is None
+                assert not ts.waiting_on
+            else:
+                assert not ts.who_has, f"{ts!r} has holders but is {ts.state}"
+            if ts.state == "processing":
+                ws = ts.processing_on
+                assert ws is not None and ts in ws.processing, ts
+                assert ws.address in self.workers
+                for dts in ts.dependencies:
+                    assert dts.who_has, f"{ts!r} processing while {dts!r} has no data"
+                assert not ts.waiting_on
+            else:
+                assert ts.processing_on is None, ts
+            if ts.state == "waiting":
+                assert ts.runnable
+                for dts in ts.waiting_on:
+                    assert not dts.who_has, (ts, dts)
+                    assert ts in dts.waiters, (ts, dts)
+                    assert dts.state in ("waiting", "no-worker", "processing", "released"), (ts, dts)
+                for dts in ts.dependencies:
+                    if not dts.who_has:
+                        assert dts in ts.waiting_on, (ts, dts)
+            if ts.state == "no-worker":
+                assert ts in self.unrunnable
+                for dts in ts.dependencies:
+                    assert dts.who_has, (ts, dts)
+            else:
+                assert ts not in self.unrunnable, ts
+            for dts in ts.waiters:
+                assert dts.state in ("waiting", "no-worker", "processing"), f"{dts!r} waits on {ts!r}"
+                assert ts in dts.dependencies
+            if ts.state in ("released", "erred", "memory") and not ts.who_wants and not ts.waiters:
+                if ts.state == "memory":
+                    raise AssertionError(f"{ts!r} in memory but unwanted")
+                if not ts.dependents:
+                    raise AssertionError(f"{ts!r} should have been forgotten")
+        assert counts == self.task_counts, (counts, self.task_counts)
+        for address, ws in self.workers.items():
+            assert ws.address == address
+            for ts in ws.processing:
+                assert ts.processing_on is ws and ts.state == "processing", (ws, ts)
+            for ts in ws.has_what:
+                assert ws in ts.who_has, (ws, ts)
+            for name, used in ws.used_resources.items():
+                assert used >= -1e-9, (ws, name, used)
+                assert used <= ws.resources.get(name, 0) + 1e-9, (ws, name, used)
+        for cid, cs in self.clients.items():
+            for ts in cs.wants_what:
+                assert cs in ts.who_wants and ts.key in self.tasks, (cs, ts)
+
+
+def _check_acyclic(specs: dict[str, TaskSpec]) -> None:
+    """Raise InvalidEvent if the new tasks contain a dependency cycle."""
+    state: dict[str, int] = {}
+    for root in specs:
+        if root in state:
+            continue
+        stack: list[tuple[str, int]] = [(root, 0)]
+        while stack:
+            key, i = stack.pop()
+            deps = [d for d in specs[key].dependencies if d in specs]
+            if i == 0:
+                if state.get(key) == 2:
+                    continue
+                state[key] = 1
+            if i < len(deps):
+                stack.append((key, i + 1))
+                d = deps[i]
+                s = state.get(d)
+                if s == 1:
+                    raise InvalidEvent(f"the graph has a cycle through {d!r}")
+                if s is None:
+                    stack.append((d, 0))
+            else:
+                state[key] = 2
+
+
+SchedulerState._handlers = {
+    AddWorker: SchedulerState._add_worker,
+    RemoveWorker: SchedulerState._remove_worker,
+    AddClient: SchedulerState._add_client,
+    RemoveClient: SchedulerState._remove_client,
+    UpdateGraphEvent: SchedulerState._update_graph,
+    TaskFinishedEvent: SchedulerState._task_finished,
+    TaskErredEvent: SchedulerState._task_erred,
+    ReleaseKeysEvent: SchedulerState._release_keys,
+    CancelKeysEvent: SchedulerState._cancel_keys,
+    UpdateDataEvent: SchedulerState._update_data,
+    AddKeysEvent: SchedulerState._add_keys,
+    MissingDataEvent: SchedulerState._missing_data,
+    ReleaseWorkerDataEvent: SchedulerState._release_worker_data,
+    HeartbeatEvent: SchedulerState._heartbeat,
+    RescheduleEvent: SchedulerState._reschedule,
+}
+
+S = SchedulerState
+TRANSITIONS: dict[tuple[str, str], Any] = {
+    ("released", "waiting"): S._t_released_waiting,
+    ("released", "memory"): S._t_released_memory,
+    ("released", "erred"): S._t_released_erred,
+    ("released", "forgotten"): S._t_to_forgotten,
+    ("waiting", "processing"): S._t_waiting_processing,
+    ("waiting", "released"): S._t_waiting_released,
+    ("waiting", "memory"): S._t_waiting_memory,
+    ("waiting", "erred"): S._t_waiting_erred,
+    ("no-worker", "processing"): S._t_noworker_processing,
+    ("no-worker", "released"): S._t_noworker_released,
+    ("no-worker", "memory"): S._t_waiting_memory,
+    ("no-worker", "erred"): S._t_noworker_erred,
+    ("processing", "memory"): S._t_processing_memory,
+    ("processing", "released"): S._t_processing_released,
+    ("processing", "erred"): S._t_processing_erred,
+    ("processing", "waiting"): lambda self, ts, recs: (S._t_processing_released(self, ts, recs)),
+    ("processing-lost", "released"): S._t_processing_released,
+    ("processing-lost", "erred"): S._t_processing_erred,
+    ("memory", "released"): S._t_memory_released,
+    ("memory", "erred"): S._t_memory_erred,
+    ("erred", "released"): S._t_erred_released,
+    ("erred", "forgotten"): S._t_to_forgotten,
+}
+del S

@@ -1,0 +1,131 @@
+"""Long-lived executor threads fed by a queue, reporting back in batches.
+
+Theory of operation
+-------------------
+``trio.to_thread.run_sync`` costs 130-165 µs per call on this class of
+machine: more than a small task.  So each worker keeps ``nthreads``
+long-lived threads that pull jobs from one queue.  The worker's state machine
+hands the executor a few more jobs than it has threads (see ``slots`` in
+:mod:`trioflow.worker.state`), so a thread that finishes a task starts the
+next immediately, without waiting for the event loop.
+
+Completed jobs go into a deque.  The first completion after the loop last
+drained the deque schedules one wake-up with ``TrioToken.run_sync_soon``;
+completions that arrive before the loop gets to it ride along.  The loop side
+(:meth:`ThreadExecutor.next_batch`) therefore receives results in batches
+and turns each batch into one round of state-machine events and one batched
+write to the scheduler.
+
+Jobs are plain callables returning a result record; they run with the
+``trioflow`` thread-local set so ``get_worker()`` works inside tasks.
+
+.. warning::
+   A running Python function cannot be cancelled.  :meth:`aclose` stops the
+   threads after their current job; it waits a bounded time and then
+   abandons (daemon) threads still stuck in user code.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+__all__ = ["ThreadExecutor", "thread_state"]
+
+thread_state = threading.local()
+
+_STOP = object()
+
+
+class ThreadExecutor:
+    def __init__(self, nthreads: int, *, name: str = "trioflow-executor", context: Any = None) -> None:
+        self.nthreads = nthreads
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._done: collections.deque[Any] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake_pending = False
+        self._event = trio.Event()
+        self._token = trio.lowlevel.current_trio_token()
+        self._context = context
+        self._closed = False
+        self.submitted = 0
+        self._threads = [
+            threading.Thread(target=self._loop, args=(i,), name=f"{name}-{i}", daemon=True) for i in range(nthreads)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, job: Callable[[], Any]) -> None:
+        """Queue ``job``; its return value arrives through :meth:`next_batch`."""
+        if self._closed:
+            raise RuntimeError("executor is closed")
+        self.submitted += 1
+        self._queue.put(job)
+
+    def _loop(self, index: int) -> None:
+        thread_state.worker = self._context
+        thread_state.thread_index = index
+        q = self._queue
+        done = self._done
+        while True:
+            job = q.get()
+            if job is _STOP:
+                return
+            try:
+                result = job()
+            except BaseException as exc:  # jobs catch user errors; this is our bug
+                result = exc
+            done.append(result)
+            with self._lock:
+                if self._wake_pending:
+                    continue
+                self._wake_pending = True
+            try:
+                self._token.run_sync_soon(self._wake)
+            except trio.RunFinishedError:
+                return
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        self._event.set()
+
+    async def next_batch(self) -> list[Any]:
+        """Wait for at least one completed job; return all completed so far."""
+        while not self._done:
+            await self._event.wait()
+            self._event = trio.Event()
+        out = []
+        done = self._done
+        while done:
+            out.append(done.popleft())
+        return out
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """Stop the threads (after their current job), waiting at most ``timeout``."""
+        if self._closed:
+            return
+        self._closed = True
+        # Drop queued jobs that have not started.
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        for _ in self._threads:
+            self._queue.put(_STOP)
+        # Join in real time (not Trio's clock, which may be a MockClock).
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._join, timeout)
+
+    def _join(self, timeout: float) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(deadline - time.monotonic(), 0))

@@ -1,0 +1,613 @@
+"""The worker: a Trio shell around :class:`~trioflow.worker.state.WorkerState`.
+
+Theory of operation
+-------------------
+``Worker.serve`` builds this nursery tree::
+
+    Worker nursery
+     ├ listener: peers fetch data (GetData), clients scatter (PutData) and run
+     │  functions (RunFunction)
+     ├ scheduler stream: register, then receive ComputeTask / FreeKeys /
+     │  CloseWorker; a BatchedSend owns the write side
+     ├ executor loop: batches of finished jobs -> state events
+     ├ heartbeat loop: memory, CPU, counts -> scheduler
+     └ one task per transfer from a peer (GatherDep)
+
+Every event goes through :meth:`Worker._handle`, which feeds the state
+machine and carries out what it returns.  Values live in ``self.data`` (a
+plain dict, or the spilling store once memory management lands); the state
+machine only ever sees keys and sizes.
+
+Task functions and arguments are unpickled in the executor thread, not on the
+event loop, and a result is checked for picklability there (cheaply: known
+types are trusted, anything else is serialized once and the bytes cached for
+the transfer that will follow).  A result that cannot be pickled makes the
+task err with a message naming its type; the worker carries on.
+
+When the scheduler stream breaks, the worker either closes
+(``reconnect=False``) or keeps its data and registers again when a scheduler
+answers at that address, giving up after ``death_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+import traceback
+import uuid
+from typing import Any
+
+import psutil
+import trio
+
+from ..comm import BatchedSend, Comm, CommClosedError, CommError, ConnectionPool, connect, listen
+from ..comm.addressing import Address, parse_address
+from ..protocol import messages as m
+from ..protocol.codec import ProtocolError
+from ..protocol.serialize import (
+    SerializationError,
+    Serialized,
+    dumps,
+    loads,
+    loads_function,
+    loads_with_deps,
+)
+from ..sizeof import sizeof
+from . import state as ws
+from .executor import ThreadExecutor, thread_state
+
+logger = logging.getLogger("trioflow.worker")
+
+__all__ = ["Worker", "get_worker"]
+
+_TRUSTED_TYPES = (int, float, complex, bool, str, bytes, bytearray, type(None))
+
+
+def get_worker() -> Worker:
+    """The worker running the current task.
+
+    Raises:
+        ValueError: not called from inside a task on a worker.
+    """
+    w = getattr(thread_state, "worker", None)
+    if w is None:
+        raise ValueError("get_worker() called outside of a task running on a worker")
+    return w  # type: ignore[no-any-return]
+
+
+def _type_name(obj: object) -> str:
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _trusted(result: Any) -> bool:
+    t = type(result)
+    if t in _TRUSTED_TYPES:
+        return True
+    mod = t.__module__
+    if mod.startswith(("numpy", "pandas")):
+        return t.__name__ != "object" and getattr(result, "dtype", None) != object
+    if t in (list, tuple) and len(result) <= 64:
+        return all(type(x) in _TRUSTED_TYPES for x in result)
+    if t is dict and len(result) <= 64:
+        return all(type(k) in _TRUSTED_TYPES and type(v) in _TRUSTED_TYPES for k, v in result.items())
+    return False
+
+
+def _error_record(key: str, exc: BaseException, start: float, stop: float, index: int) -> tuple[Any, ...]:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        ser: Serialized | None = dumps(exc)
+    except SerializationError:
+        ser = None
+    return ("err", key, ser, f"{type(exc).__name__}: {exc}", tb, type(exc).__name__, start, stop, index)
+
+
+def _make_job(key: str, function: bytes, args: Serialized, deps: dict[str, Any]) -> Any:
+    def job() -> tuple[Any, ...]:
+        index = getattr(thread_state, "thread_index", 0)
+        start = time.time()
+        try:
+            func = loads_function(function)
+            a, kw = loads_with_deps(args, deps)
+            thread_state.key = key
+            result = func(*a, **kw)
+        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
+            return _error_record(key, exc, start, time.time(), index)
+        finally:
+            thread_state.key = None
+        stop = time.time()
+        serialized = None
+        if not _trusted(result):
+            try:
+                serialized = dumps(result)
+            except SerializationError as exc:
+                return _error_record(key, exc, start, stop, index)
+        return ("ok", key, result, sizeof(result), _type_name(result), start, stop, index, serialized)
+
+    return job
+
+
+class Worker:
+    """A worker process's server; start it with ``await nursery.start(worker.serve)``."""
+
+    def __init__(
+        self,
+        scheduler_address: str,
+        *,
+        nthreads: int = 1,
+        name: str | None = None,
+        memory_limit: int = 0,
+        resources: dict[str, float] | None = None,
+        listen_address: str | None = None,
+        contact_address: str | None = None,
+        security: Any = None,
+        local_directory: str | None = None,
+        reconnect: bool = True,
+        death_timeout: float | None = None,
+        heartbeat_interval: float = 1.0,
+        nanny: str = "",
+        validate: bool = False,
+        connect_timeout: float = 10,
+    ) -> None:
+        if nthreads < 1:
+            raise ValueError(f"nthreads must be at least 1, got {nthreads}")
+        self.scheduler_address = scheduler_address
+        self.nthreads = nthreads
+        self.id = f"worker-{uuid.uuid4().hex[:8]}"
+        self.name = name if name is not None else ""
+        self.memory_limit = memory_limit
+        self.resources = dict(resources or {})
+        self.security = security
+        sched = parse_address(scheduler_address, default_port=8786)
+        default_listen = "inproc://" if sched.scheme == "inproc" else f"{sched.scheme}://127.0.0.1:0"
+        self.listen_address = listen_address or default_listen
+        self.contact_address = contact_address
+        self._local_directory_parent = local_directory
+        self.local_directory = ""
+        self.reconnect = reconnect
+        self.death_timeout = death_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.nanny = nanny
+        self.validate = validate
+        self.connect_timeout = connect_timeout
+        self.address = ""
+        self.data: dict[str, Any] = {}
+        self._serialized: dict[str, Serialized] = {}
+        self.state: ws.WorkerState | None = None
+        self.status = "init"
+        self.batched: BatchedSend | None = None
+        self._close_event = trio.Event()
+        self._closed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self.executor: ThreadExecutor | None = None
+        self.pool: ConnectionPool | None = None
+        self.scheduler_id = ""
+        self.bandwidth = 100e6
+        self.transfer_log: list[dict[str, Any]] = []
+        self.task_log: list[tuple[str, float, float, int]] = []
+        self.close_reason = ""
+        self._proc = psutil.Process()
+        self.services: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.address or '(not started)'} name={self.name!r} status={self.status}>"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def serve(self, *, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until closed (by :meth:`close`, the scheduler, or cancellation).
+
+        ``task_status.started`` fires once registered with the scheduler.
+        """
+        parent = self._local_directory_parent
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        self.local_directory = tempfile.mkdtemp(prefix="trioflow-worker-", dir=parent or None)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.pool = ConnectionPool(security=self.security, role="worker", name=self.name, timeout=self.connect_timeout)
+                listener = await nursery.start(
+                    lambda task_status: listen(
+                        self.listen_address,
+                        self._handle_peer,
+                        security=self.security,
+                        role="worker",
+                        name=self.name,
+                        task_status=task_status,
+                    )
+                )
+                comm = await self._connect_scheduler(initial=True)
+                self.address = self._contact(listener.address, comm)
+                if not self.name:
+                    self.name = self.address
+                self.state = ws.WorkerState(address=self.address, nthreads=self.nthreads, resources=self.resources, validate=self.validate)
+                self.executor = ThreadExecutor(self.nthreads, name=f"trioflow-{self.name}", context=self)
+                await self._register(comm)
+                self.status = "running"
+                nursery.start_soon(self._executor_loop)
+                nursery.start_soon(self._heartbeat_loop)
+                nursery.start_soon(self._scheduler_loop, comm)
+                task_status.started(self)
+                await self._close_event.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self.status = "closed"
+            with trio.CancelScope(shield=True):
+                if self.executor is not None:
+                    await self.executor.aclose(timeout=2)
+                if self.pool is not None:
+                    await self.pool.aclose()
+            self.data.clear()
+            self._serialized.clear()
+            shutil.rmtree(self.local_directory, ignore_errors=True)
+            self._closed.set()
+
+    def close(self, reason: str = "") -> None:
+        """Ask the worker to stop; :meth:`serve` returns soon after."""
+        if not self.close_reason:
+            self.close_reason = reason
+        self.status = "closing"
+        self._close_event.set()
+
+    async def aclose(self, reason: str = "closed", *, timeout: float = 5) -> None:
+        """Close cleanly: tell the scheduler, stop, wait (bounded)."""
+        if self.status == "closed":
+            return
+        if self.batched is not None:
+            try:
+                self.batched.send(m.WorkerUnregister(reason=reason))
+                await self.batched.aclose(timeout=1)
+            except CommClosedError:
+                pass
+        self.close(reason)
+        with trio.move_on_after(timeout):
+            await self._closed.wait()
+
+    def _contact(self, bound: str, scheduler_comm: Comm) -> str:
+        if self.contact_address:
+            return self.contact_address
+        addr = parse_address(bound)
+        if addr.scheme != "inproc" and addr.host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+            stream = getattr(scheduler_comm, "_stream", None)
+            sock = getattr(stream, "socket", None) or getattr(getattr(stream, "transport_stream", None), "socket", None)
+            if sock is not None:
+                try:
+                    host = sock.getsockname()[0]
+                except OSError:
+                    pass
+            return str(Address(addr.scheme, host, addr.port))
+        return bound
+
+    async def _connect_scheduler(self, *, initial: bool) -> Comm:
+        """Connect, retrying until ``death_timeout`` (forever if None)."""
+        deadline = trio.current_time() + self.death_timeout if self.death_timeout is not None else None
+        delay = 0.1
+        logged = False
+        while True:
+            try:
+                return await connect(
+                    self.scheduler_address,
+                    security=self.security,
+                    role="worker",
+                    name=self.name,
+                    timeout=self.connect_timeout if deadline is None else max(min(self.connect_timeout, deadline - trio.current_time()), 0.1),
+                )
+            except (CommError, OSError) as exc:
+                if deadline is not None and trio.current_time() >= deadline:
+                    raise CommError(
+                        f"could not reach the scheduler at {self.scheduler_address} within --death-timeout {self.death_timeout}s: {exc}"
+                    ) from None
+                if not logged:
+                    logger.info("waiting for the scheduler at %s: %s", self.scheduler_address, exc)
+                    logged = True
+                await trio.sleep(delay)
+                delay = min(delay * 1.5, 1.0)
+
+    async def _register(self, comm: Comm) -> None:
+        assert self.state is not None
+        held = {k: t.nbytes for k, t in self.state.tasks.items() if t.state == "memory"}
+        await comm.send(
+            m.RegisterWorker(
+                address=self.address,
+                name=self.name,
+                nthreads=self.nthreads,
+                memory_limit=self.memory_limit,
+                resources=self.resources,
+                nanny=self.nanny,
+                pid=os.getpid(),
+                local_directory=self.local_directory,
+                nbytes=held,
+                services=self.services,
+            )
+        )
+        with trio.fail_after(self.connect_timeout):
+            reply = await comm.recv()
+        if isinstance(reply, m.ErrorReply):
+            raise CommError(f"the scheduler refused registration: {reply.message}")
+        if not isinstance(reply, m.WorkerRegistered):
+            raise CommError(f"unexpected registration reply {reply.op!r}")
+        self.scheduler_id = reply.scheduler_id
+        self.heartbeat_interval = reply.heartbeat_interval
+        if reply.forget:
+            self._handle(ws.FreeKeysEvent(keys=reply.forget))
+        self.batched = BatchedSend(comm)
+        logger.info("Registered to: %s", self.scheduler_address)
+
+    # ------------------------------------------------------------ scheduler stream
+
+    async def _scheduler_loop(self, comm: Comm) -> None:
+        while True:
+            assert self.batched is not None
+            batched = self.batched
+            try:
+                async with trio.open_nursery() as n:
+                    n.start_soon(self._run_batched, batched)
+                    while True:
+                        msg = await comm.recv()
+                        if isinstance(msg, m.ComputeTask):
+                            self._handle(ws.ComputeTaskEvent(msg=msg))
+                        elif isinstance(msg, m.FreeKeys):
+                            self._handle(ws.FreeKeysEvent(keys=msg.keys))
+                        elif isinstance(msg, m.CloseWorker):
+                            logger.info("the scheduler asked us to close: %s", msg.reason)
+                            await batched.aclose(timeout=1)
+                            self.close(f"scheduler: {msg.reason}")
+                            return
+                        else:
+                            logger.warning("unexpected %r from the scheduler, ignored", msg.op)
+            except (CommClosedError, trio.BrokenResourceError) as exc:
+                logger.info("lost the scheduler at %s: %s", self.scheduler_address, exc)
+            except ProtocolError as exc:
+                logger.warning("bad message from the scheduler: %s", exc)
+            await comm.aclose()
+            if self.status != "running":
+                return
+            if not self.reconnect:
+                self.close("scheduler lost (--no-reconnect)")
+                return
+            self._reset_for_reconnect()
+            try:
+                comm = await self._connect_scheduler(initial=False)
+                await self._register(comm)
+            except (CommError, trio.TooSlowError) as exc:
+                logger.warning("%s", exc)
+                self.close("scheduler lost")
+                return
+
+    async def _run_batched(self, batched: BatchedSend) -> None:
+        try:
+            await batched.run()
+        except CommClosedError:
+            pass
+
+    def _reset_for_reconnect(self) -> None:
+        """Forget everything but the data held: a new scheduler starts afresh."""
+        assert self.state is not None
+        old = self.state
+        self.state = ws.WorkerState(address=self.address, nthreads=self.nthreads, resources=self.resources, validate=self.validate)
+        for key, t in old.tasks.items():
+            if t.state == "memory":
+                nt = ws.WorkerTask(key)
+                nt.state = "memory"
+                nt.nbytes = t.nbytes
+                self.state.tasks[key] = nt
+                self.state.nbytes_in_memory += max(t.nbytes, 0)
+        # Executions still running finish into the void (their keys are unknown now).
+
+    # ------------------------------------------------------------ events and instructions
+
+    def _handle(self, event: Any) -> None:
+        assert self.state is not None
+        try:
+            instructions = self.state.handle(event)
+        except ws.InvalidWorkerEvent as exc:
+            logger.debug("ignored event: %s", exc)
+            return
+        self._run_instructions(instructions)
+
+    def _run_instructions(self, instructions: list[Any]) -> None:
+        for inst in instructions:
+            t = type(inst)
+            if t is ws.Execute:
+                self._execute(inst)
+            elif t is ws.SendMsg:
+                self._send(inst.msg)
+            elif t is ws.GatherDep:
+                assert self._nursery is not None
+                self._nursery.start_soon(self._gather_dep, inst)
+            elif t is ws.DropData:
+                self.data.pop(inst.key, None)
+                self._serialized.pop(inst.key, None)
+
+    def _send(self, msg: m.Message) -> None:
+        if self.batched is None:
+            return
+        try:
+            self.batched.send(msg)
+        except CommClosedError:
+            pass  # the scheduler loop notices and reconnects
+
+    def _execute(self, inst: ws.Execute) -> None:
+        assert self.executor is not None
+        try:
+            deps = {k: self.data[k] for k in inst.dependencies}
+        except KeyError as exc:
+            self.executor.submit(lambda: _error_record(inst.key, RuntimeError(f"dependency {exc} missing on {self.address}"), 0.0, 0.0, 0))
+            return
+        self.executor.submit(_make_job(inst.key, inst.function, inst.args, deps))
+
+    async def _executor_loop(self) -> None:
+        assert self.executor is not None
+        while True:
+            batch = await self.executor.next_batch()
+            assert self.state is not None
+            events: list[Any] = []
+            for rec in batch:
+                if isinstance(rec, BaseException):
+                    logger.error("executor failure: %r", rec)
+                    continue
+                key = rec[1]
+                t = self.state.tasks.get(key)
+                if t is None or t.state != "executing":
+                    continue  # reset by a reconnect
+                if rec[0] == "ok":
+                    _, key, result, nbytes, type_name, start, stop, index, serialized = rec
+                    self.data[key] = result
+                    if serialized is not None:
+                        self._serialized[key] = serialized
+                    events.append(ws.ExecuteSuccess(key=key, nbytes=nbytes, type_name=type_name, start=start, stop=stop, thread=index))
+                    self.task_log.append((key, start, stop, index))
+                else:
+                    _, key, ser, text, tb, type_name, start, stop, index = rec
+                    events.append(
+                        ws.ExecuteFailure(
+                            key=key, exception=ser, exception_text=text, traceback_text=tb, type_name=type_name, start=start, stop=stop, thread=index
+                        )
+                    )
+            if len(self.task_log) > 10_000:
+                del self.task_log[:5_000]
+            if events:
+                try:
+                    instructions = self.state.handle_many(events)
+                except ws.InvalidWorkerEvent as exc:
+                    logger.debug("ignored execution result: %s", exc)
+                    continue
+                self._run_instructions(instructions)
+
+    async def _gather_dep(self, inst: ws.GatherDep) -> None:
+        assert self.pool is not None
+        start = time.time()
+        try:
+            reply = await self.pool.rpc(inst.worker, m.GetData(keys=list(inst.keys)), m.DataReply, timeout=max(60, inst.nbytes / 10e6))
+        except Exception as exc:  # noqa: BLE001 - any failure means "not from there"
+            logger.info("could not fetch %d keys from %s: %s", len(inst.keys), inst.worker, exc)
+            self.pool.drop(inst.worker)
+            self._handle(ws.GatherDepFailed(worker=inst.worker, keys=list(inst.keys)))
+            return
+        nbytes: dict[str, int] = {}
+        for key, ser in reply.data.items():
+            if key not in inst.keys:
+                continue
+            try:
+                value = loads(ser)
+            except SerializationError as exc:
+                logger.warning("could not deserialize %r from %s: %s", key, inst.worker, exc)
+                continue
+            self.data[key] = value
+            nbytes[key] = sizeof(value)
+        stop = time.time()
+        total = sum(ser.nbytes for ser in reply.data.values())
+        if total > 1_000_000 and stop > start:
+            self.bandwidth = 0.8 * self.bandwidth + 0.2 * (total / (stop - start))
+        self.transfer_log.append({"who": inst.worker, "keys": list(nbytes), "bytes": total, "start": start, "stop": stop})
+        if len(self.transfer_log) > 1000:
+            del self.transfer_log[:500]
+        self._handle(ws.GatherDepDone(worker=inst.worker, nbytes=nbytes, missing=list(reply.missing)))
+
+    async def _heartbeat_loop(self) -> None:
+        self._proc.cpu_percent()
+        while True:
+            await trio.sleep(self.heartbeat_interval)
+            self._send(self._heartbeat())
+
+    def _heartbeat(self) -> m.Heartbeat:
+        assert self.state is not None and self.executor is not None
+        try:
+            rss = self._proc.memory_info().rss
+            cpu = self._proc.cpu_percent()
+        except psutil.Error:
+            rss, cpu = 0, 0.0
+        return m.Heartbeat(
+            memory=rss,
+            managed=self.state.nbytes_in_memory,
+            spilled=0,
+            cpu=cpu,
+            executing=len(self.state.executing),
+            ready=len(self.state.ready),
+            in_memory=len(self.data),
+            bandwidth=self.bandwidth,
+            paused=self.state.paused,
+        )
+
+    # ------------------------------------------------------------ peers
+
+    async def _handle_peer(self, comm: Comm) -> None:
+        while True:
+            try:
+                msg = await comm.recv()
+            except CommClosedError:
+                return
+            if isinstance(msg, m.GetData):
+                reply: m.Message = self._get_data(msg.keys)
+            elif isinstance(msg, m.PutData):
+                reply = self._put_data(msg.data)
+            elif isinstance(msg, m.RunFunction):
+                reply = await self._run_function(msg)
+            else:
+                reply = m.ErrorReply(message=f"a worker does not serve {msg.op!r} requests")
+            await comm.send(reply)
+
+    def _get_data(self, keys: list[str]) -> m.Message:
+        data: dict[str, Serialized] = {}
+        missing: list[str] = []
+        errors: list[str] = []
+        for key in keys:
+            if key not in self.data:
+                missing.append(key)
+                continue
+            ser = self._serialized.get(key)
+            if ser is None:
+                try:
+                    ser = dumps(self.data[key])
+                except SerializationError as exc:
+                    errors.append(f"{key}: {exc}")
+                    continue
+            data[key] = ser
+        if errors:
+            return m.ErrorReply(message="; ".join(errors))
+        return m.DataReply(data=data, missing=missing)
+
+    def _put_data(self, data: dict[str, Serialized]) -> m.Message:
+        nbytes: dict[str, int] = {}
+        try:
+            values = {k: loads(v) for k, v in data.items()}
+        except SerializationError as exc:
+            return m.ErrorReply(message=f"cannot store scattered data: {exc}")
+        for k, v in values.items():
+            self.data[k] = v
+            self._serialized.pop(k, None)
+            nbytes[k] = sizeof(v)
+        self._handle(ws.DataPut(nbytes=nbytes))
+        return m.Ok()
+
+    async def _run_function(self, msg: m.RunFunction) -> m.Message:
+        def run() -> Any:
+            thread_state.worker = self
+            try:
+                func = loads_function(msg.function)
+                a, kw = loads(msg.args)
+                return ("ok", func(*a, **kw))
+            except BaseException as exc:  # noqa: BLE001
+                return ("err", exc)
+            finally:
+                thread_state.worker = None
+
+        kind, value = await trio.to_thread.run_sync(run)
+        if kind == "ok":
+            try:
+                return m.RunReply(result=dumps(value))
+            except SerializationError as exc:
+                value = exc
+        tb = "".join(traceback.format_exception(type(value), value, value.__traceback__))
+        try:
+            ser: Serialized | None = dumps(value)
+        except SerializationError:
+            ser = None
+        return m.RunReply(result=None, exception=ser, exception_text=f"{type(value).__name__}: {value}", traceback_text=tb, type_name=type(value).__name__)
+

@@ -1,0 +1,639 @@
+"""The worker's state machine: which task runs next, what to fetch, no IO.
+
+Theory of operation
+-------------------
+:class:`WorkerState` takes events (the scheduler sent a task, an execution
+finished, a fetch from a peer came back) through :meth:`WorkerState.handle`
+and returns instructions for the shell in :mod:`trioflow.worker.server`:
+:class:`Execute` a task, :class:`GatherDep` from a peer, :class:`SendMsg` to
+the scheduler, :class:`DropData` from the local store.  It holds keys and
+sizes, never the values: the shell owns the data store, the threads and the
+sockets.  No trio import, no clock reads.
+
+Task states on a worker:
+
+==========  ============================================================
+waiting     sent by the scheduler; some dependencies are not here yet
+ready       all dependencies here; queued by priority for a thread
+executing   handed to the executor
+memory      the value is in the local store
+error       execution raised; the scheduler has been told
+fetch       a dependency to get from a peer (``who_has`` says where)
+flight      a dependency being transferred right now (``coming_from``)
+==========  ============================================================
+
+Executor slots: the executor runs ``nthreads`` tasks at once but is handed up
+to ``nthreads + prefetch`` of them, so a thread that finishes a task starts
+the next one without a round trip through the event loop (a thread hand-off
+per task costs more than a small task).
+
+A key is dropped when the scheduler says so (:class:`FreeKeysEvent`) and no
+local task still needs it.  Transfers are grouped per peer, at most
+``max_transfer_bytes`` per request and ``max_concurrent_fetches`` peers at
+once.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from typing import Any
+
+import attrs
+
+from ..protocol.messages import (
+    AddKeys,
+    ComputeTask,
+    Message,
+    MissingData,
+    Reschedule,
+    TaskErred,
+    TaskFinished,
+)
+from ..protocol.serialize import Serialized
+
+__all__ = ["WorkerState", "WorkerTask", "Execute", "GatherDep", "SendMsg", "DropData", "InvalidWorkerEvent"]
+
+WORKER_STATES = ("waiting", "ready", "executing", "memory", "error", "fetch", "flight")
+
+
+class InvalidWorkerEvent(ValueError):
+    """An event does not fit the worker's state; nothing changed."""
+
+
+# ---------------------------------------------------------------- instructions
+
+
+@attrs.frozen(slots=True)
+class Execute:
+    key: str
+    function: bytes
+    args: Serialized
+    dependencies: tuple[str, ...]
+
+
+@attrs.frozen(slots=True)
+class GatherDep:
+    worker: str
+    keys: tuple[str, ...]
+    nbytes: int
+
+
+@attrs.frozen(slots=True)
+class SendMsg:
+    msg: Message
+
+
+@attrs.frozen(slots=True)
+class DropData:
+    key: str
+
+
+# ---------------------------------------------------------------- events
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class ComputeTaskEvent:
+    msg: ComputeTask
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class FreeKeysEvent:
+    keys: list[str]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class ExecuteSuccess:
+    key: str
+    nbytes: int
+    type_name: str
+    start: float
+    stop: float
+    thread: int = 0
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class ExecuteFailure:
+    key: str
+    exception: Serialized | None
+    exception_text: str
+    traceback_text: str
+    type_name: str
+    start: float = 0.0
+    stop: float = 0.0
+    thread: int = 0
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class GatherDepDone:
+    worker: str
+    nbytes: dict[str, int]  # keys received, with sizes
+    missing: list[str]  # keys the peer did not have
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class GatherDepFailed:
+    worker: str
+    keys: list[str]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class DataPut:
+    """Values put here directly (scatter); the client tells the scheduler."""
+
+    nbytes: dict[str, int]
+
+
+@attrs.frozen(slots=True, kw_only=True)
+class PauseEvent:
+    paused: bool
+
+
+Event = (
+    ComputeTaskEvent
+    | FreeKeysEvent
+    | ExecuteSuccess
+    | ExecuteFailure
+    | GatherDepDone
+    | GatherDepFailed
+    | DataPut
+    | PauseEvent
+)
+Instruction = Execute | GatherDep | SendMsg | DropData
+
+
+class WorkerTask:
+    __slots__ = (
+        "key",
+        "state",
+        "function",
+        "args",
+        "priority",
+        "dependencies",
+        "dependents",
+        "waiting_for",
+        "who_has",
+        "coming_from",
+        "nbytes",
+        "wanted",
+        "cancelled",
+        "resources",
+    )
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.state = "new"
+        self.function: bytes | None = None
+        self.args: Serialized | None = None
+        self.priority: tuple[int, int, int] = (0, 0, 0)
+        self.dependencies: set[WorkerTask] = set()
+        self.dependents: set[WorkerTask] = set()
+        self.waiting_for: set[WorkerTask] = set()
+        self.who_has: list[str] = []
+        self.coming_from = ""
+        self.nbytes = 0
+        self.wanted = True  # False once the scheduler freed it
+        self.cancelled = False  # freed while executing or in flight
+        self.resources: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"<WorkerTask {self.key!r} {self.state}>"
+
+
+class WorkerState:
+    def __init__(
+        self,
+        *,
+        address: str,
+        nthreads: int,
+        resources: dict[str, float] | None = None,
+        prefetch: int | None = None,
+        max_transfer_bytes: int = 50_000_000,
+        max_concurrent_fetches: int = 4,
+        validate: bool = False,
+    ) -> None:
+        self.address = address
+        self.nthreads = nthreads
+        self.slots = nthreads + (prefetch if prefetch is not None else max(2, nthreads))
+        self.total_resources = dict(resources or {})
+        self.available_resources = dict(self.total_resources)
+        self.tasks: dict[str, WorkerTask] = {}
+        self.ready: list[tuple[tuple[int, int, int], int, WorkerTask]] = []
+        self.executing: set[WorkerTask] = set()
+        self.fetch_by_worker: dict[str, dict[WorkerTask, None]] = {}
+        self.in_flight_workers: dict[str, set[WorkerTask]] = {}
+        self.max_transfer_bytes = max_transfer_bytes
+        self.max_concurrent_fetches = max_concurrent_fetches
+        self.paused = False
+        self.validate_after_each = validate
+        self.nbytes_in_memory = 0
+        self._seq = 0
+        self._out: list[Instruction] = []
+        self._pending_add_keys: dict[str, int] = {}
+        self.executed_count = 0
+
+    # ------------------------------------------------------------ entry
+
+    def handle(self, event: Event) -> list[Instruction]:
+        """Apply ``event``; return what the shell must do.
+
+        Raises:
+            InvalidWorkerEvent: the event does not fit; nothing changed.
+        """
+        _HANDLERS[type(event)](self, event)
+        self._schedule()
+        if self._pending_add_keys:
+            self._out.append(SendMsg(AddKeys(nbytes=self._pending_add_keys)))
+            self._pending_add_keys = {}
+        out, self._out = self._out, []
+        if self.validate_after_each:
+            self.validate()
+        return out
+
+    def handle_many(self, events: Iterable[Event]) -> list[Instruction]:
+        for ev in events:
+            _HANDLERS[type(ev)](self, ev)
+        self._schedule()
+        if self._pending_add_keys:
+            self._out.append(SendMsg(AddKeys(nbytes=self._pending_add_keys)))
+            self._pending_add_keys = {}
+        out, self._out = self._out, []
+        if self.validate_after_each:
+            self.validate()
+        return out
+
+    @property
+    def in_memory(self) -> list[str]:
+        return [k for k, t in self.tasks.items() if t.state == "memory"]
+
+    def counts(self) -> dict[str, int]:
+        c = dict.fromkeys(WORKER_STATES, 0)
+        for t in self.tasks.values():
+            c[t.state] = c.get(t.state, 0) + 1
+        return c
+
+    # ------------------------------------------------------------ handlers
+
+    def _compute_task(self, ev: ComputeTaskEvent) -> None:
+        msg = ev.msg
+        for k, n in msg.nbytes.items():
+            if n < -1:
+                raise InvalidWorkerEvent(f"compute-task {msg.key!r}: negative size for {k!r}")
+        ts = self.tasks.get(msg.key)
+        if ts is not None:
+            if ts.state in ("memory",):
+                # Already have it (fetched earlier): report it as done.
+                self._out.append(SendMsg(TaskFinished(key=ts.key, nbytes=ts.nbytes, type_name="", start=0.0, stop=0.0)))
+                ts.wanted = True
+                return
+            if ts.state in ("waiting", "ready", "executing") and not ts.cancelled:
+                return  # duplicate
+            if ts.state == "executing" and ts.cancelled:
+                ts.cancelled = False
+                ts.wanted = True
+                return
+            if ts.state in ("fetch", "flight"):
+                # The scheduler now wants us to compute it rather than fetch it.
+                self._forget_fetch(ts)
+            if ts.state == "error":
+                self._drop(ts)
+                ts = None
+        if ts is None:
+            ts = self.tasks[msg.key] = WorkerTask(msg.key)
+        ts.function = msg.function
+        ts.args = msg.args
+        ts.priority = msg.priority
+        ts.resources = dict(msg.resources)
+        ts.wanted = True
+        ts.cancelled = False
+        ts.waiting_for.clear()
+        for dep_key, holders in msg.who_has.items():
+            dts = self.tasks.get(dep_key)
+            if dts is None:
+                dts = self.tasks[dep_key] = WorkerTask(dep_key)
+                dts.wanted = False  # only needed locally, as a dependency
+                dts.nbytes = max(msg.nbytes.get(dep_key, 0), 0)
+                dts.state = "fetch"
+            ts.dependencies.add(dts)
+            dts.dependents.add(ts)
+            if dts.state != "memory":
+                ts.waiting_for.add(dts)
+                if dts.state in ("fetch", "flight"):
+                    for w in holders:
+                        if w not in dts.who_has and w != self.address:
+                            dts.who_has.append(w)
+                    if dts.state == "fetch":
+                        self._queue_fetch(dts)
+                elif dts.state == "error":
+                    # A stale failure of ours: fetch it from where the scheduler says.
+                    dts.state = "fetch"
+                    dts.who_has = [w for w in holders if w != self.address]
+                    self._queue_fetch(dts)
+        if ts.waiting_for:
+            ts.state = "waiting"
+        else:
+            self._make_ready(ts)
+
+    def _free_keys(self, ev: FreeKeysEvent) -> None:
+        for key in ev.keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            ts.wanted = False
+            self._maybe_drop(ts)
+
+    def _execute_success(self, ev: ExecuteSuccess) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None or ts.state != "executing":
+            raise InvalidWorkerEvent(f"execution result for {ev.key!r}, which is not executing")
+        self._leave_executing(ts)
+        ts.nbytes = ev.nbytes
+        self.executed_count += 1
+        if ts.cancelled:
+            ts.cancelled = False
+            self._set_memory(ts)
+            self._out.append(DropData(ts.key))
+            self._set_gone(ts)
+            return
+        self._set_memory(ts)
+        self._out.append(
+            SendMsg(TaskFinished(key=ts.key, nbytes=ev.nbytes, type_name=ev.type_name, start=ev.start, stop=ev.stop, thread=ev.thread))
+        )
+        self._release_deps_of(ts)
+
+    def _execute_failure(self, ev: ExecuteFailure) -> None:
+        ts = self.tasks.get(ev.key)
+        if ts is None or ts.state != "executing":
+            raise InvalidWorkerEvent(f"execution result for {ev.key!r}, which is not executing")
+        self._leave_executing(ts)
+        self.executed_count += 1
+        if ts.cancelled:
+            ts.cancelled = False
+            self._set_gone(ts)
+            return
+        ts.state = "error"
+        self._out.append(
+            SendMsg(
+                TaskErred(
+                    key=ts.key,
+                    exception=ev.exception,
+                    exception_text=ev.exception_text,
+                    traceback_text=ev.traceback_text,
+                    type_name=ev.type_name,
+                    start=ev.start,
+                    stop=ev.stop,
+                    thread=ev.thread,
+                )
+            )
+        )
+        self._release_deps_of(ts)
+
+    def _gather_done(self, ev: GatherDepDone) -> None:
+        in_flight = self.in_flight_workers.pop(ev.worker, None)
+        if in_flight is None:
+            raise InvalidWorkerEvent(f"no transfer from {ev.worker} in flight")
+        for dts in in_flight:
+            if dts.key in ev.nbytes:
+                dts.nbytes = ev.nbytes[dts.key]
+                was_cancelled = dts.cancelled
+                dts.cancelled = False
+                self._set_memory(dts)
+                if was_cancelled or not self._needed(dts):
+                    self._out.append(DropData(dts.key))
+                    self._set_gone(dts)
+                    continue
+                self._pending_add_keys[dts.key] = dts.nbytes
+                for t in dts.dependents:
+                    t.waiting_for.discard(dts)
+                    if not t.waiting_for and t.state == "waiting":
+                        self._make_ready(t)
+            else:
+                self._fetch_failed_from(dts, ev.worker)
+
+    def _gather_failed(self, ev: GatherDepFailed) -> None:
+        in_flight = self.in_flight_workers.pop(ev.worker, None)
+        if in_flight is None:
+            raise InvalidWorkerEvent(f"no transfer from {ev.worker} in flight")
+        for dts in in_flight:
+            self._fetch_failed_from(dts, ev.worker)
+        # That peer is likely gone: stop trying it for anything else.
+        for dts in list(self.fetch_by_worker.pop(ev.worker, {})):
+            if ev.worker in dts.who_has:
+                dts.who_has.remove(ev.worker)
+            if dts.state == "fetch":
+                self._queue_fetch(dts)
+
+    def _data_put(self, ev: DataPut) -> None:
+        for key, n in ev.nbytes.items():
+            if n < 0:
+                raise InvalidWorkerEvent(f"negative size for {key!r}")
+        for key, n in ev.nbytes.items():
+            ts = self.tasks.get(key)
+            if ts is None:
+                ts = self.tasks[key] = WorkerTask(key)
+            elif ts.state == "executing":
+                ts.cancelled = True
+                continue
+            elif ts.state in ("fetch", "flight"):
+                self._forget_fetch(ts)
+            ts.nbytes = n
+            ts.wanted = True
+            self._set_memory(ts)
+            for t in ts.dependents:
+                t.waiting_for.discard(ts)
+                if not t.waiting_for and t.state == "waiting":
+                    self._make_ready(t)
+
+    def _pause(self, ev: PauseEvent) -> None:
+        self.paused = ev.paused
+
+    # ------------------------------------------------------------ helpers
+
+    def _make_ready(self, ts: WorkerTask) -> None:
+        ts.state = "ready"
+        self._seq += 1
+        heapq.heappush(self.ready, (ts.priority, self._seq, ts))
+
+    def _leave_executing(self, ts: WorkerTask) -> None:
+        self.executing.discard(ts)
+        for name, need in ts.resources.items():
+            self.available_resources[name] = self.available_resources.get(name, 0.0) + need
+
+    def _set_memory(self, ts: WorkerTask) -> None:
+        if ts.state != "memory":
+            self.nbytes_in_memory += max(ts.nbytes, 0)
+        ts.state = "memory"
+        ts.coming_from = ""
+
+    def _needed(self, ts: WorkerTask) -> bool:
+        return ts.wanted or any(t.state in ("waiting", "ready") for t in ts.dependents)
+
+    def _release_deps_of(self, ts: WorkerTask) -> None:
+        for dts in ts.dependencies:
+            dts.dependents.discard(ts)
+            self._maybe_drop(dts)
+        ts.dependencies.clear()
+
+    def _maybe_drop(self, ts: WorkerTask) -> None:
+        if ts.wanted or any(t.state in ("waiting", "ready", "executing") for t in ts.dependents):
+            return
+        state = ts.state
+        if state == "executing":
+            ts.cancelled = True
+        elif state == "flight":
+            ts.cancelled = True
+        elif state == "memory":
+            self._out.append(DropData(ts.key))
+            self._set_gone(ts)
+            if ts.dependents:
+                # Local dependents that already ran or erred no longer matter.
+                pass
+        else:
+            self._drop(ts)
+
+    def _drop(self, ts: WorkerTask) -> None:
+        if ts.state == "ready":
+            ts.state = "dropped"  # lazily removed from the heap
+        elif ts.state == "fetch":
+            self._forget_fetch(ts)
+        for dts in ts.dependencies:
+            dts.dependents.discard(ts)
+            if not dts.wanted:
+                self._maybe_drop(dts)
+        ts.dependencies.clear()
+        ts.waiting_for.clear()
+        self._set_gone(ts)
+
+    def _set_gone(self, ts: WorkerTask) -> None:
+        if ts.state == "memory":
+            self.nbytes_in_memory -= max(ts.nbytes, 0)
+        if ts.state == "ready":
+            ts.state = "dropped"
+        if self.tasks.get(ts.key) is ts:
+            del self.tasks[ts.key]
+        if ts.state != "dropped":
+            ts.state = "forgotten"
+        for t in list(ts.dependents):
+            t.dependencies.discard(ts)
+            t.waiting_for.discard(ts)
+        ts.dependents.clear()
+
+    def _queue_fetch(self, dts: WorkerTask) -> None:
+        if not dts.who_has:
+            self._missing(dts)
+            return
+        # Prefer a peer we are not already fetching from, then the least busy.
+        best = min(dts.who_has, key=lambda w: (w in self.in_flight_workers, len(self.fetch_by_worker.get(w, ()))))
+        self.fetch_by_worker.setdefault(best, {})[dts] = None
+
+    def _forget_fetch(self, dts: WorkerTask) -> None:
+        for w, group in list(self.fetch_by_worker.items()):
+            group.pop(dts, None)
+            if not group:
+                del self.fetch_by_worker[w]
+        if dts.state == "flight" and dts.coming_from:
+            flight = self.in_flight_workers.get(dts.coming_from)
+            if flight is not None:
+                flight.discard(dts)
+        dts.coming_from = ""
+
+    def _fetch_failed_from(self, dts: WorkerTask, worker: str) -> None:
+        if dts.state != "flight":
+            return
+        dts.coming_from = ""
+        if worker in dts.who_has:
+            dts.who_has.remove(worker)
+        if dts.cancelled or not self._needed(dts):
+            self._set_gone(dts)
+            return
+        self._out.append(SendMsg(MissingData(key=dts.key, worker=worker)))
+        dts.state = "fetch"
+        self._queue_fetch(dts)
+
+    def _missing(self, dts: WorkerTask) -> None:
+        """No known holder for a dependency: fail the dependents back to the
+        scheduler so that it reschedules them with fresh locations."""
+        for t in list(dts.dependents):
+            if t.state == "waiting":
+                self._out.append(SendMsg(Reschedule(key=t.key)))
+                self._drop(t)
+        self._set_gone(dts)
+
+    def _schedule(self) -> None:
+        """Hand ready tasks to the executor and start transfers."""
+        if not self.paused:
+            while self.ready and len(self.executing) < self.slots:
+                prio, _, ts = self.ready[0]
+                if ts.state != "ready":
+                    heapq.heappop(self.ready)
+                    continue
+                if ts.resources and not self._take_resources(ts):
+                    break
+                heapq.heappop(self.ready)
+                ts.state = "executing"
+                self.executing.add(ts)
+                assert ts.function is not None and ts.args is not None
+                self._out.append(Execute(ts.key, ts.function, ts.args, tuple(d.key for d in ts.dependencies)))
+        while self.fetch_by_worker and len(self.in_flight_workers) < self.max_concurrent_fetches:
+            candidates = [w for w in self.fetch_by_worker if w not in self.in_flight_workers]
+            if not candidates:
+                break
+            worker = candidates[0]
+            group = self.fetch_by_worker.pop(worker)
+            chosen: list[WorkerTask] = []
+            total = 0
+            for dts in sorted(group, key=lambda t: min((d.priority for d in t.dependents), default=(0, 0, 0))):
+                if dts.state != "fetch":
+                    continue
+                if chosen and total + dts.nbytes > self.max_transfer_bytes:
+                    self.fetch_by_worker.setdefault(worker, {})[dts] = None
+                    continue
+                chosen.append(dts)
+                total += max(dts.nbytes, 0)
+            if not chosen:
+                continue
+            for dts in chosen:
+                dts.state = "flight"
+                dts.coming_from = worker
+            self.in_flight_workers[worker] = set(chosen)
+            self._out.append(GatherDep(worker, tuple(d.key for d in chosen), total))
+
+    def _take_resources(self, ts: WorkerTask) -> bool:
+        for name, need in ts.resources.items():
+            if self.available_resources.get(name, 0.0) < need:
+                return False
+        for name, need in ts.resources.items():
+            self.available_resources[name] -= need
+        return True
+
+    # ------------------------------------------------------------ checking
+
+    def validate(self) -> None:
+        for key, ts in self.tasks.items():
+            assert ts.key == key
+            assert ts.state in WORKER_STATES, ts
+            if ts.state == "waiting":
+                assert ts.waiting_for, ts
+                for d in ts.waiting_for:
+                    assert d.state in ("fetch", "flight", "executing", "waiting", "ready"), (ts, d)
+            if ts.state == "ready":
+                assert not ts.waiting_for, ts
+            if ts.state == "executing":
+                assert ts in self.executing
+            if ts.state == "flight":
+                assert ts.coming_from and ts in self.in_flight_workers.get(ts.coming_from, ()), ts
+        for ts in self.executing:
+            assert ts.state == "executing" and self.tasks.get(ts.key) is ts, ts
+        assert len(self.executing) <= self.slots
+
+
+_HANDLERS: dict[type, Any] = {
+    ComputeTaskEvent: WorkerState._compute_task,
+    FreeKeysEvent: WorkerState._free_keys,
+    ExecuteSuccess: WorkerState._execute_success,
+    ExecuteFailure: WorkerState._execute_failure,
+    GatherDepDone: WorkerState._gather_done,
+    GatherDepFailed: WorkerState._gather_failed,
+    DataPut: WorkerState._data_put,
+    PauseEvent: WorkerState._pause,
+}
