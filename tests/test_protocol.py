@@ -29,7 +29,7 @@ from trioflow.protocol.serialize import Serialized
 from trioflow.testing import message_strategy, messages
 
 ROUND_TRIP = settings(max_examples=150, deadline=None)
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 ALL_CLASSES = sorted(MESSAGES.values(), key=lambda c: c.op)
 
@@ -41,14 +41,10 @@ INTS = st.integers(-(2**63), 2**64 - 1)
 # (cattrs.transform_error joins the extra field names as str).  Bytes keys
 # under dict[str, ...] fields are covered by test_corrupted_field_names_op_and_path.
 msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | INTS
-    | st.floats()
-    | st.text(max_size=10)
-    | st.binary(max_size=10),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    st.none() | st.booleans() | INTS | st.floats() | st.text(max_size=10) | st.binary(max_size=10),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
+    ),
     max_leaves=10,
 )
 
@@ -206,9 +202,21 @@ def test_unknown_op(op: str, value: Any) -> None:
         ({"op": "close-worker", "reason": b"r"}, r"expected str @ \$\.reason"),
         ({"op": "run-function", "function": "f", "args": b""}, r"\$\.function"),
         ({"op": "who-has-reply", "who_has": {"a": [1]}}, r"@ \$\.who_has\['a'\]\[0\]"),
-        ({"op": "heartbeat", "memory": 1, "managed": 1, "spilled": 1, "cpu": 1.0,
-          "executing": 1, "ready": 1, "in_memory": 1, "bandwidth": 1.0, "paused": 0},
-         r"expected bool @ \$\.paused"),
+        (
+            {
+                "op": "heartbeat",
+                "memory": 1,
+                "managed": 1,
+                "spilled": 1,
+                "cpu": 1.0,
+                "executing": 1,
+                "ready": 1,
+                "in_memory": 1,
+                "bandwidth": 1.0,
+                "paused": 0,
+            },
+            r"expected bool @ \$\.paused",
+        ),
     ],
 )
 def test_bad_maps_are_explained(d: Any, match: str) -> None:
@@ -239,7 +247,13 @@ def _wrong_value(tp: Any) -> st.SearchStrategy[Any]:
     if tp is float:
         return st.booleans() | st.text(max_size=3) | st.binary(max_size=3) | nothing
     if tp is str:
-        return INTS | st.booleans() | st.binary(max_size=3) | st.lists(st.text(max_size=3), max_size=1) | nothing
+        return (
+            INTS
+            | st.booleans()
+            | st.binary(max_size=3)
+            | st.lists(st.text(max_size=3), max_size=1)
+            | nothing
+        )
     if tp is bytes:
         return INTS | st.text(max_size=3) | st.booleans() | nothing
     if tp is Serialized:
@@ -324,7 +338,11 @@ def _corrupt(
         return {**value, name: extra}, path, f"extra fields found ({name})"
     assert how == "missing"
     f = data.draw(st.sampled_from([f for f in fields if f.default is attrs.NOTHING]))
-    return {k: v for k, v in value.items() if k != f.name}, f"{path}.{f.name}", "required field missing"
+    return (
+        {k: v for k, v in value.items() if k != f.name},
+        f"{path}.{f.name}",
+        "required field missing",
+    )
 
 
 @FUZZ
@@ -385,7 +403,9 @@ def test_check_prefix_caps() -> None:
     st.integers(0, 1200),
     st.integers(1, 8),
 )
-def test_check_prefix_property(frames: list[bytes], max_header: int, max_message: int, max_frames: int) -> None:
+def test_check_prefix_property(
+    frames: list[bytes], max_header: int, max_message: int, max_frames: int
+) -> None:
     limits = Limits(max_header=max_header, max_message=max_message, max_frames=max_frames)
     prefix = pack_prefix(frames)
     (n,) = PREFIX_HEAD.unpack_from(prefix)

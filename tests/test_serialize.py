@@ -40,10 +40,12 @@ plain_values = st.recursive(
     | st.text(max_size=20)
     | st.binary(max_size=20)
     | st.complex_numbers(allow_nan=False),
-    lambda children: st.lists(children, max_size=4)
-    | st.lists(children, max_size=4).map(tuple)
-    | st.dictionaries(st.text(max_size=8) | st.integers(), children, max_size=4)
-    | st.frozensets(st.integers() | st.text(max_size=4), max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.lists(children, max_size=4).map(tuple)
+        | st.dictionaries(st.text(max_size=8) | st.integers(), children, max_size=4)
+        | st.frozensets(st.integers() | st.text(max_size=4), max_size=4)
+    ),
     max_leaves=15,
 )
 

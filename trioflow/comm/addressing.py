@@ -1,10 +1,24 @@
-"""Addresses: ``tcp://host:port``, ``tls://host:port``, ``inproc://name``."""
+"""Addresses: ``tcp://host:port``, ``tls://host:port``, ``inproc://name``.
+
+An address is parsed once, at the edge (CLI option, ``connect``, ``listen``),
+into an :class:`Address`; anything malformed is an :class:`AddressError` whose
+message quotes the text and says what is wrong with it, so a typo in a
+command line reads "port '87x6' is not a number" rather than a socket error
+later.  IPv6 hosts go in brackets (``tcp://[::1]:8786``), as in URLs.
+"""
 
 from __future__ import annotations
+
+import ipaddress
+import re
 
 import attrs
 
 SCHEMES = ("tcp", "tls", "inproc")
+
+# A host name or IPv4 address; "*" means every interface (listen only).
+_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\*")
+_INPROC_NAME = re.compile(r"[^\s/]+")
 
 
 class AddressError(ValueError):
@@ -28,7 +42,9 @@ def parse_address(text: str, *, default_port: int | None = None, default_scheme:
     """Parse an address string.
 
     ``host:port`` without a scheme means ``default_scheme``; a missing port
-    means ``default_port`` (an error when that is None).
+    means ``default_port`` (an error when that is None).  An empty host
+    (``tcp://:8786``) means every interface, and is only accepted when a
+    ``default_port`` is given (listening addresses).
 
     Raises:
         AddressError: the text is not an address; the message says why.
@@ -39,47 +55,63 @@ def parse_address(text: str, *, default_port: int | None = None, default_scheme:
     text = text.strip()
     if not text:
         raise AddressError("empty address")
+
+    def bad(why: str) -> AddressError:
+        return AddressError(f"invalid address {original!r}: {why}")
+
     if "://" in text:
         scheme, _, rest = text.partition("://")
     else:
         scheme, rest = default_scheme, text
     scheme = scheme.lower()
     if scheme not in SCHEMES:
-        raise AddressError(
-            f"invalid address {original!r}: unknown scheme {scheme!r} (expected one of tcp://, tls://, inproc://)"
-        )
+        raise bad(f"unknown scheme {scheme!r} (expected one of tcp://, tls://, inproc://)")
     if scheme == "inproc":
-        if not rest or "/" in rest:
-            raise AddressError(f"invalid address {original!r}: inproc:// needs a name")
+        if not rest:
+            raise bad("inproc:// needs a name")
+        if not _INPROC_NAME.fullmatch(rest):
+            raise bad("an inproc:// name cannot contain '/' or spaces")
         return Address("inproc", rest, 0)
+    if not rest:
+        raise bad("no host")
     if rest.startswith("["):
         host, sep, tail = rest[1:].partition("]")
         if not sep:
-            raise AddressError(f"invalid address {original!r}: unclosed '[' in IPv6 host")
+            raise bad("unclosed '[' in IPv6 host")
         if tail and not tail.startswith(":"):
-            raise AddressError(f"invalid address {original!r}: junk after IPv6 host")
-        port_text = tail[1:] if tail else ""
-    elif rest.count(":") > 1:
-        raise AddressError(f"invalid address {original!r}: IPv6 hosts must be in brackets, like tcp://[::1]:8786")
-    else:
-        host, _, port_text = rest.partition(":")
-    if "/" in port_text or "/" in host:
-        raise AddressError(f"invalid address {original!r}: unexpected path")
-    if not port_text:
-        if default_port is None:
-            raise AddressError(f"invalid address {original!r}: no port")
-        port = default_port
-    else:
+            raise bad(f"unexpected {tail!r} after the IPv6 host")
+        port_text = tail[1:] if tail else None
         try:
-            port = int(port_text)
+            ipaddress.IPv6Address(host)
         except ValueError:
-            raise AddressError(f"invalid address {original!r}: port {port_text!r} is not a number") from None
+            raise bad(f"{host!r} in brackets is not an IPv6 address") from None
+    elif rest.count(":") > 1:
+        raise bad("IPv6 hosts must be in brackets, like tcp://[::1]:8786")
+    else:
+        host, sep, port_text_ = rest.partition(":")
+        port_text = port_text_ if sep else None
+        if "/" in port_text_:
+            raise bad("unexpected path after the port")
+        if host and not _HOST.fullmatch(host):
+            if "/" in host:
+                raise bad("unexpected path after the host")
+            raise bad(f"{host!r} is not a valid host name")
+    if port_text is None:
+        if default_port is None:
+            raise bad("no port (like tcp://host:8786)")
+        port = default_port
+    elif not port_text:
+        raise bad("empty port after ':'")
+    else:
+        if not (port_text.isascii() and port_text.isdigit()):
+            raise bad(f"port {port_text!r} is not a number")
+        port = int(port_text)
         if not 0 <= port <= 65535:
-            raise AddressError(f"invalid address {original!r}: port {port} out of range 0-65535")
+            raise bad(f"port {port} out of range 0-65535")
     if not host:
-        host = "0.0.0.0" if default_port is not None else ""
-        if not host:
-            raise AddressError(f"invalid address {original!r}: no host")
+        if default_port is None:
+            raise bad("no host")
+        host = "0.0.0.0"
     return Address(scheme, host, port)
 
 

@@ -49,15 +49,20 @@ class BatchedSend:
             CommClosedError: the stream is closed or broke.
         """
         if self._closing or self._broken is not None:
-            raise CommClosedError(f"batched stream to {self.comm.peer_address} is closed")
+            raise self._closed_error()
         self._buffer.append(msg)
         self._wake.set()
 
     def send_nowait_many(self, msgs: list[Message]) -> None:
         if self._closing or self._broken is not None:
-            raise CommClosedError(f"batched stream to {self.comm.peer_address} is closed")
+            raise self._closed_error()
         self._buffer.extend(msgs)
         self._wake.set()
+
+    def _closed_error(self) -> CommClosedError:
+        if self._broken is not None and not isinstance(self._broken, trio.Cancelled):
+            return CommClosedError(f"batched stream to {self.comm.peer_address} broke: {self._broken}")
+        return CommClosedError(f"batched stream to {self.comm.peer_address} is closed", clean=True)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Write batches until :meth:`close` (then flush) or the comm breaks."""

@@ -24,13 +24,22 @@ Every connection opens with a handshake: the connecting side sends
 :class:`~trioflow.protocol.messages.Hello`, the listening side answers with
 its own ``Hello`` or with ``HandshakeRejected`` and a reason.  A peer that
 says nothing within ``handshake_timeout``, sends garbage, or speaks another
-protocol version is disconnected with one log line; the listener keeps
-serving everyone else.
+protocol version is disconnected with one warning line; the listener keeps
+serving everyone else.  A peer that simply hangs up between messages is not
+an error: that is logged at debug level only.
+
+Until the handshake is done the peer is a stranger, so its messages are read
+under :data:`HANDSHAKE_LIMITS` (a hello is tiny): a stranger cannot make us
+allocate the gigabytes that :class:`~trioflow.protocol.codec.Limits` allows a
+cluster member for one message.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import select
+import socket
 import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterable
@@ -61,13 +70,28 @@ _BUFSIZE = 256 * 1024
 _SMALL = 64 * 1024
 _U32 = struct.Struct("<I")
 
+#: Limits on what a peer may send before the handshake is complete.
+HANDSHAKE_LIMITS = Limits(max_header=64 * 1024, max_message=64 * 1024, max_frames=4)
+
 
 class CommError(ConnectionError):
     """Could not connect, or the connection failed, for a stated reason."""
 
 
 class CommClosedError(CommError):
-    """The peer closed the connection or it broke."""
+    """The peer closed the connection or it broke.
+
+    Attributes:
+        clean: the peer hung up between two messages (or we closed the comm
+            ourselves); nothing was cut short.  False when the connection
+            broke (reset, TLS error) or closed in the middle of a message.
+        partial: part of an incoming message had been read when it happened.
+    """
+
+    def __init__(self, message: str, *, clean: bool = False, partial: bool = False) -> None:
+        super().__init__(message)
+        self.clean = clean
+        self.partial = partial
 
 
 class HandshakeError(ProtocolError):
@@ -97,6 +121,15 @@ class Comm:
     def closed(self) -> bool:
         raise NotImplementedError
 
+    def is_reusable(self) -> bool:
+        """For an idle pooled comm: could a new request go out on it?
+
+        Sync and non-blocking.  False once the comm is known to be closed;
+        subclasses also look whether the peer has hung up (or sent something
+        nobody asked for) since the last reply.
+        """
+        return not self.closed
+
     def __repr__(self) -> str:
         peer = f" {self.peer.role} {self.peer.name!r}" if self.peer else ""
         return f"<{type(self).__name__} {self.local_address} -> {self.peer_address}{peer}>"
@@ -104,6 +137,20 @@ class Comm:
 
 def _nbytes(buf: Any) -> int:
     return buf.nbytes if type(buf) is memoryview else len(buf) if type(buf) in (bytes, bytearray) else memoryview(buf).nbytes
+
+
+def _byte_view(buf: Any) -> Any:
+    """``buf`` as something whose ``len`` counts bytes.
+
+    ``send_all`` slices what it is given by the number of bytes sent, so a
+    frame that is a 2-d or float-typed buffer must be cast to plain bytes.
+    """
+    if type(buf) in (bytes, bytearray):
+        return buf
+    mv = buf if type(buf) is memoryview else memoryview(buf)
+    if mv.ndim == 1 and mv.itemsize == 1:
+        return mv
+    return mv.cast("B") if mv.c_contiguous else mv.tobytes()
 
 
 class StreamComm(Comm):
@@ -124,6 +171,7 @@ class StreamComm(Comm):
         self._limits = limits
         self._send_lock = trio.StrictFIFOLock()
         self._closed = False
+        self._closed_locally = False
         self.local_address = local_address
         self.peer_address = peer_address
         self.bytes_received = 0
@@ -136,15 +184,19 @@ class StreamComm(Comm):
             if self._sock is not None:
                 n = await self._sock.recv_into(view)
             else:
-                data = await self._stream.receive_some(len(view))
+                # Bounded: SSLObject.read(n) allocates n bytes up front.
+                data = await self._stream.receive_some(min(len(view), _BUFSIZE))
                 n = len(data)
                 view[:n] = data
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except trio.ClosedResourceError as exc:
+            self._closed = True
+            raise CommClosedError(f"connection to {self.peer_address} was closed", clean=True) from exc
+        except (trio.BrokenResourceError, OSError) as exc:
             self._closed = True
             raise CommClosedError(f"connection to {self.peer_address} broke: {_cause(exc)}") from exc
         if n == 0:
             self._closed = True
-            raise CommClosedError(f"connection to {self.peer_address} closed by peer")
+            raise CommClosedError(f"connection to {self.peer_address} closed by peer", clean=True)
         self.bytes_received += n
         return n
 
@@ -183,10 +235,29 @@ class StreamComm(Comm):
         """Receive one message.
 
         Raises:
-            CommClosedError: the connection closed or broke.
+            CommClosedError: the connection closed or broke; ``clean`` when
+                the peer hung up between messages, ``partial`` when it did
+                so in the middle of one.
             ProtocolError: the peer sent something malformed or over a limit;
                 the comm should then be closed.
         """
+        if self._pos == self._end:
+            # Wait for the first byte of the next message into our buffer; an
+            # end of stream here is a clean close, anywhere later a truncation.
+            self._pos = 0
+            self._end = await self._receive_into(self._view)
+        try:
+            return await self._recv_rest()
+        except CommClosedError as exc:
+            if exc.clean and not self._closed_locally:
+                raise CommClosedError(
+                    f"connection to {self.peer_address} closed by peer in the middle of a message",
+                    partial=True,
+                ) from None
+            exc.partial = True
+            raise
+
+    async def _recv_rest(self) -> Message:
         (n,) = _U32.unpack(await self._read_exactly(4))
         codec.check_count(n, self._limits)
         lengths = codec.check_prefix(await self._read_exactly(8 * n), n, self._limits)
@@ -220,7 +291,7 @@ class StreamComm(Comm):
                     if small:
                         parts.append(small)
                         small = bytearray()
-                    parts.append(f)
+                    parts.append(_byte_view(f))
         if small:
             parts.append(small)
         async with self._send_lock:
@@ -228,12 +299,16 @@ class StreamComm(Comm):
                 for part in parts:
                     await self._stream.send_all(part)
                     self.bytes_sent += _nbytes(part)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            except trio.ClosedResourceError as exc:
+                self._closed = True
+                raise CommClosedError(f"connection to {self.peer_address} was closed", clean=True) from exc
+            except (trio.BrokenResourceError, OSError) as exc:
                 self._closed = True
                 raise CommClosedError(f"connection to {self.peer_address} broke: {_cause(exc)}") from exc
 
     async def aclose(self) -> None:
         self._closed = True
+        self._closed_locally = True
         with trio.move_on_after(1) as cs:
             cs.shield = True
             try:
@@ -246,6 +321,43 @@ class StreamComm(Comm):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def is_reusable(self) -> bool:
+        if self._closed or self._pos != self._end:
+            return False
+        sock = self._sock
+        if sock is None:
+            transport = getattr(self._stream, "transport_stream", None)
+            sock = getattr(transport, "socket", None)
+        if sock is None:
+            return True
+        # An idle connection has nothing to read: anything readable is an
+        # end of stream, a reset, a TLS close_notify or junk.  None of them
+        # leaves the connection fit for a request.
+        try:
+            if hasattr(select, "poll"):
+                p = select.poll()
+                p.register(sock.fileno(), select.POLLIN)
+                return not p.poll(0)
+            return not select.select([sock.fileno()], [], [], 0)[0]
+        except (OSError, ValueError):
+            return False
+
+    def set_limits(self, limits: Limits) -> None:
+        """Change the limits checked on incoming messages from now on."""
+        self._limits = limits
+
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
+
+def _tighter(a: Limits, b: Limits) -> Limits:
+    return Limits(
+        max_header=min(a.max_header, b.max_header),
+        max_message=min(a.max_message, b.max_message),
+        max_frames=min(a.max_frames, b.max_frames),
+    )
 
 
 def _cause(exc: BaseException) -> str:
@@ -260,6 +372,27 @@ def _cause(exc: BaseException) -> str:
 # ---------------------------------------------------------------- handshake
 
 
+class _handshake_limits:
+    """Read under :data:`HANDSHAKE_LIMITS` for the duration of a handshake."""
+
+    def __init__(self, comm: Comm) -> None:
+        self.comm = comm if isinstance(comm, StreamComm) else None
+
+    def __enter__(self) -> None:
+        if self.comm is not None:
+            self.saved = self.comm.limits
+            self.comm.set_limits(_tighter(self.saved, HANDSHAKE_LIMITS))
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.comm is not None:
+            self.comm.set_limits(self.saved)
+
+
+def _tls_hint(peer_address: str) -> str:
+    other = "tcp" if peer_address.startswith("tls") else "tls"
+    return f"is it a trioflow server, and does it expect {other}://?"
+
+
 async def client_handshake(comm: Comm, *, role: str, name: str, address: str = "", timeout: float = 10) -> Hello:
     """Say hello and read the answer.
 
@@ -268,7 +401,7 @@ async def client_handshake(comm: Comm, *, role: str, name: str, address: str = "
         CommError: the peer closed the connection or did not answer in time.
     """
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(timeout), _handshake_limits(comm):
             await comm.send(Hello(role=role, name=name, version=PROTOCOL_VERSION, address=address))
             reply = await comm.recv()
     except trio.TooSlowError:
@@ -276,10 +409,15 @@ async def client_handshake(comm: Comm, *, role: str, name: str, address: str = "
     except CommClosedError as exc:
         raise CommClosedError(
             f"{comm.peer_address} closed the connection during the handshake "
-            f"(is it a trioflow server, and does it expect {'tcp' if comm.peer_address.startswith('tls') else 'tls'}://?): {exc}"
+            f"({_tls_hint(comm.peer_address)}): {exc}"
         ) from None
+    except HandshakeError:
+        raise
     except ProtocolError as exc:
-        raise HandshakeError(f"{comm.peer_address} is not a trioflow server (bad handshake: {exc})") from None
+        raise HandshakeError(
+            f"{comm.peer_address} is not a trioflow server ({_tls_hint(comm.peer_address)}); "
+            f"bad handshake: {exc}"
+        ) from None
     if isinstance(reply, HandshakeRejected):
         raise HandshakeError(f"{comm.peer_address} refused the handshake: {reply.reason}")
     if not isinstance(reply, Hello):
@@ -298,9 +436,11 @@ async def server_handshake(comm: Comm, *, role: str, name: str, address: str, ti
     Raises:
         HandshakeError: the peer's hello was missing, late or wrong; it has
             been told why when possible.
+        CommClosedError: the peer hung up before saying hello.
+        ProtocolError: the peer's first bytes were not a message.
     """
     try:
-        with trio.fail_after(timeout):
+        with trio.fail_after(timeout), _handshake_limits(comm):
             msg = await comm.recv()
     except trio.TooSlowError:
         raise HandshakeError(f"no hello within {timeout}s") from None
@@ -312,8 +452,11 @@ async def server_handshake(comm: Comm, *, role: str, name: str, address: str, ti
         reason = f"protocol version {msg.version} is not supported; this {role} speaks version {PROTOCOL_VERSION}"
         await _try_send(comm, HandshakeRejected(reason=reason))
         raise HandshakeError(reason)
-    with trio.fail_after(timeout):
-        await comm.send(Hello(role=role, name=name, version=PROTOCOL_VERSION, address=address))
+    try:
+        with trio.fail_after(timeout):
+            await comm.send(Hello(role=role, name=name, version=PROTOCOL_VERSION, address=address))
+    except trio.TooSlowError:
+        raise HandshakeError(f"could not answer the hello within {timeout}s (peer not reading)") from None
     comm.peer = msg
     return msg
 
@@ -326,7 +469,37 @@ async def _try_send(comm: Comm, msg: Message) -> None:
             pass
 
 
+def log_dropped(role: str, peer_address: str, exc: BaseException) -> None:
+    """The one log line for a connection a server gave up on.
+
+    A peer hanging up between messages is routine (debug); anything else, a
+    protocol violation, a truncated message, a broken or refused connection,
+    is a warning.
+    """
+    if isinstance(exc, CommClosedError) and exc.clean:
+        logger.debug("%s: %s disconnected: %s", role, peer_address, exc)
+    else:
+        logger.warning("%s: dropped %s: %s", role, peer_address, exc)
+
+
 # ---------------------------------------------------------------- connect
+
+
+def _connect_cause(exc: OSError) -> str:
+    """The useful part of a failed ``open_tcp_stream``: trio reports "all
+    attempts failed" with the real errors in an exception group under it."""
+    stack: list[BaseException] = [exc]
+    while stack:
+        e = stack.pop(0)
+        if isinstance(e, socket.gaierror) and e.strerror:
+            return e.strerror
+        if isinstance(e, OSError) and e.errno:
+            return os.strerror(e.errno)
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(e.exceptions)
+        if e.__cause__ is not None:
+            stack.append(e.__cause__)
+    return str(exc) or type(exc).__name__
 
 
 async def connect(
@@ -343,7 +516,8 @@ async def connect(
 
     Raises:
         AddressError: malformed address.
-        SecurityError: ``tcp://`` under ``require_encryption``, or bad TLS files.
+        SecurityError: ``tcp://`` under ``require_encryption``, ``tls://``
+            without certificates, or bad TLS files.
         CommError: nothing listens there, TLS failed, or no answer in time;
             the message names the address and the cause.
         HandshakeError: the peer is not a compatible trioflow server.
@@ -355,7 +529,11 @@ async def connect(
         from .inproc import connect_inproc
 
         comm = await connect_inproc(addr, limits=limits)
-        await client_handshake(comm, role=role, name=name, address=local_address, timeout=timeout)
+        try:
+            await client_handshake(comm, role=role, name=name, address=local_address, timeout=timeout)
+        except BaseException:
+            await comm.aclose()
+            raise
         return comm
     ctx: ssl.SSLContext | None = None
     if addr.scheme == "tls":
@@ -370,21 +548,21 @@ async def connect(
             try:
                 stream = await trio.open_tcp_stream(addr.host, addr.port)
             except OSError as exc:
-                raise CommError(f"could not connect to {address}: {exc.strerror or exc}") from None
+                raise CommError(f"could not connect to {addr}: {_connect_cause(exc)}") from None
             if ctx is not None:
                 ssl_stream = trio.SSLStream(stream, ctx, server_hostname=addr.host)
                 stream = ssl_stream
                 try:
                     await ssl_stream.do_handshake()
                 except (trio.BrokenResourceError, ssl.SSLError) as exc:
-                    raise CommError(f"TLS handshake with {address} failed: {_cause(exc)}") from None
+                    raise CommError(f"TLS handshake with {addr} failed: {_cause(exc)}") from None
             comm = StreamComm(stream, peer_address=str(addr), local_address=local_address, limits=limits)
             await client_handshake(comm, role=role, name=name, address=local_address, timeout=timeout)
             return comm
     except trio.TooSlowError:
         if stream is not None:
             await trio.aclose_forcefully(stream)
-        raise CommError(f"timed out after {timeout}s connecting to {address}") from None
+        raise CommError(f"timed out after {timeout}s connecting to {addr}") from None
     except BaseException:
         if stream is not None:
             await trio.aclose_forcefully(stream)
@@ -421,11 +599,13 @@ async def listen(
     Each accepted connection is handshaken, then passed to ``handler(comm)``
     in its own task; the comm is closed when the handler returns.  Errors of a
     single connection (protocol errors, broken connections, TLS failures)
-    are logged in one line and never stop the listener.
+    are logged in one line and never stop the listener.  When cancelled, the
+    listening sockets and every open connection are closed before returning.
 
     Raises:
         AddressError, SecurityError: bad address or TLS configuration.
-        OSError: the address cannot be bound (port in use).
+        OSError: the address cannot be bound (port in use); the message
+            names the address.
     """
     addr = parse_address(address, default_port=0)
     if security is not None:
@@ -442,20 +622,26 @@ async def listen(
         if security is None or not security.enabled:
             from ..security import SecurityError
 
-            raise SecurityError(f"cannot listen on {address}: tls:// needs TLS certificates")
+            raise SecurityError(f"cannot listen on {address}: tls:// needs TLS certificates (pass security=)")
         ctx = security.get_server_context(role)
     host: str | None = addr.host
     if host in ("", "0.0.0.0", "*"):
         host = None if host == "*" else "0.0.0.0"
-    listeners = await trio.open_tcp_listeners(addr.port, host=host)
+    try:
+        listeners = await trio.open_tcp_listeners(addr.port, host=host)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot listen on {addr}: {exc.strerror or exc}") from exc
     try:
         port = listeners[0].socket.getsockname()[1]
+        if addr.port == 0:
+            # Port 0 on a host with several addresses (``*``, ``localhost``)
+            # gives each socket its own random port; we can only announce one.
+            for extra in [ln for ln in listeners if ln.socket.getsockname()[1] != port]:
+                listeners.remove(extra)
+                await trio.aclose_forcefully(extra)
         bound = str(Address(addr.scheme, addr.host or "0.0.0.0", port))
-        n_connections = 0
 
         async def serve_one(stream: trio.SocketStream) -> None:
-            nonlocal n_connections
-            n_connections += 1
             try:
                 peer = stream.socket.getpeername()
                 peer_address = str(Address(addr.scheme, peer[0], peer[1]))
@@ -466,21 +652,25 @@ async def listen(
             try:
                 if ctx is not None:
                     s = trio.SSLStream(stream, ctx, server_side=True)
-                    with trio.fail_after(handshake_timeout):
-                        await s.do_handshake()
+                    try:
+                        with trio.fail_after(handshake_timeout):
+                            await s.do_handshake()
+                    except trio.TooSlowError:
+                        logger.warning("%s: dropped %s: no TLS handshake within %ss", role, peer_address, handshake_timeout)
+                        return
+                    except (trio.BrokenResourceError, ssl.SSLError) as exc:
+                        logger.warning("%s: dropped %s: TLS handshake failed: %s", role, peer_address, _cause(exc))
+                        return
                 comm = StreamComm(s, local_address=bound, peer_address=peer_address, limits=limits)
                 await server_handshake(comm, role=role, name=name, address=bound, timeout=handshake_timeout)
                 await handler(comm)
-            except trio.TooSlowError:
-                logger.warning("%s: dropped %s: no TLS handshake within %ss", role, peer_address, handshake_timeout)
             except (ProtocolError, CommError) as exc:
-                logger.warning("%s: dropped %s: %s", role, peer_address, exc)
+                log_dropped(role, peer_address, exc)
             except (trio.BrokenResourceError, ssl.SSLError) as exc:
                 logger.warning("%s: dropped %s: %s", role, peer_address, _cause(exc))
             except Exception:
                 logger.exception("%s: error serving %s", role, peer_address)
             finally:
-                n_connections -= 1
                 if comm is not None:
                     await comm.aclose()
                 else:
@@ -492,4 +682,3 @@ async def listen(
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
-

@@ -3,7 +3,9 @@
 Used by in-process clusters in tests, where determinism matters more than
 exercising sockets: with ``autojump_clock`` a whole cluster runs on virtual
 time.  Messages are frozen attrs objects, so handing the object itself across
-is safe; nothing is encoded.  Names are unique per Trio run.
+is safe; nothing is encoded (so no frame limits apply either).  Names are
+unique per Trio run: the registry is keyed by the run's root task, and a
+listener removes its entry when it stops.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ import trio
 from ..protocol.codec import ProtocolError
 from ..protocol.messages import Message
 from .addressing import Address
-from .core import Comm, CommClosedError, CommError, HandshakeError, Listener, server_handshake
+from .core import Comm, CommClosedError, CommError, Listener, log_dropped, server_handshake
 
 logger = logging.getLogger("trioflow.comm")
 
 _counter = itertools.count()
-# (trio run token, name) -> channel of incoming comms; weak so a dead run drops out
+# (trio run's root task, name) -> channel of incoming comms
 _listeners: dict[tuple[Any, str], trio.MemorySendChannel[InprocComm]] = {}
 
 
@@ -47,21 +49,26 @@ class InprocComm(Comm):
         self.local_address = local_address
         self.peer_address = peer_address
 
+    def _closed_error(self) -> CommClosedError:
+        self_closed = self._closed
+        self._closed = True
+        if self_closed:
+            return CommClosedError(f"connection to {self.peer_address} was closed", clean=True)
+        return CommClosedError(f"connection to {self.peer_address} closed by peer", clean=True)
+
     async def send_many(self, msgs: Iterable[Message]) -> None:
         try:
             for msg in msgs:
                 self._send.send_nowait(msg)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._closed = True
-            raise CommClosedError(f"connection to {self.peer_address} closed by peer") from None
+            raise self._closed_error() from None
         await trio.lowlevel.checkpoint()
 
     async def recv(self) -> Message:
         try:
             return await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError, trio.BrokenResourceError):
-            self._closed = True
-            raise CommClosedError(f"connection to {self.peer_address} closed by peer") from None
+            raise self._closed_error() from None
 
     async def aclose(self) -> None:
         self._closed = True
@@ -72,6 +79,17 @@ class InprocComm(Comm):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def is_reusable(self) -> bool:
+        if self._closed:
+            return False
+        incoming = self._receive.statistics()
+        outgoing = self._send.statistics()
+        return (
+            incoming.open_send_channels > 0
+            and incoming.current_buffer_used == 0
+            and outgoing.open_receive_channels > 0
+        )
 
 
 def _key(name: str) -> tuple[Any, str]:
@@ -116,8 +134,8 @@ async def listen_inproc(
         try:
             await server_handshake(comm, role=role, name=name, address=bound, timeout=handshake_timeout)
             await handler(comm)
-        except (ProtocolError, CommError, HandshakeError) as exc:
-            logger.warning("%s: dropped %s: %s", role, comm.peer_address, exc)
+        except (ProtocolError, CommError) as exc:
+            log_dropped(role, comm.peer_address, exc)
         except Exception:
             logger.exception("%s: error serving %s", role, comm.peer_address)
         finally:
@@ -126,11 +144,18 @@ async def listen_inproc(
     try:
         async with trio.open_nursery() as nursery:
             task_status.started(Listener(address=bound, port=0))
-            async with receive:
-                async for comm in receive:
-                    nursery.start_soon(serve_one, comm)
+            async for comm in receive:
+                nursery.start_soon(serve_one, comm)
     finally:
         _listeners.pop(key, None)
         send.close()
-
-
+        # Connections that arrived but were never served: hang up on them
+        # rather than leave their clients waiting out the handshake timeout.
+        while True:
+            try:
+                pending = receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            with trio.CancelScope(shield=True):
+                await pending.aclose()
+        receive.close()

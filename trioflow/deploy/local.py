@@ -120,8 +120,9 @@ async def open_cluster(
     }
     if not processes:
         wopts["validate"] = validate
-        if protocol != "inproc":
-            wopts.setdefault("listen_address", f"{protocol}://{host}:0")
+    if protocol != "inproc":
+        # The worker's listener, or with processes=True the nanny's.
+        wopts.setdefault("listen_address", f"{protocol}://{host}:0")
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.serve)
         cluster = InProcessCluster(scheduler, nursery, wopts, security)

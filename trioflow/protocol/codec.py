@@ -29,11 +29,13 @@ Sans-IO: no trio import, no sockets; :mod:`trioflow.comm` does the IO.
 from __future__ import annotations
 
 import struct
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import cattrs
+import cattrs.cols
 import msgpack
 
 from .messages import MESSAGES, STRUCTURES, Message
@@ -102,13 +104,53 @@ def _serialized_hook(value: Any, _: Any) -> Serialized:
     return value
 
 
-def _make_converter(detailed: bool) -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=detailed)
+def _is_tuple(t: Any) -> bool:
+    return typing.get_origin(t) is tuple
+
+
+def _register_primitives(conv: cattrs.Converter) -> None:
     for t in (str, int, bool, bytes):
         conv.register_structure_hook(t, _strict(t))
     conv.register_structure_hook(float, _float_hook)
+
+
+def _strict_list_factory(t: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    # cattrs would iterate anything (a string becomes a list of characters);
+    # msgpack arrays always decode to lists, so demand exactly that.
+    inner = cattrs.cols.list_structure_factory(t, conv)
+
+    def hook(value: Any, typ: Any) -> Any:
+        if type(value) is not list:
+            raise TypeError(f"expected list, got {type(value).__name__}")
+        return inner(value, typ)
+
+    return hook
+
+
+def _strict_tuple_factory(t: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    plain = cattrs.Converter(detailed_validation=conv.detailed_validation)
+    _register_primitives(plain)
+    inner = plain.get_structure_hook(t)
+    args = typing.get_args(t)
+    fixed = None if (len(args) == 2 and args[1] is Ellipsis) else len(args)
+
+    def hook(value: Any, typ: Any) -> Any:
+        if type(value) is not list and type(value) is not tuple:
+            raise TypeError(f"expected list, got {type(value).__name__}")
+        if fixed is not None and len(value) != fixed:
+            raise TypeError(f"expected {fixed} items, got {len(value)}")
+        return inner(value, typ)
+
+    return hook
+
+
+def _make_converter(detailed: bool) -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=detailed)
+    _register_primitives(conv)
     conv.register_structure_hook(Serialized, _serialized_hook)
     conv.register_unstructure_hook(Serialized, lambda s: s)
+    conv.register_structure_hook_factory(cattrs.cols.is_mutable_sequence, _strict_list_factory)
+    conv.register_structure_hook_factory(_is_tuple, _strict_tuple_factory)
     return conv
 
 
@@ -161,7 +203,10 @@ def from_dict(d: Any) -> Message:
     try:
         _detailed.structure(d, cls)
     except Exception as exc:
-        detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, cattrs.BaseValidationError) else f"{type(exc).__name__}: {exc}"
+        try:
+            detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, cattrs.BaseValidationError) else f"{type(exc).__name__}: {exc}"
+        except Exception:  # noqa: BLE001 - e.g. non-str extra keys confuse transform_error
+            detail = f"{type(exc).__name__}: {exc}"
         raise ProtocolError(f"invalid {op!r} message: {detail}") from None
     raise ProtocolError(f"invalid {op!r} message")  # pragma: no cover
 
@@ -232,7 +277,10 @@ def decode(frames: Sequence[Any]) -> Message:
         raise
     except Exception as exc:
         raise ProtocolError(f"undecodable message header: {type(exc).__name__}: {exc}") from None
-    return from_dict(d)
+    msg = from_dict(d)
+    if len(used) != n - 1:
+        raise ProtocolError(f"{msg.op!r} message has {n - 1 - len(used)} frames that nothing refers to")
+    return msg
 
 
 # ---------------------------------------------------------------- frame-group prefix
@@ -258,6 +306,8 @@ def check_prefix(lengths_bytes: bytes | bytearray | memoryview, n_frames: int, l
     Raises:
         ProtocolError: the header or the whole message would break ``limits``.
     """
+    if n_frames < 1 or len(lengths_bytes) != 8 * n_frames:
+        raise ProtocolError(f"frame prefix of {len(lengths_bytes)} bytes does not describe {n_frames} frames")
     lengths = list(struct.unpack(f"<{n_frames}Q", lengths_bytes))
     if lengths[0] > limits.max_header:
         raise ProtocolError(f"message header of {lengths[0]} bytes exceeds the limit of {limits.max_header}")

@@ -129,12 +129,16 @@ def dumps(obj: object) -> Serialized:
         return Serialized(kind=_KIND_BYTEARRAY, data=obj)  # type: ignore[arg-type]
     if t is memoryview:
         mv: memoryview = obj  # type: ignore[assignment]
-        if mv.contiguous:
+        if mv.c_contiguous:
             return Serialized(kind=_KIND_MEMORYVIEW, data=mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv)
         return Serialized(kind=_KIND_MEMORYVIEW, data=mv.tobytes())
     collector = _Collector()
     try:
         data = pickle.dumps(obj, protocol=5, buffer_callback=collector)
+        if b"__main__" in data:
+            # Things defined in the user's script pickle by reference to
+            # __main__, which is another module on the worker: go by value.
+            raise pickle.PicklingError("refers to __main__")
     except Exception:
         collector = _Collector()
         try:
@@ -178,16 +182,12 @@ _FUNCTION_CACHE_MAX = 1024
 
 
 def dumps_function(func: Callable[..., Any]) -> bytes:
-    """Pickle a callable (by reference when importable, else by value)."""
+    """Pickle a callable: by reference when importable, by value (cloudpickle)
+    when it lives in ``__main__``, is a lambda, or a closure."""
     try:
-        return pickle.dumps(func, protocol=5)
-    except Exception:
-        try:
-            return cloudpickle.dumps(func, protocol=5)
-        except Exception as exc:
-            raise SerializationError(
-                f"cannot serialize function of type {_type_name(func)}: {exc}"
-            ) from exc
+        return cloudpickle.dumps(func, protocol=5)
+    except Exception as exc:
+        raise SerializationError(f"cannot serialize function of type {_type_name(func)}: {exc}") from exc
 
 
 def loads_function(data: bytes) -> Callable[..., Any]:
@@ -247,6 +247,8 @@ def dumps_with_deps(obj: object, dep_type: type) -> tuple[Serialized, list[str]]
         p.deps = {}
         try:
             p.dump(obj)
+            if pickler_cls is _DepPickler and b"__main__" in f.getbuffer():
+                continue  # see dumps(): __main__ objects go by value
         except Exception as exc:
             if pickler_cls is _DepCloudPickler:
                 raise SerializationError(

@@ -319,10 +319,10 @@ class Scheduler:
                             break
                     except ss.InvalidEvent as exc:
                         logger.warning("worker %s: %s", address, exc)
-        except CommClosedError as exc:
-            logger.info("lost worker %s: %s", address, exc)
-        except ProtocolError as exc:
-            logger.warning("worker %s broke the protocol: %s", address, exc)
+        except* CommClosedError as group:
+            logger.info("lost worker %s: %s", address, group.exceptions[0])
+        except* ProtocolError as group:
+            logger.warning("worker %s broke the protocol: %s", address, group.exceptions[0])
         finally:
             if self.worker_streams.get(address) is batched:
                 del self.worker_streams[address]
@@ -374,10 +374,10 @@ class Scheduler:
                             break
                     except ss.InvalidEvent as exc:
                         logger.warning("client %s: %s", cid, exc)
-        except CommClosedError:
+        except* CommClosedError:
             pass
-        except ProtocolError as exc:
-            logger.warning("client %s broke the protocol: %s", cid, exc)
+        except* ProtocolError as group:
+            logger.warning("client %s broke the protocol: %s", cid, group.exceptions[0])
         finally:
             if self.client_streams.get(cid) is batched:
                 del self.client_streams[cid]

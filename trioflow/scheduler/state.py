@@ -153,10 +153,12 @@ class TaskState:
         "resources",
         "erred_by",
         "result_type",
+        "_hash",
     )
 
     def __init__(self, key: str, function: bytes | None, args: Serialized | None) -> None:
         self.key = key
+        self._hash = hash(key)
         self.prefix = key_prefix(key)
         self.function = function
         self.args = args
@@ -182,6 +184,14 @@ class TaskState:
         self.resources: dict[str, float] = {}
         self.erred_by = ""
         self.result_type = ""
+
+    # Entities hash by name, not by id(): the order in which a set of them
+    # iterates decides which transition runs first and which worker wins a
+    # tie, and with id() hashes that order changed from run to run, so the
+    # same events could lead to different decisions (and a failure found by
+    # the stateful tests could not be replayed).  Equality stays identity.
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def runnable(self) -> bool:
@@ -210,10 +220,12 @@ class WorkerState:
         "metrics",
         "last_seen",
         "status",
+        "_hash",
     )
 
     def __init__(self, address: str, name: str, nthreads: int, memory_limit: int, resources: dict[str, float]) -> None:
         self.address = address
+        self._hash = hash(address)
         self.name = name
         self.nthreads = nthreads
         self.memory_limit = memory_limit
@@ -231,16 +243,23 @@ class WorkerState:
         self.last_seen = 0.0
         self.status = "running"
 
+    def __hash__(self) -> int:  # by address: see TaskState.__hash__
+        return self._hash
+
     def __repr__(self) -> str:
         return f"<WorkerState {self.address} {self.name!r} processing={len(self.processing)} has={len(self.has_what)}>"
 
 
 class ClientState:
-    __slots__ = ("client_id", "wants_what")
+    __slots__ = ("client_id", "wants_what", "_hash")
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
         self.wants_what: set[TaskState] = set()
+        self._hash = hash(client_id)
+
+    def __hash__(self) -> int:  # by id: see TaskState.__hash__
+        return self._hash
 
     def __repr__(self) -> str:
         return f"<ClientState {self.client_id} wants={len(self.wants_what)}>"

@@ -72,9 +72,11 @@ def _plain_values() -> st.SearchStrategy[Any]:
     )
     return st.recursive(
         leaves,
-        lambda children: st.lists(children, max_size=4)
-        | st.tuples(children, children)
-        | st.dictionaries(st.text(max_size=8), children, max_size=4),
+        lambda children: (
+            st.lists(children, max_size=4)
+            | st.tuples(children, children)
+            | st.dictionaries(st.text(max_size=8), children, max_size=4)
+        ),
         max_leaves=8,
     )
 
@@ -83,7 +85,7 @@ def _user_values() -> st.SearchStrategy[Any]:
     small = [
         _plain_values(),
         st.binary(max_size=64).map(bytearray),
-        st.binary(max_size=64).map(memoryview),
+        st.binary(max_size=64).map(lambda b: memoryview(b)),
     ]
     large = [
         st.builds(lambda n, b: bytes([b]) * n, _LARGE, _FILL),
@@ -127,7 +129,9 @@ def message_strategy(cls: type) -> st.SearchStrategy[Any]:
     if not attrs.has(cls):
         raise TypeError(f"{cls!r} is not an attrs class")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: _for_type(hints[f.name], f"{cls.__name__}.{f.name}") for f in attrs.fields(cls)}
+    fields = {
+        f.name: _for_type(hints[f.name], f"{cls.__name__}.{f.name}") for f in attrs.fields(cls)
+    }
     return st.builds(cls, **fields)
 
 

@@ -152,6 +152,8 @@ class Worker:
         nanny: str = "",
         validate: bool = False,
         connect_timeout: float = 10,
+        dashboard_address: str | None = None,
+        dashboard_prefix: str = "",
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, got {nthreads}")
@@ -192,6 +194,8 @@ class Worker:
         self.close_reason = ""
         self._proc = psutil.Process()
         self.services: dict[str, int] = {}
+        self.dashboard_address = dashboard_address
+        self.dashboard_prefix = dashboard_prefix
 
     def __repr__(self) -> str:
         return f"<Worker {self.address or '(not started)'} name={self.name!r} status={self.status}>"
@@ -361,10 +365,10 @@ class Worker:
                             return
                         else:
                             logger.warning("unexpected %r from the scheduler, ignored", msg.op)
-            except (CommClosedError, trio.BrokenResourceError) as exc:
-                logger.info("lost the scheduler at %s: %s", self.scheduler_address, exc)
-            except ProtocolError as exc:
-                logger.warning("bad message from the scheduler: %s", exc)
+            except* (CommClosedError, trio.BrokenResourceError) as group:
+                logger.info("lost the scheduler at %s: %s", self.scheduler_address, group.exceptions[0])
+            except* ProtocolError as group:
+                logger.warning("bad message from the scheduler: %s", group.exceptions[0])
             await comm.aclose()
             if self.status != "running":
                 return

@@ -1,0 +1,2 @@
+"""Benchmarks: trioflow against dask.distributed (``python -m benchmarks``)
+and comm throughput (``python -m benchmarks.comm``)."""

@@ -1,0 +1,380 @@
+"""Comm benchmarks: small-message rate and bulk throughput.
+
+``python -m benchmarks.comm [--quick] [--repeat N] [--messages N] [--mib N] [--json FILE]``
+
+What is measured (all on loopback, receiver in a separate process so sender
+and receiver each get a core, as scheduler and worker do in a real cluster):
+
+* small messages: ``N`` :class:`~trioflow.protocol.messages.Heartbeat`
+  messages through a :class:`~trioflow.comm.BatchedSend` on ``tcp://``;
+  the clock runs from the first ``send`` until the receiver, having decoded
+  all ``N``, answers ``Ok``.  Two producer patterns: *burst* (all ``N``
+  queued at once) and *trickle* (one ``send`` then a Trio checkpoint, as when
+  many tasks each report one thing).  For reference, the same messages sent
+  with one ``Comm.send`` each (no batching, one frame group per write).
+* bulk: one ``PutData`` message carrying a 256 MiB numpy array (pickled with
+  out-of-band buffers by ``trioflow.protocol.serialize.dumps``) over
+  ``tcp://`` and ``tls://`` (``Security.temporary()``); the clock runs from
+  ``dumps`` until the receiver has the whole message decoded and answers.
+  Beside it, in the same run and interleaved repetition by repetition: plain
+  blocking sockets, ``sendall`` of the array's memory into ``recv_into`` of a
+  fresh ``bytearray`` (what any receiver of a new message must allocate) and
+  of a reused, already-touched buffer (the ceiling), then a one-byte answer.
+  For TLS the plain baseline is a blocking ``ssl.SSLSocket`` with the same
+  contexts.
+
+Each figure is the median of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import socket
+import ssl
+import statistics
+import sys
+import threading
+import time
+from typing import Any
+
+HOST = "127.0.0.1"
+MiB = 1 << 20
+
+
+# ====================================================================== receivers
+# (run in child processes started with the "spawn" method)
+
+
+def _trioflow_receiver(conn: Any, security: Any) -> None:
+    """Serve tcp:// and tls:// listeners; answer each PutData / end marker with Ok."""
+    import trio
+
+    from trioflow.comm import CommClosedError, listen
+    from trioflow.protocol import messages as m
+
+    async def handler(comm: Any) -> None:
+        count = 0
+        while True:
+            try:
+                msg = await comm.recv()
+            except CommClosedError:
+                return
+            t = type(msg)
+            if t is m.Heartbeat:
+                count += 1
+                if msg.paused:  # end marker of a small-message run
+                    await comm.send(m.Ok())
+                    count = 0
+            elif t is m.PutData:
+                await comm.send(m.Ok())
+                del msg
+            else:
+                await comm.send(m.Ok())
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            tcp = await n.start(lambda task_status: listen(f"tcp://{HOST}:0", handler, role="scheduler", task_status=task_status))
+            tls = await n.start(
+                lambda task_status: listen(
+                    f"tls://{HOST}:0", handler, role="scheduler", security=security, task_status=task_status
+                )
+            )
+            conn.send((tcp.address.replace("0.0.0.0", HOST), tls.address.replace("0.0.0.0", HOST)))
+            await trio.to_thread.run_sync(conn.recv)  # parent says stop
+            n.cancel_scope.cancel()
+
+    trio.run(main)
+
+
+def _recv_exactly_into(sock: Any, view: memoryview) -> None:
+    while view:
+        n = sock.recv_into(view)
+        if n == 0:
+            raise ConnectionError("peer closed")
+        view = view[n:]
+
+
+def _plain_serve(sock: Any, nbytes: int) -> None:
+    """Per request: 1-byte mode (f=fresh, r=reused, q=quit), then nbytes, answer b'k'."""
+    reused = bytearray(nbytes)
+    memoryview(reused)[::4096] = b"\1" * len(range(0, nbytes, 4096))  # fault every page in now
+    mode = bytearray(1)
+    while True:
+        _recv_exactly_into(sock, memoryview(mode))
+        if mode == b"q":
+            return
+        buf = bytearray(nbytes) if mode == b"f" else reused
+        _recv_exactly_into(sock, memoryview(buf))
+        del buf
+        sock.sendall(b"k")
+
+
+def _plain_receiver(conn: Any, nbytes: int, server_ctx: Any) -> None:
+    """Plain blocking sockets: one tcp and one ssl listener, each served in a thread."""
+    tcp = socket.create_server((HOST, 0))
+    tls = socket.create_server((HOST, 0))
+    conn.send((tcp.getsockname()[1], tls.getsockname()[1]))
+
+    def serve(listener: socket.socket, wrap: bool) -> None:
+        s, _ = listener.accept()
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if wrap:
+            s = server_ctx.wrap_socket(s, server_side=True)
+        with s:
+            _plain_serve(s, nbytes)
+
+    threads = [threading.Thread(target=serve, args=(tcp, False)), threading.Thread(target=serve, args=(tls, True))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+# ====================================================================== senders
+
+
+def _plain_connect(port: int, ctx: Any = None) -> Any:
+    s = socket.create_connection((HOST, port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if ctx is not None:
+        s = ctx.wrap_socket(s, server_hostname=HOST)
+    return s
+
+
+def _plain_once(sock: Any, payload: memoryview, mode: bytes) -> float:
+    t0 = time.perf_counter()
+    sock.sendall(mode)
+    sock.sendall(payload)
+    ack = bytearray(1)
+    _recv_exactly_into(sock, memoryview(ack))
+    return time.perf_counter() - t0
+
+
+async def _bulk_trioflow_once(comm: Any, array: Any) -> float:
+    from trioflow.protocol import messages as m
+    from trioflow.protocol.serialize import dumps
+
+    t0 = time.perf_counter()
+    msg = m.PutData(data={"x": dumps(array)})
+    await comm.send(msg)
+    reply = await comm.recv()
+    elapsed = time.perf_counter() - t0
+    assert isinstance(reply, m.Ok), reply
+    return elapsed
+
+
+def _heartbeat(end: bool = False) -> Any:
+    from trioflow.protocol import messages as m
+
+    return m.Heartbeat(
+        memory=123_456_789, managed=1_000_000, spilled=0, cpu=12.5, executing=1, ready=3,
+        in_memory=42, bandwidth=1.0e8, paused=end,
+    )
+
+
+async def _small_batched_once(address: str, n: int, pattern: str) -> tuple[float, int]:
+    import trio
+
+    from trioflow.comm import BatchedSend, connect
+
+    comm = await connect(address, role="client")
+    try:
+        async with trio.open_nursery() as nursery:
+            b = BatchedSend(comm)
+            await nursery.start(b.run)
+            msg = _heartbeat()
+            end = _heartbeat(end=True)
+            t0 = time.perf_counter()
+            if pattern == "burst":
+                send = b.send
+                for _ in range(n - 1):
+                    send(msg)
+            else:
+                checkpoint = trio.lowlevel.checkpoint
+                for _ in range(n - 1):
+                    b.send(msg)
+                    await checkpoint()
+            b.send(end)
+            await comm.recv()
+            elapsed = time.perf_counter() - t0
+            batches = b.batches
+            await b.aclose()
+            nursery.cancel_scope.cancel()
+    finally:
+        await comm.aclose()
+    return elapsed, batches
+
+
+async def _small_unbatched_once(address: str, n: int) -> float:
+    from trioflow.comm import connect
+
+    comm = await connect(address, role="client")
+    try:
+        msg = _heartbeat()
+        t0 = time.perf_counter()
+        for _ in range(n - 1):
+            await comm.send(msg)
+        await comm.send(_heartbeat(end=True))
+        await comm.recv()
+        return time.perf_counter() - t0
+    finally:
+        await comm.aclose()
+
+
+# ====================================================================== driver
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+    import trio
+
+    from trioflow import Security
+    from trioflow.comm import connect
+
+    security = Security.temporary()
+    nbytes = args.mib * MiB
+    ctx = mp.get_context("spawn")
+
+    results: dict[str, Any] = {"repeat": args.repeat, "messages": args.messages, "mib": args.mib, "rows": {}}
+    rows = results["rows"]
+
+    tf_parent, tf_child = ctx.Pipe()
+    pl_parent, pl_child = ctx.Pipe()
+    tf_proc = ctx.Process(target=_trioflow_receiver, args=(tf_child, security), daemon=True)
+    # An SSLContext does not pickle: the child builds its own from the Security.
+    pl_proc = ctx.Process(target=_plain_receiver_from_security, args=(pl_child, nbytes, security), daemon=True)
+    tf_proc.start()
+    pl_proc.start()
+    try:
+        tcp_addr, tls_addr = tf_parent.recv()
+        plain_tcp_port, plain_tls_port = pl_parent.recv()
+
+        # ------------------------------------------------ small messages
+        n = args.messages
+        burst, trickle, unbatched, burst_batches, trickle_batches = [], [], [], [], []
+        n_unbatched = max(1000, n // 10)
+        for _ in range(args.repeat):
+            e, nb = trio.run(_small_batched_once, tcp_addr, n, "burst")
+            burst.append(n / e)
+            burst_batches.append(nb)
+            e, nb = trio.run(_small_batched_once, tcp_addr, n, "trickle")
+            trickle.append(n / e)
+            trickle_batches.append(nb)
+            e = trio.run(_small_unbatched_once, tcp_addr, n_unbatched)
+            unbatched.append(n_unbatched / e)
+        rows["small_batched_burst_msgs_per_s"] = {"median": _median(burst), "runs": burst, "batches": burst_batches}
+        rows["small_batched_trickle_msgs_per_s"] = {"median": _median(trickle), "runs": trickle, "batches": trickle_batches}
+        rows["small_unbatched_msgs_per_s"] = {"median": _median(unbatched), "runs": unbatched, "n": n_unbatched}
+
+        # ------------------------------------------------ bulk
+        array = np.random.default_rng(0).random(nbytes // 8)
+        assert array.nbytes == nbytes
+        payload = memoryview(array).cast("B")
+        client_ctx = security.get_client_context("client")
+
+        async def trioflow_bulk(address: str) -> list[float]:
+            comm = await connect(address, role="client", security=security if address.startswith("tls") else None)
+            try:
+                await _bulk_trioflow_once(comm, array[: 1 << 17])  # warm the connection
+                out = []
+                for _ in range(args.repeat):
+                    out.append(await _bulk_trioflow_once(comm, array))
+                    out_plain.append(await trio.to_thread.run_sync(_plain_once, plain_sock, payload, b"f"))
+                    out_reused.append(await trio.to_thread.run_sync(_plain_once, plain_sock, payload, b"r"))
+                return out
+            finally:
+                await comm.aclose()
+
+        for scheme, port, pctx, address in (
+            ("tcp", plain_tcp_port, None, tcp_addr),
+            ("tls", plain_tls_port, client_ctx, tls_addr),
+        ):
+            plain_sock = _plain_connect(port, pctx)
+            out_plain: list[float] = []
+            out_reused: list[float] = []
+            try:
+                tf = trio.run(trioflow_bulk, address)
+                plain_sock.sendall(b"q")
+            finally:
+                plain_sock.close()
+            rows[f"bulk_{scheme}_trioflow_GBps"] = {"median": _median([nbytes / t / 1e9 for t in tf]), "runs": [nbytes / t / 1e9 for t in tf]}
+            rows[f"bulk_{scheme}_plain_fresh_GBps"] = {"median": _median([nbytes / t / 1e9 for t in out_plain]), "runs": [nbytes / t / 1e9 for t in out_plain]}
+            rows[f"bulk_{scheme}_plain_reused_GBps"] = {"median": _median([nbytes / t / 1e9 for t in out_reused]), "runs": [nbytes / t / 1e9 for t in out_reused]}
+    finally:
+        try:
+            tf_parent.send("stop")
+        except OSError:
+            pass
+        for p in (tf_proc, pl_proc):
+            p.join(5)
+            if p.is_alive():
+                p.terminate()
+                p.join(5)
+            if p.is_alive():
+                p.kill()
+                p.join()
+    return results
+
+
+def _plain_receiver_from_security(conn: Any, nbytes: int, security: Any) -> None:
+    _plain_receiver(conn, nbytes, security.get_server_context("scheduler"))
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def print_table(results: dict[str, Any]) -> None:
+    r = results["rows"]
+    n = results["messages"]
+    mib = results["mib"]
+    print()
+    print(f"small messages (Heartbeat, tcp://, loopback, median of {results['repeat']})")
+    print(f"{'pattern':<50} | {'messages/s':>12} | {'batches/run':>11}")
+    print("-" * 80)
+    print(f"{f'BatchedSend, burst ({n:,} queued at once)':<50} | {_fmt_rate(r['small_batched_burst_msgs_per_s']['median']):>12} | {statistics.median(r['small_batched_burst_msgs_per_s']['batches']):>11,.0f}")
+    print(f"{f'BatchedSend, trickle (send + checkpoint) x{n:,}':<50} | {_fmt_rate(r['small_batched_trickle_msgs_per_s']['median']):>12} | {statistics.median(r['small_batched_trickle_msgs_per_s']['batches']):>11,.0f}")
+    nu = r["small_unbatched_msgs_per_s"]["n"]
+    print(f"{f'Comm.send one at a time (no batching) x{nu:,}':<50} | {_fmt_rate(r['small_unbatched_msgs_per_s']['median']):>12} | {nu:>11,}")
+    print()
+    print(f"bulk: one {mib} MiB numpy array (PutData) vs plain blocking sockets, loopback, median of {results['repeat']}")
+    print(f"{'transport':<9} | {'trioflow GB/s':>13} | {'plain GB/s (fresh buf)':>22} | {'ratio':>6} | {'plain GB/s (reused buf)':>23} | {'ratio':>6}")
+    print("-" * 96)
+    for scheme in ("tcp", "tls"):
+        tf = r[f"bulk_{scheme}_trioflow_GBps"]["median"]
+        pf = r[f"bulk_{scheme}_plain_fresh_GBps"]["median"]
+        pr = r[f"bulk_{scheme}_plain_reused_GBps"]["median"]
+        print(f"{scheme + '://':<9} | {tf:>13.2f} | {pf:>22.2f} | {tf / pf:>6.2f} | {pr:>23.2f} | {tf / pr:>6.2f}")
+    print("(ratio = trioflow / plain; plain tls:// = blocking ssl.SSLSocket with the same Security.temporary() contexts)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.comm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer repetitions (3) and 50,000 messages")
+    p.add_argument("--repeat", type=int, default=None, help="repetitions per figure (default 5, 3 with --quick)")
+    p.add_argument("--messages", type=int, default=None, help="small messages per run (default 200,000)")
+    p.add_argument("--mib", type=int, default=256, help="bulk payload size in MiB (default 256)")
+    p.add_argument("--json", metavar="FILE", help="write results as JSON")
+    args = p.parse_args(argv)
+    if args.repeat is None:
+        args.repeat = 3 if args.quick else 5
+    if args.messages is None:
+        args.messages = 50_000 if args.quick else 200_000
+    t0 = time.perf_counter()
+    results = run(args)
+    results["seconds"] = time.perf_counter() - t0
+    print_table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

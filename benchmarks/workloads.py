@@ -1,0 +1,204 @@
+"""Workloads run against every system with the same blocking-client code.
+
+Task functions live at module level here so that workers import them by
+reference (``benchmarks.workloads.inc``) in both trioflow and dask; the
+runner puts the repository root on the workers' ``PYTHONPATH``.
+
+A workload is ``fn(ctx, rep) -> float`` (one measurement) or ``None`` when it
+does not apply to the system.  ``ctx`` is a :class:`Ctx`: the blocking client,
+the two worker addresses, and ``lib`` (the ``trioflow`` or ``distributed``
+module, for ``wait``).  Every workload drops its futures before returning;
+the runner then waits until the scheduler holds no keys.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+TRANSFER_BYTES = 256 * 1024 * 1024  # 256 MiB
+TREE_LEAVES = 4096
+ROUND_TRIPS = 500
+
+
+# ---------------------------------------------------------------- task functions
+
+
+def noop(x: Any) -> None:
+    return None
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def make_array(nbytes: int, seed: int) -> Any:
+    import numpy as np
+
+    # Random floats: incompressible, so no system gets a compression shortcut.
+    return np.random.default_rng(seed).random(nbytes // 8)
+
+
+def consume(x: Any) -> int:
+    return int(x.nbytes)
+
+
+# ---------------------------------------------------------------- context
+
+
+@dataclass
+class Ctx:
+    client: Any
+    workers: list[str]  # the two worker addresses, sorted
+    lib: Any  # trioflow or distributed
+    system: str
+    quick: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    label: str  # row label, with unit
+    unit: str
+    higher_is_better: bool
+    fn: Callable[[Ctx, int], float | None]
+    in_quick: bool = True
+    timeout: float = 300.0
+
+
+# ---------------------------------------------------------------- workloads
+
+_OFFSET = 10_000_000  # keeps the keys of different repetitions distinct
+
+
+def map_noop(n: int) -> Callable[[Ctx, int], float]:
+    def run(ctx: Ctx, rep: int) -> float:
+        c = ctx.client
+        base = (rep + 1) * _OFFSET + n
+        t0 = time.perf_counter()
+        futures = c.map(noop, range(base, base + n))
+        results = c.gather(futures)
+        elapsed = time.perf_counter() - t0
+        assert len(results) == n
+        del futures, results
+        return n / elapsed
+
+    return run
+
+
+def round_trip(ctx: Ctx, rep: int) -> float:
+    c = ctx.client
+    base = (rep + 1) * _OFFSET + 7_000_000
+    # One untimed call so the first submit's costs (function pickling, connection) are paid.
+    assert c.submit(inc, base - 1).result() == base
+    t0 = time.perf_counter()
+    for i in range(base, base + ROUND_TRIPS):
+        assert c.submit(inc, i).result() == i + 1
+    elapsed = time.perf_counter() - t0
+    return elapsed / ROUND_TRIPS * 1e6
+
+
+def tree_reduce(ctx: Ctx, rep: int) -> float:
+    c = ctx.client
+    base = (rep + 1) * _OFFSET + 8_000_000
+    t0 = time.perf_counter()
+    layer = [c.submit(inc, base + i) for i in range(TREE_LEAVES)]
+    n_tasks = len(layer)
+    while len(layer) > 1:
+        layer = [c.submit(add, layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
+        n_tasks += len(layer)
+    total = layer[0].result()
+    elapsed = time.perf_counter() - t0
+    expected = sum(base + i + 1 for i in range(TREE_LEAVES))
+    assert total == expected, (total, expected)
+    del layer
+    return n_tasks / elapsed
+
+
+def transfer(ctx: Ctx, rep: int) -> float:
+    c = ctx.client
+    a_addr, b_addr = ctx.workers
+    producer = c.submit(make_array, TRANSFER_BYTES, rep, workers=[a_addr], pure=False)
+    ctx.lib.wait([producer])
+    if producer.status != "finished":
+        producer.result()  # raises the producer's error
+    holders = c.who_has([producer])[producer.key]
+    assert list(holders) == [a_addr], f"producer landed on {holders}, wanted {a_addr}"
+    t0 = time.perf_counter()
+    consumer = c.submit(consume, producer, workers=[b_addr], pure=False)
+    nbytes = consumer.result()
+    elapsed = time.perf_counter() - t0
+    assert nbytes == TRANSFER_BYTES // 8 * 8
+    where = c.who_has([consumer])[consumer.key]
+    assert list(where) == [b_addr], f"consumer ran on {where}, wanted {b_addr}"
+    del producer, consumer
+    return TRANSFER_BYTES / 1e6 / elapsed
+
+
+def _supports_collections(ctx: Ctx) -> bool:
+    return ctx.system != "trioflow" or hasattr(type(ctx.client), "compute")
+
+
+def array_sum(ctx: Ctx, rep: int) -> float | None:
+    if not _supports_collections(ctx):
+        return None
+    import dask.array as da
+
+    x = da.random.random((4000, 4000), chunks=(250, 250))
+    y = (x + x.T).sum()
+    t0 = time.perf_counter()
+    future = ctx.client.compute(y)
+    value = future.result()
+    elapsed = time.perf_counter() - t0
+    assert 0 < float(value) < 2 * 4000 * 4000
+    del future
+    return elapsed
+
+
+def dataframe_groupby(ctx: Ctx, rep: int) -> float | None:
+    if not _supports_collections(ctx):
+        return None
+    import dask
+
+    # 30 daily partitions of one row a second (~2.6 M rows), generated on the workers.
+    df = dask.datasets.timeseries(start="2000-01-01", end="2000-01-31", freq="1s", partition_freq="1D", seed=rep)
+    result = df.groupby("name").x.mean()
+    t0 = time.perf_counter()
+    future = ctx.client.compute(result)
+    value = future.result()
+    elapsed = time.perf_counter() - t0
+    assert len(value) > 10
+    del future
+    return elapsed
+
+
+WORKLOADS: list[Workload] = [
+    Workload("map_20k", "map+gather 20,000 no-op tasks (tasks/s)", "tasks/s", True, map_noop(20_000)),
+    Workload("map_100k", "map+gather 100,000 no-op tasks (tasks/s)", "tasks/s", True, map_noop(100_000), in_quick=False, timeout=600),
+    Workload("round_trip", f"submit(inc).result() x{ROUND_TRIPS} (µs each)", "us", False, round_trip),
+    Workload("tree_4096", f"tree reduction, {TREE_LEAVES} leaves via submit (tasks/s)", "tasks/s", True, tree_reduce),
+    Workload("transfer_256MiB", "256 MiB array worker A -> B (MB/s)", "MB/s", True, transfer),
+    Workload("array_sum", "(x + x.T).sum() 4000x4000 / 250x250 chunks (s)", "s", False, array_sum),
+    Workload("dataframe_groupby", "timeseries 30 partitions groupby-mean (s)", "s", False, dataframe_groupby),
+]
+
+
+def warm_up(ctx: Ctx) -> None:
+    """Pay the first-call costs (imports on workers, connections) outside the clock."""
+    c = ctx.client
+    assert c.submit(inc, -1).result() == 0
+    futures = c.map(inc, range(-300, -100))
+    assert c.gather(futures)[0] == -299
+    del futures
+    for i, w in enumerate(ctx.workers):
+        f = c.submit(make_array, 8 * 1024, -10 - i, workers=[w], pure=False)
+        g = c.submit(consume, f, workers=[ctx.workers[1 - i]], pure=False)
+        assert g.result() == 8 * 1024
+        del f, g

@@ -1,0 +1,856 @@
+"""End to end through the Trio API: ``open_cluster`` + ``open_client``.
+
+A scheduler and in-process workers talk over real TCP on 127.0.0.1 (with
+``validate=True``, so both state machines check every invariant after every
+event); the tests drive them through the public client API and look inside
+the scheduler and workers only to check that memory is freed.
+
+Task functions live at module level so they pickle by reference; tasks that
+must stay running block on a ``threading.Event`` (with a bounded wait, so a
+broken test cannot hang a worker thread) that every test sets before its
+cluster closes.
+"""
+
+from __future__ import annotations
+
+import gc
+import pickle
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import trio
+
+from trioflow import (
+    CancelledError,
+    Future,
+    SerializationError,
+    as_completed,
+    get_worker,
+    open_client,
+    open_cluster,
+    wait,
+)
+from trioflow.client.core import AsyncClient
+from trioflow.deploy.local import InProcessCluster
+from trioflow.protocol import messages as m
+from trioflow.protocol.serialize import Serialized, dumps_function
+
+# ---------------------------------------------------------------- task functions
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def total(*args: Any, **kwargs: Any) -> int:
+    """Sum every number found in args and kwargs, at any depth."""
+
+    def walk(v: Any) -> int:
+        if isinstance(v, dict):
+            return sum(walk(x) for x in v.values())
+        if isinstance(v, (list, tuple, set)):
+            return sum(walk(x) for x in v)
+        return v
+
+    return walk(list(args)) + walk(kwargs)
+
+
+class Boom(Exception):
+    pass
+
+
+def fail(x: Any = None) -> Any:
+    raise Boom(f"boom {x}")
+
+
+def return_lock() -> Any:
+    return threading.Lock()
+
+
+def whoami(*_: Any) -> tuple[str, str]:
+    w = get_worker()
+    return w.name, w.address
+
+
+def worker_name() -> str:
+    return get_worker().name
+
+
+_gate = threading.Event()
+
+
+def blocked(x: Any = None) -> Any:
+    """Wait for the test to open ``_gate`` (bounded, so no thread is stranded)."""
+    _gate.wait(10)
+    return x
+
+
+_attempts: dict[str, int] = {}
+_attempts_lock = threading.Lock()
+
+
+def flaky(token: str, fail_times: int) -> str:
+    """Fail the first ``fail_times`` calls for ``token``, then succeed."""
+    with _attempts_lock:
+        n = _attempts[token] = _attempts.get(token, 0) + 1
+    if n <= fail_times:
+        raise Boom(f"attempt {n}")
+    return f"ok after {n}"
+
+
+_concurrency: dict[str, list[int]] = {}
+_concurrency_lock = threading.Lock()
+
+
+def count_concurrent(token: str, x: int) -> int:
+    """Record the most tasks of ``token`` running at once on this worker."""
+    name = get_worker().name
+    with _concurrency_lock:
+        cur, peak = _concurrency.setdefault(f"{token}/{name}", [0, 0])
+        cur += 1
+        _concurrency[f"{token}/{name}"] = [cur, max(peak, cur)]
+    time.sleep(0.02)
+    with _concurrency_lock:
+        _concurrency[f"{token}/{name}"][0] -= 1
+    return x
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@pytest.fixture(autouse=True)
+def _open_gate() -> Any:
+    _gate.clear()
+    yield
+    _gate.set()
+
+
+@asynccontextmanager
+async def cluster_client(**options: Any) -> AsyncIterator[tuple[InProcessCluster, AsyncClient]]:
+    options.setdefault("n_workers", 2)
+    options.setdefault("validate", True)
+    async with open_cluster(**options) as cluster:
+        try:
+            async with open_client(cluster) as client:
+                yield cluster, client
+        finally:
+            _gate.set()  # before the workers close, so their threads can finish
+
+
+@pytest.fixture
+async def cc() -> AsyncIterator[tuple[InProcessCluster, AsyncClient]]:
+    async with cluster_client() as pair:
+        yield pair
+
+
+@pytest.fixture
+async def c(cc: tuple[InProcessCluster, AsyncClient]) -> AsyncClient:
+    return cc[1]
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 5, what: str = "condition") -> None:
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+        return
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+def processing_keys(cluster: InProcessCluster) -> set[str]:
+    return {k for k, ts in cluster.scheduler.state.tasks.items() if ts.state == "processing"}
+
+
+# ---------------------------------------------------------------- submit and keys
+
+
+async def test_submit_and_await(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        f = await c.submit(inc, 1)
+        assert isinstance(f, Future)
+        assert await f == 2
+        assert await f.result() == 2
+        assert f.done() and f.status == "finished"
+        g = await c.submit(add, 1, y=10)
+        assert await g == 11
+
+
+async def test_submit_lambda_and_closure(c: AsyncClient) -> None:
+    n = 5
+    with trio.fail_after(10):
+        assert await (await c.submit(lambda x: x * n, 3)) == 15
+
+
+async def test_pure_keys_are_deterministic(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        a = await c.submit(inc, 1)
+        b = await c.submit(inc, 1)
+        other = await c.submit(inc, 2)
+        kw1 = await c.submit(add, 1, y=2)
+        kw2 = await c.submit(add, 1, y=3)
+        assert a.key == b.key
+        assert a.key.startswith("inc-")
+        assert other.key != a.key
+        assert kw1.key != kw2.key
+        assert (await c.submit(add, 1, 2)).key != (await c.submit(total, 1, 2)).key
+        assert await a == await b == 2
+
+
+async def test_impure_keys_differ(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        a = await c.submit(inc, 1, pure=False)
+        b = await c.submit(inc, 1, pure=False)
+        assert a.key != b.key
+        assert a.key.startswith("inc-") and b.key.startswith("inc-")
+        assert await c.gather([a, b]) == [2, 2]
+
+
+async def test_explicit_key(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    with trio.fail_after(10):
+        f = await c.submit(inc, 1, key="my-key")
+        assert f.key == "my-key"
+        assert await f == 2
+        assert "my-key" in cluster.scheduler.state.tasks
+        assert (await c.who_has([f]))["my-key"]
+
+
+# ---------------------------------------------------------------- map
+
+
+async def test_map_one_iterable(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        fs = await c.map(inc, range(10))
+        assert len(fs) == 10
+        assert len({f.key for f in fs}) == 10
+        assert await c.gather(fs) == list(range(1, 11))
+
+
+async def test_map_several_iterables(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        fs = await c.map(add, [1, 2, 3], [10, 20, 30])
+        assert await c.gather(fs) == [11, 22, 33]
+        # zip semantics: the shortest iterable wins
+        fs = await c.map(add, [1, 2, 3], (100, 200))
+        assert await c.gather(fs) == [101, 202]
+
+
+async def test_map_with_kwargs_and_futures(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        base = await c.submit(inc, 99)
+        fs = await c.map(add, range(3), y=base)
+        assert await c.gather(fs) == [100, 101, 102]
+
+
+async def test_map_key_list(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    with trio.fail_after(10):
+        fs = await c.map(inc, [1, 2, 3], key=["a", "b", "c"])
+        assert [f.key for f in fs] == ["a", "b", "c"]
+        assert await c.gather(fs) == [2, 3, 4]
+        assert {"a", "b", "c"} <= set(cluster.scheduler.state.tasks)
+        with pytest.raises(ValueError, match="keys"):
+            await c.map(inc, [1, 2], key=["only-one"])
+
+
+async def test_map_key_prefix(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        fs = await c.map(inc, [1, 2], key="prefix")
+        assert all(f.key.startswith("prefix-") for f in fs)
+        assert len({f.key for f in fs}) == 2
+        assert await c.gather(fs) == [2, 3]
+
+
+async def test_map_repeated_pure_arguments(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        fs = await c.map(inc, [1, 1, 2])
+        assert fs[0].key == fs[1].key != fs[2].key
+        assert await c.gather(fs) == [2, 2, 3]
+
+
+async def test_map_batch_size(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        fs = await c.map(inc, range(7), batch_size=3)
+        assert await c.gather(fs) == list(range(1, 8))
+
+
+# ---------------------------------------------------------------- gather
+
+
+async def test_gather_nested(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        a, b, d = await c.submit(inc, 1), await c.submit(inc, 2), await c.submit(inc, 3)
+        result = await c.gather({"x": [a, (b, 7)], "y": {"z": d}, "w": "plain"})
+        assert result == {"x": [2, (3, 7)], "y": {"z": 4}, "w": "plain"}
+        assert isinstance(result["x"][1], tuple)
+        assert await c.gather(a) == 2
+        assert await c.gather([]) == []
+
+
+async def test_gather_errors_raise(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        good = await c.submit(inc, 1)
+        bad = await c.submit(fail, 1)
+        with pytest.raises(Boom, match="boom 1"):
+            await c.gather([good, bad])
+        with pytest.raises(Boom):
+            await c.gather({"a": [good, {"b": bad}]})
+
+
+async def test_gather_errors_skip(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        good = await c.submit(inc, 1)
+        bad = await c.submit(fail, 1)
+        assert await c.gather([good, bad, good], errors="skip") == [2, 2]
+        assert await c.gather({"g": good, "b": bad}, errors="skip") == {"g": 2}
+        assert await c.gather([[bad], (good, bad)], errors="skip") == [[], (2,)]
+        with pytest.raises(ValueError, match="errors"):
+            await c.gather([good], errors="bogus")
+
+
+# ---------------------------------------------------------------- scatter
+
+
+async def test_scatter_single_list_dict(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    with trio.fail_after(10):
+        one = await c.scatter(123)
+        assert isinstance(one, Future) and one.status == "finished"
+        assert await one == 123
+        many = await c.scatter([1, 2, 3])
+        assert isinstance(many, list) and len(many) == 3
+        assert await c.gather(many) == [1, 2, 3]
+        tup = await c.scatter((4, 5))
+        assert isinstance(tup, tuple) and await c.gather(tup) == (4, 5)
+        named = await c.scatter({"k1": 10, "k2": 20})
+        assert set(named) == {"k1", "k2"}
+        assert named["k1"].key == "k1"
+        assert await c.gather(named) == {"k1": 10, "k2": 20}
+        # scattered data feeds tasks
+        assert await (await c.submit(add, named["k1"], one)) == 133
+        # content-addressed by default
+        assert (await c.scatter(123)).key == one.key
+        assert (await c.scatter(123, hash=False)).key != one.key
+        # a list spreads over the workers
+        holders = await c.who_has(many)
+        assert len({a for addrs in holders.values() for a in addrs}) == 2
+
+
+async def test_scatter_broadcast(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    with trio.fail_after(10):
+        f = await c.scatter("everywhere", broadcast=True)
+        addrs = {w.address for w in cluster.workers}
+        assert set((await c.who_has([f]))[f.key]) == addrs
+        for w in cluster.workers:
+            assert w.data[f.key] == "everywhere"
+
+
+async def test_scatter_workers_restriction(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    w0, w1 = cluster.workers
+    with trio.fail_after(10):
+        fs = await c.scatter([1, 2, 3, 4], workers=[w1.address])
+        who = await c.who_has(fs)
+        assert all(v == [w1.address] for v in who.values())
+        assert all(f.key in w1.data and f.key not in w0.data for f in fs)
+        by_name = await c.scatter({"named": 5}, workers=w0.name)
+        assert (await c.who_has(by_name))["named"] == [w0.address]
+        with pytest.raises(ValueError, match="no workers"):
+            await c.scatter(1, workers=["tcp://127.0.0.1:1"])
+
+
+# ---------------------------------------------------------------- cancel
+
+
+async def test_cancel(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    with trio.fail_after(10):
+        f = await c.submit(blocked, 1)
+        dep = await c.submit(inc, f)
+        await wait_until(lambda: f.key in processing_keys(cluster), what="task running")
+        await c.cancel([f])
+        assert f.status == "cancelled" and f.cancelled() and f.done()
+        with pytest.raises(CancelledError):
+            await f
+        # what depends on a cancelled task is cancelled too
+        await wait_until(lambda: dep.done(), what="dependent cancelled")
+        assert dep.status == "cancelled"
+        await wait_until(lambda: f.key not in cluster.scheduler.state.tasks, what="scheduler forgets")
+        _gate.set()
+        # the worker is free again
+        assert await (await c.submit(inc, 41)) == 42
+        # resubmitting the same pure call computes it afresh
+        again = await c.submit(blocked, 1)
+        assert await again == 1
+
+
+async def test_future_cancel_method(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        f = await c.submit(blocked, 2)
+        await f.cancel()
+        assert f.cancelled()
+        with pytest.raises(CancelledError):
+            await f.result()
+
+
+# ---------------------------------------------------------------- introspection
+
+
+async def test_who_has_has_what_nthreads(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    w0, w1 = cluster.workers
+    with trio.fail_after(10):
+        f = await c.submit(inc, 1, workers=[w0.address])
+        g = await c.submit(inc, 2, workers=[w1.address])
+        await c.gather([f, g])
+        assert await c.who_has([f, g]) == {f.key: [w0.address], g.key: [w1.address]}
+        assert (await c.who_has())[f.key] == [w0.address]
+        hw = await c.has_what()
+        assert set(hw) == {w0.address, w1.address}
+        assert f.key in hw[w0.address] and g.key in hw[w1.address]
+        assert f.key not in hw[w1.address]
+        assert await c.has_what([w1.address]) == {w1.address: [g.key]}
+        assert await c.nthreads() == {w0.address: 1, w1.address: 1}
+
+
+async def test_scheduler_info() -> None:
+    with trio.fail_after(10):
+        async with cluster_client(n_workers=2, threads_per_worker=2, memory_limit="1GB", resources={"GPU": 2}) as (cluster, c):
+            info = await c.scheduler_info()
+            assert info["address"] == cluster.scheduler_address
+            assert info["id"] == cluster.scheduler.id
+            assert set(info["workers"]) == {w.address for w in cluster.workers}
+            for w in cluster.workers:
+                wi = info["workers"][w.address]
+                assert wi["name"] == w.name
+                assert wi["nthreads"] == 2
+                assert wi["memory_limit"] == 1_000_000_000
+                assert wi["resources"] == {"GPU": 2}
+            assert await c.nthreads() == {w.address: 2 for w in cluster.workers}
+
+
+async def test_run_on_workers(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    w0, w1 = cluster.workers
+    with trio.fail_after(10):
+        everywhere = await c.run(worker_name)
+        assert everywhere == {w0.address: w0.name, w1.address: w1.name}
+        assert await c.run(add, 1, y=2, workers=[w1.address]) == {w1.address: 3}
+        assert await c.run(worker_name, workers=[w0.name]) == {w0.address: w0.name}
+        with pytest.raises(Boom):
+            await c.run(fail, 3)
+
+
+async def test_get_worker_inside_task(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    with trio.fail_after(10):
+        for w in cluster.workers:
+            name, address = await (await c.submit(whoami, workers=[w.address], pure=False))
+            assert (name, address) == (w.name, w.address)
+    with pytest.raises(ValueError, match="outside"):
+        get_worker()
+
+
+# ---------------------------------------------------------------- dependencies
+
+
+async def test_futures_nested_in_arguments(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    with trio.fail_after(10):
+        a = await c.submit(inc, 1)  # 2
+        b = await c.submit(inc, 2)  # 3
+        d = await c.submit(inc, 3)  # 4
+        f = await c.submit(total, [a, (b, 1)], {"k": d}, extra={"deep": [[a]]})
+        assert await f == 2 + 3 + 1 + 4 + 2
+        deps = {t.key for t in cluster.scheduler.state.tasks[f.key].dependencies} if f.key in cluster.scheduler.state.tasks else None
+        assert deps == {a.key, b.key, d.key}
+
+
+async def test_chain_across_workers(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    w0, w1 = cluster.workers
+    with trio.fail_after(10):
+        x = await c.submit(inc, 1, workers=[w0.address])
+        y = await c.submit(inc, x, workers=[w1.address])  # fetched from w0
+        z = await c.submit(add, x, y, workers=[w0.address])
+        assert await z == 2 + 3
+        assert (await c.who_has([y]))[y.key] == [w1.address]
+
+
+async def test_dependency_on_released_future_is_refused(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        f = await c.submit(inc, 1)
+        key = f.key
+        await f
+        del f
+        gc.collect()
+        await trio.sleep(0)  # let the release flush
+        stale = Future.__new__(Future)
+        stale.key = key
+        with pytest.raises(ValueError, match="does not belong"):
+            await c.submit(inc, stale)
+
+
+# ---------------------------------------------------------------- the Future API
+
+
+async def test_future_api(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        f = await c.submit(blocked, 5)
+        assert not f.done()
+        assert f.status == "pending"
+        assert f.key.startswith("blocked-")
+        assert f.traceback() is None
+        with pytest.raises(TimeoutError):
+            await f.result(timeout=0.05)
+        with pytest.raises(TimeoutError):
+            await f.exception(timeout=0.05)
+        _gate.set()
+        assert await f.result(timeout=5) == 5
+        assert await f.exception() is None
+        assert f.traceback() is None
+        assert f.done() and f.status == "finished"
+        assert "finished" in repr(f) and f.key in repr(f)
+        seen: list[Future] = []
+        f.add_done_callback(seen.append)
+        assert seen == [f]
+        with pytest.raises(TypeError):
+            pickle.dumps(f)
+
+
+async def test_future_exception_and_traceback(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        f = await c.submit(fail, 7)
+        exc = await f.exception()
+        assert isinstance(exc, Boom) and str(exc) == "boom 7"
+        assert f.status == "error" and f.done()
+        tb = f.traceback()
+        assert tb is not None
+        assert "in fail" in tb and "raise Boom" in tb
+
+
+# ---------------------------------------------------------------- as_completed and wait
+
+
+async def test_as_completed_async(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        slow = await c.submit(blocked, "slow")
+        fast = await c.submit(inc, 1)
+        order = []
+        ac = as_completed([slow, fast])
+        async for f in ac:
+            order.append(f)
+            if f is fast:
+                _gate.set()
+        assert order == [fast, slow]
+
+
+async def test_as_completed_with_results_and_add(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        fs = await c.map(inc, range(3))
+        ac = as_completed(fs, with_results=True)
+        results = {}
+        added = False
+        async for f, r in ac:
+            results[f.key] = r
+            if not added:
+                extra = await c.submit(inc, 100)
+                ac.add(extra)
+                added = True
+        assert sorted(results.values()) == [1, 2, 3, 101]
+        assert ac.is_empty()
+
+
+async def test_as_completed_errors(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        bad = await c.submit(fail, 1)
+        with pytest.raises(Boom):
+            async for _ in as_completed([bad], with_results=True):
+                pass
+        pairs = [p async for p in as_completed([bad], with_results=True, raise_errors=False)]
+        assert len(pairs) == 1 and isinstance(pairs[0][1], Boom)
+
+
+async def test_wait(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        fast = await c.submit(inc, 1)
+        slow = await c.submit(blocked, "w")
+        done, not_done = await wait([fast, slow], return_when="FIRST_COMPLETED")
+        assert fast in done and slow in not_done
+        with pytest.raises(TimeoutError):
+            await wait([fast, slow], timeout=0.05)
+        _gate.set()
+        done, not_done = await wait([fast, slow], timeout=5)
+        assert done == {fast, slow} and not not_done
+        with pytest.raises(ValueError):
+            await wait([fast], return_when="SOMETIMES")
+        assert await wait([]) == (set(), set())
+
+
+# ---------------------------------------------------------------- errors
+
+
+async def test_task_error_reraised_with_remote_traceback(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        f = await c.submit(fail, "x")
+        with pytest.raises(Boom, match="boom x") as info:
+            await f
+        notes = "\n".join(getattr(info.value, "__notes__", []))
+        assert "Remote traceback" in notes and "in fail" in notes
+        assert f.status == "error"
+        # raising twice does not duplicate the note
+        with pytest.raises(Boom) as info2:
+            await f.result()
+        assert len(getattr(info2.value, "__notes__", [])) == 1
+
+
+async def test_dependents_of_erred_task_err(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        bad = await c.submit(fail, 1)
+        child = await c.submit(inc, bad)
+        grandchild = await c.submit(add, child, 1)
+        for f in (child, grandchild):
+            with pytest.raises(Boom, match="boom 1"):
+                await f
+            assert f.status == "error"
+        # submitted after the failure is known: errs straight away
+        late = await c.submit(inc, bad, pure=False)
+        with pytest.raises(Boom, match="boom 1"):
+            await late
+
+
+async def test_unpicklable_result(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        f = await c.submit(return_lock)
+        with pytest.raises(SerializationError) as info:
+            await f
+        assert "lock" in str(info.value).lower()
+        assert "cannot serialize" in str(info.value)
+        # the worker carries on
+        assert await c.gather(await c.map(inc, range(4))) == [1, 2, 3, 4]
+
+
+async def test_unpicklable_argument_raises_in_submit(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        with pytest.raises(SerializationError, match="lock"):
+            await c.submit(inc, threading.Lock())
+        assert await (await c.submit(inc, 1)) == 2
+
+
+async def test_function_from_module_missing_on_worker(c: AsyncClient, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # In-process workers share sys.modules with this test, so make the
+    # function bytes while the module is importable, then take it away.
+    modname = f"trioflow_vanishing_{time.time_ns()}"
+    (tmp_path / f"{modname}.py").write_text("def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = __import__(modname)
+    fbytes = dumps_function(mod.double)
+    assert modname.encode() in fbytes  # pickled by reference
+    monkeypatch.undo()
+    del sys.modules[modname]
+    args = Serialized(kind=0, data=pickle.dumps(((21,), {}), protocol=5))
+    spec = m.TaskSpec(key="vanishing-1", function=fbytes, args=args)
+    with trio.fail_after(10):
+        (f,) = await c.update_graph([spec], ["vanishing-1"])
+        with pytest.raises(ImportError, match=f"No module named '{modname}'"):
+            await f
+        # the worker carries on
+        assert await (await c.submit(inc, 1)) == 2
+
+
+# ---------------------------------------------------------------- reference counting
+
+
+async def test_released_futures_free_memory(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    sched = cluster.scheduler
+    with trio.fail_after(10):
+        x = await c.submit(inc, 1)
+        y = await c.submit(inc, x)
+        fs = await c.map(add, range(5), range(5))
+        s = await c.scatter([10, 20, 30])
+        b = await c.scatter(40, broadcast=True)
+        bad = await c.submit(fail, 1)
+        await c.gather([y, fs, s, b])
+        await wait([bad])
+        assert sched.state.tasks
+        assert any(w.data for w in cluster.workers)
+        del x, y, fs, s, b, bad
+        gc.collect()
+        await wait_until(lambda: not sched.state.tasks, what="the scheduler forgets every key")
+        await wait_until(lambda: all(not w.data for w in cluster.workers), what="workers free their data")
+        assert all(not w.state.tasks for w in cluster.workers)
+        assert not c._states and not c._refcount
+
+
+async def test_refcount_keeps_shared_key(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    with trio.fail_after(10):
+        a = await c.submit(inc, 1)
+        b = await c.submit(inc, 1)  # same key
+        assert a.key == b.key and c.refcount(a.key) == 2
+        await a
+        key = a.key
+        del a
+        gc.collect()
+        await trio.sleep(0.05)
+        assert key in cluster.scheduler.state.tasks
+        assert await b == 2
+        del b
+        gc.collect()
+        await wait_until(lambda: key not in cluster.scheduler.state.tasks, what="key forgotten")
+
+
+async def test_intermediate_results_are_freed(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    with trio.fail_after(10):
+        x = await c.submit(inc, 1)
+        y = await c.submit(inc, x)
+        xkey = x.key
+        del x
+        gc.collect()
+        assert await y == 3
+        await wait_until(lambda: xkey not in cluster.scheduler.state.tasks, what="intermediate forgotten")
+        await wait_until(lambda: all(xkey not in w.data for w in cluster.workers), what="intermediate freed")
+
+
+# ---------------------------------------------------------------- retries, resources, restrictions
+
+
+async def test_retries(c: AsyncClient) -> None:
+    with trio.fail_after(10):
+        token = f"retry-{time.time_ns()}"
+        assert await (await c.submit(flaky, token, 2, retries=2)) == "ok after 3"
+        token = f"retry-{time.time_ns()}"
+        with pytest.raises(Boom, match="attempt 2"):
+            await (await c.submit(flaky, token, 2, retries=1))
+
+
+async def test_resources() -> None:
+    token = f"res-{time.time_ns()}"
+    with trio.fail_after(10):
+        async with cluster_client(n_workers=1, threads_per_worker=2) as (cluster, c):
+            plain = cluster.workers[0]
+            gpu = await cluster.start_worker(name="gpu-worker", nthreads=3, resources={"GPU": 1})
+            fs = await c.map(count_concurrent, [token] * 6, range(6), resources={"GPU": 1})
+            assert await c.gather(fs) == list(range(6))
+            assert all(v == [gpu.address] for v in (await c.who_has(fs)).values())
+            # one unit of GPU: never two of these at once, though it has three threads
+            assert _concurrency[f"{token}/gpu-worker"][1] == 1
+            assert f"{token}/{plain.name}" not in _concurrency
+            # nobody has enough: it waits, and runs once a worker that can joins
+            big = await c.submit(inc, 1, resources={"GPU": 2})
+            await trio.sleep(0.1)
+            assert not big.done()
+            assert cluster.scheduler.state.tasks[big.key].state == "no-worker"
+            big_worker = await cluster.start_worker(name="big-gpu", resources={"GPU": 2})
+            assert await big == 2
+            assert (await c.who_has([big]))[big.key] == [big_worker.address]
+
+
+async def test_resources_from_open_cluster() -> None:
+    token = f"res-{time.time_ns()}"
+    with trio.fail_after(10):
+        async with cluster_client(n_workers=2, threads_per_worker=2, resources={"slot": 1}) as (cluster, c):
+            fs = await c.map(count_concurrent, [token] * 8, range(8), resources={"slot": 1})
+            assert await c.gather(fs) == list(range(8))
+            for w in cluster.workers:
+                assert _concurrency.get(f"{token}/{w.name}", [0, 1])[1] == 1
+
+
+async def test_workers_restriction(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    w0, w1 = cluster.workers
+    with trio.fail_after(10):
+        by_address = await c.map(whoami, range(4), workers=[w1.address])
+        assert {r[1] for r in await c.gather(by_address)} == {w1.address}
+        by_name = await c.map(whoami, range(4, 8), workers=w0.name)
+        assert {r[1] for r in await c.gather(by_name)} == {w0.address}
+        # nobody matches: the task waits
+        nowhere = await c.submit(inc, 1, workers=["no-such-worker"])
+        await trio.sleep(0.1)
+        assert not nowhere.done()
+        assert cluster.scheduler.state.tasks[nowhere.key].state == "no-worker"
+        late = await cluster.start_worker(name="no-such-worker")
+        assert await nowhere == 2
+        assert (await c.who_has([nowhere]))[nowhere.key] == [late.address]
+
+
+async def test_allow_other_workers(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    w0, w1 = cluster.workers
+    with trio.fail_after(10):
+        f = await c.submit(whoami, 1, workers=["no-such-worker"], allow_other_workers=True)
+        assert (await f)[1] in {w0.address, w1.address}
+        # when the named worker is there, it is preferred
+        fs = await c.map(whoami, range(4), workers=[w1.name], allow_other_workers=True)
+        assert {r[1] for r in await c.gather(fs)} == {w1.address}
+
+
+async def test_priority_runs_first(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    w0 = cluster.workers[0]
+    with trio.fail_after(10):
+        first = await c.submit(blocked, "gate", workers=[w0.address])
+        await wait_until(lambda: first.key in processing_keys(cluster), what="gate task running")
+        # w0 has one thread, busy; queue low then high priority behind it
+        low = await c.map(inc, range(5), workers=[w0.address], priority=-1)
+        high = await c.submit(inc, 100, workers=[w0.address], priority=10)
+        await wait_until(lambda: all(w0.state.tasks.get(f.key) is not None for f in [*low, high]), what="tasks on the worker")
+        _gate.set()
+        await c.gather([first, low, high])
+        order = [k for k, *_ in w0.task_log]
+        assert order.index(high.key) < min(order.index(f.key) for f in low)
+
+
+# ---------------------------------------------------------------- client lifecycle
+
+
+async def test_two_clients_share_keys(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    with trio.fail_after(10):
+        async with open_client(cluster.scheduler_address) as c2:
+            f1 = await c.submit(inc, 10)
+            f2 = await c2.submit(inc, 10)
+            assert f1.key == f2.key
+            assert await f1 == await f2 == 11
+            with pytest.raises(ValueError, match="another client"):
+                await c.gather([f2])
+        # c2 gone: c's claim keeps the key
+        assert f1.key in cluster.scheduler.state.tasks
+        assert await f1 == 11
+
+
+async def test_futures_lost_when_client_closes(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, _ = cc
+    with trio.fail_after(10):
+        async with open_client(cluster) as c2:
+            f = await c2.submit(blocked, "lost")
+        assert f.status == "lost"
+        await wait_until(lambda: f.key not in cluster.scheduler.state.tasks, what="key of a closed client forgotten")
+
+
+async def test_open_client_by_address_string(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, _ = cc
+    with trio.fail_after(10):
+        async with open_client(cluster.scheduler_address) as c2:
+            assert c2.status == "running"
+            assert await (await c2.submit(inc, 1)) == 2
+        assert c2.status == "closed"
+
+
+async def test_many_small_tasks(c: AsyncClient) -> None:
+    with trio.fail_after(20):
+        fs = await c.map(inc, range(500))
+        assert await c.gather(fs) == list(range(1, 501))
+        total_f = await c.submit(total, fs)
+        assert await total_f == sum(range(1, 501))

@@ -1,0 +1,375 @@
+"""The nanny: supervises one worker process and restarts it when it dies.
+
+Theory of operation
+-------------------
+::
+
+    Nanny nursery
+     ├ listener (requests: NannyRestart, NannyKill)
+     └ supervise loop
+          start worker process (python -m trioflow.nanny)  ── stdin: config, then kept open
+          wait for its "ready" line on a private pipe         (EOF on stdin = nanny gone)
+          ├ memory watch: RSS > 95% of the limit -> restart
+          └ wait for exit -> restart with backoff, or stop
+
+The worker process reads its configuration as one JSON line from stdin and
+then keeps stdin open: when the nanny dies, even by SIGKILL, the kernel
+closes the pipe and the worker sees end-of-file and exits at once.  (Linux's
+parent-death signal would fire when the *thread* that forked exits, and
+Trio forks from worker threads, so it is not used.)
+
+Stopping the worker is a ladder: SIGTERM (the worker closes cleanly and
+exits 0), a bounded wait, then SIGKILL; it runs in ``finally`` under a
+shielded cancel scope *with a time limit*, so Ctrl+C can never hang on it.
+
+Exit codes decide what happens next: 0 means the worker meant to stop
+(the scheduler closed it, ``--no-reconnect``, ``--death-timeout``), so the
+nanny stops too; anything else is a crash and the worker is started again,
+with exponential backoff when it keeps dying within seconds of starting.
+A restart because of memory is a crash from the scheduler's point of view:
+its running task counts towards ``KilledWorker``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+import psutil
+import trio
+
+from .comm import Comm, CommClosedError, listen
+from .protocol import messages as m
+
+logger = logging.getLogger("trioflow.nanny")
+
+__all__ = ["Nanny"]
+
+READY_TIMEOUT = 60.0
+MEMORY_TERMINATE_FRACTION = 0.95
+
+
+class Nanny:
+    """Supervise a worker process; start with ``await nursery.start(nanny.serve)``."""
+
+    def __init__(
+        self,
+        scheduler_address: str,
+        *,
+        name: str | None = None,
+        nthreads: int = 1,
+        memory_limit: int = 0,
+        resources: dict[str, float] | None = None,
+        security: Any = None,
+        listen_address: str | None = None,
+        worker_listen_address: str | None = None,
+        contact_address: str | None = None,
+        local_directory: str | None = None,
+        reconnect: bool = True,
+        death_timeout: float | None = None,
+        preload: list[str] | None = None,
+        dashboard_address: str | None = None,
+        dashboard_prefix: str = "",
+        grace: float = 5.0,
+        memory_terminate_fraction: float = MEMORY_TERMINATE_FRACTION,
+        env: dict[str, str] | None = None,
+        **worker_options: Any,
+    ) -> None:
+        self.scheduler_address = scheduler_address
+        self.name = name or ""
+        self.security = security
+        self.memory_limit = memory_limit
+        self.listen_address = listen_address
+        self.grace = grace
+        self.memory_terminate_fraction = memory_terminate_fraction
+        self.env = env or {}
+        self.config: dict[str, Any] = {
+            "scheduler_address": scheduler_address,
+            "name": self.name,
+            "nthreads": nthreads,
+            "memory_limit": memory_limit,
+            "resources": resources or {},
+            "security": security.to_dict() if security is not None else None,
+            "listen_address": worker_listen_address,
+            "contact_address": contact_address,
+            "local_directory": local_directory,
+            "reconnect": reconnect,
+            "death_timeout": death_timeout,
+            "preload": preload or [],
+            "dashboard_address": dashboard_address,
+            "dashboard_prefix": dashboard_prefix,
+            "options": worker_options,
+        }
+        self.address = ""
+        self.worker_address = ""
+        self.process: trio.Process | None = None
+        self.status = "init"
+        self.restarts = 0
+        self._restart_requested = False
+        self._closing = False
+        self._closed = trio.Event()
+        self._worker_ready = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    def __repr__(self) -> str:
+        pid = self.process.pid if self.process else None
+        return f"<Nanny {self.address} worker={self.worker_address} pid={pid} status={self.status}>"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    async def serve(self, *, task_status: trio.TaskStatus[Nanny] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until closed; ``started`` once the first worker has registered."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                if self.listen_address is not None:
+                    listener = await nursery.start(
+                        lambda task_status: listen(
+                            self.listen_address,  # type: ignore[arg-type]
+                            self._handle_request,
+                            security=self.security,
+                            role="nanny",
+                            name=self.name,
+                            task_status=task_status,
+                        )
+                    )
+                    self.address = listener.address
+                    if "0.0.0.0" in self.address:
+                        from .scheduler.server import default_host
+
+                        self.address = self.address.replace("0.0.0.0", default_host())
+                    self.config["nanny"] = self.address
+                    logger.info("        Start Nanny at: %r", self.address)
+                first = True
+                while not self._closing:
+                    code = await self._run_worker_once(task_status if first else None)
+                    first = False
+                    if self._closing:
+                        break
+                    if self._restart_requested:
+                        self._restart_requested = False
+                        continue
+                    if code == 0:
+                        logger.info("worker %s exited cleanly; nanny closing", self.worker_address or self.name)
+                        break
+                    if code is None:
+                        break
+                    self.restarts += 1
+                    delay = min(0.5 * 2 ** min(self._quick_failures - 1, 6), 30.0) if self._quick_failures > 1 else 0.0
+                    logger.warning(
+                        "worker process %s died (%s); restarting%s",
+                        self.pid,
+                        _describe_exit(code),
+                        f" in {delay:.1f}s" if delay else "",
+                    )
+                    if delay:
+                        await trio.sleep(delay)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.status = "closed"
+            self._closed.set()
+
+    _quick_failures = 0
+
+    async def _run_worker_once(self, task_status: Any) -> int | None:
+        """Start one worker process, supervise it, return its exit code."""
+        ready_r, ready_w = os.pipe()
+        env = {**os.environ, **self.env, "TRIOFLOW_NANNY_READY_FD": str(ready_w)}
+        cmd = [sys.executable, "-m", "trioflow.nanny"]
+        started = trio.current_time()
+        try:
+            proc = await trio.lowlevel.open_process(
+                cmd,
+                stdin=subprocess.PIPE,
+                pass_fds=(ready_w,),
+                env=env,
+                start_new_session=False,
+            )
+        finally:
+            os.close(ready_w)
+        self.process = proc
+        self.status = "starting"
+        code: int | None = None
+        try:
+            assert proc.stdin is not None
+            await proc.stdin.send_all(json.dumps(self.config).encode() + b"\n")
+            ready = trio.lowlevel.FdStream(ready_r)
+            ready_r = -1
+            line = b""
+            with trio.move_on_after(READY_TIMEOUT) as cs:
+                while not line.endswith(b"\n"):
+                    chunk = await ready.receive_some(4096)
+                    if not chunk:
+                        break
+                    line += chunk
+            await ready.aclose()
+            if cs.cancelled_caught:
+                logger.error("worker process %d did not become ready within %ss", proc.pid, READY_TIMEOUT)
+                await self._stop_process(proc)
+                return proc.returncode if proc.returncode is not None else -1
+            if line.startswith(b"READY "):
+                self.worker_address = line[6:].strip().decode()
+                self.status = "running"
+                self._worker_ready.set()
+                if task_status is not None:
+                    task_status.started(self)
+            else:
+                # The worker exited before it was ready (bad config, no scheduler).
+                code = await proc.wait()
+                if task_status is not None and code != 0:
+                    raise RuntimeError(f"worker process failed to start ({_describe_exit(code)})")
+                if task_status is not None:
+                    task_status.started(self)
+                return code
+            async with trio.open_nursery() as n:
+                n.start_soon(self._memory_watch, proc, n.cancel_scope)
+                code = await proc.wait()
+                n.cancel_scope.cancel()
+            if trio.current_time() - started < 10:
+                self._quick_failures += 1
+            else:
+                self._quick_failures = 0
+            return code
+        finally:
+            if ready_r >= 0:
+                os.close(ready_r)
+            if proc.returncode is None:
+                with trio.CancelScope(shield=True):
+                    await self._stop_process(proc)
+            if proc.stdin is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(proc.stdin)
+            self._worker_ready = trio.Event()
+
+    async def _memory_watch(self, proc: trio.Process, scope: trio.CancelScope) -> None:
+        if not self.memory_limit:
+            return
+        limit = self.memory_limit * self.memory_terminate_fraction
+        try:
+            ps = psutil.Process(proc.pid)
+        except psutil.Error:
+            return
+        while True:
+            await trio.sleep(0.2)
+            try:
+                rss = ps.memory_info().rss
+            except psutil.Error:
+                return
+            if rss > limit:
+                logger.warning(
+                    "worker %s uses %d MB, over %d%% of its %d MB memory limit; restarting it",
+                    self.worker_address,
+                    rss // 2**20,
+                    int(self.memory_terminate_fraction * 100),
+                    self.memory_limit // 2**20,
+                )
+                with trio.CancelScope(shield=True):
+                    await self._kill_process(proc)
+                return
+
+    async def _stop_process(self, proc: trio.Process) -> None:
+        """SIGTERM, bounded wait, SIGKILL; never hangs."""
+        with trio.move_on_after(self.grace + 2) as outer:
+            outer.shield = True
+            if proc.returncode is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                with trio.move_on_after(self.grace):
+                    await proc.wait()
+            if proc.returncode is None:
+                await self._kill_process(proc)
+
+    async def _kill_process(self, proc: trio.Process) -> None:
+        with trio.move_on_after(2) as cs:
+            cs.shield = True
+            try:
+                proc.kill()
+            except ProcessLookupError:
+                pass
+            await proc.wait()
+
+    async def restart(self) -> None:
+        """Stop the worker process; the supervise loop starts a new one."""
+        if self.process is None or self.process.returncode is not None:
+            return
+        self._restart_requested = True
+        await self._stop_process(self.process)
+
+    def close(self) -> None:
+        self._closing = True
+        if self.process is not None and self.process.returncode is None:
+            try:
+                self.process.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    async def aclose(self, timeout: float = 10) -> None:
+        """Stop the worker (ladder) and the nanny."""
+        self._closing = True
+        if self.process is not None and self.process.returncode is None:
+            await self._stop_process(self.process)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        with trio.move_on_after(timeout):
+            await self._closed.wait()
+
+    async def _handle_request(self, comm: Comm) -> None:
+        while True:
+            try:
+                msg = await comm.recv()
+            except CommClosedError:
+                return
+            if isinstance(msg, m.NannyRestart):
+                logger.info("restart requested: %s", msg.reason or "no reason given")
+                await self.restart()
+                with trio.move_on_after(READY_TIMEOUT):
+                    await self._worker_ready.wait()
+                reply: m.Message = m.Ok()
+            elif isinstance(msg, m.NannyKill):
+                logger.info("close requested: %s", msg.reason or "no reason given")
+                self._closing = True
+                reply = m.Ok()
+                await comm.send(reply)
+                await self.aclose()
+                return
+            else:
+                reply = m.ErrorReply(message=f"a nanny does not serve {msg.op!r} requests")
+            await comm.send(reply)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+# ---------------------------------------------------------------- the worker process
+
+
+def _child_main() -> None:
+    """Entry point of a nanny's worker process (``python -m trioflow.nanny``)."""
+    line = sys.stdin.buffer.readline()
+    if not line:
+        sys.exit(0)
+    config = json.loads(line)
+    ready_fd = int(os.environ.pop("TRIOFLOW_NANNY_READY_FD", "-1"))
+    from .cli.common import run_worker_process
+
+    code = run_worker_process(config, ready_fd=ready_fd, watch_stdin=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    _child_main()
