@@ -198,7 +198,7 @@ def warm_up(ctx: Ctx) -> None:
     assert c.gather(futures)[0] == -299
     del futures
     for i, w in enumerate(ctx.workers):
-        f = c.submit(make_array, 8 * 1024, -10 - i, workers=[w], pure=False)
+        f = c.submit(make_array, 8 * 1024, 1000 + i, workers=[w], pure=False)
         g = c.submit(consume, f, workers=[ctx.workers[1 - i]], pure=False)
         assert g.result() == 8 * 1024
         del f, g

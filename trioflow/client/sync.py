@@ -189,10 +189,40 @@ class Client:
         host = info["address"].split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
         return f"http://{host}:{port}/status"
 
-    # ------------------------------------------------------------ dask integration (filled in by trioflow.dask_integration)
+    # ------------------------------------------------------------ dask
+
+    def get(self, dsk: Any, keys: Any, **options: Any) -> Any:
+        """The dask scheduler protocol: ``dask.compute(x, scheduler=client.get)``."""
+        return self._call(self._core.get, dsk, keys, **options)
+
+    def compute(self, collections: Any, sync: bool = False, **options: Any) -> Any:
+        """Futures for dask collections (their values with ``sync=True``)."""
+        return self._call(self._core.compute, collections, sync=sync, **options)
+
+    def persist(self, collections: Any, **options: Any) -> Any:
+        """Dask collections of the same kind, backed by futures."""
+        return self._call(self._core.persist, collections, **options)
 
     def _set_dask_default(self) -> None:
-        pass
+        """Make this client dask's scheduler while it lives (only if dask is
+        installed; importing trioflow alone never imports dask)."""
+        import importlib.util
+
+        if importlib.util.find_spec("dask") is None:
+            return
+        import dask
+
+        self._dask_config = dask.config.set(
+            {
+                "scheduler": self.get,
+                # The single-machine defaults would shuffle through local disk
+                # or expect dask.distributed's P2P extension.
+                "dataframe.shuffle.method": "tasks",
+                "array.rechunk.method": "tasks",
+            }
+        )
 
     def _unset_dask_default(self) -> None:
-        pass
+        cfg, self._dask_config = self._dask_config, None
+        if cfg is not None:
+            cfg.__exit__(None, None, None)

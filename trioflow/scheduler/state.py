@@ -436,9 +436,14 @@ class SchedulerState:
         Raises:
             InvalidEvent: the event does not fit the state; nothing changed.
         """
-        self.now = now
         method = self._handlers[type(event)]
-        method(self, event)
+        # The clock is part of the state too: a rejected event must not move it.
+        before, self.now = self.now, now
+        try:
+            method(self, event)
+        except InvalidEvent:
+            self.now = before
+            raise
         out, self._out = self._out, []
         if self.validate_after_each:
             self.validate()
@@ -636,7 +641,12 @@ class SchedulerState:
                 self._report_erred(ts, [cs])
             elif ts.state == "released":
                 recs[ts] = "waiting"
-        # Dependencies of wanted tasks that were released need to run again too.
+        # Tasks sent along that nothing wants or depends on would otherwise
+        # sit in 'released' for ever (a leak): forget them now, which in turn
+        # forgets their unwanted dependencies.
+        for ts in touched:
+            if ts not in recs and ts.state == "released" and not ts.who_wants and not ts.waiters and not ts.dependents:
+                recs[ts] = "forgotten"
         self._transitions(recs)
 
     def _release_keys(self, ev: ReleaseKeysEvent) -> None:

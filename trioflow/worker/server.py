@@ -346,6 +346,15 @@ class Worker:
     # ------------------------------------------------------------ scheduler stream
 
     async def _scheduler_loop(self, comm: Comm) -> None:
+        self._scheduler_comm = comm
+        try:
+            await self._scheduler_loop_inner(comm)
+        finally:
+            # Cancelled (worker closing) or done: the stream must not outlive us.
+            with trio.CancelScope(shield=True):
+                await self._scheduler_comm.aclose()
+
+    async def _scheduler_loop_inner(self, comm: Comm) -> None:
         while True:
             assert self.batched is not None
             batched = self.batched
@@ -378,6 +387,7 @@ class Worker:
             self._reset_for_reconnect()
             try:
                 comm = await self._connect_scheduler(initial=False)
+                self._scheduler_comm = comm
                 await self._register(comm)
             except (CommError, trio.TooSlowError) as exc:
                 logger.warning("%s", exc)

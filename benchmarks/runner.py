@@ -1,0 +1,521 @@
+"""Start real clusters from their command lines and run the workloads on them.
+
+Theory of operation
+-------------------
+For each system (trioflow; dask with its default scheduler settings; dask with
+``worker-saturation: inf``, i.e. no root-task queueing) the runner starts a
+scheduler and two single-threaded, nanny-less worker processes on loopback,
+dashboards off, each process in its own session (process group), logs to a
+temporary directory.  It connects that system's blocking ``Client`` with
+``scheduler_file=``, waits for both workers and runs the workloads of
+:mod:`benchmarks.workloads`, repeating each and keeping the medians.
+
+Cold start is the time from launching the scheduler process to a client that
+sees the scheduler and two workers; idle RSS is read with psutil a moment
+later, before any work.  In a full run the cluster is started ``repeat``
+times for those two figures; the last one runs the workloads.
+
+Teardown is a ladder in ``finally``: close the client, SIGTERM every process
+group, wait, SIGKILL what is left, reap.  A watchdog kills the cluster if a
+workload exceeds its time limit, so a hang becomes an error in the table
+(the cluster is then restarted for the remaining workloads), never a stuck
+run or an orphan process.
+
+How trioflow processes are launched is one setting, :data:`TRIOFLOW_LAUNCHER`
+(or ``--trioflow-launcher`` / ``$BENCH_TRIOFLOW_LAUNCHER``).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from .workloads import WORKLOADS, Ctx, Workload, warm_up
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+HOST = "127.0.0.1"
+
+# "cli":    trioflow-scheduler / trioflow-worker console scripts (the target)
+# "module": python -m trioflow.scheduler / python -m trioflow.worker
+# "script": python -m benchmarks._trioflow_node scheduler|worker (our stopgap)
+# "auto":   "cli" once trioflow.cli provides the entry points, else "script"
+TRIOFLOW_LAUNCHER = os.environ.get("BENCH_TRIOFLOW_LAUNCHER", "auto")
+
+
+def _resolve_launcher(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    try:
+        import trioflow.cli as cli
+
+        if hasattr(cli, "scheduler_main") and hasattr(cli, "worker_main"):
+            return "cli"
+    except ImportError:
+        pass
+    return "script"
+
+
+def _trioflow_argv(launcher: str, role: str) -> list[str]:
+    if launcher == "cli":
+        return [os.path.join(BIN, f"trioflow-{role}")]
+    if launcher == "module":
+        return [sys.executable, "-m", f"trioflow.{role}"]
+    if launcher == "script":
+        return [sys.executable, "-m", "benchmarks._trioflow_node", role]
+    raise ValueError(f"unknown trioflow launcher {launcher!r}")
+
+
+# ====================================================================== systems
+
+
+@dataclass
+class System:
+    name: str  # result key
+    label: str  # column title
+    scheduler_argv: Callable[[str], list[str]]
+    worker_argv: Callable[[str, str], list[str]]
+    env: dict[str, str]
+    client_module: str  # "trioflow" or "distributed"
+
+    def lib(self) -> Any:
+        import importlib
+
+        return importlib.import_module(self.client_module)
+
+    def connect(self, scheduler_file: str) -> Any:
+        return self.lib().Client(scheduler_file=scheduler_file)
+
+
+def make_systems(launcher: str) -> list[System]:
+    tf = _resolve_launcher(launcher)
+    dask = os.path.join(BIN, "dask")
+
+    def tf_sched(f: str) -> list[str]:
+        return [*_trioflow_argv(tf, "scheduler"), "--host", HOST, "--port", "0", "--no-dashboard", "--scheduler-file", f]
+
+    def tf_worker(f: str, name: str) -> list[str]:
+        return [*_trioflow_argv(tf, "worker"), "--scheduler-file", f, "--nthreads", "1", "--no-dashboard", "--no-nanny", "--name", name]
+
+    def dask_sched(f: str) -> list[str]:
+        return [dask, "scheduler", "--host", HOST, "--port", "0", "--no-dashboard", "--scheduler-file", f]
+
+    def dask_worker(f: str, name: str) -> list[str]:
+        return [dask, "worker", "--scheduler-file", f, "--nthreads", "1", "--no-dashboard", "--no-nanny",
+                "--host", HOST, "--name", name]
+
+    return [
+        System("trioflow", f"trioflow ({tf})", tf_sched, tf_worker, {}, "trioflow"),
+        System("dask", "dask default", dask_sched, dask_worker, {}, "distributed"),
+        System("dask-noqueue", "dask no-queue", dask_sched, dask_worker,
+               {"DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "inf"}, "distributed"),
+    ]
+
+
+# ====================================================================== processes
+
+
+class Cluster:
+    """A scheduler and two workers as process groups, plus a connected client."""
+
+    def __init__(self, system: System, logdir: str) -> None:
+        self.system = system
+        self.logdir = logdir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self.client: Any = None
+        self.workers: list[str] = []
+        self.cold_start = float("nan")
+        self.rss: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.killed_by_watchdog = False
+
+    def _spawn(self, role: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.system.env)
+        log = open(os.path.join(self.logdir, f"{self.system.name}-{role}.log"), "ab")
+        try:
+            p = subprocess.Popen(argv, cwd=self.logdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            log.close()
+        with self._lock:
+            self.procs.append((role, p))
+        return p
+
+    def start(self, timeout: float = 60) -> None:
+        sched_file = os.path.join(self.logdir, f"{self.system.name}-scheduler.json")
+        if os.path.exists(sched_file):
+            os.remove(sched_file)
+        self.system.lib()  # import the client library before the clock starts
+        t0 = time.perf_counter()
+        self._spawn("scheduler", self.system.scheduler_argv(sched_file))
+        for i in range(2):
+            self._spawn(f"worker{i}", self.system.worker_argv(sched_file, f"bench-worker-{i}"))
+        deadline = time.monotonic() + timeout
+        while not os.path.exists(sched_file):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.system.name}: no scheduler file after {timeout}s (logs: {self.logdir})")
+            time.sleep(0.005)
+        self.client = self.system.connect(sched_file)
+        self.client.wait_for_workers(2, timeout=timeout)
+        self.cold_start = time.perf_counter() - t0
+        self.workers = sorted(self.client.scheduler_info()["workers"])
+        if len(self.workers) != 2:
+            raise RuntimeError(f"{self.system.name}: expected 2 workers, scheduler reports {self.workers}")
+        time.sleep(1.0)  # let the processes settle before reading RSS
+        self.rss = self._read_rss()
+
+    def _check_alive(self) -> None:
+        for role, p in self.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{self.system.name} {role} exited with {p.returncode} during startup "
+                                   f"(log: {self.logdir}/{self.system.name}-{role}.log)")
+
+    def _read_rss(self) -> dict[str, float]:
+        import psutil
+
+        out = {}
+        for role, p in self.procs:
+            proc = psutil.Process(p.pid)
+            rss = proc.memory_info().rss
+            for child in proc.children(recursive=True):  # none expected (no nannies)
+                try:
+                    rss += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            out[role] = rss / 2**20
+        return out
+
+    def wait_idle(self, timeout: float = 15) -> bool:
+        """Wait until the scheduler holds no keys (our futures were released)."""
+        gc.collect()
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.client.who_has()
+            if not left:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """Watchdog path: SIGKILL every process group now."""
+        self.killed_by_watchdog = True
+        with self._lock:
+            procs = list(self.procs)
+        for _, p in procs:
+            _killpg(p, signal.SIGKILL)
+
+    def stop(self) -> None:
+        """Close the client, then SIGTERM -> wait -> SIGKILL each process group."""
+        try:
+            if self.client is not None:
+                _bounded(self.client.close, 10)
+        finally:
+            self.client = None
+            with self._lock:
+                procs = list(self.procs)
+            # Workers first so they do not spend their close reconnecting.
+            for _, p in reversed(procs):
+                _killpg(p, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            for _, p in procs:
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
+            for _, p in procs:
+                _killpg(p, signal.SIGKILL)  # also catches any grandchildren left in the group
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    print(f"warning: pid {p.pid} did not die after SIGKILL", file=sys.stderr)
+
+
+def _killpg(p: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(p.pid, sig)  # start_new_session: pgid == pid
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _bounded(fn: Callable[[], Any], timeout: float) -> None:
+    """Run ``fn`` in a daemon thread; give up waiting after ``timeout``."""
+    err: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001
+            err.append(exc)
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        print(f"warning: {getattr(fn, '__qualname__', fn)} did not return within {timeout}s", file=sys.stderr)
+    elif err:
+        print(f"warning: {getattr(fn, '__qualname__', fn)}: {type(err[0]).__name__}: {err[0]}", file=sys.stderr)
+
+
+@contextmanager
+def watchdog(cluster: Cluster, timeout: float) -> Iterator[None]:
+    timer = threading.Timer(timeout, cluster.kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+# ====================================================================== running
+
+
+def _median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def _record(results: dict[str, Any], name: str, system: str, runs: list[float], **extra: Any) -> None:
+    results.setdefault(name, {})[system] = {"runs": runs, "median": _median(runs) if runs else None, **extra}
+
+
+def _record_error(results: dict[str, Any], name: str, system: str, error: str) -> None:
+    results.setdefault(name, {})[system] = {"error": error}
+
+
+def run_system(
+    system: System, workloads: list[Workload], *, repeat: int, quick: bool, startup_repeat: int,
+    results: dict[str, Any], logdir: str, want_startup: bool, log: Callable[[str], None],
+) -> None:
+    cold: list[float] = []
+    rss: dict[str, list[float]] = {}
+    cluster: Cluster | None = None
+    try:
+        n_starts = startup_repeat if want_startup else 1
+        for i in range(n_starts):
+            if cluster is not None:
+                cluster.stop()
+            cluster = Cluster(system, logdir)
+            cluster.start()
+            cold.append(cluster.cold_start)
+            for role, v in cluster.rss.items():
+                rss.setdefault(role, []).append(v)
+            log(f"  [{system.name}] start {i + 1}/{n_starts}: cold start {cluster.cold_start:.2f}s, "
+                + ", ".join(f"{r} {v:.0f} MiB" for r, v in cluster.rss.items()))
+        if want_startup:
+            _record(results, "cold_start", system.name, cold)
+            _record(results, "rss_scheduler", system.name, rss.get("scheduler", []))
+            _record(results, "rss_worker0", system.name, rss.get("worker0", []))
+            _record(results, "rss_worker1", system.name, rss.get("worker1", []))
+        if not workloads:
+            return
+        assert cluster is not None
+        ctx = Ctx(cluster.client, cluster.workers, system.lib(), system.name, quick)
+        warm_up(ctx)
+        cluster.wait_idle()
+        for w in workloads:
+            runs: list[float] = []
+            error = None
+            for rep in range(1 if quick else repeat):
+                t0 = time.perf_counter()
+                try:
+                    with watchdog(cluster, w.timeout):
+                        value = w.fn(ctx, rep)
+                except Exception as exc:  # noqa: BLE001 - one workload failing must not end the run
+                    error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                    if cluster.killed_by_watchdog:
+                        error = f"timeout after {w.timeout:.0f}s ({error})"
+                    log(f"  [{system.name}] {w.name} rep {rep + 1}: ERROR {error}")
+                    log(traceback.format_exc())
+                    # Start afresh for whatever comes next.
+                    cluster.stop()
+                    cluster = Cluster(system, logdir)
+                    cluster.start()
+                    ctx = Ctx(cluster.client, cluster.workers, system.lib(), system.name, quick)
+                    warm_up(ctx)
+                    break
+                if value is None:
+                    break
+                runs.append(value)
+                idle = cluster.wait_idle()
+                log(f"  [{system.name}] {w.name} rep {rep + 1}: {value:,.1f} {w.unit} "
+                    f"({time.perf_counter() - t0:.1f}s){'' if idle else '  [warning: keys still held after 15s]'}")
+            if error is not None:
+                _record_error(results, w.name, system.name, error)
+            elif runs:
+                _record(results, w.name, system.name, runs)
+            else:
+                _record_error(results, w.name, system.name, "n/a")
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+STARTUP_ROWS = [
+    ("cold_start", "cold start: launch -> client sees 2 workers (s)", False),
+    ("rss_scheduler", "idle RSS scheduler (MiB)", False),
+    ("rss_worker0", "idle RSS worker 0 (MiB)", False),
+    ("rss_worker1", "idle RSS worker 1 (MiB)", False),
+]
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def format_table(results: dict[str, Any], systems: list[System]) -> str:
+    rows: list[tuple[str, str, bool]] = [*STARTUP_ROWS, *((w.name, w.label, w.higher_is_better) for w in WORKLOADS)]
+    names = [s.name for s in systems]
+    titles = {"trioflow": "trioflow", "dask": "dask default", "dask-noqueue": "dask no-queue"}
+    header = ["workload", *(titles.get(n, n) for n in names), "ratio vs better dask"]
+    lines = []
+    body = []
+    for key, label, higher in rows:
+        if key not in results:
+            continue
+        cells = []
+        vals: dict[str, float | None] = {}
+        for n in names:
+            r = results[key].get(n)
+            if r is None:
+                cells.append("-")
+                vals[n] = None
+            elif "error" in r:
+                cells.append("n/a" if r["error"] == "n/a" else "ERROR")
+                vals[n] = None
+            else:
+                cells.append(_fmt(r["median"]))
+                vals[n] = r["median"]
+        tf = vals.get("trioflow")
+        daskv = [v for n, v in vals.items() if n != "trioflow" and v is not None]
+        if tf is not None and daskv and tf > 0:
+            ratio = tf / max(daskv) if higher else min(daskv) / tf
+            rcell = f"{ratio:.2f}"
+        else:
+            rcell = "-"
+        body.append([label, *cells, rcell])
+    widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
+
+    def line(r: list[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(widths[0]) if i == 0 else str(c).rjust(widths[i]) for i, c in enumerate(r)) + " |"
+
+    lines.append(line(header))
+    lines.append("|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|")
+    lines.extend(line(r) for r in body)
+    errors = [(key, n, r["error"]) for key, per in results.items() for n, r in per.items()
+              if isinstance(r, dict) and r.get("error") not in (None, "n/a")]
+    if errors:
+        lines.append("")
+        lines.extend(f"ERROR {key} [{n}]: {e}" for key, n, e in errors)
+    return "\n".join(lines)
+
+
+def _meta(args: Any, systems: list[System]) -> dict[str, Any]:
+    import dask
+    import distributed
+
+    import trioflow
+
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ""
+    return {
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "trioflow": trioflow.__version__,
+        "trioflow_git": rev,
+        "dask": dask.__version__,
+        "distributed": distributed.__version__,
+        "cpus": os.cpu_count(),
+        "loadavg_start": os.getloadavg(),
+        "quick": args.quick,
+        "repeat": 1 if args.quick else args.repeat,
+        "systems": {s.name: s.label for s in systems},
+        "trioflow_launcher": _resolve_launcher(args.trioflow_launcher),
+    }
+
+
+def main(args: Any) -> int:
+    def _sigterm(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)  # unwind through every finally: no orphans
+
+    signal.signal(signal.SIGTERM, _sigterm)
+
+    systems = make_systems(args.trioflow_launcher)
+    if args.systems:
+        wanted = set(args.systems.split(","))
+        unknown = wanted - {s.name for s in systems}
+        if unknown:
+            raise SystemExit(f"unknown system(s): {', '.join(sorted(unknown))}; choose from trioflow, dask, dask-noqueue")
+        systems = [s for s in systems if s.name in wanted]
+    only = set(args.only.split(",")) if args.only else None
+    known = {w.name for w in WORKLOADS} | {"startup"}
+    if only and only - known:
+        raise SystemExit(f"unknown workload(s): {', '.join(sorted(only - known))}; choose from {', '.join(sorted(known))}")
+    workloads = [w for w in WORKLOADS if (only is None or w.name in only) and (w.in_quick or not args.quick)]
+    want_startup = only is None or "startup" in only
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    meta = _meta(args, systems)
+    results: dict[str, Any] = {}
+    logdir = tempfile.mkdtemp(prefix="trioflow-bench-")
+    t_all = time.perf_counter()
+    try:
+        for system in systems:
+            log(f"== {system.label}")
+            try:
+                run_system(system, workloads, repeat=args.repeat, quick=args.quick,
+                           startup_repeat=1 if args.quick else args.repeat, results=results,
+                           logdir=logdir, want_startup=want_startup, log=log)
+            except Exception as exc:  # noqa: BLE001 - a system that cannot start is an error row, not a crash
+                log(f"  [{system.name}] FAILED: {type(exc).__name__}: {exc}")
+                log(traceback.format_exc())
+                for w in [*(("cold_start",) if want_startup else ()), *(w.name for w in workloads)]:
+                    results.setdefault(w, {}).setdefault(system.name, {"error": f"{type(exc).__name__}: {exc}"[:200]})
+    finally:
+        if args.keep_logs:
+            log(f"logs kept in {logdir}")
+        else:
+            shutil.rmtree(logdir, ignore_errors=True)
+    meta["seconds"] = time.perf_counter() - t_all
+    meta["loadavg_end"] = os.getloadavg()
+    mode = "quick, 1 run each" if args.quick else f"median of {args.repeat}"
+    print(f"\ntrioflow vs dask.distributed — scheduler + 2 workers x 1 thread, loopback ({mode}; "
+          f"{meta['cpus']} CPUs, load {meta['loadavg_start'][0]:.2f}->{meta['loadavg_end'][0]:.2f}, {meta['seconds']:.0f}s)")
+    print(format_table(results, systems))
+    print("ratio > 1: trioflow better (throughput: trioflow / best dask; time, latency, RSS: best dask / trioflow)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=2)
+        log(f"wrote {args.json}")
+    return 0
