@@ -32,7 +32,6 @@ import argparse
 import json
 import multiprocessing as mp
 import socket
-import ssl
 import statistics
 import sys
 import threading
@@ -47,8 +46,9 @@ MiB = 1 << 20
 # (run in child processes started with the "spawn" method)
 
 
-def _trioflow_receiver(conn: Any, security: Any) -> None:
-    """Serve tcp:// and tls:// listeners; answer each PutData / end marker with Ok."""
+def _trioflow_receiver(conn: Any, security: Any, raw_nbytes: int) -> None:
+    """Serve trioflow tcp:// and tls:// listeners (answer each PutData / end
+    marker with Ok), and raw trio TCP / TLS listeners for the trio baseline."""
     import trio
 
     from trioflow.comm import CommClosedError, listen
@@ -73,15 +73,80 @@ def _trioflow_receiver(conn: Any, security: Any) -> None:
             else:
                 await comm.send(m.Ok())
 
+    async def raw_handler(stream: Any) -> None:
+        # Same protocol as the plain receiver, with trio streams: mode byte, nbytes, answer b"k".
+        nbytes = raw_nbytes
+        sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        pending = bytearray()
+
+        async def read_into(view: memoryview) -> None:
+            nonlocal pending
+            if pending:
+                k = min(len(pending), len(view))
+                view[:k] = pending[:k]
+                del pending[:k]
+                view = view[k:]
+            while view:
+                if sock is not None:
+                    got = await sock.recv_into(view)
+                    if not got:
+                        raise EOFError
+                    view = view[got:]
+                else:
+                    data = await stream.receive_some(1 << 20)
+                    if not data:
+                        raise EOFError
+                    k = min(len(data), len(view))
+                    view[:k] = data[:k]
+                    pending += data[k:]
+                    view = view[k:]
+
+        try:
+            if not isinstance(stream, trio.SocketStream):
+                await stream.do_handshake()
+            while True:
+                mode = bytearray(1)
+                await read_into(memoryview(mode))
+                if mode == b"q":
+                    return
+                buf = bytearray(nbytes)
+                await read_into(memoryview(buf))
+                del buf
+                await stream.send_all(b"k")
+        except (EOFError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
     async def main() -> None:
         async with trio.open_nursery() as n:
-            tcp = await n.start(lambda task_status: listen(f"tcp://{HOST}:0", handler, role="scheduler", task_status=task_status))
-            tls = await n.start(
+            raw_tcp = (await trio.open_tcp_listeners(0, host=HOST))[0]
+            raw_tls_sock = (await trio.open_tcp_listeners(0, host=HOST))[0]
+            raw_tls = trio.SSLListener(
+                raw_tls_sock, security.get_server_context("scheduler"), https_compatible=False
+            )
+            n.start_soon(trio.serve_listeners, raw_handler, [raw_tcp])
+            n.start_soon(trio.serve_listeners, raw_handler, [raw_tls])
+            tcp = await n.start(
                 lambda task_status: listen(
-                    f"tls://{HOST}:0", handler, role="scheduler", security=security, task_status=task_status
+                    f"tcp://{HOST}:0", handler, role="scheduler", task_status=task_status
                 )
             )
-            conn.send((tcp.address.replace("0.0.0.0", HOST), tls.address.replace("0.0.0.0", HOST)))
+            tls = await n.start(
+                lambda task_status: listen(
+                    f"tls://{HOST}:0",
+                    handler,
+                    role="scheduler",
+                    security=security,
+                    task_status=task_status,
+                )
+            )
+            conn.send(
+                (
+                    tcp.address.replace("0.0.0.0", HOST),
+                    tls.address.replace("0.0.0.0", HOST),
+                    raw_tcp.socket.getsockname()[1],
+                    raw_tls_sock.socket.getsockname()[1],
+                )
+            )
             await trio.to_thread.run_sync(conn.recv)  # parent says stop
             n.cancel_scope.cancel()
 
@@ -125,7 +190,10 @@ def _plain_receiver(conn: Any, nbytes: int, server_ctx: Any) -> None:
         with s:
             _plain_serve(s, nbytes)
 
-    threads = [threading.Thread(target=serve, args=(tcp, False)), threading.Thread(target=serve, args=(tls, True))]
+    threads = [
+        threading.Thread(target=serve, args=(tcp, False)),
+        threading.Thread(target=serve, args=(tls, True)),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -152,6 +220,16 @@ def _plain_once(sock: Any, payload: memoryview, mode: bytes) -> float:
     return time.perf_counter() - t0
 
 
+async def _raw_trio_once(stream: Any, payload: memoryview) -> float:
+    t0 = time.perf_counter()
+    await stream.send_all(b"f")
+    await stream.send_all(payload)
+    ack = await stream.receive_some(1)
+    elapsed = time.perf_counter() - t0
+    assert ack == b"k", ack
+    return elapsed
+
+
 async def _bulk_trioflow_once(comm: Any, array: Any) -> float:
     from trioflow.protocol import messages as m
     from trioflow.protocol.serialize import dumps
@@ -169,8 +247,15 @@ def _heartbeat(end: bool = False) -> Any:
     from trioflow.protocol import messages as m
 
     return m.Heartbeat(
-        memory=123_456_789, managed=1_000_000, spilled=0, cpu=12.5, executing=1, ready=3,
-        in_memory=42, bandwidth=1.0e8, paused=end,
+        memory=123_456_789,
+        managed=1_000_000,
+        spilled=0,
+        cpu=12.5,
+        executing=1,
+        ready=3,
+        in_memory=42,
+        bandwidth=1.0e8,
+        paused=end,
     )
 
 
@@ -241,18 +326,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     nbytes = args.mib * MiB
     ctx = mp.get_context("spawn")
 
-    results: dict[str, Any] = {"repeat": args.repeat, "messages": args.messages, "mib": args.mib, "rows": {}}
+    results: dict[str, Any] = {
+        "repeat": args.repeat,
+        "messages": args.messages,
+        "mib": args.mib,
+        "rows": {},
+    }
     rows = results["rows"]
 
     tf_parent, tf_child = ctx.Pipe()
     pl_parent, pl_child = ctx.Pipe()
-    tf_proc = ctx.Process(target=_trioflow_receiver, args=(tf_child, security), daemon=True)
+    tf_proc = ctx.Process(target=_trioflow_receiver, args=(tf_child, security, nbytes), daemon=True)
     # An SSLContext does not pickle: the child builds its own from the Security.
-    pl_proc = ctx.Process(target=_plain_receiver_from_security, args=(pl_child, nbytes, security), daemon=True)
+    pl_proc = ctx.Process(
+        target=_plain_receiver_from_security, args=(pl_child, nbytes, security), daemon=True
+    )
     tf_proc.start()
     pl_proc.start()
     try:
-        tcp_addr, tls_addr = tf_parent.recv()
+        tcp_addr, tls_addr, raw_tcp_port, raw_tls_port = tf_parent.recv()
         plain_tcp_port, plain_tls_port = pl_parent.recv()
 
         # ------------------------------------------------ small messages
@@ -268,9 +360,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             trickle_batches.append(nb)
             e = trio.run(_small_unbatched_once, tcp_addr, n_unbatched)
             unbatched.append(n_unbatched / e)
-        rows["small_batched_burst_msgs_per_s"] = {"median": _median(burst), "runs": burst, "batches": burst_batches}
-        rows["small_batched_trickle_msgs_per_s"] = {"median": _median(trickle), "runs": trickle, "batches": trickle_batches}
-        rows["small_unbatched_msgs_per_s"] = {"median": _median(unbatched), "runs": unbatched, "n": n_unbatched}
+        rows["small_batched_burst_msgs_per_s"] = {
+            "median": _median(burst),
+            "runs": burst,
+            "batches": burst_batches,
+        }
+        rows["small_batched_trickle_msgs_per_s"] = {
+            "median": _median(trickle),
+            "runs": trickle,
+            "batches": trickle_batches,
+        }
+        rows["small_unbatched_msgs_per_s"] = {
+            "median": _median(unbatched),
+            "runs": unbatched,
+            "n": n_unbatched,
+        }
 
         # ------------------------------------------------ bulk
         array = np.random.default_rng(0).random(nbytes // 8)
@@ -278,34 +382,49 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         payload = memoryview(array).cast("B")
         client_ctx = security.get_client_context("client")
 
-        async def trioflow_bulk(address: str) -> list[float]:
-            comm = await connect(address, role="client", security=security if address.startswith("tls") else None)
+        async def bulk(address: str, raw_port: int, tls: bool) -> dict[str, list[float]]:
+            comm = await connect(address, role="client", security=security if tls else None)
+            raw: Any = await trio.open_tcp_stream(HOST, raw_port)
+            if tls:
+                raw = trio.SSLStream(raw, client_ctx, server_hostname=HOST)
+                await raw.do_handshake()
+            out: dict[str, list[float]] = {
+                "trioflow": [],
+                "trio": [],
+                "plain_fresh": [],
+                "plain_reused": [],
+            }
             try:
                 await _bulk_trioflow_once(comm, array[: 1 << 17])  # warm the connection
-                out = []
+                # Interleaved, so load from elsewhere on the machine hits every column alike.
                 for _ in range(args.repeat):
-                    out.append(await _bulk_trioflow_once(comm, array))
-                    out_plain.append(await trio.to_thread.run_sync(_plain_once, plain_sock, payload, b"f"))
-                    out_reused.append(await trio.to_thread.run_sync(_plain_once, plain_sock, payload, b"r"))
+                    out["trioflow"].append(await _bulk_trioflow_once(comm, array))
+                    out["trio"].append(await _raw_trio_once(raw, payload))
+                    out["plain_fresh"].append(
+                        await trio.to_thread.run_sync(_plain_once, plain_sock, payload, b"f")
+                    )
+                    out["plain_reused"].append(
+                        await trio.to_thread.run_sync(_plain_once, plain_sock, payload, b"r")
+                    )
+                await raw.send_all(b"q")
                 return out
             finally:
                 await comm.aclose()
+                await trio.aclose_forcefully(raw)
 
-        for scheme, port, pctx, address in (
-            ("tcp", plain_tcp_port, None, tcp_addr),
-            ("tls", plain_tls_port, client_ctx, tls_addr),
+        for scheme, port, pctx, address, raw_port in (
+            ("tcp", plain_tcp_port, None, tcp_addr, raw_tcp_port),
+            ("tls", plain_tls_port, client_ctx, tls_addr, raw_tls_port),
         ):
             plain_sock = _plain_connect(port, pctx)
-            out_plain: list[float] = []
-            out_reused: list[float] = []
             try:
-                tf = trio.run(trioflow_bulk, address)
+                times = trio.run(bulk, address, raw_port, scheme == "tls")
                 plain_sock.sendall(b"q")
             finally:
                 plain_sock.close()
-            rows[f"bulk_{scheme}_trioflow_GBps"] = {"median": _median([nbytes / t / 1e9 for t in tf]), "runs": [nbytes / t / 1e9 for t in tf]}
-            rows[f"bulk_{scheme}_plain_fresh_GBps"] = {"median": _median([nbytes / t / 1e9 for t in out_plain]), "runs": [nbytes / t / 1e9 for t in out_plain]}
-            rows[f"bulk_{scheme}_plain_reused_GBps"] = {"median": _median([nbytes / t / 1e9 for t in out_reused]), "runs": [nbytes / t / 1e9 for t in out_reused]}
+            for col, ts in times.items():
+                rates = [nbytes / t / 1e9 for t in ts]
+                rows[f"bulk_{scheme}_{col}_GBps"] = {"median": _median(rates), "runs": rates}
     finally:
         try:
             tf_parent.send("stop")
@@ -338,27 +457,60 @@ def print_table(results: dict[str, Any]) -> None:
     print(f"small messages (Heartbeat, tcp://, loopback, median of {results['repeat']})")
     print(f"{'pattern':<50} | {'messages/s':>12} | {'batches/run':>11}")
     print("-" * 80)
-    print(f"{f'BatchedSend, burst ({n:,} queued at once)':<50} | {_fmt_rate(r['small_batched_burst_msgs_per_s']['median']):>12} | {statistics.median(r['small_batched_burst_msgs_per_s']['batches']):>11,.0f}")
-    print(f"{f'BatchedSend, trickle (send + checkpoint) x{n:,}':<50} | {_fmt_rate(r['small_batched_trickle_msgs_per_s']['median']):>12} | {statistics.median(r['small_batched_trickle_msgs_per_s']['batches']):>11,.0f}")
+    print(
+        f"{f'BatchedSend, burst ({n:,} queued at once)':<50} | {_fmt_rate(r['small_batched_burst_msgs_per_s']['median']):>12} | {statistics.median(r['small_batched_burst_msgs_per_s']['batches']):>11,.0f}"
+    )
+    print(
+        f"{f'BatchedSend, trickle (send + checkpoint) x{n:,}':<50} | {_fmt_rate(r['small_batched_trickle_msgs_per_s']['median']):>12} | {statistics.median(r['small_batched_trickle_msgs_per_s']['batches']):>11,.0f}"
+    )
     nu = r["small_unbatched_msgs_per_s"]["n"]
-    print(f"{f'Comm.send one at a time (no batching) x{nu:,}':<50} | {_fmt_rate(r['small_unbatched_msgs_per_s']['median']):>12} | {nu:>11,}")
+    print(
+        f"{f'Comm.send one at a time (no batching) x{nu:,}':<50} | {_fmt_rate(r['small_unbatched_msgs_per_s']['median']):>12} | {nu:>11,}"
+    )
     print()
-    print(f"bulk: one {mib} MiB numpy array (PutData) vs plain blocking sockets, loopback, median of {results['repeat']}")
-    print(f"{'transport':<9} | {'trioflow GB/s':>13} | {'plain GB/s (fresh buf)':>22} | {'ratio':>6} | {'plain GB/s (reused buf)':>23} | {'ratio':>6}")
-    print("-" * 96)
+    print(
+        f"bulk: one {mib} MiB numpy array (PutData) vs plain blocking sockets, loopback, median of {results['repeat']}"
+    )
+    print(
+        f"{'transport':<9} | {'trioflow':>8} | {'plain, fresh buf':>16} | {'ratio':>5} | {'plain, reused buf':>17} | {'ratio':>5} | {'trio streams, fresh buf':>23}"
+    )
+    print("-" * 104)
     for scheme in ("tcp", "tls"):
         tf = r[f"bulk_{scheme}_trioflow_GBps"]["median"]
         pf = r[f"bulk_{scheme}_plain_fresh_GBps"]["median"]
         pr = r[f"bulk_{scheme}_plain_reused_GBps"]["median"]
-        print(f"{scheme + '://':<9} | {tf:>13.2f} | {pf:>22.2f} | {tf / pf:>6.2f} | {pr:>23.2f} | {tf / pr:>6.2f}")
-    print("(ratio = trioflow / plain; plain tls:// = blocking ssl.SSLSocket with the same Security.temporary() contexts)")
+        tr = r[f"bulk_{scheme}_trio_GBps"]["median"]
+        print(
+            f"{scheme + '://':<9} | {tf:>8.2f} | {pf:>16.2f} | {tf / pf:>5.2f} | {pr:>17.2f} | {tf / pr:>5.2f} | {tr:>23.2f}"
+        )
+    print(
+        "GB/s (1e9 bytes/s).  ratio = trioflow / plain.  plain = blocking sockets in two processes, sendall / recv_into;"
+    )
+    print(
+        "plain tls:// = blocking ssl.SSLSocket, same Security.temporary() contexts.  'fresh buf' allocates the"
+    )
+    print(
+        "receive buffer per message (the payload size), as a receiver of a new message must; 'reused' is the page-faults-paid ceiling."
+    )
+    print(
+        "trio streams = trio SocketStream.send_all -> socket.recv_into (tls: SSLStream) without trioflow's framing."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.comm", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.comm", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--quick", action="store_true", help="fewer repetitions (3) and 50,000 messages")
-    p.add_argument("--repeat", type=int, default=None, help="repetitions per figure (default 5, 3 with --quick)")
-    p.add_argument("--messages", type=int, default=None, help="small messages per run (default 200,000)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=None,
+        help="repetitions per figure (default 5, 3 with --quick)",
+    )
+    p.add_argument(
+        "--messages", type=int, default=None, help="small messages per run (default 200,000)"
+    )
     p.add_argument("--mib", type=int, default=256, help="bulk payload size in MiB (default 256)")
     p.add_argument("--json", metavar="FILE", help="write results as JSON")
     args = p.parse_args(argv)

@@ -15,8 +15,9 @@ sees the scheduler and two workers; idle RSS is read with psutil a moment
 later, before any work.  In a full run the cluster is started ``repeat``
 times for those two figures; the last one runs the workloads.
 
-Teardown is a ladder in ``finally``: close the client, SIGTERM every process
-group, wait, SIGKILL what is left, reap.  A watchdog kills the cluster if a
+Teardown is a ladder in ``finally``: ``client.shutdown()`` (scheduler and
+workers close), wait; SIGTERM every process group, wait; SIGKILL what is
+left, reap.  A watchdog kills the cluster if a
 workload exceeds its time limit, so a hang becomes an error in the table
 (the cluster is then restarted for the remaining workloads), never a stuck
 run or an orphan process.
@@ -45,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .workloads import WORKLOADS, Ctx, Workload, warm_up
+from .workloads import WORKLOADS, Ctx, Workload, trioflow_has_collections, warm_up
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -107,23 +108,70 @@ def make_systems(launcher: str) -> list[System]:
     dask = os.path.join(BIN, "dask")
 
     def tf_sched(f: str) -> list[str]:
-        return [*_trioflow_argv(tf, "scheduler"), "--host", HOST, "--port", "0", "--no-dashboard", "--scheduler-file", f]
+        return [
+            *_trioflow_argv(tf, "scheduler"),
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            f,
+        ]
 
     def tf_worker(f: str, name: str) -> list[str]:
-        return [*_trioflow_argv(tf, "worker"), "--scheduler-file", f, "--nthreads", "1", "--no-dashboard", "--no-nanny", "--name", name]
+        return [
+            *_trioflow_argv(tf, "worker"),
+            "--scheduler-file",
+            f,
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--no-nanny",
+            "--name",
+            name,
+        ]
 
     def dask_sched(f: str) -> list[str]:
-        return [dask, "scheduler", "--host", HOST, "--port", "0", "--no-dashboard", "--scheduler-file", f]
+        return [
+            dask,
+            "scheduler",
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--no-dashboard",
+            "--scheduler-file",
+            f,
+        ]
 
     def dask_worker(f: str, name: str) -> list[str]:
-        return [dask, "worker", "--scheduler-file", f, "--nthreads", "1", "--no-dashboard", "--no-nanny",
-                "--host", HOST, "--name", name]
+        return [
+            dask,
+            "worker",
+            "--scheduler-file",
+            f,
+            "--nthreads",
+            "1",
+            "--no-dashboard",
+            "--no-nanny",
+            "--host",
+            HOST,
+            "--name",
+            name,
+        ]
 
     return [
         System("trioflow", f"trioflow ({tf})", tf_sched, tf_worker, {}, "trioflow"),
         System("dask", "dask default", dask_sched, dask_worker, {}, "distributed"),
-        System("dask-noqueue", "dask no-queue", dask_sched, dask_worker,
-               {"DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "inf"}, "distributed"),
+        System(
+            "dask-noqueue",
+            "dask no-queue",
+            dask_sched,
+            dask_worker,
+            {"DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "inf"},
+            "distributed",
+        ),
     ]
 
 
@@ -143,6 +191,7 @@ class Cluster:
         self.rss: dict[str, float] = {}
         self._lock = threading.Lock()
         self.killed_by_watchdog = False
+        self.stop_seconds = float("nan")
 
     def _spawn(self, role: str, argv: list[str]) -> subprocess.Popen[bytes]:
         env = dict(os.environ)
@@ -151,8 +200,15 @@ class Cluster:
         env.update(self.system.env)
         log = open(os.path.join(self.logdir, f"{self.system.name}-{role}.log"), "ab")
         try:
-            p = subprocess.Popen(argv, cwd=self.logdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+            p = subprocess.Popen(
+                argv,
+                cwd=self.logdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         finally:
             log.close()
         with self._lock:
@@ -172,22 +228,28 @@ class Cluster:
         while not os.path.exists(sched_file):
             self._check_alive()
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.system.name}: no scheduler file after {timeout}s (logs: {self.logdir})")
+                raise TimeoutError(
+                    f"{self.system.name}: no scheduler file after {timeout}s (logs: {self.logdir})"
+                )
             time.sleep(0.005)
         self.client = self.system.connect(sched_file)
         self.client.wait_for_workers(2, timeout=timeout)
         self.cold_start = time.perf_counter() - t0
         self.workers = sorted(self.client.scheduler_info()["workers"])
         if len(self.workers) != 2:
-            raise RuntimeError(f"{self.system.name}: expected 2 workers, scheduler reports {self.workers}")
-        time.sleep(1.0)  # let the processes settle before reading RSS
+            raise RuntimeError(
+                f"{self.system.name}: expected 2 workers, scheduler reports {self.workers}"
+            )
+        time.sleep(0.5)  # let the processes settle before reading RSS
         self.rss = self._read_rss()
 
     def _check_alive(self) -> None:
         for role, p in self.procs:
             if p.poll() is not None:
-                raise RuntimeError(f"{self.system.name} {role} exited with {p.returncode} during startup "
-                                   f"(log: {self.logdir}/{self.system.name}-{role}.log)")
+                raise RuntimeError(
+                    f"{self.system.name} {role} exited with {p.returncode} during startup "
+                    f"(log: {self.logdir}/{self.system.name}-{role}.log)"
+                )
 
     def _read_rss(self) -> dict[str, float]:
         import psutil
@@ -225,34 +287,57 @@ class Cluster:
             _killpg(p, signal.SIGKILL)
 
     def stop(self) -> None:
-        """Close the client, then SIGTERM -> wait -> SIGKILL each process group."""
+        """Ladder: ask the scheduler to shut the cluster down, wait; SIGTERM each
+        process group, wait; SIGKILL what is left (and any grandchildren); reap."""
+        t0 = time.perf_counter()
+        with self._lock:
+            procs = list(self.procs)
         try:
-            if self.client is not None:
-                _bounded(self.client.close, 10)
+            if self.client is not None and not self.killed_by_watchdog:
+                _bounded(self.client.shutdown, 10)
+            self._wait_exit(procs, 5)
         finally:
             self.client = None
-            with self._lock:
-                procs = list(self.procs)
-            # Workers first so they do not spend their close reconnecting.
-            for _, p in reversed(procs):
-                _killpg(p, signal.SIGTERM)
-            deadline = time.monotonic() + 10
             for _, p in procs:
-                try:
-                    p.wait(max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    pass
+                if p.poll() is None:
+                    _killpg(p, signal.SIGTERM)
+            self._wait_exit(procs, 5)
             for _, p in procs:
-                _killpg(p, signal.SIGKILL)  # also catches any grandchildren left in the group
+                if p.poll() is None:
+                    _killpg(p, signal.SIGKILL)  # the whole group, grandchildren too
                 try:
                     p.wait(5)
                 except subprocess.TimeoutExpired:
                     print(f"warning: pid {p.pid} did not die after SIGKILL", file=sys.stderr)
+            self.stop_seconds = time.perf_counter() - t0
+            forced = [
+                f"{role} ({'SIGKILL' if p.returncode == -signal.SIGKILL else 'SIGTERM'})"
+                for role, p in procs
+                if p.returncode in (-signal.SIGKILL, -signal.SIGTERM)
+            ]
+            if forced and not self.killed_by_watchdog:
+                print(
+                    f"  [{self.system.name}] did not exit after shutdown: {', '.join(forced)}",
+                    file=sys.stderr,
+                )
+
+    @staticmethod
+    def _wait_exit(procs: list[tuple[str, subprocess.Popen[bytes]]], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for _, p in procs:
+            try:
+                p.wait(max(0.01, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
 
 
 def _killpg(p: subprocess.Popen[bytes], sig: int) -> None:
+    # start_new_session: pgid == pid.  Only while the leader is unreaped: after
+    # that its pid (and so the group id) may belong to someone else's process.
+    if p.returncode is not None:
+        return
     try:
-        os.killpg(p.pid, sig)  # start_new_session: pgid == pid
+        os.killpg(p.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
@@ -271,9 +356,15 @@ def _bounded(fn: Callable[[], Any], timeout: float) -> None:
     t.start()
     t.join(timeout)
     if t.is_alive():
-        print(f"warning: {getattr(fn, '__qualname__', fn)} did not return within {timeout}s", file=sys.stderr)
+        print(
+            f"warning: {getattr(fn, '__qualname__', fn)} did not return within {timeout}s",
+            file=sys.stderr,
+        )
     elif err:
-        print(f"warning: {getattr(fn, '__qualname__', fn)}: {type(err[0]).__name__}: {err[0]}", file=sys.stderr)
+        print(
+            f"warning: {getattr(fn, '__qualname__', fn)}: {type(err[0]).__name__}: {err[0]}",
+            file=sys.stderr,
+        )
 
 
 @contextmanager
@@ -294,8 +385,14 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
-def _record(results: dict[str, Any], name: str, system: str, runs: list[float], **extra: Any) -> None:
-    results.setdefault(name, {})[system] = {"runs": runs, "median": _median(runs) if runs else None, **extra}
+def _record(
+    results: dict[str, Any], name: str, system: str, runs: list[float], **extra: Any
+) -> None:
+    results.setdefault(name, {})[system] = {
+        "runs": runs,
+        "median": _median(runs) if runs else None,
+        **extra,
+    }
 
 
 def _record_error(results: dict[str, Any], name: str, system: str, error: str) -> None:
@@ -303,8 +400,16 @@ def _record_error(results: dict[str, Any], name: str, system: str, error: str) -
 
 
 def run_system(
-    system: System, workloads: list[Workload], *, repeat: int, quick: bool, startup_repeat: int,
-    results: dict[str, Any], logdir: str, want_startup: bool, log: Callable[[str], None],
+    system: System,
+    workloads: list[Workload],
+    *,
+    repeat: int,
+    quick: bool,
+    startup_repeat: int,
+    results: dict[str, Any],
+    logdir: str,
+    want_startup: bool,
+    log: Callable[[str], None],
 ) -> None:
     cold: list[float] = []
     rss: dict[str, list[float]] = {}
@@ -319,8 +424,10 @@ def run_system(
             cold.append(cluster.cold_start)
             for role, v in cluster.rss.items():
                 rss.setdefault(role, []).append(v)
-            log(f"  [{system.name}] start {i + 1}/{n_starts}: cold start {cluster.cold_start:.2f}s, "
-                + ", ".join(f"{r} {v:.0f} MiB" for r, v in cluster.rss.items()))
+            log(
+                f"  [{system.name}] start {i + 1}/{n_starts}: cold start {cluster.cold_start:.2f}s, "
+                + ", ".join(f"{r} {v:.0f} MiB" for r, v in cluster.rss.items())
+            )
         if want_startup:
             _record(results, "cold_start", system.name, cold)
             _record(results, "rss_scheduler", system.name, rss.get("scheduler", []))
@@ -357,8 +464,10 @@ def run_system(
                     break
                 runs.append(value)
                 idle = cluster.wait_idle()
-                log(f"  [{system.name}] {w.name} rep {rep + 1}: {value:,.1f} {w.unit} "
-                    f"({time.perf_counter() - t0:.1f}s){'' if idle else '  [warning: keys still held after 15s]'}")
+                log(
+                    f"  [{system.name}] {w.name} rep {rep + 1}: {value:,.1f} {w.unit} "
+                    f"({time.perf_counter() - t0:.1f}s){'' if idle else '  [warning: keys still held after 15s]'}"
+                )
             if error is not None:
                 _record_error(results, w.name, system.name, error)
             elif runs:
@@ -368,6 +477,7 @@ def run_system(
     finally:
         if cluster is not None:
             cluster.stop()
+            log(f"  [{system.name}] stopped in {cluster.stop_seconds:.1f}s")
 
 
 STARTUP_ROWS = [
@@ -391,7 +501,10 @@ def _fmt(v: float | None) -> str:
 
 
 def format_table(results: dict[str, Any], systems: list[System]) -> str:
-    rows: list[tuple[str, str, bool]] = [*STARTUP_ROWS, *((w.name, w.label, w.higher_is_better) for w in WORKLOADS)]
+    rows: list[tuple[str, str, bool]] = [
+        *STARTUP_ROWS,
+        *((w.name, w.label, w.higher_is_better) for w in WORKLOADS),
+    ]
     names = [s.name for s in systems]
     titles = {"trioflow": "trioflow", "dask": "dask default", "dask-noqueue": "dask no-queue"}
     header = ["workload", *(titles.get(n, n) for n in names), "ratio vs better dask"]
@@ -424,13 +537,28 @@ def format_table(results: dict[str, Any], systems: list[System]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *body]) for i in range(len(header))]
 
     def line(r: list[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(widths[0]) if i == 0 else str(c).rjust(widths[i]) for i, c in enumerate(r)) + " |"
+        return (
+            "| "
+            + " | ".join(
+                str(c).ljust(widths[0]) if i == 0 else str(c).rjust(widths[i])
+                for i, c in enumerate(r)
+            )
+            + " |"
+        )
 
     lines.append(line(header))
-    lines.append("|" + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths)) + "|")
+    lines.append(
+        "|"
+        + "|".join("-" * (w + 2) if i == 0 else "-" * (w + 1) + ":" for i, w in enumerate(widths))
+        + "|"
+    )
     lines.extend(line(r) for r in body)
-    errors = [(key, n, r["error"]) for key, per in results.items() for n, r in per.items()
-              if isinstance(r, dict) and r.get("error") not in (None, "n/a")]
+    errors = [
+        (key, n, r["error"])
+        for key, per in results.items()
+        for n, r in per.items()
+        if isinstance(r, dict) and r.get("error") not in (None, "n/a")
+    ]
     if errors:
         lines.append("")
         lines.extend(f"ERROR {key} [{n}]: {e}" for key, n, e in errors)
@@ -444,7 +572,13 @@ def _meta(args: Any, systems: list[System]) -> dict[str, Any]:
     import trioflow
 
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=5).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         rev = ""
     return {
@@ -474,13 +608,23 @@ def main(args: Any) -> int:
         wanted = set(args.systems.split(","))
         unknown = wanted - {s.name for s in systems}
         if unknown:
-            raise SystemExit(f"unknown system(s): {', '.join(sorted(unknown))}; choose from trioflow, dask, dask-noqueue")
+            raise SystemExit(
+                f"unknown system(s): {', '.join(sorted(unknown))}; choose from trioflow, dask, dask-noqueue"
+            )
         systems = [s for s in systems if s.name in wanted]
     only = set(args.only.split(",")) if args.only else None
     known = {w.name for w in WORKLOADS} | {"startup"}
     if only and only - known:
-        raise SystemExit(f"unknown workload(s): {', '.join(sorted(only - known))}; choose from {', '.join(sorted(known))}")
-    workloads = [w for w in WORKLOADS if (only is None or w.name in only) and (w.in_quick or not args.quick)]
+        raise SystemExit(
+            f"unknown workload(s): {', '.join(sorted(only - known))}; choose from {', '.join(sorted(known))}"
+        )
+    workloads = [
+        w for w in WORKLOADS if (only is None or w.name in only) and (w.in_quick or not args.quick)
+    ]
+    skipped_collections = args.quick and only is None
+    if skipped_collections:
+        # The optional dask.array / dask.dataframe rows: keeps --quick under two minutes.
+        workloads = [w for w in workloads if not w.collections]
     want_startup = only is None or "startup" in only
 
     def log(msg: str) -> None:
@@ -494,14 +638,24 @@ def main(args: Any) -> int:
         for system in systems:
             log(f"== {system.label}")
             try:
-                run_system(system, workloads, repeat=args.repeat, quick=args.quick,
-                           startup_repeat=1 if args.quick else args.repeat, results=results,
-                           logdir=logdir, want_startup=want_startup, log=log)
+                run_system(
+                    system,
+                    workloads,
+                    repeat=args.repeat,
+                    quick=args.quick,
+                    startup_repeat=1 if args.quick else args.repeat,
+                    results=results,
+                    logdir=logdir,
+                    want_startup=want_startup,
+                    log=log,
+                )
             except Exception as exc:  # noqa: BLE001 - a system that cannot start is an error row, not a crash
                 log(f"  [{system.name}] FAILED: {type(exc).__name__}: {exc}")
                 log(traceback.format_exc())
                 for w in [*(("cold_start",) if want_startup else ()), *(w.name for w in workloads)]:
-                    results.setdefault(w, {}).setdefault(system.name, {"error": f"{type(exc).__name__}: {exc}"[:200]})
+                    results.setdefault(w, {}).setdefault(
+                        system.name, {"error": f"{type(exc).__name__}: {exc}"[:200]}
+                    )
     finally:
         if args.keep_logs:
             log(f"logs kept in {logdir}")
@@ -510,10 +664,20 @@ def main(args: Any) -> int:
     meta["seconds"] = time.perf_counter() - t_all
     meta["loadavg_end"] = os.getloadavg()
     mode = "quick, 1 run each" if args.quick else f"median of {args.repeat}"
-    print(f"\ntrioflow vs dask.distributed — scheduler + 2 workers x 1 thread, loopback ({mode}; "
-          f"{meta['cpus']} CPUs, load {meta['loadavg_start'][0]:.2f}->{meta['loadavg_end'][0]:.2f}, {meta['seconds']:.0f}s)")
+    print(
+        f"\ntrioflow vs dask.distributed — scheduler + 2 workers x 1 thread, loopback ({mode}; "
+        f"{meta['cpus']} CPUs, load {meta['loadavg_start'][0]:.2f}->{meta['loadavg_end'][0]:.2f}, {meta['seconds']:.0f}s)"
+    )
     print(format_table(results, systems))
-    print("ratio > 1: trioflow better (throughput: trioflow / best dask; time, latency, RSS: best dask / trioflow)")
+    print(
+        "ratio > 1: trioflow better (throughput: trioflow / best dask; time, latency, RSS: best dask / trioflow)"
+    )
+    if skipped_collections:
+        print(
+            "--quick skips the 100k map and the dask.array / dask.dataframe rows (--only array_sum,dataframe_groupby runs them)"
+        )
+    if not trioflow_has_collections():
+        print("trioflow.Client has no compute() yet: its dask.array / dask.dataframe cells are n/a")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"meta": meta, "results": results}, f, indent=2)

@@ -71,6 +71,7 @@ class Workload:
     fn: Callable[[Ctx, int], float | None]
     in_quick: bool = True
     timeout: float = 300.0
+    collections: bool = False  # needs Client.compute (dask.array / dask.dataframe)
 
 
 # ---------------------------------------------------------------- workloads
@@ -142,8 +143,14 @@ def transfer(ctx: Ctx, rep: int) -> float:
     return TRANSFER_BYTES / 1e6 / elapsed
 
 
+def trioflow_has_collections() -> bool:
+    import trioflow
+
+    return hasattr(trioflow.Client, "compute")
+
+
 def _supports_collections(ctx: Ctx) -> bool:
-    return ctx.system != "trioflow" or hasattr(type(ctx.client), "compute")
+    return ctx.system != "trioflow" or trioflow_has_collections()
 
 
 def array_sum(ctx: Ctx, rep: int) -> float | None:
@@ -168,7 +175,9 @@ def dataframe_groupby(ctx: Ctx, rep: int) -> float | None:
     import dask
 
     # 30 daily partitions of one row a second (~2.6 M rows), generated on the workers.
-    df = dask.datasets.timeseries(start="2000-01-01", end="2000-01-31", freq="1s", partition_freq="1D", seed=rep)
+    df = dask.datasets.timeseries(
+        start="2000-01-01", end="2000-01-31", freq="1s", partition_freq="1D", seed=rep
+    )
     result = df.groupby("name").x.mean()
     t0 = time.perf_counter()
     future = ctx.client.compute(result)
@@ -180,13 +189,45 @@ def dataframe_groupby(ctx: Ctx, rep: int) -> float | None:
 
 
 WORKLOADS: list[Workload] = [
-    Workload("map_20k", "map+gather 20,000 no-op tasks (tasks/s)", "tasks/s", True, map_noop(20_000)),
-    Workload("map_100k", "map+gather 100,000 no-op tasks (tasks/s)", "tasks/s", True, map_noop(100_000), in_quick=False, timeout=600),
-    Workload("round_trip", f"submit(inc).result() x{ROUND_TRIPS} (µs each)", "us", False, round_trip),
-    Workload("tree_4096", f"tree reduction, {TREE_LEAVES} leaves via submit (tasks/s)", "tasks/s", True, tree_reduce),
+    Workload(
+        "map_20k", "map+gather 20,000 no-op tasks (tasks/s)", "tasks/s", True, map_noop(20_000)
+    ),
+    Workload(
+        "map_100k",
+        "map+gather 100,000 no-op tasks (tasks/s)",
+        "tasks/s",
+        True,
+        map_noop(100_000),
+        in_quick=False,
+        timeout=600,
+    ),
+    Workload(
+        "round_trip", f"submit(inc).result() x{ROUND_TRIPS} (µs each)", "us", False, round_trip
+    ),
+    Workload(
+        "tree_4096",
+        f"tree reduction, {TREE_LEAVES} leaves via submit (tasks/s)",
+        "tasks/s",
+        True,
+        tree_reduce,
+    ),
     Workload("transfer_256MiB", "256 MiB array worker A -> B (MB/s)", "MB/s", True, transfer),
-    Workload("array_sum", "(x + x.T).sum() 4000x4000 / 250x250 chunks (s)", "s", False, array_sum),
-    Workload("dataframe_groupby", "timeseries 30 partitions groupby-mean (s)", "s", False, dataframe_groupby),
+    Workload(
+        "array_sum",
+        "(x + x.T).sum() 4000x4000 / 250x250 chunks (s)",
+        "s",
+        False,
+        array_sum,
+        collections=True,
+    ),
+    Workload(
+        "dataframe_groupby",
+        "timeseries 30 partitions groupby-mean (s)",
+        "s",
+        False,
+        dataframe_groupby,
+        collections=True,
+    ),
 ]
 
 

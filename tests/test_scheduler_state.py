@@ -174,11 +174,13 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def apply(self, out: list) -> None:
         s = self.s
+        sent: set[tuple[str, str]] = set()
         for ins in out:
             if isinstance(ins, ToWorker):
                 assert ins.address in s.workers, ins
                 msg = ins.msg
                 if isinstance(msg, ComputeTask):
+                    sent.add((ins.address, msg.key))
                     ts = s.tasks[msg.key]
                     ws = s.workers[ins.address]
                     if ts.workers and not ts.allow_other_workers:
@@ -192,6 +194,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                     self.assigned.setdefault(ins.address, set()).add(msg.key)
                     self.history.setdefault(ins.address, set()).add(msg.key)
                 elif isinstance(msg, FreeKeys):
+                    # Sending a task and taking it back in one go is wasted work.
+                    assert not sent & {(ins.address, k) for k in msg.keys}, (out, sent)
                     self.assigned.get(ins.address, set()).difference_update(msg.keys)
             else:
                 assert isinstance(ins, ToClient)

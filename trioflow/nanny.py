@@ -8,7 +8,10 @@ Theory of operation
      ├ listener (requests: NannyRestart, NannyKill)
      └ supervise loop
           start worker process (python -m trioflow.nanny)  ── stdin: config, then kept open
-          wait for its "ready" line on a private pipe         (EOF on stdin = nanny gone)
+          read its status lines on a private pipe            (EOF on stdin = nanny gone)
+            ALIVE            configured (start-up timeout ends here)
+            READY <address>  registered with the scheduler
+            ERROR <reason>   cannot start: give up, do not restart
           ├ memory watch: RSS > 95% of the limit -> restart
           └ wait for exit -> restart with backoff, or stop
 
@@ -17,6 +20,14 @@ then keeps stdin open: when the nanny dies, even by SIGKILL, the kernel
 closes the pipe and the worker sees end-of-file and exits at once.  (Linux's
 parent-death signal would fire when the *thread* that forked exits, and
 Trio forks from worker threads, so it is not used.)
+
+Waiting for the scheduler is not a hang: after ``ALIVE`` the nanny waits
+for ``READY`` without a time limit, and the worker's own ``death_timeout``
+ends the wait.  A worker that cannot start (``ERROR``: the scheduler did not
+answer within ``death_timeout``, a preload that does not import, a port in
+use) is not restarted: the first time, :meth:`Nanny.serve` raises
+:class:`NannyStartError` with the reason; later, the nanny closes and keeps
+the reason in :attr:`Nanny.failure`.
 
 Stopping the worker is a ladder: SIGTERM (the worker closes cleanly and
 exits 0), a bounded wait, then SIGKILL; it runs in ``finally`` under a
@@ -48,10 +59,14 @@ from .protocol import messages as m
 
 logger = logging.getLogger("trioflow.nanny")
 
-__all__ = ["Nanny"]
+__all__ = ["Nanny", "NannyStartError"]
 
 READY_TIMEOUT = 60.0
 MEMORY_TERMINATE_FRACTION = 0.95
+
+
+class NannyStartError(RuntimeError):
+    """The nanny's first worker process could not start; the message says why in one line."""
 
 
 class Nanny:
@@ -125,7 +140,13 @@ class Nanny:
         return self.process.pid if self.process is not None else None
 
     async def serve(self, *, task_status: trio.TaskStatus[Nanny] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run until closed; ``started`` once the first worker has registered."""
+        """Run until closed; ``started`` once the first worker has registered.
+
+        Raises:
+            NannyStartError: the first worker process could not start (its
+                one-line reason, e.g. the scheduler unreachable within
+                ``death_timeout`` or a preload that does not import).
+        """
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -146,7 +167,7 @@ class Nanny:
 
                         self.address = self.address.replace("0.0.0.0", default_host())
                     self.config["nanny"] = self.address
-                    logger.info("        Start Nanny at: %r", self.address)
+                    logger.info("        Start Nanny at: %s", self.address)
                 first = True
                 while not self._closing:
                     code = await self._run_worker_once(task_status if first else None)
@@ -161,6 +182,9 @@ class Nanny:
                         break
                     if code is None:
                         break
+                    if self.failure is not None:
+                        logger.error("worker process cannot start (%s); nanny closing", self.failure)
+                        break
                     self.restarts += 1
                     delay = min(0.5 * 2 ** min(self._quick_failures - 1, 6), 30.0) if self._quick_failures > 1 else 0.0
                     logger.warning(
@@ -172,6 +196,12 @@ class Nanny:
                     if delay:
                         await trio.sleep(delay)
                 nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # Our own nursery wraps it; the caller should see the one reason.
+            errors, rest = group.split(NannyStartError)
+            if errors is not None and rest is None:
+                raise _first_leaf(errors) from None
+            raise
         finally:
             self.status = "closed"
             self._closed.set()
@@ -179,7 +209,14 @@ class Nanny:
     _quick_failures = 0
 
     async def _run_worker_once(self, task_status: Any) -> int | None:
-        """Start one worker process, supervise it, return its exit code."""
+        """Start one worker process, supervise it, return its exit code.
+
+        With ``task_status`` (the first start), a worker that cannot start
+        raises :class:`NannyStartError`; otherwise its reason is kept in
+        :attr:`failure` and its exit code returned.
+        """
+        self.failure = None
+        self._status_buf = b""
         ready_r, ready_w = os.pipe()
         env = {**os.environ, **self.env, "TRIOFLOW_NANNY_READY_FD": str(ready_w)}
         cmd = [sys.executable, "-m", "trioflow.nanny"]
@@ -192,26 +229,29 @@ class Nanny:
                 env=env,
                 start_new_session=False,
             )
+        except BaseException:
+            os.close(ready_r)
+            raise
         finally:
             os.close(ready_w)
         self.process = proc
         self.status = "starting"
-        code: int | None = None
         try:
             assert proc.stdin is not None
-            await proc.stdin.send_all(json.dumps(self.config).encode() + b"\n")
+            try:
+                await proc.stdin.send_all(json.dumps(self.config).encode() + b"\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass  # it died at once; its exit code says why
             ready = trio.lowlevel.FdStream(ready_r)
             ready_r = -1
-            line = b""
-            with trio.move_on_after(READY_TIMEOUT) as cs:
-                while not line.endswith(b"\n"):
-                    chunk = await ready.receive_some(4096)
-                    if not chunk:
-                        break
-                    line += chunk
-            await ready.aclose()
-            if cs.cancelled_caught:
-                logger.error("worker process %d did not become ready within %ss", proc.pid, READY_TIMEOUT)
+            async with ready:
+                line = await self._read_status(ready, proc)
+                if line == b"ALIVE":
+                    # Configured and running; registering may legitimately
+                    # wait for the scheduler (death_timeout is the worker's).
+                    line = await self._read_status(ready, None)
+            if line is None:  # start-up timeout
+                logger.error("worker process %d did not start within %ss", proc.pid, READY_TIMEOUT)
                 await self._stop_process(proc)
                 return proc.returncode if proc.returncode is not None else -1
             if line.startswith(b"READY "):
@@ -221,18 +261,28 @@ class Nanny:
                 if task_status is not None:
                     task_status.started(self)
             else:
-                # The worker exited before it was ready (bad config, no scheduler).
+                # The worker exited before it was ready: bad configuration,
+                # no scheduler within death_timeout, killed, or told to stop.
                 code = await proc.wait()
-                if task_status is not None and code != 0:
-                    raise RuntimeError(f"worker process failed to start ({_describe_exit(code)})")
-                if task_status is not None:
-                    task_status.started(self)
+                reason = line[6:].decode(errors="replace").strip() if line.startswith(b"ERROR ") else ""
+                if code != 0 and not self._closing:
+                    self.failure = reason or None
+                    self._quick_failures += 1  # a crash during start-up: back off
+                    if task_status is not None:
+                        raise NannyStartError(reason or f"worker process failed to start ({_describe_exit(code)})")
                 return code
+            self.memory_restarted = False
             async with trio.open_nursery() as n:
                 n.start_soon(self._memory_watch, proc, n.cancel_scope)
                 code = await proc.wait()
                 n.cancel_scope.cancel()
-            if trio.current_time() - started < 10:
+            if self.memory_restarted:
+                # A task's appetite, not a crash loop: KilledWorker ends it.
+                self.memory_restarts += 1
+                self._quick_failures = 0
+            elif code == 0 or self._restart_requested or self._closing:
+                pass  # not a crash
+            elif trio.current_time() - started < 10:
                 self._quick_failures += 1
             else:
                 self._quick_failures = 0
@@ -247,6 +297,30 @@ class Nanny:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(proc.stdin)
             self._worker_ready = trio.Event()
+            if self.status != "closed":
+                self.status = "restarting" if not self._closing else "closing"
+
+    async def _read_status(self, stream: trio.lowlevel.FdStream, proc: trio.Process | None) -> bytes | None:
+        """One status line from the worker process (b"" at EOF), or None on
+        timeout (only with ``proc``: the start-up phase)."""
+        buf = self._status_buf
+        with trio.move_on_after(READY_TIMEOUT if proc is not None else float("inf")):
+            while b"\n" not in buf:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    self._status_buf = b""
+                    return buf.strip()
+                buf += chunk
+            line, _, rest = buf.partition(b"\n")
+            self._status_buf = rest
+            return line.strip()
+        self._status_buf = b""
+        return None
+
+    _status_buf = b""
+    failure: str | None = None
+    memory_restarted = False
+    memory_restarts = 0
 
     async def _memory_watch(self, proc: trio.Process, scope: trio.CancelScope) -> None:
         if not self.memory_limit:
@@ -270,6 +344,7 @@ class Nanny:
                     int(self.memory_terminate_fraction * 100),
                     self.memory_limit // 2**20,
                 )
+                self.memory_restarted = True
                 with trio.CancelScope(shield=True):
                     await self._kill_process(proc)
                 return
@@ -297,12 +372,25 @@ class Nanny:
                 pass
             await proc.wait()
 
-    async def restart(self) -> None:
-        """Stop the worker process; the supervise loop starts a new one."""
-        if self.process is None or self.process.returncode is not None:
+    async def restart(self, timeout: float = READY_TIMEOUT) -> None:
+        """Stop the worker process (cleanly, with the ladder) and wait, at most
+        ``timeout`` seconds, until the supervise loop has a new one registered.
+
+        Raises:
+            TimeoutError: no new worker within ``timeout``.
+        """
+        old = self.process
+        if old is None or old.returncode is not None:
             return
         self._restart_requested = True
-        await self._stop_process(self.process)
+        await self._stop_process(old)
+        with trio.move_on_after(timeout):
+            while not (self.process is not old and self.status == "running"):
+                if self._closed.is_set():
+                    return
+                await trio.sleep(0.02)
+            return
+        raise TimeoutError(f"worker process did not restart within {timeout}s")
 
     def close(self) -> None:
         self._closing = True
@@ -330,10 +418,11 @@ class Nanny:
                 return
             if isinstance(msg, m.NannyRestart):
                 logger.info("restart requested: %s", msg.reason or "no reason given")
-                await self.restart()
-                with trio.move_on_after(READY_TIMEOUT):
-                    await self._worker_ready.wait()
-                reply: m.Message = m.Ok()
+                try:
+                    await self.restart()
+                    reply: m.Message = m.Ok()
+                except TimeoutError as exc:
+                    reply = m.ErrorReply(message=str(exc))
             elif isinstance(msg, m.NannyKill):
                 logger.info("close requested: %s", msg.reason or "no reason given")
                 self._closing = True
@@ -344,6 +433,12 @@ class Nanny:
             else:
                 reply = m.ErrorReply(message=f"a nanny does not serve {msg.op!r} requests")
             await comm.send(reply)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _describe_exit(code: int) -> str:

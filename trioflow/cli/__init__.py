@@ -21,6 +21,7 @@ from ..comm.addressing import Address, parse_address
 from .common import (
     PidFile,
     UserError,
+    check_preload,
     close_on_signals,
     default_nthreads,
     describe_exception,
@@ -292,27 +293,50 @@ def worker_command(
             raise click.BadParameter(str(exc), param_hint="--contact-address") from None
     if nprocs > 1 and (len(worker_ports) == 1 and worker_ports[0] != 0) and not listen_address:
         raise click.BadParameter(f"--nprocs {nprocs} needs a port range (or random ports), not one port", param_hint="--worker-port")
-    for p in preload:
-        load_preload(p)  # fail early, here, with one line
+    if preload_nanny and not nanny:
+        raise click.BadParameter("there is no nanny with --no-nanny", param_hint="--preload-nanny")
+    if nanny:
+        for p in preload:
+            check_preload(p)  # fail early, here, with one line; it runs in the worker process
+        worker_modules = []
+    else:
+        worker_modules = [load_preload(p) for p in preload]
     nanny_modules = [load_preload(p, "--preload-nanny") for p in preload_nanny]
     if local_directory:
         os.makedirs(local_directory, exist_ok=True)
     bind_host = host or "0.0.0.0"
     dash = _dashboard_address(dashboard_address, dashboard_port, host or "", 8789) if dashboard else None
+    modules = nanny_modules if nanny else worker_modules
 
     async def main() -> None:
         sched = scheduler
         if sched is None:
             from ..client.core import _resolve_address
 
-            sched = await _resolve_address(None, scheduler_file, timeout=death_timeout or 60)
+            try:
+                sched = await _resolve_address(None, scheduler_file, timeout=death_timeout or 60)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"--scheduler-file: {describe_exception(exc)}") from None
         nodes: list[Any] = []
-
-        def close_all() -> None:
-            for n in nodes:
-                n.close()
+        startup = trio.CancelScope()
+        started: list[Any] = []
 
         async with trio.open_nursery() as nursery:
+
+            def close_all() -> None:
+                # Nodes still starting (waiting for the scheduler) are
+                # cancelled; running ones close politely: a nanny stops its
+                # worker with the SIGTERM -> SIGKILL ladder, a worker
+                # unregisters from the scheduler.
+                startup.cancel()
+                for n in started:
+                    nursery.start_soon(n.aclose)
+
+            async def close_started() -> None:
+                with trio.CancelScope(shield=True):
+                    for n in started:
+                        await n.aclose()
+
             await nursery.start(close_on_signals, close_all)
             for i in range(nprocs):
                 node_name = (f"{name}-{i}" if nprocs > 1 else name) if name else None
@@ -327,6 +351,8 @@ def worker_command(
                     local_directory=local_directory,
                     reconnect=reconnect,
                     death_timeout=death_timeout,
+                    dashboard_address=dash,
+                    dashboard_prefix=prefix,
                 )
                 if nanny:
                     from ..nanny import Nanny
@@ -336,46 +362,71 @@ def worker_command(
                         listen_address=_pick_listen(protocol, bind_host, nanny_ports, i, nprocs),
                         worker_listen_address=wlisten,
                         preload=list(preload),
-                        dashboard_address=dash,
-                        dashboard_prefix=prefix,
                         **common,
                     )
                 else:
                     from ..worker.server import Worker
 
-                    node = Worker(sched, listen_address=wlisten, dashboard_address=dash, dashboard_prefix=prefix, **common)
+                    node = Worker(sched, listen_address=wlisten, **common)
                 nodes.append(node)
+            with startup:
+                try:
+                    async with trio.open_nursery() as starters:
+                        for node in nodes:
+                            starters.start_soon(_start_node, nursery, node, started)
+                except BaseExceptionGroup as group:
+                    leaf = _user_leaf(group)
+                    if leaf is None:
+                        raise
+                    await close_started()  # before reporting: no orphans
+                    if not isinstance(leaf, (OSError, ValueError, trio.TooSlowError)):
+                        raise UserError(str(leaf)) from None
+                    raise UserError(f"worker failed to start: {describe_exception(leaf)}") from None
+            if startup.cancelled_caught:
+                # A signal during start-up: close what did start, then leave.
+                await close_started()
+                nursery.cancel_scope.cancel()
+                return
             try:
-                async with trio.open_nursery() as starters:
-                    for node in nodes:
-                        starters.start_soon(_start_node, nursery, node)
-            except* (OSError, RuntimeError) as group:
-                exc = group.exceptions[0]
-                raise UserError(f"worker failed to start: {describe_exception(exc)}") from None
-            for node in nodes:
-                await preload_setup(nanny_modules, node) if nanny else None
-            if not nanny and preload:
-                mods = [load_preload(p) for p in preload]
                 for node in nodes:
-                    await preload_setup(mods, node)
+                    await preload_setup(modules, node)
+            except UserError:
+                await close_started()
+                raise
             for node in nodes:
                 await node._closed.wait()
-            if nanny:
-                for node in nodes:
-                    await preload_teardown(nanny_modules, node)
+            for node in nodes:
+                await preload_teardown(modules, node)
             nursery.cancel_scope.cancel()
+        failures = [n.failure for n in nodes if getattr(n, "failure", None)]
+        if failures:
+            raise UserError(failures[0])
 
     with PidFile(pid_file):
         _run(main)
 
 
-async def _start_node(nursery: trio.Nursery, node: Any) -> None:
+async def _start_node(nursery: trio.Nursery, node: Any, started: list[Any]) -> None:
     await nursery.start(node.serve)
+    started.append(node)
     if hasattr(node, "worker_address"):
         logger.info("  Start worker at: %s (nanny %s)", node.worker_address, node.address)
     else:
         logger.info("  Start worker at: %s", node.address)
-        logger.info("  Registered to:   %s", node.scheduler_address)
+
+
+def _user_leaf(exc: BaseException) -> BaseException | None:
+    """The one failure in ``exc`` a user can act on (UserError first)."""
+    from ..nanny import NannyStartError
+
+    leaves = _leaves(exc)
+    for leaf in leaves:
+        if isinstance(leaf, (UserError, NannyStartError)):
+            return leaf
+    for leaf in leaves:
+        if isinstance(leaf, (OSError, ValueError, trio.TooSlowError)):
+            return leaf
+    return None
 
 
 _taken: set[int] = set()

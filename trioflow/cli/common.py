@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import logging
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -213,6 +214,24 @@ def load_preload(spec: str, option: str = "--preload") -> ModuleType:
         raise UserError(f"{option}: cannot import {spec!r}: {type(exc).__name__}: {exc}") from None
 
 
+def check_preload(spec: str, option: str = "--preload") -> None:
+    """Fail early if ``spec`` cannot be found, without running it here.
+
+    For ``--preload`` under a nanny the module runs in the worker process,
+    not in this one; a user can still learn about a typo at once.
+    """
+    if spec.endswith(".py") or os.sep in spec:
+        if not os.path.isfile(os.path.abspath(spec)):
+            raise UserError(f"{option}: no such file {spec!r}")
+        return
+    try:
+        found = importlib.util.find_spec(spec)
+    except Exception as exc:  # noqa: BLE001 - a parent package failed to import
+        raise UserError(f"{option}: cannot import {spec!r}: {type(exc).__name__}: {exc}") from None
+    if found is None:
+        raise UserError(f"{option}: cannot import {spec!r}: no module named {spec!r}")
+
+
 async def _call_hook(module: ModuleType, name: str, server: Any) -> None:
     fn: Callable[..., Any] | None = getattr(module, name, None)
     if fn is None:
@@ -259,11 +278,42 @@ async def close_on_signals(close: Callable[[], None], *, task_status: trio.TaskS
 
 
 def run_worker_process(config: dict[str, Any], *, ready_fd: int = -1, watch_stdin: bool = False) -> int:
-    """Run one worker in this process (the nanny's child); returns the exit code."""
+    """Run one worker in this process (the nanny's child); returns the exit code.
+
+    Talks to the nanny over ``ready_fd`` in lines: ``ALIVE`` once the
+    configuration is read (the nanny's start-up timeout stops there: waiting
+    for the scheduler may legitimately take long), then either
+    ``READY <address>`` once registered and preloaded, or ``ERROR <one line>``
+    when the worker cannot start (exit code 3: the nanny gives up rather than
+    restart a worker that cannot work).  Exit 0 means the worker meant to stop.
+    """
     setup_logging()
+
+    def tell(line: str) -> None:
+        nonlocal ready_fd
+        if ready_fd < 0:
+            return
+        try:
+            os.write(ready_fd, (line.replace("\n", " ") + "\n").encode())
+        except OSError:
+            pass
+
+    def finish(line: str) -> None:
+        nonlocal ready_fd
+        tell(line)
+        if ready_fd >= 0:
+            os.close(ready_fd)
+            ready_fd = -1
+
+    tell("ALIVE")
     from ..worker.server import Worker
 
-    preload = [load_preload(p) for p in config.get("preload") or []]
+    try:
+        preload = [load_preload(p) for p in config.get("preload") or []]
+    except UserError as exc:
+        logger.error("%s", exc)
+        finish(f"ERROR {exc}")
+        return 3
     security = Security.from_dict(config["security"]) if config.get("security") else None
     worker = Worker(
         config["scheduler_address"],
@@ -279,24 +329,53 @@ def run_worker_process(config: dict[str, Any], *, ready_fd: int = -1, watch_stdi
         death_timeout=config.get("death_timeout"),
         nanny=config.get("nanny", ""),
         dashboard_address=config.get("dashboard_address"),
+        dashboard_prefix=config.get("dashboard_prefix") or "",
         **(config.get("options") or {}),
     )
 
     async def main() -> int:
         async with trio.open_nursery() as nursery:
-            await nursery.start(close_on_signals, worker.close)
+            startup = trio.CancelScope()
+            started = False
+
+            def on_signal() -> None:
+                # Before registration there is nothing to hand back: stop
+                # waiting for the scheduler.  After it, leave politely so the
+                # scheduler does not count running tasks as lost.
+                if started:
+                    nursery.start_soon(worker.aclose, "signal")
+                else:
+                    startup.cancel()
+
+            await nursery.start(close_on_signals, on_signal)
             if watch_stdin:
                 nursery.start_soon(_watch_parent, worker)
+            with startup:
+                try:
+                    await nursery.start(worker.serve)
+                except BaseException as exc:  # noqa: BLE001 - sorted out below
+                    leaf = _user_leaf(exc)
+                    if leaf is None:
+                        raise
+                    msg = f"worker failed to start: {describe_exception(leaf)}"
+                    logger.error("%s", msg)
+                    finish(f"ERROR {msg}")
+                    nursery.cancel_scope.cancel()
+                    return 3
+                started = True
+            if not started:  # a signal during start-up
+                finish("ERROR worker stopped during start-up")
+                nursery.cancel_scope.cancel()
+                return 0
             try:
-                await nursery.start(worker.serve)
-            except (CommError, OSError) as exc:
-                logger.error("worker failed to start: %s", describe_exception(exc))
+                await preload_setup(preload, worker)
+            except UserError as exc:
+                logger.error("%s", exc)
+                finish(f"ERROR {exc}")
+                await worker.aclose(str(exc))
                 nursery.cancel_scope.cancel()
                 return 3
-            if ready_fd >= 0:
-                os.write(ready_fd, f"READY {worker.address}\n".encode())
-                os.close(ready_fd)
-            await preload_setup(preload, worker)
+            finish(f"READY {worker.address}")
             await worker._closed.wait()
             await preload_teardown(preload, worker)
             nursery.cancel_scope.cancel()
@@ -307,21 +386,49 @@ def run_worker_process(config: dict[str, Any], *, ready_fd: int = -1, watch_stdi
         code = trio.run(main)
     except* KeyboardInterrupt:
         pass
+    finally:
+        if ready_fd >= 0:  # died of a bug before saying why: EOF reads as a crash
+            os.close(ready_fd)
     return code
 
 
+def _user_leaf(exc: BaseException) -> BaseException | None:
+    """The failure a user can fix inside ``exc`` (maybe an exception group), or None."""
+    if isinstance(exc, BaseExceptionGroup):
+        for e in exc.exceptions:
+            leaf = _user_leaf(e)
+            if leaf is not None:
+                return leaf
+        return None
+    if isinstance(exc, (UserError, CommError, OSError, ValueError, ProtocolError, trio.TooSlowError)):
+        return exc
+    return None
+
+
 async def _watch_parent(worker: Any) -> None:
-    """Close the worker when stdin (a pipe from the nanny) reaches EOF."""
+    """Close the worker when stdin (a pipe from the nanny) reaches EOF.
+
+    The nanny died (maybe by SIGKILL): nobody supervises this process any
+    more, so it must be gone within a second, even with a task stuck in a
+    thread.
+    """
     stream = trio.lowlevel.FdStream(os.dup(0))
     try:
         while True:
             data = await stream.receive_some(1024)
             if not data:
-                logger.warning("nanny went away; closing worker")
-                worker.close("nanny gone")
-                return
+                break
     finally:
         await stream.aclose()
+    logger.warning("nanny went away; closing worker")
+    worker.close("nanny gone")
+    with trio.move_on_after(0.7):
+        await worker._closed.wait()
+        return
+    logger.warning("worker did not close in time; exiting now")
+    if worker.local_directory:
+        shutil.rmtree(worker.local_directory, ignore_errors=True)
+    os._exit(1)
 
 
 def default_nthreads(nprocs: int) -> int:
@@ -334,6 +441,7 @@ __all__ = [
     "close_on_signals",
     "default_nthreads",
     "interface_address",
+    "check_preload",
     "load_preload",
     "make_security",
     "memory_limit_option",

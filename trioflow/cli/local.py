@@ -9,7 +9,7 @@ from typing import Any
 import click
 import trio
 
-from . import group
+from . import _run, group
 from .common import close_on_signals, default_nthreads, memory_limit_option, setup_logging
 
 logger = logging.getLogger("trioflow.cli")
@@ -21,9 +21,12 @@ logger = logging.getLogger("trioflow.cli")
 @click.option("--memory-limit", type=str, default="auto", show_default=True, help="Memory per worker")
 @click.option("--port", type=int, default=8786, show_default=True, help="Scheduler port (0 for any)")
 @click.option("--dashboard-address", type=str, default="127.0.0.1:8787", show_default=True, help="Address of the diagnostics page")
+@click.option("--dashboard/--no-dashboard", "dashboard", default=True, show_default=True, help="Serve the diagnostics page")
 @click.option("--demo/--no-demo", default=False, help="Run a short real workload with a progress bar once the cluster is up")
 @click.option("--processes/--no-processes", default=True, show_default=True, help="Workers as nanny-supervised processes")
-def local_command(n_workers: int, nthreads: int | None, memory_limit: str, port: int, dashboard_address: str, demo: bool, processes: bool) -> None:
+def local_command(
+    n_workers: int, nthreads: int | None, memory_limit: str, port: int, dashboard_address: str, dashboard: bool, demo: bool, processes: bool
+) -> None:
     """Start a scheduler, workers and the live page here; Ctrl+C stops everything."""
     setup_logging()
     nthreads = nthreads or default_nthreads(n_workers)
@@ -39,7 +42,7 @@ def local_command(n_workers: int, nthreads: int | None, memory_limit: str, port:
             memory_limit=limit,
             host="127.0.0.1",
             scheduler_port=port,
-            dashboard_address=dashboard_address,
+            dashboard_address=dashboard_address if dashboard else None,
         ) as cluster:
             done = trio.Event()
             async with trio.open_nursery() as nursery:
@@ -50,7 +53,7 @@ def local_command(n_workers: int, nthreads: int | None, memory_limit: str, port:
                 if demo:
                     async with open_client(cluster) as client:
                         await run_demo(client)
-                print(f"\\ntrioflow is running: scheduler {cluster.scheduler_address}", flush=True)
+                print(f"\ntrioflow is running: scheduler {cluster.scheduler_address}", flush=True)
                 if cluster.dashboard_link:
                     print(f"live page: {cluster.dashboard_link}", flush=True)
                 print("press Ctrl+C to stop", flush=True)
@@ -58,10 +61,7 @@ def local_command(n_workers: int, nthreads: int | None, memory_limit: str, port:
                 nursery.cancel_scope.cancel()
         print("stopped; everything cleaned up", flush=True)
 
-    try:
-        trio.run(main)
-    except* KeyboardInterrupt:
-        pass
+    _run(main)
 
 
 def _slow_square(x: int) -> int:

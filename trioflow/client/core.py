@@ -121,6 +121,10 @@ class AsyncClient:
         self._refcount: dict[str, int] = {}
         self._ref_lock = threading.Lock()
         self._to_release: list[str] = []
+        # Scattered keys waiting for the scheduler to acknowledge them.
+        self._scatter_acks: dict[str, trio.Event] = {}
+        # KeyCancelled replies still to come for our own cancel() calls.
+        self._cancel_echoes: dict[str, int] = {}
         self._release_scheduled = False
         self._batched: BatchedSend | None = None
         self._pool: ConnectionPool | None = None
@@ -198,12 +202,24 @@ class AsyncClient:
                     st = self._states.get(msg.key)
                     if st is not None:
                         st.finish()
+                    ack = self._scatter_acks.pop(msg.key, None)
+                    if ack is not None:
+                        ack.set()
                 elif t is m.KeyErred:
                     st = self._states.get(msg.key)
                     if st is not None:
                         st.err(msg.exception, msg.exception_text, msg.traceback_text, msg.type_name)
                 elif t is m.KeyCancelled:
-                    st = self._states.get(msg.key)
+                    echoes = self._cancel_echoes.get(msg.key, 0)
+                    if echoes:
+                        # Our own cancel(), applied when we sent it; a future
+                        # submitted since then under the same key must live.
+                        if echoes == 1:
+                            del self._cancel_echoes[msg.key]
+                        else:
+                            self._cancel_echoes[msg.key] = echoes - 1
+                        continue
+                    st = self._states.pop(msg.key, None)
                     if st is not None:
                         st.cancel(msg.reason or "cancelled")
                 elif t is m.SchedulerClosing:
@@ -224,6 +240,9 @@ class AsyncClient:
         for st in self._states.values():
             if st.status == "pending":
                 st.lose(reason)
+        for ack in self._scatter_acks.values():
+            ack.set()
+        self._scatter_acks.clear()
 
     def _send(self, msg: m.Message) -> None:
         if self._batched is None or self.status != "running":
@@ -311,7 +330,7 @@ class AsyncClient:
                 key = f"{funcname(func)}-{uuid.uuid4().hex}"
         for d in deps:
             if d not in self._states:
-                raise ValueError(f"argument future {d!r} does not belong to this client (or was released)")
+                raise ValueError(f"argument future {d!r} does not belong to this client (or was cancelled or released)")
         if isinstance(workers, str):
             workers = [workers]
         return m.TaskSpec(
@@ -555,13 +574,16 @@ class AsyncClient:
                 else:
                     by_worker.setdefault(holders[attempt % len(holders)], []).append(k)
             results: dict[str, Serialized] = {}
+            failed: list[BaseException] = []
 
             async def fetch(addr: str, ks: list[str]) -> None:
                 try:
                     reply = await self._pool.rpc(addr, m.GetData(keys=ks), m.DataReply, timeout=max(self.timeout, 300))  # type: ignore[union-attr]
                 except RemoteError as exc:
-                    raise SerializationError(str(exc)) from None
-                except (CommError, OSError) as exc:
+                    # Kept, not raised here: out of the nursery it would be an ExceptionGroup.
+                    failed.append(SerializationError(str(exc)))
+                    return
+                except (CommError, OSError, trio.TooSlowError) as exc:
                     logger.info("gather: %s unreachable: %s", addr, exc)
                     self._pool.drop(addr)  # type: ignore[union-attr]
                     return
@@ -570,6 +592,8 @@ class AsyncClient:
             async with trio.open_nursery() as n:
                 for addr, ks in by_worker.items():
                     n.start_soon(fetch, addr, ks)
+            if failed:
+                raise failed[0]
             for k, ser in results.items():
                 out[k] = loads(ser)
             remaining = [k for k in remaining if k not in out]
@@ -614,24 +638,58 @@ class AsyncClient:
             raise ValueError("no workers to scatter to" + (f" (asked for {workers!r})" if workers is not None else ""))
         placement: dict[str, dict[str, Serialized]] = {}
         who_has: dict[str, list[str]] = {}
-        for i, (k, ser) in enumerate(sers):
+        # A repeated value (same hash, same key) is stored once: a second
+        # copy on another worker would be unknown to the scheduler, which
+        # could then never free it.
+        unique = dict(sers)
+        for i, (k, ser) in enumerate(unique.items()):
             chosen = targets if broadcast else [targets[i % len(targets)]]
             for a in chosen:
                 placement.setdefault(a, {})[k] = ser
             who_has[k] = list(chosen)
 
+        failures: dict[str, BaseException] = {}
+
         async def put(addr: str, d: dict[str, Serialized]) -> None:
+            # Failures are collected, not raised: raised in the nursery they
+            # would reach the caller as an ExceptionGroup.
             assert self._pool is not None
-            await self._pool.rpc(addr, m.PutData(data=d), m.Ok, timeout=max(self.timeout, 300))
+            try:
+                await self._pool.rpc(addr, m.PutData(data=d), m.Ok, timeout=max(self.timeout, 300))
+            except RemoteError as exc:  # the worker could not unpickle it
+                failures[addr] = SerializationError(f"{addr}: {exc}")
+            except (CommError, OSError, trio.TooSlowError) as exc:
+                failures[addr] = CommError(f"could not scatter to {addr}: {exc!r}")
 
         async with trio.open_nursery() as n:
             for addr, d in placement.items():
                 n.start_soon(put, addr, d)
-        nbytes = {k: ser.nbytes for k, ser in sers}
+        nbytes = {k: ser.nbytes for k, ser in unique.items()}
+        if failures:
+            # Copies that did land are registered and then released at once
+            # (their futures die here), so no worker keeps data that the
+            # scheduler does not know of and so could never free.
+            landed = {k: [a for a in addrs if a not in failures] for k, addrs in who_has.items()}
+            landed = {k: addrs for k, addrs in landed.items() if addrs}
+            if landed:
+                doomed = [Future(k, self) for k in landed]
+                self._send(m.UpdateData(who_has=landed, nbytes={k: nbytes[k] for k in landed}))
+                del doomed
+            raise next(iter(failures.values()))
         futures = [Future(k, self) for k, _ in sers]
+        # The scheduler answers every scattered key with KeyInMemory on our
+        # stream.  Wait for that, so that once scatter returns the scheduler
+        # knows the data: who_has, has_what and other clients see it.  (Sent
+        # on the stream, not as a request, to stay in order with releases.)
+        acks = [self._scatter_acks.setdefault(k, trio.Event()) for k in who_has]
         self._send(m.UpdateData(who_has=who_has, nbytes=nbytes))
-        for f in futures:
-            f._state.finish()
+        with trio.move_on_after(self.timeout):
+            for ack in acks:
+                await ack.wait()
+        if self.status != "running":
+            raise FutureLostError(f"client is {self.status}; scatter did not complete")
+        if not all(ack.is_set() for ack in acks):
+            raise TimeoutError(f"the scheduler did not acknowledge the scattered data within {self.timeout}s")
         if isinstance(data, dict):
             return dict(zip(data.keys(), futures, strict=True))
         if isinstance(data, (list, tuple, set, frozenset)):
@@ -642,10 +700,17 @@ class AsyncClient:
 
     async def _cancel_async(self, futures: Any) -> None:
         flat = _flatten_futures(futures)
-        keys = [f.key for f in flat]
+        keys = list(dict.fromkeys(f.key for f in flat))
         self._send(m.CancelKeys(keys=keys))
+        for k in keys:
+            # Forget the state, so that submitting the same key again makes a
+            # fresh future instead of one that is already cancelled.  The
+            # scheduler will echo KeyCancelled for each key we still held.
+            if self._states.pop(k, None) is not None:
+                self._cancel_echoes[k] = self._cancel_echoes.get(k, 0) + 1
         for f in flat:
-            if not f.done():
+            # Finished ones too: the scheduler drops their data.
+            if f.status != "cancelled":
                 f._state.cancel()
         await trio.lowlevel.checkpoint()
 
@@ -713,6 +778,9 @@ class AsyncClient:
         if workers is not None:
             wanted = [workers] if isinstance(workers, str) else list(workers)
             names = {w.name: a for a, w in ident.workers.items()}
+            unknown = [w for w in wanted if w not in ident.workers and w not in names]
+            if unknown:
+                raise ValueError(f"run(): no worker with address or name {unknown[0]!r}")
             targets = [names.get(w, w) for w in wanted]
         fbytes = dumps_function(function)
         args_ser = dumps((args, kwargs))
@@ -720,10 +788,19 @@ class AsyncClient:
         errors: list[BaseException] = []
 
         async def one(addr: str) -> None:
+            # Errors are collected, not raised: raised in the nursery they
+            # would reach the caller as an ExceptionGroup.
             assert self._pool is not None
-            reply = await self._pool.rpc(addr, m.RunFunction(function=fbytes, args=args_ser), m.RunReply)
+            try:
+                reply = await self._pool.rpc(addr, m.RunFunction(function=fbytes, args=args_ser), m.RunReply)
+            except (CommError, OSError, RemoteError, trio.TooSlowError) as exc:
+                errors.append(exc)
+                return
             if reply.result is not None:
-                results[addr] = loads(reply.result)
+                try:
+                    results[addr] = loads(reply.result)
+                except SerializationError as exc:
+                    errors.append(exc)
             else:
                 st = FutureState()
                 st.err(reply.exception, reply.exception_text, reply.traceback_text, reply.type_name)

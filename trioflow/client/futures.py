@@ -225,8 +225,11 @@ class Future:
             return None if self._state.status == "finished" else self._state.make_exception()
 
         async def _exc() -> Any:
-            with trio.fail_after(timeout if timeout is not None else float("inf")):
+            # TimeoutError, not trio.TooSlowError: the same as result(timeout).
+            with trio.move_on_after(timeout if timeout is not None else float("inf")):
                 await self._state.wait()
+            if not self._state.done():
+                raise TimeoutError(f"future {self.key!r} not done after {timeout}s")
             return None if self._state.status == "finished" else self._state.make_exception()
 
         return _exc()

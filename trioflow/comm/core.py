@@ -69,6 +69,8 @@ __all__ = [
 _BUFSIZE = 256 * 1024
 _SMALL = 64 * 1024
 _U32 = struct.Struct("<I")
+# TLS record content types: change_cipher_spec, alert, handshake, application_data
+_TLS_RECORD_TYPES = (20, 21, 22, 23)
 
 #: Limits on what a peer may send before the handshake is complete.
 HANDSHAKE_LIMITS = Limits(max_header=64 * 1024, max_message=64 * 1024, max_frames=4)
@@ -172,6 +174,8 @@ class StreamComm(Comm):
         self._send_lock = trio.StrictFIFOLock()
         self._closed = False
         self._closed_locally = False
+        self._messages_received = 0
+        self._desynced = False
         self.local_address = local_address
         self.peer_address = peer_address
         self.bytes_received = 0
@@ -234,6 +238,10 @@ class StreamComm(Comm):
     async def recv(self) -> Message:
         """Receive one message.
 
+        .. warning:: Cancelling a receive that is waiting for a message is
+           safe; cancelling it once part of a message has arrived leaves the
+           comm unusable (later receives raise :class:`CommClosedError`).
+
         Raises:
             CommClosedError: the connection closed or broke; ``clean`` when
                 the peer hung up between messages, ``partial`` when it did
@@ -241,10 +249,16 @@ class StreamComm(Comm):
             ProtocolError: the peer sent something malformed or over a limit;
                 the comm should then be closed.
         """
+        if self._desynced:
+            raise CommClosedError(
+                f"connection to {self.peer_address} is unusable: a receive was interrupted "
+                "in the middle of a message"
+            )
         if self._pos == self._end:
             # Wait for the first byte of the next message into our buffer; an
             # end of stream here is a clean close, anywhere later a truncation.
-            self._pos = 0
+            # Cancelling this wait is harmless: nothing has been consumed.
+            self._pos = self._end = 0
             self._end = await self._receive_into(self._view)
         try:
             return await self._recv_rest()
@@ -256,9 +270,22 @@ class StreamComm(Comm):
                 ) from None
             exc.partial = True
             raise
+        except BaseException:
+            # Cancelled (or refused) part-way: where the next message starts
+            # is unknown, so this comm can never be read from again.
+            self._desynced = True
+            raise
 
     async def _recv_rest(self) -> Message:
-        (n,) = _U32.unpack(await self._read_exactly(4))
+        head = await self._read_exactly(4)
+        if not self._messages_received and head[0] in _TLS_RECORD_TYPES and head[1] == 3:
+            # A first message starting like a TLS record (handshake, alert):
+            # the peer speaks TLS and we do not.  A real first message has
+            # one frame, so this cannot be a trioflow frame count.
+            raise ProtocolError(
+                "peer speaks TLS on a plaintext connection (a tls:// peer on a tcp:// address?)"
+            )
+        (n,) = _U32.unpack(head)
         codec.check_count(n, self._limits)
         lengths = codec.check_prefix(await self._read_exactly(8 * n), n, self._limits)
         total = sum(lengths)
@@ -274,7 +301,9 @@ class StreamComm(Comm):
         for length in lengths:
             frames.append(data[off : off + length])
             off += length
-        return codec.decode(frames)
+        msg = codec.decode(frames)
+        self._messages_received += 1
+        return msg
 
     # ------------------------------------------------------------ writing
 
@@ -323,7 +352,7 @@ class StreamComm(Comm):
         return self._closed
 
     def is_reusable(self) -> bool:
-        if self._closed or self._pos != self._end:
+        if self._closed or self._desynced or self._pos != self._end:
             return False
         sock = self._sock
         if sock is None:
@@ -358,6 +387,12 @@ def _tighter(a: Limits, b: Limits) -> Limits:
         max_message=min(a.max_message, b.max_message),
         max_frames=min(a.max_frames, b.max_frames),
     )
+
+
+def _is_eof(exc: BaseException) -> bool:
+    """Did the peer hang up in the middle of a TLS handshake?"""
+    inner = exc.__cause__ or exc.__context__ or exc
+    return isinstance(inner, ssl.SSLEOFError) or getattr(inner, "reason", None) == "UNEXPECTED_EOF_WHILE_READING"
 
 
 def _cause(exc: BaseException) -> str:
@@ -407,9 +442,12 @@ async def client_handshake(comm: Comm, *, role: str, name: str, address: str = "
     except trio.TooSlowError:
         raise CommError(f"{comm.peer_address} did not answer the handshake within {timeout}s") from None
     except CommClosedError as exc:
+        if not exc.clean:
+            # A cause is known (a TLS alert, a reset): say that, not a guess.
+            raise CommClosedError(f"handshake failed: {exc}") from None
         raise CommClosedError(
-            f"{comm.peer_address} closed the connection during the handshake "
-            f"({_tls_hint(comm.peer_address)}): {exc}"
+            f"{comm.peer_address} closed the connection during the handshake ({_tls_hint(comm.peer_address)})",
+            clean=True,
         ) from None
     except HandshakeError:
         raise
@@ -528,7 +566,7 @@ async def connect(
     if addr.scheme == "inproc":
         from .inproc import connect_inproc
 
-        comm = await connect_inproc(addr, limits=limits)
+        comm: Comm = await connect_inproc(addr, limits=limits)
         try:
             await client_handshake(comm, role=role, name=name, address=local_address, timeout=timeout)
         except BaseException:
@@ -555,7 +593,10 @@ async def connect(
                 try:
                     await ssl_stream.do_handshake()
                 except (trio.BrokenResourceError, ssl.SSLError) as exc:
-                    raise CommError(f"TLS handshake with {addr} failed: {_cause(exc)}") from None
+                    hint = ""
+                    if _is_eof(exc):
+                        hint = "; or is it a plaintext server (tcp://)?"
+                    raise CommError(f"TLS handshake with {addr} failed: {_cause(exc)}{hint}") from None
             comm = StreamComm(stream, peer_address=str(addr), local_address=local_address, limits=limits)
             await client_handshake(comm, role=role, name=name, address=local_address, timeout=timeout)
             return comm

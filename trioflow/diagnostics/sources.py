@@ -121,6 +121,11 @@ class _Rate:
         self._t: float | None = None
         self._halflife = halflife
 
+    def prime(self, stops: Iterable[float], now: float, window: float = 2.0) -> None:
+        """Start from the recent past (finish times) instead of from zero."""
+        self.value = sum(1 for t in stops if t > now - window) / window
+        self._t = now
+
     def add(self, count: int, now: float) -> float:
         if self._t is None:
             self._t = now
@@ -254,6 +259,7 @@ class SchedulerSource:
         """The recent task stream, for a history that later snapshots extend."""
         items, _ = self._stream.take(limit)
         transfers, _ = self._transfers.take(limit)
+        self._rate.prime((e[3] for e in items), time.time())
         return [self._stream_entry(e) for e in items], [list(t)[:6] for t in transfers]
 
     @staticmethod
@@ -451,6 +457,7 @@ class WorkerSource:
     def seed(self, limit: int) -> tuple[list[list[Any]], list[list[Any]]]:
         items, _ = self._stream.take(limit)
         transfers, _ = self._transfers.take(limit)
+        self._rate.prime((e[2] for e in items), time.time())
         return [self._stream_entry(e) for e in items], [self._transfer_entry(t) for t in transfers]
 
     def row(self) -> dict[str, Any]:

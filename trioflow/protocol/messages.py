@@ -276,6 +276,14 @@ class CancelKeys(Message):
     keys: list[str]
 
 
+@message("fire-and-forget")
+class FireAndForget(Message):
+    """Keep computing these keys even after this client releases them; the
+    scheduler forgets each once it has finished (or failed)."""
+
+    keys: list[str]
+
+
 @message("update-data")
 class UpdateData(Message):
     """The client scattered these keys straight to these workers."""

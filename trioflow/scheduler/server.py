@@ -142,7 +142,8 @@ class Scheduler:
 
     def close(self) -> None:
         """Ask the scheduler to stop; :meth:`serve` returns soon after."""
-        self.status = "closing"
+        if self.status != "closed":  # closing a closed scheduler leaves it closed
+            self.status = "closing"
         self._close_event.set()
 
     async def aclose(self, timeout: float = 5) -> None:

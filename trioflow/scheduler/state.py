@@ -425,6 +425,8 @@ class SchedulerState:
         self.now = 0.0
         self._out: list[Instruction] = []
         self._pending_unrunnable: set[TaskState] = set()
+        self._maybe_unwanted: set[TaskState] = set()
+        self._to_run: set[TaskState] = set()
         # Per-prefix task counts by state, for progress displays.
         self.prefix_counts: dict[str, dict[str, int]] = {}
 
@@ -492,6 +494,9 @@ class SchedulerState:
                 forget.append(key)
         if forget:
             self._out.append(ToWorker(ws.address, FreeKeys(keys=forget)))
+        # Take in the data first: a task waiting to run may not be needed
+        # any more once a dependent's result is in memory.
+        self._transitions(recs)
         for ts in sorted(self.unrunnable, key=lambda t: t.priority):
             if ts.state == "no-worker" and self._valid_workers_now(ts, [ws]):
                 recs[ts] = "processing"
@@ -601,6 +606,7 @@ class SchedulerState:
             if key not in new_keys and key not in self.tasks:
                 raise InvalidEvent(f"the graph wants unknown key {key!r}")
         _check_acyclic(new_keys)
+        self._check_no_cycle_through_replaced(new_keys)
 
         self.generation += 1
         gen = self.generation
@@ -649,6 +655,35 @@ class SchedulerState:
                 recs[ts] = "forgotten"
         self._transitions(recs)
 
+    def _check_no_cycle_through_replaced(self, specs: dict[str, TaskSpec]) -> None:
+        """Raise InvalidEvent if a new run spec for known data closes a cycle.
+
+        Data with no run spec (scattered) that is released or erred takes
+        the spec sent for it, dependencies included.  Existing tasks may
+        depend on it, so those dependencies can close a cycle through the
+        known graph that :func:`_check_acyclic` (new keys only) cannot see.
+        """
+        replaced = [
+            k for k in specs if (ts := self.tasks.get(k)) is not None and ts.state in ("released", "erred") and not ts.runnable
+        ]
+        for root in replaced:
+            stack = list(specs[root].dependencies)
+            seen: set[str] = set()
+            while stack:
+                key = stack.pop()
+                if key == root:
+                    raise InvalidEvent(f"the graph has a cycle through {root!r}")
+                if key in seen:
+                    continue
+                seen.add(key)
+                ts = self.tasks.get(key)
+                if ts is None or key in replaced:
+                    stack.extend(specs[key].dependencies)
+                    if ts is not None:
+                        stack.extend(d.key for d in ts.dependencies)
+                else:
+                    stack.extend(d.key for d in ts.dependencies)
+
     def _release_keys(self, ev: ReleaseKeysEvent) -> None:
         cs = self.clients.get(ev.client)
         if cs is None:
@@ -667,16 +702,22 @@ class SchedulerState:
         cs = self.clients.get(ev.client)
         if cs is None:
             return
-        recs: dict[TaskState, str] = {}
         for key in ev.keys:
             ts = self.tasks.get(key)
             if ts is None:
                 continue
-            # Cancelling drops every client's claim on it and on what depends on it.
-            stack = [ts]
+            # Cancelling drops every client's claim on it and on what depends
+            # on it.  The walk lists dependents before their dependencies so
+            # that they are released first: releasing a dependency while a
+            # dependent still waits for it would only send it to run again.
+            order: list[TaskState] = []
             seen: set[TaskState] = set()
+            stack: list[tuple[TaskState, bool]] = [(ts, False)]
             while stack:
-                t = stack.pop()
+                t, finished = stack.pop()
+                if finished:
+                    order.append(t)
+                    continue
                 if t in seen:
                     continue
                 seen.add(t)
@@ -684,12 +725,15 @@ class SchedulerState:
                     t.who_wants.discard(c)
                     c.wants_what.discard(t)
                     self._out.append(ToClient(c.client_id, KeyCancelled(key=t.key, reason="cancelled")))
+                stack.append((t, True))
                 if t.state not in ("memory",):
-                    stack.extend(t.dependents)
-            for t in seen:
-                if not t.who_wants and t.state != "released":
-                    recs[t] = "released"
-        self._transitions(recs)
+                    stack.extend((d, False) for d in t.dependents if d not in seen)
+            for t in order:
+                # A result still needed by a dependent outside the cancelled
+                # set stays (_maybe_release checks the waiters).
+                recs: dict[TaskState, str] = {}
+                self._maybe_release(t, recs)
+                self._transitions(recs)
         recs = {}
         for ts in list(self.tasks.values()):
             if ts.state == "released" and not ts.who_wants and not ts.waiters and not ts.dependents:
@@ -787,14 +831,23 @@ class SchedulerState:
             if n < 0:
                 raise InvalidEvent(f"add-keys: negative size for {k!r}")
         forget = []
+        recs: dict[TaskState, str] = {}
         for key, n in ev.nbytes.items():
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "memory":
                 self._add_replica(ts, ws, n)
+            elif ts is not None and ts.state in ("processing", "waiting", "no-worker"):
+                # Wanted and not computed yet, but a copy exists: take it.
+                # Telling the worker to free it instead would also cancel the
+                # run of that key the worker may have been sent meanwhile,
+                # and the task would then be 'processing' for ever.
+                self._add_replica(ts, ws, n)
+                recs[ts] = "memory"
             else:
                 forget.append(key)
         if forget:
             self._out.append(ToWorker(ws.address, FreeKeys(keys=forget)))
+        self._transitions(recs)
 
     def _release_worker_data(self, ev: ReleaseWorkerDataEvent) -> None:
         ws = self.workers.get(ev.worker)
@@ -842,11 +895,18 @@ class SchedulerState:
         self.prefix_durations[prefix] = duration if old is None else 0.5 * old + 0.5 * duration
 
     def _add_replica(self, ts: TaskState, ws: WorkerState, nbytes: int) -> None:
+        # A key has one size; when a new report changes it, every holder's
+        # total moves with it, or removing a replica later would subtract
+        # the wrong amount and drive ``ws.nbytes`` away from (even below) 0.
+        delta = max(nbytes, 0) - max(ts.nbytes, 0)
+        if delta:
+            for other in ts.who_has:
+                other.nbytes += delta
+        ts.nbytes = nbytes
         if ws not in ts.who_has:
             ts.who_has.add(ws)
             ws.has_what[ts] = None
             ws.nbytes += max(nbytes, 0)
-        ts.nbytes = nbytes
 
     def _remove_replica(self, ts: TaskState, ws: WorkerState) -> None:
         ts.who_has.discard(ws)
@@ -958,15 +1018,45 @@ class SchedulerState:
     # ------------------------------------------------------------ transitions
 
     def _transitions(self, recs: dict[TaskState, str]) -> None:
-        while recs:
-            ts, finish = recs.popitem()
-            self._transition(ts, finish, recs)
+        """Run ``recs`` and everything they lead to, until nothing is left.
 
-    def _transition(self, ts: TaskState, finish: str, recs: dict[TaskState, str]) -> None:
+        Two kinds of decision wait until the cascade is quiet, because a
+        later transition in the same event can overturn them: releasing a
+        dependency that lost its last waiter (see :meth:`_drop_waiter`), and
+        sending a task to a worker.  Sending first and releasing later sends
+        a ``ComputeTask`` and a ``FreeKeys`` for the same key in one batch
+        (a worker thread spent for nothing); so tasks become 'processing'
+        only once all releases are done, highest priority first.
+        """
+        while True:
+            while recs:
+                ts, finish = recs.popitem()
+                self._transition(ts, finish, recs)
+            if self._maybe_unwanted:
+                candidates, self._maybe_unwanted = self._maybe_unwanted, set()
+                for dts in candidates:
+                    if not dts.waiters and not dts.who_wants and dts.state in ("memory", "waiting", "no-worker", "processing"):
+                        recs[dts] = "released"
+                if recs:
+                    continue
+            self._flush_unrunnable(recs)
+            if recs:
+                continue
+            if not self._to_run:
+                return
+            ready, self._to_run = self._to_run, set()
+            for ts in sorted(ready, key=lambda t: t.priority):
+                if ts.state in ("waiting", "no-worker") and not ts.waiting_on:
+                    self._transition(ts, "processing", recs, deferred=False)
+
+    def _transition(self, ts: TaskState, finish: str, recs: dict[TaskState, str], deferred: bool = True) -> None:
         start = ts.state
         if start == finish:
             return
         if start == "forgotten":
+            return
+        if deferred and finish == "processing" and start in ("waiting", "no-worker"):
+            self._to_run.add(ts)  # see _transitions
             return
         func = TRANSITIONS.get((start, finish))
         if func is None:
@@ -982,6 +1072,9 @@ class SchedulerState:
         end = ts.state
         if start == "processing-lost":
             start = "processing"
+        self._count_move(ts, start, end)
+
+    def _count_move(self, ts: TaskState, start: str, end: str) -> None:
         if end != start:
             counts = self.task_counts
             counts[start] -= 1
@@ -997,20 +1090,27 @@ class SchedulerState:
             raise InvalidTransition(f"{ts.key!r} has no run spec and cannot be computed")
         ts.state = "waiting"
         ts.waiting_on.clear()
+        # First see whether the task is bound to fail: then it fails without
+        # starting any of its other dependencies (which would be sent to the
+        # workers only to be taken back when this task errs).
         for dts in ts.dependencies:
-            if dts.state == "erred":
+            # An erred dependency already on its way to 'released' in this
+            # event is about to run again (its own dependency got data back):
+            # wait for it rather than fail with its stale, cleared error.
+            if dts.state == "erred" and recs.get(dts) != "released":
                 ts.exception_blame = dts.exception_blame or dts
                 recs[ts] = "erred"
-                continue
+                return
+            if dts.state == "released" and not dts.who_has and not dts.runnable:
+                self._set_exception(ts, LostData(f"dependency {dts.key!r} was scattered data that has been lost"))
+                recs[ts] = "erred"
+                return
+        for dts in ts.dependencies:
             dts.waiters.add(ts)
             if not dts.who_has:
                 ts.waiting_on.add(dts)
                 if dts.state == "released":
-                    if dts.runnable:
-                        recs[dts] = "waiting"
-                    else:
-                        self._set_exception(ts, LostData(f"dependency {dts.key!r} was scattered data that has been lost"))
-                        recs[ts] = "erred"
+                    recs[dts] = "waiting"
         if not ts.waiting_on and ts not in recs:
             recs[ts] = "processing"
 
@@ -1076,21 +1176,38 @@ class SchedulerState:
         ts.exception_blame = None
         ts.suspicious = 0
         self._became_memory(ts, recs)
-        self._flush_unrunnable(recs)
 
     def _became_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
         for dts in ts.dependents:
             dts.waiting_on.discard(ts)
-            if not dts.waiting_on and dts.state == "waiting":
+            # A dependent whose own result arrived in the same event is
+            # already headed for memory: running it would be wrong.
+            if not dts.waiting_on and dts.state == "waiting" and recs.get(dts) != "memory":
                 recs[dts] = "processing"
         for dts in ts.dependencies:
-            dts.waiters.discard(ts)
-            if not dts.waiters and not dts.who_wants and dts.state == "memory":
-                recs[dts] = "released"
+            self._drop_waiter(dts, ts, recs)
         for cs in ts.who_wants:
             self._out.append(ToClient(cs.client_id, KeyInMemory(key=ts.key, type_name=ts.result_type)))
         if not ts.who_wants and not ts.waiters:
             recs[ts] = "released"
+
+    def _drop_waiter(self, dts: TaskState, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        """``ts`` no longer needs its dependency ``dts``.
+
+        Once nothing waits for ``dts`` and no client wants it, it is released
+        whatever its state: a dependency still waiting, unrunnable or running
+        is as unwanted as one in memory, and left alone it would stay in that
+        state for ever (after its dependents are gone, nothing revisits it).
+
+        The check is made by :meth:`_transitions` once the event's other
+        transitions are done: ``ts`` is often on its way back to 'waiting'
+        (a retry, a lost worker) and will wait for ``dts`` again, and a
+        dependency released in between would be taken from its worker and
+        sent out again, or its data dropped and recomputed.
+        """
+        dts.waiters.discard(ts)
+        if not dts.waiters:
+            self._maybe_unwanted.add(dts)
 
     def _t_waiting_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
         # A result arrived for a task we were (re)waiting on: accept it.
@@ -1108,6 +1225,13 @@ class SchedulerState:
         self._became_memory(ts, recs)
 
     def _t_memory_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        if ts.who_has and (ts.who_wants or ts.waiters):
+            # A stale recommendation: the task was unwanted when it was made,
+            # but a later transition in the same event made a task wait for
+            # it again.  Lost data arrives here with no holders left, so
+            # keeping held, needed data is always right: dropping it would
+            # only make us compute it again.
+            return
         for ws in list(ts.who_has):
             self._remove_replica(ts, ws)
             self._out.append(ToWorker(ws.address, FreeKeys(keys=[ts.key])))
@@ -1119,6 +1243,8 @@ class SchedulerState:
                 if dts.state == "no-worker":
                     self.unrunnable.discard(dts)
                     dts.state = "waiting"
+                    # Not a table transition, so count it here.
+                    self._count_move(dts, "no-worker", "waiting")
             elif dts.state == "processing":
                 recs[dts] = "released"
         if ts.who_wants or ts.waiters:
@@ -1135,13 +1261,10 @@ class SchedulerState:
         if ws is not None and ts.state == "processing":
             self._out.append(ToWorker(ws.address, FreeKeys(keys=[ts.key])))
         self._to_released(ts, recs)
-        self._flush_unrunnable(recs)
 
     def _to_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
         for dts in ts.dependencies:
-            dts.waiters.discard(ts)
-            if not dts.waiters and not dts.who_wants and dts.state == "memory":
-                recs[dts] = "released"
+            self._drop_waiter(dts, ts, recs)
         ts.waiting_on.clear()
         ts.state = "released"
         if ts.who_wants or ts.waiters:
@@ -1159,13 +1282,10 @@ class SchedulerState:
     def _t_processing_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
         self._leave_processing(ts)
         self._to_erred(ts, recs)
-        self._flush_unrunnable(recs)
 
     def _to_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
         for dts in ts.dependencies:
-            dts.waiters.discard(ts)
-            if not dts.waiters and not dts.who_wants and dts.state == "memory":
-                recs[dts] = "released"
+            self._drop_waiter(dts, ts, recs)
         ts.waiting_on.clear()
         for ws in list(ts.who_has):
             self._remove_replica(ts, ws)
@@ -1223,8 +1343,11 @@ class SchedulerState:
     def _flush_unrunnable(self, recs: dict[TaskState, str]) -> None:
         if self._pending_unrunnable:
             for t in self._pending_unrunnable:
+                # setdefault: a task already headed elsewhere in this event
+                # (released because nothing wants it any more) must not be
+                # sent to run instead.
                 if t.state == "no-worker":
-                    recs[t] = "processing"
+                    recs.setdefault(t, "processing")
             self._pending_unrunnable.clear()
 
     # ------------------------------------------------------------ checking
@@ -1281,12 +1404,15 @@ class SchedulerState:
             for dts in ts.waiters:
                 assert dts.state in ("waiting", "no-worker", "processing"), f"{dts!r} waits on {ts!r}"
                 assert ts in dts.dependencies
+            if ts.state in ("waiting", "no-worker", "processing"):
+                assert ts.who_wants or ts.waiters, f"{ts!r} is active but nothing wants it"
             if ts.state in ("released", "erred", "memory") and not ts.who_wants and not ts.waiters:
                 if ts.state == "memory":
                     raise AssertionError(f"{ts!r} in memory but unwanted")
                 if not ts.dependents:
                     raise AssertionError(f"{ts!r} should have been forgotten")
         assert counts == self.task_counts, (counts, self.task_counts)
+        assert not self._to_run and not self._maybe_unwanted and not self._pending_unrunnable
         for address, ws in self.workers.items():
             assert ws.address == address
             for ts in ws.processing:
@@ -1362,7 +1488,10 @@ TRANSITIONS: dict[tuple[str, str], Any] = {
     ("processing", "memory"): S._t_processing_memory,
     ("processing", "released"): S._t_processing_released,
     ("processing", "erred"): S._t_processing_erred,
-    ("processing", "waiting"): lambda self, ts, recs: (S._t_processing_released(self, ts, recs)),
+    # A retry: release (which sends the task back to waiting while it is
+    # wanted).  This was a lambda calling ``S.…``, a NameError once ``S`` is
+    # deleted below, so every retry crashed the scheduler.
+    ("processing", "waiting"): S._t_processing_released,
     ("processing-lost", "released"): S._t_processing_released,
     ("processing-lost", "erred"): S._t_processing_erred,
     ("memory", "released"): S._t_memory_released,

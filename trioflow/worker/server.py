@@ -106,13 +106,36 @@ def _error_record(key: str, exc: BaseException, start: float, stop: float, index
     return ("err", key, ser, f"{type(exc).__name__}: {exc}", tb, type(exc).__name__, start, stop, index)
 
 
+def _load_task(function: bytes, args: Serialized, deps: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """Unpickle a task's function and arguments.
+
+    Raises:
+        Exception: what unpickling raised (a module missing on this worker is
+            an ImportError the user can act on), not our SerializationError
+            around it.
+    """
+    try:
+        func = loads_function(function)
+        a, kw = loads_with_deps(args, deps)
+    except SerializationError as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, Exception):
+            raise
+    else:
+        return func, a, kw
+    # Raised outside the except block: inside it, the cause would get the
+    # wrapper as its __context__, a cycle (the wrapper's __cause__ is the
+    # cause) that recursive exception picklers never finish (tblib's, which
+    # importing dask installs), and the error could not travel.
+    raise cause
+
+
 def _make_job(key: str, function: bytes, args: Serialized, deps: dict[str, Any]) -> Any:
     def job() -> tuple[Any, ...]:
         index = getattr(thread_state, "thread_index", 0)
         start = time.time()
         try:
-            func = loads_function(function)
-            a, kw = loads_with_deps(args, deps)
+            func, a, kw = _load_task(function, args, deps)
             thread_state.key = key
             result = func(*a, **kw)
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
@@ -255,7 +278,8 @@ class Worker:
         """Ask the worker to stop; :meth:`serve` returns soon after."""
         if not self.close_reason:
             self.close_reason = reason
-        self.status = "closing"
+        if self.status != "closed":  # closing a closed worker leaves it closed
+            self.status = "closing"
         self._close_event.set()
 
     async def aclose(self, reason: str = "closed", *, timeout: float = 5) -> None:
@@ -452,7 +476,11 @@ class Worker:
         try:
             deps = {k: self.data[k] for k in inst.dependencies}
         except KeyError as exc:
-            self.executor.submit(lambda: _error_record(inst.key, RuntimeError(f"dependency {exc} missing on {self.address}"), 0.0, 0.0, 0))
+            # Make the error now: ``exc`` is unbound once this block ends, and
+            # a job that raises NameError instead would leave the task
+            # 'executing' for ever.
+            err = RuntimeError(f"dependency {exc} missing on {self.address}")
+            self.executor.submit(lambda: _error_record(inst.key, err, 0.0, 0.0, 0))
             return
         self.executor.submit(_make_job(inst.key, inst.function, inst.args, deps))
 
@@ -493,6 +521,14 @@ class Worker:
                     logger.debug("ignored execution result: %s", exc)
                     continue
                 self._run_instructions(instructions)
+                # Workaround: the scheduler never sends FreeKeys for a task that
+                # erred here (SchedulerState frees only holders of data), so a
+                # failed task would stay in our state, run spec and all, for
+                # ever.  We never need it again (a retry arrives as a new
+                # ComputeTask), so forget it as soon as it is reported.
+                failed = [ev.key for ev in events if type(ev) is ws.ExecuteFailure]
+                if failed:
+                    self._handle(ws.FreeKeysEvent(keys=failed))
 
     async def _gather_dep(self, inst: ws.GatherDep) -> None:
         assert self.pool is not None

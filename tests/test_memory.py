@@ -1,0 +1,78 @@
+"""The worker's spilling store and memory-size parsing."""
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from trioflow.memory import format_bytes, parse_bytes, parse_memory_limit
+from trioflow.worker.memory import SpillBuffer
+
+
+def test_parse_bytes() -> None:
+    assert parse_bytes("5GB") == 5_000_000_000
+    assert parse_bytes("5000M") == 5_000_000_000
+    assert parse_bytes("1.5 GiB") == int(1.5 * 2**30)
+    assert parse_bytes(123) == 123
+    assert parse_bytes("10e3") == 10_000
+    for bad in ("lots", "5 XB", "", "-3GB"):
+        with pytest.raises(ValueError, match="not a size"):
+            parse_bytes(bad)
+
+
+def test_parse_memory_limit() -> None:
+    total = 8_000_000_000
+    assert parse_memory_limit(0, total=total) == 0
+    assert parse_memory_limit("0", total=total) == 0
+    assert parse_memory_limit(None, total=total) == 0
+    assert parse_memory_limit(0.5, total=total) == 4_000_000_000
+    assert parse_memory_limit("2GB", total=total) == 2_000_000_000
+    assert parse_memory_limit("auto", n_workers=4, total=total) == 2_000_000_000
+    assert parse_memory_limit("100GB", total=total) == total  # capped at the machine
+    with pytest.raises(ValueError):
+        parse_memory_limit("lots", total=total)
+    with pytest.raises(ValueError):
+        parse_memory_limit(-5, total=total)
+    assert format_bytes(2_500_000) == "2.50 MB"
+
+
+def test_spill_lru_to_disk_and_back(tmp_path) -> None:
+    buf = SpillBuffer(str(tmp_path / "spill"), target=3_000_000)
+    arrays = {f"x{i}": np.full(1_000_000 // 8, i, dtype="f8") for i in range(6)}
+    for k, v in arrays.items():
+        buf[k] = v
+    # At most ~3 MB stays in memory; the oldest went to disk.
+    assert buf.fast_bytes <= 3_000_000
+    assert "x0" in buf.slow and "x5" in buf.fast
+    assert len(os.listdir(tmp_path / "spill")) == len(buf.slow)
+    # Reading a spilled value brings it back intact and evicts another.
+    np.testing.assert_array_equal(buf["x0"], arrays["x0"])
+    assert "x0" in buf.fast
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(buf[k], v)
+    assert len(buf) == 6
+    del buf["x1"]
+    assert "x1" not in buf
+    assert len(os.listdir(tmp_path / "spill")) == len(buf.slow)
+    buf.close()
+    assert not (tmp_path / "spill").exists()
+
+
+def test_oversized_value_goes_straight_to_disk(tmp_path) -> None:
+    buf = SpillBuffer(str(tmp_path / "s"), target=1000)
+    buf["big"] = b"x" * 10_000
+    assert "big" in buf.slow and buf.fast_bytes == 0
+    assert buf["big"] == b"x" * 10_000
+    buf.close()
+
+
+def test_unpicklable_values_stay_in_memory(tmp_path) -> None:
+    buf = SpillBuffer(str(tmp_path / "s"), target=10)
+    lock = threading.Lock()
+    buf.set("lock", lock, 1_000)
+    buf.set("data", b"y" * 100, 100)
+    assert buf["lock"] is lock
+    assert "lock" in buf.fast
+    assert buf["data"] == b"y" * 100
+    buf.close()

@@ -1,0 +1,77 @@
+"""Server-rendered pages: the plain workers table (no JavaScript needed)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+__all__ = ["workers_page", "format_bytes"]
+
+
+def format_bytes(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def _worker_link(row: dict[str, Any]) -> str:
+    port = row.get("dashboard")
+    if not port:
+        return ""
+    address = str(row["address"])
+    host = address.split("://", 1)[-1].rsplit(":", 1)[0]
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        host = "127.0.0.1"
+    url = f"http://{host}:{int(port)}/status"
+    return f'<a href="{html.escape(url)}">page</a>'
+
+
+def workers_page(source: Any, prefix: str) -> str:
+    """The ``/workers`` page of a scheduler (or a worker's own row)."""
+    rows = source.worker_rows()
+    title = html.escape(source.title)
+    body = []
+    for r in rows:
+        limit = r["memory_limit"]
+        mem = format_bytes(r["memory"]) + (f" / {format_bytes(limit)}" if limit else "")
+        body.append(
+            "<tr>"
+            f"<td>{html.escape(r['name'])}</td>"
+            f"<td class=mono>{html.escape(r['address'])}</td>"
+            f"<td class=num>{r['nthreads']}</td>"
+            f"<td class=num>{mem}</td>"
+            f"<td class=num>{format_bytes(r['managed'])}</td>"
+            f"<td class=num>{format_bytes(r['spilled'])}</td>"
+            f"<td class=num>{r['cpu']:.0f}%</td>"
+            f"<td class=num>{r['processing']}</td>"
+            f"<td class=num>{r['held']}</td>"
+            f"<td class=num>{format_bytes(r['bandwidth'])}/s</td>"
+            f"<td>{html.escape(str(r['status']))}</td>"
+            f"<td>{_worker_link(r)}</td>"
+            "</tr>"
+        )
+    if not body:
+        body.append('<tr><td colspan="12" class="empty">no workers</td></tr>')
+    p = html.escape(prefix)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="5">
+<title>Workers · {title}</title>
+<link rel="icon" href="{p}/static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="{p}/static/dashboard.css"></head>
+<body class="plain">
+<header class="topbar"><div class="brand"><img src="{p}/static/favicon.svg" alt="" width="22" height="22"> trioflow</div>
+<div class="address">{title}</div><nav class="links"><a href="{p}/status">live page</a></nav></header>
+<main><section class="panel"><div class="panel-head"><h2>Workers <span class="muted">({len(rows)})</span></h2></div>
+<table class="table" id="workers-plain"><thead><tr>
+<th>Name</th><th>Address</th><th class=num>Threads</th><th class=num>Memory</th><th class=num>Managed</th>
+<th class=num>Spilled</th><th class=num>CPU</th><th class=num>Processing</th><th class=num>Held</th>
+<th class=num>Bandwidth</th><th>Status</th><th>Dashboard</th></tr></thead>
+<tbody>
+{"".join(body)}
+</tbody></table></section></main></body></html>
+"""
