@@ -1105,3 +1105,44 @@ async def test_run_errors(cc: tuple[InProcessCluster, AsyncClient]) -> None:
             await c.run(inc, 1, workers=["nobody"])
         with pytest.raises(SerializationError, match="(?i)lock"):
             await c.run(return_lock)
+
+
+async def test_errors_leave_the_context_managers_unwrapped() -> None:
+    from trioflow import CommError
+
+    with trio.fail_after(10):
+        # not an ExceptionGroup: ``except Boom`` around the block must work
+        with pytest.raises(Boom, match="boom 3"):
+            async with open_cluster(n_workers=1) as cluster, open_client(cluster) as c:
+                await (await c.submit(fail, 3))
+        with pytest.raises(KeyError):
+            async with open_cluster(n_workers=0):
+                raise KeyError("mine")
+        with pytest.raises(CommError, match="could not connect"):
+            async with open_client("tcp://127.0.0.1:1", timeout=2):
+                pass
+
+
+async def test_cancelled_from_outside(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, _ = cc
+    with trio.fail_after(10):
+        with trio.move_on_after(0.05) as scope:
+            async with open_client(cluster) as c2:
+                f = await c2.submit(blocked, "outside")
+                await f
+        assert scope.cancelled_caught
+        assert c2.status == "closed" and f.status == "lost"
+
+
+async def test_scheduler_goes_away() -> None:
+    from trioflow import FutureLostError
+
+    with trio.fail_after(10):
+        async with cluster_client(n_workers=1) as (cluster, c):
+            f = await c.submit(blocked, "orphaned")
+            await cluster.scheduler.aclose()
+            with pytest.raises(FutureLostError, match="scheduler"):
+                await f
+            assert c.status == "lost"
+            with pytest.raises(FutureLostError):
+                await c.submit(inc, 1)

@@ -713,3 +713,19 @@ async def test_serve_dashboard_task_status(cluster: Any) -> None:
         nursery.cancel_scope.cancel()
     with pytest.raises(TypeError, match="not a Scheduler or a Worker"):
         DashboardServer(object())
+
+
+async def test_worker_dashboard_before_it_registers() -> None:
+    """A worker may start its dashboard before it knows its own address."""
+    from trioflow import Worker
+
+    worker = Worker("tcp://127.0.0.1:9", nthreads=2, name="early")
+    async with dashboard(worker) as ds:
+        assert (await fetch(ds.port, "/health"))[2] == b"ok"
+        metrics = (await fetch(ds.port, "/metrics"))[2].decode()
+        assert "trioflow_threads 2" in metrics
+        assert json.loads((await fetch(ds.port, "/json/identity.json"))[2])["name"] == "early"
+        ds.feed.build()
+        assert ds.feed.failures == 0
+        snap = json.loads(ds.feed.text)
+        assert snap["kind"] == "worker" and snap["workers"][0]["name"] == "early"

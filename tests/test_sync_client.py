@@ -324,3 +324,32 @@ def test_shutdown_closes_the_cluster() -> None:
         assert cluster.scheduler.status == "closed"
     finally:
         cluster.close()
+
+
+def test_add_done_callback_from_this_thread(client: Client) -> None:
+    threads: list[str] = []
+    done = threading.Event()
+
+    def cb(fut: Future) -> None:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 2:
+            done.set()
+
+    f = client.submit(inc, 1)
+    f.result(timeout=5)
+    f.add_done_callback(cb)  # already done
+    g = client.submit(blocked, "cb")
+    g.add_done_callback(cb)  # pending
+    assert len(threads) == 1
+    _gate.set()
+    assert done.wait(5)
+    # both ran in the client's event-loop thread, not this one
+    assert threading.current_thread().name not in threads
+
+
+def test_client_that_cannot_connect() -> None:
+    from trioflow import CommError
+
+    with pytest.raises(CommError, match="could not connect"):
+        Client("tcp://127.0.0.1:1", timeout=2)
+    # and its portal thread is gone (the autouse leak check)

@@ -869,13 +869,24 @@ async def open_client(
     if not isinstance(address, str):
         address = address.scheduler_address
     client = AsyncClient(address, security=security, name=name, timeout=timeout)
+    # An exception from the caller's block (or a failed connection) must reach
+    # the caller as itself: the nursery would wrap it in an ExceptionGroup,
+    # and ``except SomeError`` around ``async with open_client`` would miss
+    # it.  So hold it while the nursery closes and raise it after.
+    error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         try:
             await client._start(nursery)
             yield client
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            error = exc
         finally:
             await client.aclose()
             nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
 
 
 async def _resolve_address(address: Any, scheduler_file: str | None, timeout: float) -> Any:

@@ -246,6 +246,15 @@ class Future:
 
     def add_done_callback(self, fn: Callable[[Future], None]) -> None:
         """Call ``fn(future)`` when done (in the client's event-loop thread)."""
+        if self._blocking():
+            # Register from the loop's thread: from ours, the future could
+            # finish between the done() check and the append, and fn would
+            # never be called.
+            self.client._sync_call(self._add_done_callback, fn)
+        else:
+            self._add_done_callback(fn)
+
+    def _add_done_callback(self, fn: Callable[[Future], None]) -> None:
         if self.done():
             fn(self)
         else:
@@ -350,11 +359,7 @@ class as_completed:
             if self._event is not None:
                 self._event.set()
 
-        client = future.client
-        if client._portal is not None and not _in_trio():
-            client._portal.call(future.add_done_callback, on_done)
-        else:
-            future.add_done_callback(on_done)
+        future.add_done_callback(on_done)
 
     def update(self, futures: Iterable[Future]) -> None:
         for f in futures:

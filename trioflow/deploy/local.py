@@ -123,6 +123,10 @@ async def open_cluster(
     if protocol != "inproc":
         # The worker's listener, or with processes=True the nanny's.
         wopts.setdefault("listen_address", f"{protocol}://{host}:0")
+    # An exception from the caller's block must reach the caller as itself,
+    # not wrapped in an ExceptionGroup by the nursery: hold it while the
+    # nursery closes and raise it after.
+    error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.serve)
         cluster = InProcessCluster(scheduler, nursery, wopts, security)
@@ -130,10 +134,17 @@ async def open_cluster(
             async with trio.open_nursery() as starters:
                 for _ in range(n_workers):
                     starters.start_soon(cluster.start_worker)
-            yield cluster
+            try:
+                yield cluster
+            except GeneratorExit:
+                raise
+            except BaseException as exc:
+                error = exc
         finally:
             await cluster.aclose()
             nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
 
 
 class LocalCluster:

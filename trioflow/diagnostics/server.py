@@ -353,7 +353,10 @@ class DashboardServer:
         self.source = source_for(server)
         self.config = config or getattr(server, "dashboard_config", None) or DashboardConfig()
         self.prefix = _normalize_prefix(getattr(server, "dashboard_prefix", "") or "")
-        self.whitelist = [str(e).strip().lower() for e in (getattr(server, "dashboard_whitelist", None) or []) if str(e).strip()]
+        whitelist = getattr(server, "dashboard_whitelist", None) or []
+        if isinstance(whitelist, str):
+            whitelist = whitelist.replace(",", " ").split()
+        self.whitelist = [str(e).strip().lower() for e in whitelist if str(e).strip()]
         self.use_xheaders = bool(getattr(server, "use_xheaders", False))
         self.feed = _Feed(self.source, self.config.interval)
         self.port = 0

@@ -248,6 +248,10 @@ class Worker:
                         task_status=task_status,
                     )
                 )
+                if self.dashboard_address is not None:
+                    from ..diagnostics import serve_dashboard
+
+                    self.services["dashboard"] = await nursery.start(serve_dashboard, self, self.dashboard_address)
                 comm = await self._connect_scheduler(initial=True)
                 self.address = self._contact(listener.address, comm)
                 if not self.name:
