@@ -576,3 +576,493 @@ SchedulerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_scheduler_machine = SchedulerMachine.TestCase
+
+
+# ---------------------------------------------------------------- focused tests
+
+
+class Sim:
+    """A SchedulerState with one client and helpers that name things briefly."""
+
+    def __init__(self, allowed_failures: int = 3, client: str = "c") -> None:
+        self.s = SchedulerState(allowed_failures=allowed_failures, validate=True)
+        self.now = 0.0
+        self.client = client
+        self.handle(AddClient(client=client))
+
+    def handle(self, ev) -> list:
+        self.now += 1
+        out = self.s.handle(ev, self.now)
+        assert_no_churn(out)
+        return out
+
+    def worker(self, name: str, nthreads: int = 1, **kw) -> list:
+        return self.handle(AddWorker(address=addr(name), name=name, nthreads=nthreads, memory_limit=0, **kw))
+
+    def submit(self, *specs: TaskSpec, keys: list[str] | None = None) -> list:
+        return self.handle(UpdateGraphEvent(client=self.client, tasks=list(specs), keys=[sp.key for sp in specs] if keys is None else keys))
+
+    def finish(self, key: str, nbytes: int = 8, worker: str | None = None) -> list:
+        worker = worker or self.s.tasks[key].processing_on.address
+        return self.handle(TaskFinishedEvent(worker=worker, key=key, nbytes=nbytes, type_name="int"))
+
+    def err(self, key: str) -> list:
+        return self.handle(
+            TaskErredEvent(
+                worker=self.s.tasks[key].processing_on.address,
+                key=key,
+                exception=dumps(ValueError("bad")),
+                exception_text="bad",
+                traceback_text="",
+                type_name="ValueError",
+            )
+        )
+
+    def state(self, key: str) -> str:
+        ts = self.s.tasks.get(key)
+        return "forgotten" if ts is None else ts.state
+
+
+def computes(out: list) -> list[tuple[str, str]]:
+    """(worker, key) of every ComputeTask in ``out``, in order."""
+    return [(i.address, i.msg.key) for i in out if isinstance(i, ToWorker) and isinstance(i.msg, ComputeTask)]
+
+
+def frees(out: list) -> list[tuple[str, str]]:
+    return [(i.address, k) for i in out if isinstance(i, ToWorker) and isinstance(i.msg, FreeKeys) for k in i.msg.keys]
+
+
+def to_client(out: list, kind: type) -> dict:
+    return {i.msg.key: i.msg for i in out if isinstance(i, ToClient) and isinstance(i.msg, kind)}
+
+
+def assert_no_churn(out: list) -> None:
+    sent: set[tuple[str, str]] = set()
+    for i in out:
+        if isinstance(i, ToWorker) and isinstance(i.msg, ComputeTask):
+            sent.add((i.address, i.msg.key))
+        elif isinstance(i, ToWorker) and isinstance(i.msg, FreeKeys):
+            assert not sent & {(i.address, k) for k in i.msg.keys}, f"sent and taken back in one batch: {out}"
+
+
+def test_illegal_transition_raises_and_changes_nothing() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"), spec("y", ["x"]), spec("z"))
+    sim.finish("x")
+    s = sim.s
+    assert (sim.state("x"), sim.state("y")) == ("memory", "processing")
+    before = snapshot(s)
+    for key, finish in [("x", "processing"), ("x", "no-worker"), ("y", "bogus"), ("z", "no-worker")]:
+        with pytest.raises(InvalidTransition):
+            s._transitions({s.tasks[key]: finish})
+        assert snapshot(s) == before
+    # A table edge whose own precondition fails raises before changing anything.
+    s.handle(RemoveWorker(address=addr("a")), sim.now + 1)  # x lost, to run again
+    assert sim.state("x") == "no-worker" and not s.tasks["x"].who_has
+    sim.submit(spec("r"), spec("dep-of-r", ["r"]), keys=["dep-of-r"])
+    sim.handle(ReleaseKeysEvent(client="c", keys=["dep-of-r"]))
+    assert sim.state("r") == "released"  # kept for the lineage of dep-of-r
+    before = snapshot(s)
+    for key in ("x", "r"):
+        with pytest.raises(InvalidTransition, match="no holder"):
+            s._transitions({s.tasks[key]: "memory"})
+        assert snapshot(s) == before
+    s.validate()
+
+
+def _populated() -> Sim:
+    sim = Sim()
+    sim.worker("a")
+    sim.worker("b", resources={"GPU": 1})
+    sim.submit(spec("x"), spec("y", ["x"]), spec("g", resources={"GPU": 5}))
+    sim.finish("x")
+    sim.handle(UpdateDataEvent(client="c", who_has={"s": [addr("a")]}, nbytes={"s": 10}))
+    sim.submit(spec("u", ["s"]))
+    return sim
+
+
+INVALID_EVENTS = {
+    "duplicate worker address": AddWorker(address=addr("a"), name="other", nthreads=1, memory_limit=0),
+    "duplicate worker name": AddWorker(address="tcp://elsewhere", name="a", nthreads=1, memory_limit=0),
+    "no threads": AddWorker(address="tcp://new", name="new", nthreads=0, memory_limit=0),
+    "negative worker resource": AddWorker(address="tcp://new", name="new", nthreads=1, memory_limit=0, resources={"GPU": -1}),
+    "worker holds negative size": AddWorker(address="tcp://new", name="new", nthreads=1, memory_limit=0, nbytes={"x": -1}),
+    "unknown dependency": UpdateGraphEvent(client="c", tasks=[spec("n", ["nope"])], keys=["n"]),
+    "unknown wanted key": UpdateGraphEvent(client="c", tasks=[spec("n")], keys=["n", "nope"]),
+    "cycle": UpdateGraphEvent(client="c", tasks=[spec("n1", ["n3"]), spec("n2", ["n1"]), spec("n3", ["n2"])], keys=["n1"]),
+    "self dependency": UpdateGraphEvent(client="c", tasks=[spec("n", ["n"])], keys=["n"]),
+    "duplicate task": UpdateGraphEvent(client="c", tasks=[spec("n"), spec("n")], keys=["n"]),
+    "negative retries": UpdateGraphEvent(client="c", tasks=[spec("n", retries=-1)], keys=["n"]),
+    "negative task resource": UpdateGraphEvent(client="c", tasks=[spec("n", resources={"GPU": -1})], keys=["n"]),
+    "unknown client graph": UpdateGraphEvent(client="nobody", tasks=[spec("n")], keys=["n"]),
+    "unknown client scatter": UpdateDataEvent(client="nobody", who_has={"n": [addr("a")]}, nbytes={"n": 1}),
+    "duplicate client": AddClient(client="c"),
+    "negative result size": TaskFinishedEvent(worker=addr("a"), key="y", nbytes=-1),
+    "report from unknown worker": TaskFinishedEvent(worker="tcp://ghost", key="y", nbytes=1),
+    "error from unknown worker": TaskErredEvent(worker="tcp://ghost", key="y", exception=None, exception_text="", traceback_text="", type_name=""),
+    "add-keys negative size": AddKeysEvent(worker=addr("a"), nbytes={"x": -3}),
+    "add-keys unknown worker": AddKeysEvent(worker="tcp://ghost", nbytes={"x": 3}),
+    "scatter negative size": UpdateDataEvent(client="c", who_has={"n": [addr("a")]}, nbytes={"n": -1}),
+    "scatter unknown worker": UpdateDataEvent(client="c", who_has={"n": ["tcp://ghost"]}, nbytes={"n": 1}),
+    "scatter no worker": UpdateDataEvent(client="c", who_has={"n": []}, nbytes={"n": 1}),
+    "scatter no size": UpdateDataEvent(client="c", who_has={"n": [addr("a")]}, nbytes={}),
+    "heartbeat unknown worker": HeartbeatEvent(worker="tcp://ghost", metrics={}),
+}
+
+
+@pytest.mark.parametrize("event", list(INVALID_EVENTS.values()), ids=list(INVALID_EVENTS))
+def test_invalid_event_raises_and_changes_nothing(event) -> None:
+    sim = _populated()
+    expect_invalid(sim.s, event)
+
+
+def test_cycle_through_known_scattered_key_is_invalid() -> None:
+    # Regression: a run spec sent for released/erred scattered data is
+    # adopted with its dependencies, which could close a cycle through
+    # tasks already known; only cycles among the new keys were checked.
+    sim = Sim()
+    sim.worker("a")
+    sim.handle(UpdateDataEvent(client="c", who_has={"s": [addr("a")]}, nbytes={"s": 1}))
+    sim.submit(spec("t", ["s"]))
+    sim.handle(RemoveWorker(address=addr("a")))
+    assert (sim.state("s"), sim.state("t")) == ("erred", "erred")
+    expect_invalid(sim.s, UpdateGraphEvent(client="c", tasks=[spec("s", ["t"])], keys=[]))
+    expect_invalid(sim.s, UpdateGraphEvent(client="c", tasks=[spec("u", ["t"]), spec("s", ["u"])], keys=[]))
+
+
+def test_killed_worker_after_allowed_failures() -> None:
+    sim = Sim(allowed_failures=2)
+    sim.submit(spec("x"))
+    for i in range(3):
+        sim.worker(f"w{i}")
+        assert sim.state("x") == "processing"
+        out = sim.handle(RemoveWorker(address=addr(f"w{i}"), safe=False))
+    assert sim.state("x") == "erred"
+    err = to_client(out, KeyErred)["x"]
+    assert err.type_name == "KilledWorker"
+    exc = loads(err.exception)
+    assert isinstance(exc, KilledWorker) and exc.key == "x" and exc.last_worker == addr("w2")
+    assert "died 3 times" in err.exception_text
+
+
+def test_safe_removals_are_not_held_against_a_task() -> None:
+    sim = Sim(allowed_failures=0)
+    sim.submit(spec("x"))
+    for i in range(3):
+        sim.worker(f"w{i}")
+        sim.handle(RemoveWorker(address=addr(f"w{i}"), safe=True))
+    sim.worker("last")
+    assert sim.state("x") == "processing"
+
+
+def test_retries_run_again_then_err() -> None:
+    # Regression: the processing -> waiting edge (used by every retry) was a
+    # lambda naming a deleted module global, so a retry raised NameError.
+    sim = Sim()
+    sim.worker("a")
+    out = sim.submit(spec("x", retries=2))
+    runs = len(computes(out))
+    for _ in range(2):
+        out = sim.err("x")
+        assert not to_client(out, KeyErred)
+        assert sim.state("x") == "processing"
+        runs += len(computes(out))
+    assert runs == 3
+    out = sim.err("x")
+    assert sim.state("x") == "erred"
+    assert to_client(out, KeyErred)["x"].exception_text == "bad"
+    assert not computes(out)
+
+
+def test_lost_data_is_recomputed_from_lineage() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"), spec("y", ["x"]), keys=["y"])
+    sim.finish("x")
+    assert sim.state("y") == "processing"
+    sim.worker("b")
+    out = sim.handle(RemoveWorker(address=addr("a")))
+    # x had no other holder and y still needs it: x runs again, once, on b.
+    assert computes(out) == [(addr("b"), "x")]
+    assert sim.state("y") == "waiting" and sim.s.tasks["y"].waiting_on == {sim.s.tasks["x"]}
+    out = sim.finish("x")
+    [ct] = [i.msg for i in out if isinstance(i.msg, ComputeTask)]
+    assert ct.key == "y" and ct.who_has == {"x": [addr("b")]}
+    sim.finish("y")
+    # x's data is dropped, its run spec kept for y's lineage.
+    assert sim.state("y") == "memory" and sim.state("x") == "released"
+    assert frees(out := sim.handle(ReleaseKeysEvent(client="c", keys=["y"]))) == [(addr("b"), "y")]
+    assert not sim.s.tasks
+
+
+def test_lost_scattered_data_errs_saying_so() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.worker("b")
+    sim.handle(UpdateDataEvent(client="c", who_has={"s": [addr("a")]}, nbytes={"s": 1}))
+    sim.submit(spec("t", ["s"], workers=["b"]))
+    sim.finish("t")
+    sim.submit(spec("u", ["s"], workers=["b"]))  # still needs s
+    assert sim.state("u") == "processing"
+    out = sim.handle(RemoveWorker(address=addr("a")))
+    errs = to_client(out, KeyErred)
+    assert sim.state("s") == "erred" and sim.state("u") == "erred"
+    assert sim.state("t") == "memory"  # computed already: unaffected
+    for key in ("s", "u"):
+        assert "scattered data 's' was lost" in errs[key].exception_text
+        assert errs[key].type_name == "LostData"
+
+
+@pytest.mark.parametrize("big_on", ["a", "b"])
+def test_placement_prefers_the_holder_of_the_large_dependency(big_on: str) -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.worker("b")
+    small_on = "b" if big_on == "a" else "a"
+    sim.handle(UpdateDataEvent(client="c", who_has={"big": [addr(big_on)], "small": [addr(small_on)]}, nbytes={"big": 10**9, "small": 10}))
+    out = sim.submit(spec("z", ["big", "small"]))
+    assert computes(out) == [(addr(big_on), "z")]
+
+
+def test_resources_wait_in_no_worker_until_capacity_exists() -> None:
+    sim = Sim()
+    sim.worker("cpu")
+    out = sim.submit(spec("g1", resources={"GPU": 1}), spec("g2", resources={"GPU": 1}))
+    assert not computes(out)
+    assert sim.state("g1") == sim.state("g2") == "no-worker"
+    out = sim.worker("gpu", nthreads=4, resources={"GPU": 1})
+    assert len(computes(out)) == 1  # only one fits at a time
+    first = computes(out)[0][1]
+    other = "g2" if first == "g1" else "g1"
+    assert sim.state(other) == "no-worker"
+    out = sim.finish(first)
+    assert computes(out) == [(addr("gpu"), other)]
+    assert sim.s.workers[addr("gpu")].used_resources == {"GPU": 1.0}
+    sim.finish(other)
+    assert sim.s.workers[addr("gpu")].used_resources == {"GPU": 0.0}
+
+
+def test_priority_travels_with_the_task_and_orders_sending() -> None:
+    sim = Sim()
+    sim.worker("a", nthreads=8)
+    out = sim.submit(spec("low", priority=-5), spec("mid"), spec("high", priority=10), spec("high2", priority=10))
+    sent = [i.msg for i in out if isinstance(i.msg, ComputeTask)]
+    assert [m.key for m in sent] == ["high", "high2", "mid", "low"]
+    # Smaller sorts first on the worker: user priority is negated, then
+    # graph generation, then order within the graph.
+    assert [m.priority for m in sent] == sorted(m.priority for m in sent)
+    assert dict((m.key, m.priority) for m in sent)["high"] == (-10, 1, 2)
+    out = sim.submit(spec("later", priority=10))
+    assert computes(out) and sim.s.tasks["later"].priority > sim.s.tasks["high2"].priority
+
+
+def test_state_modules_import_no_trio() -> None:
+    # trioflow/__init__ imports the servers (and so trio): load the two state
+    # modules under empty stand-in packages instead.
+    root = Path(__file__).resolve().parent.parent
+    code = textwrap.dedent(
+        f"""
+        import sys, types
+        for name in ("trioflow", "trioflow.scheduler", "trioflow.worker"):
+            pkg = types.ModuleType(name)
+            pkg.__path__ = [{str(root / "trioflow")!r} + name[len("trioflow"):].replace(".", "/")]
+            sys.modules[name] = pkg
+        import trioflow.scheduler.state, trioflow.worker.state
+        bad = sorted(m for m in sys.modules if m == "trio" or m.startswith(("trio.", "anyio", "sniffio")))
+        assert not bad, bad
+        assert "trioflow.scheduler.server" not in sys.modules
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---------------------------------------------------------------- regressions
+
+
+def test_same_events_same_decisions() -> None:
+    # Regression: tasks, workers and clients hashed by id(), so set order and
+    # with it the order of transitions and worker choices changed between
+    # runs of the same events.
+    def run() -> list:
+        sim = Sim()
+        for i in range(4):
+            sim.worker(f"w{i}", nthreads=2)
+        out = sim.submit(*[spec(f"a-{i}") for i in range(20)], *[spec(f"b-{i}", [f"a-{i}", f"a-{(i + 1) % 20}"]) for i in range(20)])
+        for i in range(20):
+            out += sim.finish(f"a-{i}", nbytes=i)
+        out += sim.handle(RemoveWorker(address=addr("w1")))
+        junk = [[object() for _ in range(i)] for i in range(50)]  # move the allocator on
+        return out + [len(junk)]
+
+    assert run() == run()
+
+
+def test_invalid_event_does_not_move_the_clock() -> None:
+    sim = Sim()
+    before = sim.s.now
+    with pytest.raises(InvalidEvent):
+        sim.s.handle(AddClient(client="c"), before + 100)
+    assert sim.s.now == before
+
+
+def test_unwanted_tasks_in_a_graph_are_forgotten() -> None:
+    # Regression: tasks sent along that nobody wanted stayed 'released'.
+    sim = Sim()
+    sim.submit(spec("a"), spec("b", ["a"]), spec("c"), keys=["c"])
+    assert set(sim.s.tasks) == {"c"}
+
+
+def test_worker_bytes_follow_a_changed_size() -> None:
+    # Regression: a second report of a key with another size changed
+    # ts.nbytes but not the totals of the workers already holding it.
+    sim = Sim()
+    sim.worker("a")
+    sim.worker("b")
+    sim.handle(UpdateDataEvent(client="c", who_has={"s": [addr("a")]}, nbytes={"s": 100}))
+    sim.handle(AddKeysEvent(worker=addr("b"), nbytes={"s": 40}))
+    assert sim.s.workers[addr("a")].nbytes == sim.s.workers[addr("b")].nbytes == 40
+    sim.handle(ReleaseWorkerDataEvent(worker=addr("a"), keys=["s"]))
+    assert sim.s.workers[addr("a")].nbytes == 0
+
+
+def test_new_worker_holding_an_unrunnable_task_puts_it_in_memory() -> None:
+    # Regression: the key went to memory and was then overwritten with
+    # 'processing', so it ran although its result was there.
+    sim = Sim()
+    sim.submit(spec("x"))
+    assert sim.state("x") == "no-worker"
+    out = sim.worker("a", nbytes={"x": 5})
+    assert sim.state("x") == "memory" and not computes(out)
+    assert to_client(out, KeyInMemory).keys() == {"x"}
+
+
+def test_unwanted_dependency_is_released_whatever_its_state() -> None:
+    # Regression: once its last dependent went, a dependency that was not in
+    # memory (waiting, no-worker, processing) stayed so for ever.
+    sim = Sim()
+    sim.submit(spec("x"), spec("y", ["x"]))
+    sim.handle(RemoveClient(client="c"))
+    assert not sim.s.tasks
+    sim.handle(AddClient(client="c"))
+    sim.worker("a")
+    sim.submit(spec("p"), spec("q", ["p"]), keys=["q"])
+    assert sim.state("p") == "processing"
+    out = sim.handle(ReleaseKeysEvent(client="c", keys=["q"]))
+    assert not sim.s.tasks and frees(out) == [(addr("a"), "p")]
+
+
+def test_add_keys_for_a_task_being_computed_takes_the_copy() -> None:
+    # Regression: the scheduler answered with FreeKeys, which also cancels
+    # the run the worker was sent: the task stayed 'processing' for ever.
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"))
+    out = sim.handle(AddKeysEvent(worker=addr("a"), nbytes={"x": 3}))
+    assert not frees(out) and sim.state("x") == "memory"
+    # Dependency and dependent at once: both memory, nothing runs.
+    sim.submit(spec("p"), spec("q", ["p"]), keys=["q"])
+    out = sim.handle(AddKeysEvent(worker=addr("a"), nbytes={"q": 1, "p": 1}))
+    assert sim.state("q") == "memory" and not computes(out)
+
+
+def test_lost_dependency_moves_waiting_counts() -> None:
+    # Regression: a no-worker dependent sent back to waiting was not counted.
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"), spec("y", ["x"], workers=["elsewhere"]), keys=["y"])
+    sim.finish("x")
+    assert sim.state("y") == "no-worker"
+    sim.handle(MissingDataEvent(worker=addr("a"), key="x", errant_worker=addr("a")))
+    assert sim.s.task_counts["waiting"] == 1 and sim.s.task_counts["no-worker"] == 0
+
+
+def test_cancel_releases_dependents_before_dependencies() -> None:
+    # Regression: releasing the dependency first sent it to run again for
+    # the dependent that was about to go too.
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"), spec("y", ["x"]))
+    out = sim.handle(CancelKeysEvent(client="c", keys=["x"]))
+    assert not computes(out) and frees(out) == [(addr("a"), "x")]
+    assert set(to_client(out, KeyCancelled)) == {"x", "y"}
+    assert not sim.s.tasks
+
+
+def test_releasing_a_task_frees_resources_without_starting_a_released_one() -> None:
+    # Regression: freed resources started a no-worker task that the same
+    # event was releasing; it stayed 'processing' with no client.
+    sim = Sim()
+    sim.worker("a", resources={"GPU": 2})
+    sim.submit(spec("g1", resources={"GPU": 1}), spec("g2", resources={"GPU": 2}))
+    out = sim.handle(RemoveClient(client="c"))
+    assert not computes(out) and not sim.s.tasks
+
+
+def test_rescheduled_task_keeps_its_dependency_in_memory() -> None:
+    # Regression: the dependency, released as unwanted while its dependent
+    # was between states, lost its data and had to run again.
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"), spec("y", ["x"]))
+    sim.finish("x")
+    sim.handle(ReleaseKeysEvent(client="c", keys=["x"]))
+    out = sim.handle(RescheduleEvent(worker=addr("a"), key="y"))
+    assert sim.state("x") == "memory" and ("tcp://a", "x") not in frees(out)
+    assert computes(out) == [(addr("a"), "y")]
+
+
+def test_task_with_erred_dependency_errs_without_starting_the_others() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("bad"), keys=["bad"])
+    sim.err("bad")
+    out = sim.submit(spec("fine"), spec("z", ["fine", "bad"]), keys=["z"])
+    assert not computes(out) and sim.state("z") == "erred"
+    assert to_client(out, KeyErred)["z"].exception_text == "bad"
+
+
+def test_dependency_of_a_task_on_a_lost_worker_runs_once() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"), spec("y", ["x"]), keys=["y"])
+    sim.finish("x")
+    sim.worker("b", nthreads=1)
+    out = sim.handle(RemoveWorker(address=addr("a"), safe=True))
+    assert computes(out) == [(addr("b"), "x")]
+
+
+def test_new_worker_holding_a_dependent_does_not_start_its_dependency() -> None:
+    sim = Sim()
+    sim.submit(spec("x"), spec("y", ["x"]), keys=["y"])
+    out = sim.worker("a", nbytes={"y": 1})
+    assert sim.state("y") == "memory" and sim.state("x") == "released" and not computes(out)
+
+
+def test_data_for_erred_dependency_reruns_dependents_with_real_errors() -> None:
+    # Regression: a dependent retried before its erred dependency was
+    # re-released failed again, blaming an error that had been cleared
+    # (a KeyErred with no text at all).
+    sim = Sim()
+    sim.worker("a")
+    sim.handle(UpdateDataEvent(client="c", who_has={"s": [addr("a")]}, nbytes={"s": 1}))
+    sim.submit(spec("t", ["s"]), spec("u", ["s", "t"]), keys=["t", "u"])
+    sim.handle(MissingDataEvent(worker=addr("a"), key="s", errant_worker=addr("a")))
+    assert sim.state("u") == "erred"
+    out = sim.handle(UpdateDataEvent(client="c", who_has={"s": [addr("a")]}, nbytes={"s": 1}))
+    for msg in to_client(out, KeyErred).values():
+        assert msg.exception_text
+    assert sim.state("t") == "processing" and sim.state("u") == "waiting"
+
+
+def test_freed_resources_do_not_start_a_task_about_to_be_released() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.worker("g", resources={"GPU": 1})
+    sim.handle(UpdateDataEvent(client="c", who_has={"s": [addr("a")]}, nbytes={"s": 1}))
+    # d needs the GPU and only feeds t, which also needs s; e holds the GPU.
+    sim.submit(spec("e", ["s"], resources={"GPU": 1}), spec("d", resources={"GPU": 1}), spec("t", ["s", "d"]), keys=["e", "t"])
+    assert sim.state("e") == "processing" and sim.state("d") == "no-worker"
+    out = sim.handle(MissingDataEvent(worker=addr("a"), key="s", errant_worker=addr("a")))
+    assert sim.state("e") == sim.state("t") == "erred" and sim.state("d") == "released"
+    assert not computes(out)

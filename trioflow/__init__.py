@@ -13,11 +13,13 @@ from .client import (
     FutureLostError,
     as_completed,
     default_client,
+    fire_and_forget,
     open_client,
     wait,
 )
 from .comm import CommClosedError, CommError
 from .deploy import LocalCluster, open_cluster
+from .progress import progress
 from .protocol import ProtocolError, SerializationError
 from .scheduler import KilledWorker, Scheduler
 from .security import Security, SecurityError
@@ -42,8 +44,10 @@ __all__ = [
     "__version__",
     "as_completed",
     "default_client",
+    "fire_and_forget",
     "get_worker",
     "open_client",
     "open_cluster",
+    "progress",
     "wait",
 ]

@@ -717,6 +717,22 @@ class AsyncClient:
     async def cancel(self, futures: Any) -> None:
         await self._cancel_async(futures)
 
+    async def fire_and_forget(self, futures: Any) -> None:
+        """Let these tasks run to completion even after the futures are dropped."""
+        keys = [f.key for f in _flatten_futures(futures)]
+        self._send(m.FireAndForget(keys=keys))
+        await trio.lowlevel.checkpoint()
+
+    async def restart(self, timeout: float = 60) -> None:
+        """Forget all tasks (futures are cancelled) and restart every worker
+        through its nanny; waits until they are back."""
+        from ..comm.pool import RemoteError as _RemoteError
+
+        try:
+            await self._rpc(m.Restart(timeout=timeout), m.Ok, timeout=timeout + 5)
+        except _RemoteError as exc:
+            raise RuntimeError(str(exc)) from None
+
     async def who_has(self, futures: Any = None) -> dict[str, list[str]]:
         keys = None if futures is None else [f.key for f in _flatten_futures(futures)]
         reply = await self._rpc(m.WhoHas(keys=keys), m.WhoHasReply)

@@ -33,7 +33,7 @@ from ..protocol.serialize import SerializationError, Serialized, loads
 if TYPE_CHECKING:
     from .core import AsyncClient
 
-__all__ = ["Future", "FutureState", "CancelledError", "FutureLostError", "wait", "as_completed", "DoneAndNotDone", "RemoteException"]
+__all__ = ["fire_and_forget", "Future", "FutureState", "CancelledError", "FutureLostError", "wait", "as_completed", "DoneAndNotDone", "RemoteException"]
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
 ALL_COMPLETED = "ALL_COMPLETED"
@@ -189,6 +189,10 @@ class Future:
     def _repr_html_(self) -> str:
         color = {"finished": "green", "error": "red", "pending": "gray"}.get(self.status, "orange")
         return f"<b>Future: {self.key}</b> <span style='color:{color}'>status: {self.status}</span>"
+
+    def __dask_tokenize__(self) -> str:
+        # A future stands for its key: the same key, the same dask token.
+        return self.key
 
     def __reduce__(self) -> Any:
         raise TypeError("a Future cannot be pickled on its own; pass it as a task argument instead")
@@ -408,3 +412,22 @@ class as_completed:
                 return fut, await fut.exception()
             return fut, await fut.client._result_async(fut, None)
         return fut
+
+
+def fire_and_forget(futures: Any) -> None:
+    """Run these futures' tasks to completion even if the futures are dropped
+    (dask-compatible).  Works for blocking clients and in Trio code."""
+    flat = _flatten_futures(futures)
+    if not flat:
+        return
+    client = flat[0].client
+    if client._portal is not None and not _in_trio():
+        client._sync_call(client.fire_and_forget, flat)
+        return
+    client._send(_ff_message([f.key for f in flat]))
+
+
+def _ff_message(keys: list[str]) -> Any:
+    from ..protocol.messages import FireAndForget
+
+    return FireAndForget(keys=keys)

@@ -154,6 +154,10 @@ class Client:
     def cancel(self, futures: Any) -> None:
         self._call(self._core.cancel, futures)
 
+    def restart(self, timeout: float = 60) -> None:
+        """Forget all tasks and restart the workers (through their nannies)."""
+        self._call(self._core.restart, timeout)
+
     def who_has(self, futures: Any = None) -> dict[str, list[str]]:
         return self._call(self._core.who_has, futures)  # type: ignore[no-any-return]
 

@@ -285,6 +285,9 @@ class StreamComm(Comm):
             raise ProtocolError(
                 "peer speaks TLS on a plaintext connection (a tls:// peer on a tcp:// address?)"
             )
+        if not self._messages_received and bytes(head[:4]) in (b"HTTP", b"GET ", b"POST", b"SSH-"):
+            what = {b"HTTP": "an HTTP server", b"GET ": "an HTTP client", b"POST": "an HTTP client", b"SSH-": "an SSH server"}[bytes(head[:4])]
+            raise ProtocolError(f"{what} answered, not a trioflow peer")
         (n,) = _U32.unpack(head)
         codec.check_count(n, self._limits)
         lengths = codec.check_prefix(await self._read_exactly(8 * n), n, self._limits)
@@ -425,7 +428,7 @@ class _handshake_limits:
 
 def _tls_hint(peer_address: str) -> str:
     other = "tcp" if peer_address.startswith("tls") else "tls"
-    return f"is it a trioflow server, and does it expect {other}://?"
+    return f"does it expect {other}://?"
 
 
 async def client_handshake(comm: Comm, *, role: str, name: str, address: str = "", timeout: float = 10) -> Hello:
@@ -452,8 +455,11 @@ async def client_handshake(comm: Comm, *, role: str, name: str, address: str = "
     except HandshakeError:
         raise
     except ProtocolError as exc:
+        if "answered, not a trioflow peer" in str(exc):
+            hint = " (the diagnostics page listens on 8787; the scheduler on 8786)" if "HTTP server" in str(exc) else ""
+            raise HandshakeError(f"{comm.peer_address} is not a trioflow server: {exc}{hint}") from None
         raise HandshakeError(
-            f"{comm.peer_address} is not a trioflow server ({_tls_hint(comm.peer_address)}); "
+            f"{comm.peer_address} is not a trioflow server ({_tls_hint(comm.peer_address)}): "
             f"bad handshake: {exc}"
         ) from None
     if isinstance(reply, HandshakeRejected):

@@ -48,6 +48,9 @@ logger = logging.getLogger("trioflow.scheduler")
 
 __all__ = ["Scheduler"]
 
+#: Pseudo-client that holds fire-and-forget keys until they finish.
+FIRE_AND_FORGET = "fire-and-forget"
+
 
 class Scheduler:
     """A scheduler server; start it with ``await nursery.start(scheduler.serve)``."""
@@ -100,6 +103,7 @@ class Scheduler:
             m.IdentityRequest: self._identity,
             m.Shutdown: self._shutdown,
             m.RetireWorkers: self._retire_workers,
+            m.Restart: self._restart,
         }
 
     def __repr__(self) -> str:
@@ -200,16 +204,32 @@ class Scheduler:
     def _dispatch(self, instructions: list[Any]) -> None:
         workers = self.worker_streams
         clients = self.client_streams
+        finished_ff: list[str] = []
         for inst in instructions:
             if type(inst) is ss.ToWorker:
                 b = workers.get(inst.address)
             else:
+                if inst.client == FIRE_AND_FORGET:
+                    if isinstance(inst.msg, (m.KeyInMemory, m.KeyErred, m.KeyCancelled)):
+                        finished_ff.append(inst.msg.key)
+                    continue
                 b = clients.get(inst.client)
             if b is not None:
                 try:
                     b.send(inst.msg)
                 except CommClosedError:
                     pass  # its receive loop will notice and clean up
+        if finished_ff:
+            # Fire-and-forget keys are done: nobody waits for them any more.
+            self._handle(ss.ReleaseKeysEvent(client=FIRE_AND_FORGET, keys=finished_ff))
+
+    def _fire_and_forget(self, keys: list[str]) -> None:
+        """Keep ``keys`` wanted by a pseudo-client until they finish."""
+        if FIRE_AND_FORGET not in self.state.clients:
+            self._handle(ss.AddClient(client=FIRE_AND_FORGET))
+        known = [k for k in keys if k in self.state.tasks]
+        if known:
+            self._handle(ss.UpdateGraphEvent(client=FIRE_AND_FORGET, tasks=[], keys=known))
 
     # ------------------------------------------------------------ connections
 
@@ -364,6 +384,8 @@ class Scheduler:
                             self._handle(ss.ReleaseKeysEvent(client=cid, keys=msg.keys))
                         elif t is m.CancelKeys:
                             self._handle(ss.CancelKeysEvent(client=cid, keys=msg.keys))
+                        elif t is m.FireAndForget:
+                            self._fire_and_forget(msg.keys)
                         elif t is m.UpdateData:
                             self._handle(ss.UpdateDataEvent(client=cid, who_has=msg.who_has, nbytes=msg.nbytes))
                         elif t is m.CloseClient:
@@ -472,6 +494,48 @@ class Scheduler:
                     pass
             retired.append(addr)
         return m.RetireWorkersReply(retired=retired)
+
+    async def _restart(self, msg: m.Restart) -> m.Message:
+        """Forget every task, restart the workers through their nannies (and
+        close those without one), and wait for the nannied ones to return."""
+        for cid in list(self.state.clients):
+            keys = [ts.key for ts in self.state.clients[cid].wants_what]
+            if keys:
+                self._handle(ss.CancelKeysEvent(client=cid, keys=keys))
+        nannies = {a: w.nanny for a, w in self.state.workers.items() if w.nanny}
+        for address in set(self.state.workers) - set(nannies):
+            self._closing_workers.add(address)
+            b = self.worker_streams.get(address)
+            if b is not None:
+                try:
+                    b.send(m.CloseWorker(reason="restart (no nanny to restart it)"))
+                except CommClosedError:
+                    pass
+        from ..comm import ConnectionPool
+
+        pool = ConnectionPool(security=self.security, role="scheduler", name=self.name)
+        failed: list[str] = []
+        try:
+            with trio.move_on_after(msg.timeout) as cs:
+
+                async def one(nanny: str) -> None:
+                    try:
+                        await pool.rpc(nanny, m.NannyRestart(reason="client.restart()"), m.Ok, timeout=msg.timeout)
+                    except Exception as exc:  # noqa: BLE001 - report, keep going
+                        failed.append(f"{nanny}: {exc}")
+
+                async with trio.open_nursery() as n:
+                    for nanny in nannies.values():
+                        n.start_soon(one, nanny)
+                while len([w for w in self.state.workers.values() if w.nanny]) < len(nannies) - len(failed):
+                    await trio.sleep(0.05)
+        finally:
+            await pool.aclose()
+        if cs.cancelled_caught:
+            return m.ErrorReply(message=f"restart: workers did not come back within {msg.timeout}s")
+        if failed:
+            return m.ErrorReply(message="restart failed for " + "; ".join(failed))
+        return m.Ok()
 
     # ------------------------------------------------------------ liveness
 

@@ -1211,6 +1211,8 @@ class SchedulerState:
 
     def _t_waiting_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
         # A result arrived for a task we were (re)waiting on: accept it.
+        if not ts.who_has:
+            raise InvalidTransition(f"{ts.key!r} cannot be in memory with no holder")
         for dts in ts.waiting_on:
             dts.waiters.discard(ts)
         ts.waiting_on.clear()

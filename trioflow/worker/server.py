@@ -188,7 +188,12 @@ class Worker:
         self.resources = dict(resources or {})
         self.security = security
         sched = parse_address(scheduler_address, default_port=8786)
-        default_listen = "inproc://" if sched.scheme == "inproc" else f"{sched.scheme}://127.0.0.1:0"
+        if sched.scheme == "inproc":
+            from ..comm.inproc import new_inproc_name
+
+            default_listen = f"inproc://{new_inproc_name('worker')}"
+        else:
+            default_listen = f"{sched.scheme}://127.0.0.1:0"
         self.listen_address = listen_address or default_listen
         self.contact_address = contact_address
         self._local_directory_parent = local_directory
