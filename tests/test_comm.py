@@ -476,6 +476,9 @@ async def test_bad_input_drops_that_connection_only(
         why = why.replace("limit of 1024", f"limit of {HANDSHAKE_LIMITS.max_header}")
         if case == "total-over-cap":
             why = "message of 100010 bytes exceeds the limit of 65536"
+        if case == "http-request":
+            # a stranger's first bytes are recognised and named
+            why = "an HTTP client answered, not a trioflow peer"
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             listener = await start(nursery, tcp(), limits=SMALL)
