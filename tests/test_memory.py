@@ -76,3 +76,36 @@ def test_unpicklable_values_stay_in_memory(tmp_path) -> None:
     assert "lock" in buf.fast
     assert buf["data"] == b"y" * 100
     buf.close()
+
+
+def _make(i: int) -> "np.ndarray":
+    return np.full(20_000_000 // 8, i, dtype="f8")  # 20 MB
+
+
+def _first(a: "np.ndarray") -> float:
+    return float(a[0])
+
+
+@pytest.mark.slow
+async def test_worker_spills_past_target_and_reads_back(tmp_path) -> None:
+    import trio
+
+    from trioflow import open_client, open_cluster
+
+    with trio.fail_after(60):
+        async with open_cluster(n_workers=1, memory_limit=100_000_000, worker_options={"local_directory": str(tmp_path)}) as cluster:
+            async with open_client(cluster) as client:
+                futures = await client.map(_make, range(15))  # 300 MB against a 60 MB target
+                firsts = await client.gather([await client.submit(_first, f) for f in futures])
+                assert firsts == [float(i) for i in range(15)]
+                worker = cluster.workers[0]
+                assert worker.data.fast_bytes <= 60_000_000
+                assert len(worker.data.slow) >= 10
+                spill_dir = worker.data.directory
+                assert len(os.listdir(spill_dir)) == len(worker.data.slow)
+                values = await client.gather(futures)
+                for i, v in enumerate(values):
+                    assert v.shape == (2_500_000,) and v[0] == i and v[-1] == i
+                del futures, values
+    # Nothing spilled is left on disk once the worker is gone.
+    assert os.listdir(tmp_path) == []

@@ -120,6 +120,10 @@ async def open_cluster(
     }
     if not processes:
         wopts["validate"] = validate
+        # In-process workers share this process's memory with everything
+        # else in it, so its RSS says nothing about them: spill by managed
+        # bytes only, never pause on RSS.
+        wopts.setdefault("memory_pause_fraction", None)
     if protocol != "inproc":
         # The worker's listener, or with processes=True the nanny's.
         wopts.setdefault("listen_address", f"{protocol}://{host}:0")

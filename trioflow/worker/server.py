@@ -58,6 +58,7 @@ from ..protocol.serialize import (
 from ..sizeof import sizeof
 from . import state as ws
 from .executor import ThreadExecutor, thread_state
+from .memory import SpillBuffer
 
 logger = logging.getLogger("trioflow.worker")
 
@@ -177,6 +178,8 @@ class Worker:
         connect_timeout: float = 10,
         dashboard_address: str | None = None,
         dashboard_prefix: str = "",
+        memory_target_fraction: float | None = 0.6,
+        memory_pause_fraction: float | None = 0.8,
     ) -> None:
         if nthreads < 1:
             raise ValueError(f"nthreads must be at least 1, got {nthreads}")
@@ -205,7 +208,7 @@ class Worker:
         self.validate = validate
         self.connect_timeout = connect_timeout
         self.address = ""
-        self.data: dict[str, Any] = {}
+        self.data: dict[str, Any] | SpillBuffer = {}
         self._serialized: dict[str, Serialized] = {}
         self.state: ws.WorkerState | None = None
         self.status = "init"
@@ -224,6 +227,12 @@ class Worker:
         self.services: dict[str, int] = {}
         self.dashboard_address = dashboard_address
         self.dashboard_prefix = dashboard_prefix
+        # Memory management (only with a memory limit): spill least recently
+        # used values past target * limit of managed bytes; stop starting
+        # tasks while the process uses more than pause * limit.  (The nanny
+        # restarts the worker at 95%.)  None switches a threshold off.
+        self.memory_target_fraction = memory_target_fraction
+        self.memory_pause_fraction = memory_pause_fraction
 
     def __repr__(self) -> str:
         return f"<Worker {self.address or '(not started)'} name={self.name!r} status={self.status}>"
@@ -262,11 +271,17 @@ class Worker:
                 if not self.name:
                     self.name = self.address
                 self.state = ws.WorkerState(address=self.address, nthreads=self.nthreads, resources=self.resources, validate=self.validate)
+                if self.memory_limit and self.memory_target_fraction:
+                    self.data = SpillBuffer(
+                        os.path.join(self.local_directory, "spill"), int(self.memory_limit * self.memory_target_fraction)
+                    )
                 self.executor = ThreadExecutor(self.nthreads, name=f"trioflow-{self.name}", context=self)
                 await self._register(comm)
                 self.status = "running"
                 nursery.start_soon(self._executor_loop)
                 nursery.start_soon(self._heartbeat_loop)
+                if self.memory_limit and self.memory_pause_fraction:
+                    nursery.start_soon(self._memory_monitor)
                 nursery.start_soon(self._scheduler_loop, comm)
                 task_status.started(self)
                 await self._close_event.wait()
@@ -278,6 +293,8 @@ class Worker:
                     await self.executor.aclose(timeout=2)
                 if self.pool is not None:
                     await self.pool.aclose()
+            if isinstance(self.data, SpillBuffer):
+                self.data.close()
             self.data.clear()
             self._serialized.clear()
             shutil.rmtree(self.local_directory, ignore_errors=True)
@@ -509,7 +526,7 @@ class Worker:
                     continue  # reset by a reconnect
                 if rec[0] == "ok":
                     _, key, result, nbytes, type_name, start, stop, index, serialized = rec
-                    self.data[key] = result
+                    self._store(key, result, nbytes)
                     if serialized is not None:
                         self._serialized[key] = serialized
                     events.append(ws.ExecuteSuccess(key=key, nbytes=nbytes, type_name=type_name, start=start, stop=stop, thread=index))
@@ -558,8 +575,8 @@ class Worker:
             except SerializationError as exc:
                 logger.warning("could not deserialize %r from %s: %s", key, inst.worker, exc)
                 continue
-            self.data[key] = value
             nbytes[key] = sizeof(value)
+            self._store(key, value, nbytes[key])
         stop = time.time()
         total = sum(ser.nbytes for ser in reply.data.values())
         if total > 1_000_000 and stop > start:
@@ -568,6 +585,39 @@ class Worker:
         if len(self.transfer_log) > 1000:
             del self.transfer_log[:500]
         self._handle(ws.GatherDepDone(worker=inst.worker, nbytes=nbytes, missing=list(reply.missing)))
+
+    def _store(self, key: str, value: Any, nbytes: int) -> None:
+        if isinstance(self.data, SpillBuffer):
+            self.data.set(key, value, nbytes)
+        else:
+            self.data[key] = value
+
+    async def _memory_monitor(self) -> None:
+        """Pause (run no new tasks, tell the scheduler) while the process is
+        over the pause threshold; spill to get back under it."""
+        assert self.memory_pause_fraction is not None
+        pause_at = self.memory_limit * self.memory_pause_fraction
+        resume_at = pause_at * 0.9
+        while True:
+            await trio.sleep(0.1)
+            try:
+                rss = self._proc.memory_info().rss
+            except psutil.Error:
+                continue
+            assert self.state is not None
+            if rss > pause_at and isinstance(self.data, SpillBuffer) and self.data.fast:
+                self.data.spill_lru(int(rss - resume_at))
+            if rss > pause_at and not self.state.paused:
+                logger.warning(
+                    "worker %s is using %d MB, over %d%% of its %d MB limit: pausing",
+                    self.address, rss // 2**20, int(self.memory_pause_fraction * 100), self.memory_limit // 2**20,
+                )
+                self._handle(ws.PauseEvent(paused=True))
+                self._send(self._heartbeat())
+            elif rss < resume_at and self.state.paused:
+                logger.info("worker %s is using %d MB again: resuming", self.address, rss // 2**20)
+                self._handle(ws.PauseEvent(paused=False))
+                self._send(self._heartbeat())
 
     async def _heartbeat_loop(self) -> None:
         self._proc.cpu_percent()
@@ -584,8 +634,8 @@ class Worker:
             rss, cpu = 0, 0.0
         return m.Heartbeat(
             memory=rss,
-            managed=self.state.nbytes_in_memory,
-            spilled=0,
+            managed=self.data.fast_bytes if isinstance(self.data, SpillBuffer) else self.state.nbytes_in_memory,
+            spilled=self.data.slow_bytes if isinstance(self.data, SpillBuffer) else 0,
             cpu=cpu,
             executing=len(self.state.executing),
             ready=len(self.state.ready),
@@ -639,9 +689,9 @@ class Worker:
         except SerializationError as exc:
             return m.ErrorReply(message=f"cannot store scattered data: {exc}")
         for k, v in values.items():
-            self.data[k] = v
-            self._serialized.pop(k, None)
             nbytes[k] = sizeof(v)
+            self._store(k, v, nbytes[k])
+            self._serialized.pop(k, None)
         self._handle(ws.DataPut(nbytes=nbytes))
         return m.Ok()
 
