@@ -1068,3 +1068,27 @@ def test_freed_resources_do_not_start_a_task_about_to_be_released() -> None:
     out = sim.handle(MissingDataEvent(worker=addr("a"), key="s", errant_worker=addr("a")))
     assert sim.state("e") == sim.state("t") == "erred" and sim.state("d") == "released"
     assert not computes(out)
+
+
+def test_cancelling_several_keys_starts_none_of_them() -> None:
+    # Regression: keys were cancelled one after another, and the resources
+    # the first one freed started the next one in between.
+    sim = Sim()
+    sim.worker("a", resources={"GPU": 1})
+    sim.submit(spec("g1", resources={"GPU": 1}, priority=1), spec("g2", resources={"GPU": 1}))
+    assert (sim.state("g1"), sim.state("g2")) == ("processing", "no-worker")
+    out = sim.handle(CancelKeysEvent(client="c", keys=["g1", "g2"]))
+    assert not computes(out) and not sim.s.tasks
+
+
+def test_data_for_an_erred_root_reruns_the_whole_failed_chain() -> None:
+    # Regression: an unwanted erred task between the root and a wanted one
+    # stayed erred, so the wanted one failed again with an empty error.
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("r"), spec("mid", ["r"]), spec("top", ["mid"]), keys=["top"])
+    sim.err("r")
+    assert [sim.state(k) for k in ("r", "mid", "top")] == ["erred"] * 3
+    out = sim.handle(UpdateDataEvent(client="c", who_has={"r": [addr("a")]}, nbytes={"r": 1}))
+    assert not to_client(out, KeyErred)
+    assert [sim.state(k) for k in ("r", "mid", "top")] == ["memory", "processing", "waiting"]

@@ -702,6 +702,8 @@ class SchedulerState:
         cs = self.clients.get(ev.client)
         if cs is None:
             return
+        orders: list[list[TaskState]] = []
+        seen: set[TaskState] = set()
         for key in ev.keys:
             ts = self.tasks.get(key)
             if ts is None:
@@ -711,7 +713,6 @@ class SchedulerState:
             # that they are released first: releasing a dependency while a
             # dependent still waits for it would only send it to run again.
             order: list[TaskState] = []
-            seen: set[TaskState] = set()
             stack: list[tuple[TaskState, bool]] = [(ts, False)]
             while stack:
                 t, finished = stack.pop()
@@ -728,13 +729,17 @@ class SchedulerState:
                 stack.append((t, True))
                 if t.state not in ("memory",):
                     stack.extend((d, False) for d in t.dependents if d not in seen)
-            for t in order:
-                # A result still needed by a dependent outside the cancelled
-                # set stays (_maybe_release checks the waiters).
-                recs: dict[TaskState, str] = {}
+            orders.append(order)
+        # One cascade for all the keys, so that nothing a later key releases
+        # gets started in between.  _transitions pops the most recent
+        # recommendation first: queue dependencies first so dependents go
+        # first.  A result still needed outside the cancelled set stays
+        # (_maybe_release checks the waiters).
+        recs: dict[TaskState, str] = {}
+        for order in reversed(orders):
+            for t in reversed(order):
                 self._maybe_release(t, recs)
-                self._transitions(recs)
-        recs = {}
+        self._transitions(recs)
         for ts in list(self.tasks.values()):
             if ts.state == "released" and not ts.who_wants and not ts.waiters and not ts.dependents:
                 recs[ts] = "forgotten"
@@ -1316,12 +1321,17 @@ class SchedulerState:
         self._to_erred(ts, recs)
 
     def _t_erred_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        root = ts.exception_blame or ts
         ts.exception = None
         ts.exception_text = ts.traceback_text = ts.type_name = ""
         ts.exception_blame = None
         ts.state = "released"
         for dts in ts.dependents:
-            if dts.state == "erred" and (dts.who_wants or dts.waiters):
+            # Dependents that failed for the same cause go too, wanted or not:
+            # an unwanted one between this task and a wanted one would stay
+            # erred and fail the wanted one again, blaming an error that has
+            # just been cleared.
+            if dts.state == "erred" and (dts.who_wants or dts.waiters or dts.exception_blame is root):
                 recs[dts] = "released"
         if ts.who_wants or ts.waiters:
             if ts.runnable:

@@ -178,10 +178,12 @@ class WorkerTask:
         "wanted",
         "cancelled",
         "resources",
+        "_hash",
     )
 
     def __init__(self, key: str) -> None:
         self.key = key
+        self._hash = hash(key)
         self.state = "new"
         self.function: bytes | None = None
         self.args: Serialized | None = None
@@ -195,6 +197,12 @@ class WorkerTask:
         self.wanted = True  # False once the scheduler freed it
         self.cancelled = False  # freed while executing or in flight
         self.resources: dict[str, float] = {}
+
+    # Hash by key, not id(): set order decides which task becomes ready first
+    # (and so runs first), and must not change between runs of the same
+    # events.  Equality stays identity.
+    def __hash__(self) -> int:
+        return self._hash
 
     def __repr__(self) -> str:
         return f"<WorkerTask {self.key!r} {self.state}>"
@@ -307,6 +315,7 @@ class WorkerState:
         ts.wanted = True
         ts.cancelled = False
         ts.waiting_for.clear()
+        to_fetch: list[WorkerTask] = []
         for dep_key, holders in msg.who_has.items():
             dts = self.tasks.get(dep_key)
             if dts is None:
@@ -323,16 +332,24 @@ class WorkerState:
                         if w not in dts.who_has and w != self.address:
                             dts.who_has.append(w)
                     if dts.state == "fetch":
-                        self._queue_fetch(dts)
+                        to_fetch.append(dts)
                 elif dts.state == "error":
                     # A stale failure of ours: fetch it from where the scheduler says.
                     dts.state = "fetch"
                     dts.who_has = [w for w in holders if w != self.address]
-                    self._queue_fetch(dts)
+                    to_fetch.append(dts)
         if ts.waiting_for:
             ts.state = "waiting"
         else:
             self._make_ready(ts)
+        # Queue the fetches only now that the task is 'waiting': a dependency
+        # with no holder but us (the scheduler thinks we still have it) makes
+        # _missing reschedule its waiting dependents.  Queued from inside the
+        # loop, the task was not waiting yet, so it lost the dependency
+        # instead and ran without it.
+        for dts in to_fetch:
+            if dts.state == "fetch" and self.tasks.get(dts.key) is dts:
+                self._queue_fetch(dts)
 
     def _free_keys(self, ev: FreeKeysEvent) -> None:
         for key in ev.keys:
@@ -436,6 +453,10 @@ class WorkerState:
                 continue
             elif ts.state in ("fetch", "flight"):
                 self._forget_fetch(ts)
+            elif ts.state == "memory":
+                # A new value replaces the old: _set_memory below counts
+                # only keys that were not in memory yet.
+                self.nbytes_in_memory += max(n, 0) - max(ts.nbytes, 0)
             ts.nbytes = n
             ts.wanted = True
             self._set_memory(ts)

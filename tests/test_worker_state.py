@@ -1,0 +1,361 @@
+"""The worker's sans-IO state machine, driven directly.
+
+A hypothesis ``RuleBasedStateMachine`` plays the scheduler (compute-task,
+free-keys), the executor (each ``Execute`` answered once, by success or
+failure), the peers (each ``GatherDep`` answered once: done, partly missing,
+or failed) and scatter (data put), against :class:`WorkerState`.  Next to the
+state it keeps what the shell would hold: the data store, the executions and
+transfers in progress.  After every step ``validate()`` must hold, and the
+state must agree with that model: no more executions than slots or
+resources allow, every dependency in the store when its task is executed,
+the store holding exactly the keys in memory.  At the end, once every
+execution and transfer has come back, each task the scheduler still wants
+has an answer, and freeing everything leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from trioflow.protocol.messages import AddKeys, ComputeTask, MissingData, Reschedule, TaskErred, TaskFinished
+from trioflow.protocol.serialize import dumps
+from trioflow.worker.state import (
+    ComputeTaskEvent,
+    DataPut,
+    DropData,
+    Execute,
+    ExecuteFailure,
+    ExecuteSuccess,
+    FreeKeysEvent,
+    GatherDep,
+    GatherDepDone,
+    GatherDepFailed,
+    InvalidWorkerEvent,
+    PauseEvent,
+    SendMsg,
+    WorkerState,
+)
+
+ME = "tcp://me"
+PEERS = ["tcp://p0", "tcp://p1", "tcp://p2"]
+KEYS = [f"k{i}" for i in range(8)]
+FUNC = b"function"
+ARGS = dumps(())
+
+
+def compute(key: str, who_has: dict[str, list[str]] | None = None, *, priority=(0, 0, 0), resources=None, nbytes=None) -> ComputeTaskEvent:
+    who_has = who_has or {}
+    return ComputeTaskEvent(
+        msg=ComputeTask(
+            key=key,
+            function=FUNC,
+            args=ARGS,
+            who_has=who_has,
+            nbytes=nbytes if nbytes is not None else dict.fromkeys(who_has, 10),
+            priority=priority,
+            resources=resources or {},
+        )
+    )
+
+
+def success(key: str, nbytes: int = 10) -> ExecuteSuccess:
+    return ExecuteSuccess(key=key, nbytes=nbytes, type_name="int", start=1.0, stop=2.0)
+
+
+def failure(key: str) -> ExecuteFailure:
+    return ExecuteFailure(key=key, exception=None, exception_text="bad", traceback_text="", type_name="ValueError")
+
+
+def snapshot(w: WorkerState) -> dict:
+    def keys(ts):
+        return sorted(t.key for t in ts)
+
+    return {
+        "tasks": {
+            k: (
+                t.state,
+                keys(t.dependencies),
+                keys(t.dependents),
+                keys(t.waiting_for),
+                list(t.who_has),
+                t.coming_from,
+                t.nbytes,
+                t.wanted,
+                t.cancelled,
+                t.priority,
+            )
+            for k, t in w.tasks.items()
+        },
+        "ready": sorted((p, s, t.key, t.state) for p, s, t in w.ready),
+        "executing": keys(w.executing),
+        "fetch": {a: keys(g) for a, g in w.fetch_by_worker.items()},
+        "flight": {a: keys(g) for a, g in w.in_flight_workers.items()},
+        "resources": dict(w.available_resources),
+        "paused": w.paused,
+        "nbytes": w.nbytes_in_memory,
+        "out": list(w._out),
+        "pending": dict(w._pending_add_keys),
+    }
+
+
+def expect_invalid(w: WorkerState, event) -> None:
+    before = snapshot(w)
+    with pytest.raises(InvalidWorkerEvent):
+        w.handle(event)
+    assert snapshot(w) == before
+
+
+def sent(out: list, kind: type) -> list:
+    return [i.msg for i in out if isinstance(i, SendMsg) and isinstance(i.msg, kind)]
+
+
+# ---------------------------------------------------------------- the machine
+
+
+class WorkerMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w: WorkerState
+        self.deps: dict[str, list[str]] = {}
+        self.store: set[str] = set()  # keys whose values the shell holds
+        self.running: set[str] = set()  # Execute given, not answered yet
+        self.flights: dict[str, tuple[str, ...]] = {}  # peer -> keys asked for
+        self.wanted: set[str] = set()  # compute-task sent and not freed
+        self.answered: set[str] = set()  # wanted keys the worker reported on
+
+    @initialize(
+        nthreads=st.integers(1, 3),
+        prefetch=st.sampled_from([None, 0, 1]),
+        gpu=st.integers(0, 2),
+        max_fetches=st.integers(1, 3),
+        max_bytes=st.sampled_from([1, 50, 10**9]),
+        graph=st.lists(st.lists(st.integers(0, len(KEYS) - 1), max_size=3), min_size=len(KEYS), max_size=len(KEYS)),
+    )
+    def setup(self, nthreads, prefetch, gpu, max_fetches, max_bytes, graph) -> None:
+        self.w = WorkerState(
+            address=ME,
+            nthreads=nthreads,
+            prefetch=prefetch,
+            resources={"GPU": float(gpu)} if gpu else {},
+            max_concurrent_fetches=max_fetches,
+            max_transfer_bytes=max_bytes,
+        )
+        # A fixed DAG: a key depends only on keys before it, the same every time.
+        self.deps = {k: sorted({KEYS[j] for j in graph[i] if j < i}) for i, k in enumerate(KEYS)}
+
+    # ------------------------------------------------------------ plumbing
+
+    def handle(self, event) -> list:
+        out = self.w.handle(event)
+        self.apply(out)
+        return out
+
+    def apply(self, out: list) -> None:
+        w = self.w
+        for ins in out:
+            if isinstance(ins, Execute):
+                assert ins.key not in self.running, ins
+                missing = set(ins.dependencies) - self.store
+                assert not missing, f"executing {ins.key} without {missing}"
+                assert set(ins.dependencies) == set(self.deps[ins.key]), ins
+                self.running.add(ins.key)
+            elif isinstance(ins, GatherDep):
+                assert ins.worker != ME and ins.worker not in self.flights, ins
+                assert ins.keys and not set(ins.keys) & self.store, ins
+                self.flights[ins.worker] = ins.keys
+            elif isinstance(ins, DropData):
+                assert ins.key in self.store, ins
+                self.store.discard(ins.key)
+            else:
+                msg = ins.msg
+                if isinstance(msg, (TaskFinished, TaskErred)):
+                    assert msg.key in self.wanted, msg
+                    if isinstance(msg, TaskFinished):
+                        assert msg.key in self.store, msg
+                    self.answered.add(msg.key)
+                elif isinstance(msg, AddKeys):
+                    assert set(msg.nbytes) <= self.store, msg
+                elif isinstance(msg, Reschedule):
+                    assert msg.key in self.wanted, msg
+                    self.answered.add(msg.key)
+                else:
+                    assert isinstance(msg, MissingData), msg
+        assert len(w.executing) <= w.slots
+
+    # ------------------------------------------------------------ invariants
+
+    @invariant()
+    def valid(self) -> None:
+        self.w.validate()
+
+    @invariant()
+    def agrees_with_the_shell(self) -> None:
+        w = self.w
+        assert {t.key for t in w.executing} == self.running
+        # A transfer stays in flight until its peer answers, even when the
+        # state has stopped caring for some of its keys.
+        assert set(self.flights) == set(w.in_flight_workers)
+        for peer, group in w.in_flight_workers.items():
+            assert {t.key for t in group} <= set(self.flights[peer])
+        assert {k for k, t in w.tasks.items() if t.state == "memory"} == self.store
+        assert w.nbytes_in_memory == sum(max(t.nbytes, 0) for t in w.tasks.values() if t.state == "memory")
+
+    @invariant()
+    def resources_respected(self) -> None:
+        w = self.w
+        for name, total in w.total_resources.items():
+            used = sum(t.resources.get(name, 0) for t in w.executing)
+            assert used <= total + 1e-9
+            assert abs(w.available_resources[name] - (total - used)) < 1e-9
+
+    @invariant()
+    def nothing_stuck(self) -> None:
+        w = self.w
+        for t in w.tasks.values():
+            if t.state == "fetch":
+                assert any(t in g for g in w.fetch_by_worker.values()), f"{t!r} is never fetched"
+            if t.state == "ready":
+                assert any(r is t for _, _, r in w.ready), t
+
+    # ------------------------------------------------------------ the scheduler
+
+    @rule(data=st.data(), priority=st.integers(-2, 2), gpu=st.integers(0, 2))
+    def compute_task(self, data: st.DataObject, priority: int, gpu: int) -> None:
+        key = data.draw(st.sampled_from(KEYS), label="key")
+        who_has = {}
+        for dep in self.deps[key]:
+            who_has[dep] = data.draw(st.lists(st.sampled_from(PEERS + [ME]), min_size=1, max_size=3, unique=True), label=f"holders of {dep}")
+        nbytes = {d: data.draw(st.integers(0, 100)) for d in who_has}
+        resources = {"GPU": float(gpu)} if gpu and gpu <= self.w.total_resources.get("GPU", 0) else {}
+        self.wanted.add(key)
+        self.answered.discard(key)
+        self.handle(compute(key, who_has, priority=(-priority, 0, KEYS.index(key)), resources=resources, nbytes=nbytes))
+
+    @rule(data=st.data())
+    def free_keys(self, data: st.DataObject) -> None:
+        keys = data.draw(st.lists(st.sampled_from(KEYS + ["unknown"]), min_size=1, max_size=3, unique=True), label="keys")
+        self.handle(FreeKeysEvent(keys=keys))
+        self.wanted -= set(keys)
+
+    @precondition(lambda self: len(self.running) < len(KEYS))
+    @rule(data=st.data())
+    def data_put(self, data: st.DataObject) -> None:
+        # Not over a key being executed here: the shell stores the result
+        # over the put value before the state hears of either (see the
+        # report: a known limitation, not modelled).
+        pool = [k for k in KEYS if k not in self.running]
+        keys = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=2, unique=True), label="keys")
+        nbytes = {k: data.draw(st.integers(0, 100)) for k in keys}
+        # The shell stores first, then tells the state (it may drop again).
+        self.store |= set(keys)
+        self.handle(DataPut(nbytes=nbytes))
+
+    @rule(paused=st.booleans())
+    def pause(self, paused: bool) -> None:
+        self.handle(PauseEvent(paused=paused))
+
+    # ------------------------------------------------------------ the executor
+
+    @precondition(lambda self: self.running)
+    @rule(data=st.data(), ok=st.booleans(), nbytes=st.integers(0, 100))
+    def execution_done(self, data: st.DataObject, ok: bool, nbytes: int) -> None:
+        key = data.draw(st.sampled_from(sorted(self.running)), label="key")
+        self.running.discard(key)
+        if ok:
+            self.store.add(key)
+            self.handle(success(key, nbytes))
+        else:
+            self.handle(failure(key))
+
+    # ------------------------------------------------------------ the peers
+
+    @precondition(lambda self: self.flights)
+    @rule(data=st.data())
+    def gather_done(self, data: st.DataObject) -> None:
+        peer = data.draw(st.sampled_from(sorted(self.flights)), label="peer")
+        keys = self.flights.pop(peer)
+        got = data.draw(st.lists(st.sampled_from(keys), unique=True), label="received")
+        nbytes = {k: data.draw(st.integers(0, 100)) for k in got}
+        self.store |= set(got)
+        self.handle(GatherDepDone(worker=peer, nbytes=nbytes, missing=[k for k in keys if k not in got]))
+
+    @precondition(lambda self: self.flights)
+    @rule(data=st.data())
+    def gather_failed(self, data: st.DataObject) -> None:
+        peer = data.draw(st.sampled_from(sorted(self.flights)), label="peer")
+        keys = self.flights.pop(peer)
+        self.handle(GatherDepFailed(worker=peer, keys=list(keys)))
+
+    # ------------------------------------------------------------ bad input
+
+    @rule(data=st.data())
+    def invalid_event(self, data: st.DataObject) -> None:
+        w = self.w
+        not_running = [k for k in KEYS if k not in self.running]
+        cases = [
+            GatherDepDone(worker="tcp://idle", nbytes={}, missing=[]),
+            GatherDepFailed(worker="tcp://idle", keys=["k0"]),
+            DataPut(nbytes={"k0": 1, "k1": -1}),
+            compute("k5", {"k0": ["tcp://p0"]}, nbytes={"k0": -7}),
+        ]
+        if not_running:
+            k = data.draw(st.sampled_from(not_running), label="key")
+            cases += [success(k), failure(k)]
+        for peer in PEERS:
+            if peer not in self.flights:
+                cases.append(GatherDepDone(worker=peer, nbytes={}, missing=[]))
+        expect_invalid(w, data.draw(st.sampled_from(cases), label="event"))
+
+    # ------------------------------------------------------------ the end
+
+    def settle(self) -> None:
+        """Answer every execution (success) and transfer (all there)."""
+        for _ in range(200):
+            if self.running:
+                key = sorted(self.running)[0]
+                self.running.discard(key)
+                self.store.add(key)
+                self.handle(success(key))
+            elif self.flights:
+                peer = sorted(self.flights)[0]
+                keys = self.flights.pop(peer)
+                self.store |= set(keys)
+                self.handle(GatherDepDone(worker=peer, nbytes=dict.fromkeys(keys, 5), missing=[]))
+            else:
+                return
+            self.w.validate()
+        raise AssertionError("executions and transfers never stop")
+
+    def teardown(self) -> None:
+        w = getattr(self, "w", None)
+        if w is None:
+            return
+        w.validate()
+        self.handle(PauseEvent(paused=False))
+        self.settle()
+        w.validate()
+        for key in self.wanted:
+            t = w.tasks.get(key)
+            assert key in self.answered or (t is not None and t.state in ("memory", "error")), (key, t)
+            if t is not None:
+                assert t.state in ("memory", "error"), (key, t)
+        self.handle(FreeKeysEvent(keys=KEYS))
+        self.settle()
+        w.validate()
+        assert not w.tasks and not self.store and w.nbytes_in_memory == 0, w.tasks
+        assert not w.ready or all(t.state != "ready" for _, _, t in w.ready)
+        assert not w.fetch_by_worker and not w.in_flight_workers and not w.executing
+        assert w.available_resources == w.total_resources
+
+
+WorkerMachine.TestCase.settings = settings(
+    max_examples=150,
+    stateful_step_count=30,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+test_worker_machine = WorkerMachine.TestCase
