@@ -6,14 +6,17 @@ For each system (trioflow; dask with its default scheduler settings; dask with
 ``worker-saturation: inf``, i.e. no root-task queueing) the runner starts a
 scheduler and two single-threaded, nanny-less worker processes on loopback,
 dashboards off, each process in its own session (process group), logs to a
-temporary directory.  It connects that system's blocking ``Client`` with
-``scheduler_file=``, waits for both workers and runs the workloads of
-:mod:`benchmarks.workloads`, repeating each and keeping the medians.
+temporary directory, and connects that system's blocking ``Client`` with
+``scheduler_file=``.  All three clusters then stay up side by side and each
+workload of :mod:`benchmarks.workloads` runs on them in turn, repetition by
+repetition, rotating which system goes first (the machine is shared, and load
+drifts over minutes: interleaving puts the systems under the same
+conditions).  Medians of the repetitions are reported.
 
 Cold start is the time from launching the scheduler process to a client that
-sees the scheduler and two workers; idle RSS is read with psutil a moment
-later, before any work.  In a full run the cluster is started ``repeat``
-times for those two figures; the last one runs the workloads.
+sees the scheduler and two workers; idle RSS is read with psutil half a
+second later, before any work.  In a full run each cluster is started
+``repeat`` times for those two figures; the last one runs the workloads.
 
 Teardown is a ladder in ``finally``: ``client.shutdown()`` (scheduler and
 workers close), wait; SIGTERM every process group, wait; SIGKILL what is
@@ -399,23 +402,19 @@ def _record_error(results: dict[str, Any], name: str, system: str, error: str) -
     results.setdefault(name, {})[system] = {"error": error}
 
 
-def run_system(
+def _start_measured(
     system: System,
-    workloads: list[Workload],
-    *,
-    repeat: int,
-    quick: bool,
-    startup_repeat: int,
-    results: dict[str, Any],
     logdir: str,
+    n_starts: int,
+    results: dict[str, Any],
     want_startup: bool,
     log: Callable[[str], None],
-) -> None:
+) -> Cluster:
+    """Start ``system`` ``n_starts`` times for cold start and idle RSS; keep the last cluster."""
     cold: list[float] = []
     rss: dict[str, list[float]] = {}
     cluster: Cluster | None = None
     try:
-        n_starts = startup_repeat if want_startup else 1
         for i in range(n_starts):
             if cluster is not None:
                 cluster.stop()
@@ -428,56 +427,112 @@ def run_system(
                 f"  [{system.name}] start {i + 1}/{n_starts}: cold start {cluster.cold_start:.2f}s, "
                 + ", ".join(f"{r} {v:.0f} MiB" for r, v in cluster.rss.items())
             )
-        if want_startup:
-            _record(results, "cold_start", system.name, cold)
-            _record(results, "rss_scheduler", system.name, rss.get("scheduler", []))
-            _record(results, "rss_worker0", system.name, rss.get("worker0", []))
-            _record(results, "rss_worker1", system.name, rss.get("worker1", []))
-        if not workloads:
-            return
         assert cluster is not None
-        ctx = Ctx(cluster.client, cluster.workers, system.lib(), system.name, quick)
-        warm_up(ctx)
+        warm_up(Ctx(cluster.client, cluster.workers, system.lib(), system.name, quick=False))
         cluster.wait_idle()
-        for w in workloads:
-            runs: list[float] = []
-            error = None
-            for rep in range(1 if quick else repeat):
-                t0 = time.perf_counter()
-                try:
-                    with watchdog(cluster, w.timeout):
-                        value = w.fn(ctx, rep)
-                except Exception as exc:  # noqa: BLE001 - one workload failing must not end the run
-                    error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-                    if cluster.killed_by_watchdog:
-                        error = f"timeout after {w.timeout:.0f}s ({error})"
-                    log(f"  [{system.name}] {w.name} rep {rep + 1}: ERROR {error}")
-                    log(traceback.format_exc())
-                    # Start afresh for whatever comes next.
-                    cluster.stop()
-                    cluster = Cluster(system, logdir)
-                    cluster.start()
-                    ctx = Ctx(cluster.client, cluster.workers, system.lib(), system.name, quick)
-                    warm_up(ctx)
-                    break
-                if value is None:
-                    break
-                runs.append(value)
-                idle = cluster.wait_idle()
-                log(
-                    f"  [{system.name}] {w.name} rep {rep + 1}: {value:,.1f} {w.unit} "
-                    f"({time.perf_counter() - t0:.1f}s){'' if idle else '  [warning: keys still held after 15s]'}"
-                )
-            if error is not None:
-                _record_error(results, w.name, system.name, error)
-            elif runs:
-                _record(results, w.name, system.name, runs)
-            else:
-                _record_error(results, w.name, system.name, "n/a")
-    finally:
+    except BaseException:
         if cluster is not None:
             cluster.stop()
-            log(f"  [{system.name}] stopped in {cluster.stop_seconds:.1f}s")
+        raise
+    if want_startup:
+        _record(results, "cold_start", system.name, cold)
+        for role in ("scheduler", "worker0", "worker1"):
+            _record(results, f"rss_{role}", system.name, rss.get(role, []))
+    return cluster
+
+
+def run_all(
+    systems: list[System],
+    workloads: list[Workload],
+    *,
+    repeat: int,
+    quick: bool,
+    results: dict[str, Any],
+    logdir: str,
+    want_startup: bool,
+    log: Callable[[str], None],
+) -> None:
+    """Start every system's cluster, then run each workload on all of them in turn.
+
+    The clusters stay up side by side (idle ones cost next to nothing), and
+    for every workload the repetitions go round the systems, rotating who
+    goes first: load from other users of the machine drifts over minutes, so
+    this puts the systems being compared under the same conditions.
+    """
+    clusters: dict[str, Cluster] = {}
+    by_name = {s.name: s for s in systems}
+    try:
+        for system in systems:
+            log(f"== starting {system.label}")
+            try:
+                clusters[system.name] = _start_measured(
+                    system, logdir, 1 if quick else repeat, results, want_startup, log
+                )
+            except Exception as exc:  # noqa: BLE001 - a system that cannot start is an error row
+                log(f"  [{system.name}] FAILED to start: {type(exc).__name__}: {exc}")
+                log(traceback.format_exc())
+                for name in [
+                    *(("cold_start",) if want_startup else ()),
+                    *(w.name for w in workloads),
+                ]:
+                    _record_error(
+                        results,
+                        name,
+                        system.name,
+                        f"start failed: {type(exc).__name__}: {exc}"[:200],
+                    )
+        n_reps = 1 if quick else repeat
+        for w in workloads:
+            log(f"== {w.name}")
+            runs: dict[str, list[float]] = {n: [] for n in clusters}
+            errors: dict[str, str] = {}
+            for rep in range(n_reps):
+                names = [n for n in clusters if n not in errors]
+                k = rep % len(names) if names else 0
+                for name in names[k:] + names[:k]:
+                    if name in errors:
+                        continue
+                    cluster = clusters[name]
+                    ctx = Ctx(cluster.client, cluster.workers, by_name[name].lib(), name, quick)
+                    t0 = time.perf_counter()
+                    try:
+                        with watchdog(cluster, w.timeout):
+                            value = w.fn(ctx, rep)
+                    except Exception as exc:  # noqa: BLE001 - one workload failing must not end the run
+                        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                        if cluster.killed_by_watchdog:
+                            error = f"timeout after {w.timeout:.0f}s ({error})"
+                        errors[name] = error
+                        log(f"  [{name}] {w.name} rep {rep + 1}: ERROR {error}")
+                        log(traceback.format_exc())
+                        cluster.stop()  # and start afresh for whatever comes next
+                        del clusters[name]
+                        try:
+                            clusters[name] = _start_measured(
+                                by_name[name], logdir, 1, {}, False, log
+                            )
+                        except Exception as exc2:  # noqa: BLE001
+                            log(f"  [{name}] could not restart: {type(exc2).__name__}: {exc2}")
+                        continue
+                    if value is None:
+                        errors[name] = "n/a"
+                        continue
+                    runs[name].append(value)
+                    idle = cluster.wait_idle()
+                    log(
+                        f"  [{name}] {w.name} rep {rep + 1}: {value:,.1f} {w.unit} "
+                        f"({time.perf_counter() - t0:.1f}s)"
+                        + ("" if idle else "  [warning: keys still held after 15s]")
+                    )
+            for name in runs:
+                if name in errors:
+                    _record_error(results, w.name, name, errors[name])
+                elif runs[name]:
+                    _record(results, w.name, name, runs[name])
+    finally:
+        for name, cluster in clusters.items():
+            cluster.stop()
+            log(f"  [{name}] stopped in {cluster.stop_seconds:.1f}s")
 
 
 STARTUP_ROWS = [
@@ -635,27 +690,16 @@ def main(args: Any) -> int:
     logdir = tempfile.mkdtemp(prefix="trioflow-bench-")
     t_all = time.perf_counter()
     try:
-        for system in systems:
-            log(f"== {system.label}")
-            try:
-                run_system(
-                    system,
-                    workloads,
-                    repeat=args.repeat,
-                    quick=args.quick,
-                    startup_repeat=1 if args.quick else args.repeat,
-                    results=results,
-                    logdir=logdir,
-                    want_startup=want_startup,
-                    log=log,
-                )
-            except Exception as exc:  # noqa: BLE001 - a system that cannot start is an error row, not a crash
-                log(f"  [{system.name}] FAILED: {type(exc).__name__}: {exc}")
-                log(traceback.format_exc())
-                for w in [*(("cold_start",) if want_startup else ()), *(w.name for w in workloads)]:
-                    results.setdefault(w, {}).setdefault(
-                        system.name, {"error": f"{type(exc).__name__}: {exc}"[:200]}
-                    )
+        run_all(
+            systems,
+            workloads,
+            repeat=args.repeat,
+            quick=args.quick,
+            results=results,
+            logdir=logdir,
+            want_startup=want_startup,
+            log=log,
+        )
     finally:
         if args.keep_logs:
             log(f"logs kept in {logdir}")

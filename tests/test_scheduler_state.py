@@ -521,7 +521,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         s.validate()
 
         # The same events give the same state (no hidden randomness) ...
-        early = SchedulerState(allowed_failures=s.allowed_failures)
+        early = SchedulerState(allowed_failures=s.allowed_failures, worker_saturation=s.worker_saturation)
         for ev, now in self.events:
             early.handle(ev, now)
         assert snapshot(early) == snapshot(s)
@@ -584,8 +584,10 @@ test_scheduler_machine = SchedulerMachine.TestCase
 class Sim:
     """A SchedulerState with one client and helpers that name things briefly."""
 
-    def __init__(self, allowed_failures: int = 3, client: str = "c") -> None:
-        self.s = SchedulerState(allowed_failures=allowed_failures, validate=True)
+    def __init__(self, allowed_failures: int = 3, client: str = "c", worker_saturation: float = float("inf")) -> None:
+        # Focused tests see every ready task sent at once unless they ask for
+        # root-task queuing (the stateful machine above runs with it on).
+        self.s = SchedulerState(allowed_failures=allowed_failures, validate=True, worker_saturation=worker_saturation)
         self.now = 0.0
         self.client = client
         self.handle(AddClient(client=client))
@@ -1092,3 +1094,45 @@ def test_data_for_an_erred_root_reruns_the_whole_failed_chain() -> None:
     out = sim.handle(UpdateDataEvent(client="c", who_has={"r": [addr("a")]}, nbytes={"r": 1}))
     assert not to_client(out, KeyErred)
     assert [sim.state(k) for k in ("r", "mid", "top")] == ["memory", "processing", "waiting"]
+
+
+# ---------------------------------------------------------------- root-task queuing
+
+
+def test_root_tasks_queue_at_the_scheduler_and_flow_as_slots_free() -> None:
+    sim = Sim(worker_saturation=1.1)
+    sim.worker("a", nthreads=2)
+    specs = [spec(f"r-{i}") for i in range(100)]
+    out = sim.submit(*specs)
+    # ceil(2 * 1.1) + 1 spare = 4 tasks go to the worker; the rest wait in order.
+    assert [k for _, k in computes(out)] == ["r-0", "r-1", "r-2", "r-3"]
+    assert sim.s.task_counts["queued"] == 96
+    out = sim.finish("r-0")
+    assert [k for _, k in computes(out)] == ["r-4"]
+    # A second worker takes from the queue the moment it joins.
+    out = sim.worker("b", nthreads=1)
+    assert [k for _, k in computes(out)] == ["r-5", "r-6", "r-7"]
+    assert sim.s.task_counts["queued"] == 92
+
+
+def test_queued_tasks_spread_to_a_worker_that_joins_later() -> None:
+    sim = Sim(worker_saturation=1.1)
+    sim.worker("a")
+    sim.submit(*[spec(f"r-{i}") for i in range(1000)])
+    sim.worker("b")
+    done_on = {"a": 0, "b": 0}
+    while sim.s.task_counts["queued"] or sim.s.task_counts["processing"]:
+        for ts in [t for t in sim.s.tasks.values() if t.state == "processing"]:
+            done_on[ts.processing_on.name] += 1
+            sim.finish(ts.key)
+    assert done_on["a"] + done_on["b"] == 1000
+    assert done_on["b"] > 400  # load spread, not pinned to the first worker
+
+
+def test_releasing_a_queued_task_forgets_it() -> None:
+    sim = Sim(worker_saturation=1.1)
+    sim.worker("a")
+    sim.submit(*[spec(f"r-{i}") for i in range(10)])
+    sim.handle(ReleaseKeysEvent(client="c", keys=["r-9"]))
+    assert sim.state("r-9") == "forgotten"
+    assert sim.s.task_counts["queued"] == 6

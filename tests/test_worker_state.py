@@ -172,7 +172,8 @@ class WorkerMachine(RuleBasedStateMachine):
             else:
                 msg = ins.msg
                 if isinstance(msg, (TaskFinished, TaskErred)):
-                    assert msg.key in self.wanted, msg
+                    # Also for a freed key still run as a local dependency:
+                    # the scheduler takes or drops such a stale report.
                     if isinstance(msg, TaskFinished):
                         assert msg.key in self.store, msg
                     self.answered.add(msg.key)

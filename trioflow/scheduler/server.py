@@ -70,13 +70,14 @@ class Scheduler:
         dashboard_whitelist: list[str] | None = None,
         use_xheaders: bool = False,
         name: str = "scheduler",
+        worker_saturation: float = 1.1,
     ) -> None:
         self.listen_address = address
         self.contact_address = contact_address
         self.security = security
         self.id = f"scheduler-{uuid.uuid4().hex[:12]}"
         self.name = name
-        self.state = ss.SchedulerState(allowed_failures=allowed_failures, validate=validate)
+        self.state = ss.SchedulerState(allowed_failures=allowed_failures, validate=validate, worker_saturation=worker_saturation)
         self.worker_ttl = worker_ttl
         self.scheduler_file = scheduler_file
         self.dashboard_address = dashboard_address

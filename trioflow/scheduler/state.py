@@ -17,6 +17,7 @@ Task states and their meaning:
 released      known, not wanted by anything right now, holds no data
 waiting       wanted; waits for dependencies to be in memory
 no-worker     ready to run, but no worker can take it (restrictions, none)
+queued        a ready root task held back because every worker is saturated
 processing    sent to ``processing_on``; the worker will report back
 memory        result held by the workers in ``who_has``
 erred         the task (or a dependency) failed; ``exception*`` says how
@@ -42,6 +43,8 @@ it does not hold.
 
 from __future__ import annotations
 
+import heapq
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -71,9 +74,12 @@ __all__ = [
     "TRANSITIONS",
 ]
 
-ALL_STATES = ("released", "waiting", "no-worker", "processing", "memory", "erred", "forgotten")
+ALL_STATES = ("released", "waiting", "no-worker", "queued", "processing", "memory", "erred", "forgotten")
 DEFAULT_DURATION = 0.5
 DEFAULT_BANDWIDTH = 100e6
+#: Root tasks a worker may hold beyond ceil(nthreads * worker_saturation):
+#: one spare keeps its executor thread fed across the scheduler round trip.
+QUEUE_PREFETCH = 1
 
 
 class InvalidTransition(RuntimeError):
@@ -409,7 +415,25 @@ Event = (
 class SchedulerState:
     """See the module docstring."""
 
-    def __init__(self, *, allowed_failures: int = 3, bandwidth: float = DEFAULT_BANDWIDTH, validate: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        allowed_failures: int = 3,
+        bandwidth: float = DEFAULT_BANDWIDTH,
+        validate: bool = False,
+        worker_saturation: float = 1.1,
+    ) -> None:
+        if not worker_saturation > 0:
+            raise ValueError(f"worker_saturation must be positive, got {worker_saturation}")
+        #: Root tasks (no dependencies, no restrictions) go to a worker only
+        #: while it runs fewer than ceil(nthreads * worker_saturation) tasks;
+        #: the rest wait in ``queued`` at the scheduler, so a huge graph
+        #: does not land on the workers all at once.  ``inf`` turns it off.
+        self.worker_saturation = worker_saturation
+        self.queued: dict[TaskState, None] = {}
+        self._queue_heap: list[tuple[tuple[int, int, int], int, TaskState]] = []
+        self._queue_seq = 0
+        self._to_fill: set[WorkerState] = set()
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[str, WorkerState] = {}
         self.clients: dict[str, ClientState] = {}
@@ -500,6 +524,7 @@ class SchedulerState:
         for ts in sorted(self.unrunnable, key=lambda t: t.priority):
             if ts.state == "no-worker" and self._valid_workers_now(ts, [ws]):
                 recs[ts] = "processing"
+        self._to_fill.add(ws)
         self._transitions(recs)
 
     def _remove_worker(self, ev: RemoveWorker) -> None:
@@ -556,6 +581,7 @@ class SchedulerState:
         elif not paused and ws.status == "paused":
             ws.status = "running"
             recs = {ts: "processing" for ts in self.unrunnable if ts.state == "no-worker"}
+            self._to_fill.add(ws)
             self._transitions(recs)
 
     # ------------------------------------------------------------ clients
@@ -1047,6 +1073,10 @@ class SchedulerState:
             self._flush_unrunnable(recs)
             if recs:
                 continue
+            if self._to_fill and self.queued:
+                self._fill_from_queue()
+                if recs:
+                    continue
             if not self._to_run:
                 return
             ready, self._to_run = self._to_run, set()
@@ -1125,7 +1155,53 @@ class SchedulerState:
             ts.state = "no-worker"
             self.unrunnable.add(ts)
             return
+        if self._is_root(ts) and (self.queued or self._saturated(ws)):
+            # Keep submission order: once anything is queued, new root tasks
+            # queue behind it instead of overtaking.
+            self._enqueue(ts)
+            return
         self._send_to_worker(ts, ws)
+
+    # ------------------------------------------------------------ root-task queue
+
+    def _is_root(self, ts: TaskState) -> bool:
+        return self.worker_saturation != float("inf") and not ts.dependencies and not ts.workers and not ts.resources
+
+    def _saturated(self, ws: WorkerState) -> bool:
+        return len(ws.processing) >= max(math.ceil(ws.nthreads * self.worker_saturation), 1) + QUEUE_PREFETCH
+
+    def _enqueue(self, ts: TaskState) -> None:
+        ts.state = "queued"
+        self.queued[ts] = None
+        self._queue_seq += 1
+        heapq.heappush(self._queue_heap, (ts.priority, self._queue_seq, ts))
+
+    def _dequeue(self, ts: TaskState) -> None:
+        self.queued.pop(ts, None)  # the heap entry is dropped lazily
+
+    def _fill_from_queue(self) -> None:
+        """Give workers with free slots the highest-priority queued tasks."""
+        workers, self._to_fill = self._to_fill, set()
+        heap = self._queue_heap
+        for ws in sorted(workers, key=lambda w: len(w.processing) / w.nthreads):
+            if ws.address not in self.workers or ws.status != "running":
+                continue
+            while heap and not self._saturated(ws):
+                _, _, ts = heap[0]
+                if ts not in self.queued or ts.state != "queued":
+                    heapq.heappop(heap)
+                    continue
+                heapq.heappop(heap)
+                self._dequeue(ts)
+                self._count_move(ts, "queued", "processing")
+                self.transition_counter += 1
+                self._send_to_worker(ts, ws)
+        if not self.queued:
+            heap.clear()
+
+    def _t_queued_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+        self._dequeue(ts)
+        self._to_released(ts, recs)
 
     def _send_to_worker(self, ts: TaskState, ws: WorkerState) -> None:
         duration = self.prefix_durations.get(ts.prefix, DEFAULT_DURATION)
@@ -1169,6 +1245,8 @@ class SchedulerState:
             if d is not None:
                 ws.occupancy = max(ws.occupancy - d, 0.0) if ws.processing else 0.0
             ts.processing_on = None
+            if self.queued:
+                self._to_fill.add(ws)
             if self._release_resources(ts, ws):
                 for t in sorted(self.unrunnable, key=lambda t: t.priority):
                     if self._fits(t, ws):
@@ -1403,7 +1481,7 @@ class SchedulerState:
                 for dts in ts.waiting_on:
                     assert not dts.who_has, (ts, dts)
                     assert ts in dts.waiters, (ts, dts)
-                    assert dts.state in ("waiting", "no-worker", "processing", "released"), (ts, dts)
+                    assert dts.state in ("waiting", "no-worker", "queued", "processing", "released"), (ts, dts)
                 for dts in ts.dependencies:
                     if not dts.who_has:
                         assert dts in ts.waiting_on, (ts, dts)
@@ -1416,8 +1494,12 @@ class SchedulerState:
             for dts in ts.waiters:
                 assert dts.state in ("waiting", "no-worker", "processing"), f"{dts!r} waits on {ts!r}"
                 assert ts in dts.dependencies
-            if ts.state in ("waiting", "no-worker", "processing"):
+            if ts.state in ("waiting", "no-worker", "queued", "processing"):
                 assert ts.who_wants or ts.waiters, f"{ts!r} is active but nothing wants it"
+            if ts.state == "queued":
+                assert ts in self.queued and not ts.dependencies, ts
+            else:
+                assert ts not in self.queued, ts
             if ts.state in ("released", "erred", "memory") and not ts.who_wants and not ts.waiters:
                 if ts.state == "memory":
                     raise AssertionError(f"{ts!r} in memory but unwanted")
@@ -1425,6 +1507,9 @@ class SchedulerState:
                     raise AssertionError(f"{ts!r} should have been forgotten")
         assert counts == self.task_counts, (counts, self.task_counts)
         assert not self._to_run and not self._maybe_unwanted and not self._pending_unrunnable
+        if self.queued:
+            # Queued tasks wait only while every running worker is saturated.
+            assert not any(w.status == "running" and not self._saturated(w) for w in self.workers.values()), "queued tasks while a worker has room"
         for address, ws in self.workers.items():
             assert ws.address == address
             for ts in ws.processing:
@@ -1494,6 +1579,7 @@ TRANSITIONS: dict[tuple[str, str], Any] = {
     ("waiting", "memory"): S._t_waiting_memory,
     ("waiting", "erred"): S._t_waiting_erred,
     ("no-worker", "processing"): S._t_noworker_processing,
+    ("queued", "released"): S._t_queued_released,
     ("no-worker", "released"): S._t_noworker_released,
     ("no-worker", "memory"): S._t_waiting_memory,
     ("no-worker", "erred"): S._t_noworker_erred,

@@ -295,7 +295,12 @@ class WorkerState:
                 ts.wanted = True
                 return
             if ts.state in ("waiting", "ready", "executing") and not ts.cancelled:
-                return  # duplicate
+                # A duplicate, or wanted again after a free-keys that kept it
+                # only as a local dependency: it must be reported this time
+                # (left unwanted, it was dropped silently once that
+                # dependent went, and the scheduler waited for ever).
+                ts.wanted = True
+                return
             if ts.state == "executing" and ts.cancelled:
                 ts.cancelled = False
                 ts.wanted = True
@@ -327,7 +332,9 @@ class WorkerState:
             dts.dependents.add(ts)
             if dts.state != "memory":
                 ts.waiting_for.add(dts)
-                if dts.state in ("fetch", "flight"):
+                if dts.state in ("fetch", "flight", "waiting", "ready", "executing"):
+                    # Also for a dependency computed here: should that run
+                    # fail, the key is fetched from where the scheduler says.
                     for w in holders:
                         if w not in dts.who_has and w != self.address:
                             dts.who_has.append(w)
@@ -366,17 +373,27 @@ class WorkerState:
         self._leave_executing(ts)
         ts.nbytes = ev.nbytes
         self.executed_count += 1
+        self._release_deps_of(ts)
         if ts.cancelled:
             ts.cancelled = False
             self._set_memory(ts)
-            self._out.append(DropData(ts.key))
-            self._set_gone(ts)
-            return
-        self._set_memory(ts)
-        self._out.append(
-            SendMsg(TaskFinished(key=ts.key, nbytes=ev.nbytes, type_name=ev.type_name, start=ev.start, stop=ev.stop, thread=ev.thread))
-        )
-        self._release_deps_of(ts)
+            if not self._needed(ts):
+                self._out.append(DropData(ts.key))
+                self._set_gone(ts)
+                return
+            # Freed while it ran, but a task sent here since needs it as a
+            # dependency: keep it, and tell the scheduler we hold it.
+            self._pending_add_keys[ts.key] = ts.nbytes
+        else:
+            self._set_memory(ts)
+            self._out.append(
+                SendMsg(TaskFinished(key=ts.key, nbytes=ev.nbytes, type_name=ev.type_name, start=ev.start, stop=ev.stop, thread=ev.thread))
+            )
+        # Local tasks may wait for this one: a task is sent here with a
+        # dependency that the scheduler has from elsewhere while a stale run
+        # of that dependency still goes on here.  Without this they waited
+        # for ever.
+        self._wake_dependents(ts)
 
     def _execute_failure(self, ev: ExecuteFailure) -> None:
         ts = self.tasks.get(ev.key)
@@ -384,26 +401,37 @@ class WorkerState:
             raise InvalidWorkerEvent(f"execution result for {ev.key!r}, which is not executing")
         self._leave_executing(ts)
         self.executed_count += 1
+        # (Dependencies were not released for a cancelled run before: they
+        # stayed in memory, unwanted, for ever.)
+        self._release_deps_of(ts)
+        waiting = any(t.state == "waiting" for t in ts.dependents)
         if ts.cancelled:
             ts.cancelled = False
-            self._set_gone(ts)
-            return
-        ts.state = "error"
-        self._out.append(
-            SendMsg(
-                TaskErred(
-                    key=ts.key,
-                    exception=ev.exception,
-                    exception_text=ev.exception_text,
-                    traceback_text=ev.traceback_text,
-                    type_name=ev.type_name,
-                    start=ev.start,
-                    stop=ev.stop,
-                    thread=ev.thread,
+            if not waiting:
+                self._set_gone(ts)
+                return
+        else:
+            ts.state = "error"
+            self._out.append(
+                SendMsg(
+                    TaskErred(
+                        key=ts.key,
+                        exception=ev.exception,
+                        exception_text=ev.exception_text,
+                        traceback_text=ev.traceback_text,
+                        type_name=ev.type_name,
+                        start=ev.start,
+                        stop=ev.stop,
+                        thread=ev.thread,
+                    )
                 )
             )
-        )
-        self._release_deps_of(ts)
+        if waiting:
+            # Local tasks wait for this key, which the scheduler says is in
+            # memory elsewhere (it sent them here): this run was a stale
+            # one.  Fetch the key instead (or reschedule them, if no holder).
+            ts.state = "fetch"
+            self._queue_fetch(ts)
 
     def _gather_done(self, ev: GatherDepDone) -> None:
         in_flight = self.in_flight_workers.pop(ev.worker, None)
@@ -412,20 +440,34 @@ class WorkerState:
         for dts in in_flight:
             if dts.key in ev.nbytes:
                 dts.nbytes = ev.nbytes[dts.key]
-                was_cancelled = dts.cancelled
                 dts.cancelled = False
                 self._set_memory(dts)
-                if was_cancelled or not self._needed(dts):
+                # Not "cancelled or not needed": a task sent since the fetch
+                # was cancelled may need it again, and lost it with the drop.
+                if not self._needed(dts):
                     self._out.append(DropData(dts.key))
                     self._set_gone(dts)
                     continue
                 self._pending_add_keys[dts.key] = dts.nbytes
-                for t in dts.dependents:
-                    t.waiting_for.discard(dts)
-                    if not t.waiting_for and t.state == "waiting":
-                        self._make_ready(t)
+                self._wake_dependents(dts)
             else:
                 self._fetch_failed_from(dts, ev.worker)
+        # Keys that arrived but were taken off this transfer meanwhile (now
+        # computed here, say): the shell stored them all the same.  Unless
+        # the key is in memory here anyway, drop the copy, or the store
+        # keeps a value the state does not know of.
+        asked = {t.key for t in in_flight}
+        for key in ev.nbytes:
+            if key not in asked:
+                t = self.tasks.get(key)
+                if t is None or t.state != "memory":
+                    self._out.append(DropData(key))
+
+    def _wake_dependents(self, ts: WorkerTask) -> None:
+        for t in ts.dependents:
+            t.waiting_for.discard(ts)
+            if not t.waiting_for and t.state == "waiting":
+                self._make_ready(t)
 
     def _gather_failed(self, ev: GatherDepFailed) -> None:
         in_flight = self.in_flight_workers.pop(ev.worker, None)
@@ -460,10 +502,7 @@ class WorkerState:
             ts.nbytes = n
             ts.wanted = True
             self._set_memory(ts)
-            for t in ts.dependents:
-                t.waiting_for.discard(ts)
-                if not t.waiting_for and t.state == "waiting":
-                    self._make_ready(t)
+            self._wake_dependents(ts)
 
     def _pause(self, ev: PauseEvent) -> None:
         self.paused = ev.paused
@@ -564,9 +603,10 @@ class WorkerState:
         dts.coming_from = ""
         if worker in dts.who_has:
             dts.who_has.remove(worker)
-        if dts.cancelled or not self._needed(dts):
+        if not self._needed(dts):  # see _gather_done
             self._set_gone(dts)
             return
+        dts.cancelled = False
         self._out.append(SendMsg(MissingData(key=dts.key, worker=worker)))
         dts.state = "fetch"
         self._queue_fetch(dts)
@@ -574,10 +614,19 @@ class WorkerState:
     def _missing(self, dts: WorkerTask) -> None:
         """No known holder for a dependency: fail the dependents back to the
         scheduler so that it reschedules them with fresh locations."""
-        for t in list(dts.dependents):
-            if t.state == "waiting":
+        # Transitively: a rescheduled task that other local tasks wait for
+        # would otherwise vanish from under them, leaving them 'waiting' for
+        # nothing.  Tasks kept only as dependencies (the scheduler freed
+        # them) go without a word.
+        stack = [t for t in dts.dependents if t.state == "waiting"]
+        while stack:
+            t = stack.pop()
+            if t.state != "waiting":
+                continue
+            if t.wanted:
                 self._out.append(SendMsg(Reschedule(key=t.key)))
-                self._drop(t)
+            stack.extend(d for d in t.dependents if d.state == "waiting")
+            self._drop(t)
         self._set_gone(dts)
 
     def _schedule(self) -> None:
