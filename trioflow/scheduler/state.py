@@ -1365,7 +1365,10 @@ class SchedulerState:
         self._to_released(ts, recs)
 
     def _t_processing_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
-        self._leave_processing(ts)
+        ws = self._leave_processing(ts)
+        if ws is not None and ws.address in self.workers:
+            # The scheduler keeps the exception; the worker can forget the task.
+            self._out.append(ToWorker(ws.address, FreeKeys(keys=[ts.key])))
         self._to_erred(ts, recs)
 
     def _to_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
