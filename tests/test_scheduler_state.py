@@ -1136,3 +1136,36 @@ def test_releasing_a_queued_task_forgets_it() -> None:
     sim.handle(ReleaseKeysEvent(client="c", keys=["r-9"]))
     assert sim.state("r-9") == "forgotten"
     assert sim.s.task_counts["queued"] == 6
+
+
+def test_idle_worker_steals_unstarted_tasks_from_a_busy_one() -> None:
+    from trioflow.protocol.messages import StealRequest
+    from trioflow.scheduler.state import StealResponseEvent
+
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"))
+    sim.finish("x")
+    # Dependent tasks (not root tasks) all land on the only worker.
+    sim.submit(*[spec(f"y-{i}", ["x"]) for i in range(20)])
+    assert all(ts.processing_on.name == "a" for ts in sim.s.tasks.values() if ts.state == "processing")
+    out = sim.worker("b")
+    asks = [i.msg.key for i in out if isinstance(i, ToWorker) and isinstance(i.msg, StealRequest)]
+    assert asks and all(i.address == addr("a") for i in out if isinstance(i.msg, StealRequest))
+    # The victim gives back the first, had already started the second.
+    out = sim.handle(StealResponseEvent(worker=addr("a"), key=asks[0], stolen=True))
+    assert computes(out) == [(addr("b"), asks[0])]
+    assert sim.s.tasks[asks[0]].processing_on.name == "b"
+    sim.handle(StealResponseEvent(worker=addr("a"), key=asks[1], stolen=False))
+    assert sim.s.tasks[asks[1]].processing_on.name == "a"
+    assert not sim.s.stealing
+
+
+def test_restricted_tasks_are_not_stolen() -> None:
+    from trioflow.protocol.messages import StealRequest
+
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(*[spec(f"y-{i}", workers=[addr("a")]) for i in range(10)])
+    out = sim.worker("b")
+    assert not [i for i in out if isinstance(i, ToWorker) and isinstance(i.msg, StealRequest)]

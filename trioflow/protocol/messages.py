@@ -237,6 +237,21 @@ class FreeKeys(Message):
     keys: list[str]
 
 
+@message("steal-request")
+class StealRequest(Message):
+    """Give this task back if it has not started: an idle worker will run it."""
+
+    key: str
+
+
+@message("steal-response")
+class StealResponse(Message):
+    """Answer to :class:`StealRequest`: ``stolen`` if the task was dropped here."""
+
+    key: str
+    stolen: bool
+
+
 @message("close-worker")
 class CloseWorker(Message):
     reason: str

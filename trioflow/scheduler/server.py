@@ -326,6 +326,8 @@ class Scheduler:
                             self._handle(ss.AddKeysEvent(worker=address, nbytes=msg.nbytes))
                         elif t is m.MissingData:
                             self._handle(ss.MissingDataEvent(worker=address, key=msg.key, errant_worker=msg.worker))
+                        elif t is m.StealResponse:
+                            self._handle(ss.StealResponseEvent(worker=address, key=msg.key, stolen=msg.stolen))
                         elif t is m.Reschedule:
                             self._handle(ss.RescheduleEvent(worker=address, key=msg.key))
                         elif t is m.ReleaseWorkerData:

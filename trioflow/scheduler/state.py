@@ -51,6 +51,7 @@ from typing import Any
 import attrs
 
 from ..protocol.messages import (
+    StealRequest,
     ComputeTask,
     FreeKeys,
     KeyCancelled,
@@ -390,6 +391,13 @@ class HeartbeatEvent:
     metrics: dict[str, Any]
 
 
+@attrs.frozen(slots=True, kw_only=True)
+class StealResponseEvent:
+    worker: str
+    key: str
+    stolen: bool
+
+
 Event = (
     AddWorker
     | RemoveWorker
@@ -406,6 +414,7 @@ Event = (
     | ReleaseWorkerDataEvent
     | RescheduleEvent
     | HeartbeatEvent
+    | StealResponseEvent
 )
 
 
@@ -434,6 +443,11 @@ class SchedulerState:
         self._queue_heap: list[tuple[tuple[int, int, int], int, TaskState]] = []
         self._queue_seq = 0
         self._to_fill: set[WorkerState] = set()
+        #: Work stealing: tasks asked back from a busy worker -> the idle
+        #: worker that will get them if the busy one had not started them.
+        self.stealing: dict[TaskState, WorkerState] = {}
+        self._idle_candidates: set[WorkerState] = set()
+        self.steal_count = 0
         self.tasks: dict[str, TaskState] = {}
         self.workers: dict[str, WorkerState] = {}
         self.clients: dict[str, ClientState] = {}
@@ -470,6 +484,8 @@ class SchedulerState:
         except InvalidEvent:
             self.now = before
             raise
+        if self._idle_candidates:
+            self._steal_for_idle()
         out, self._out = self._out, []
         if self.validate_after_each:
             self.validate()
@@ -525,6 +541,7 @@ class SchedulerState:
             if ts.state == "no-worker" and self._valid_workers_now(ts, [ws]):
                 recs[ts] = "processing"
         self._to_fill.add(ws)
+        self._idle_candidates.add(ws)
         self._transitions(recs)
 
     def _remove_worker(self, ev: RemoveWorker) -> None:
@@ -1199,6 +1216,66 @@ class SchedulerState:
         if not self.queued:
             heap.clear()
 
+    # ------------------------------------------------------------ work stealing
+
+    def _steal_for_idle(self) -> None:
+        """Ask busy workers to hand not-yet-started tasks to idle ones.
+
+        A task moves only if it is allowed on the thief (no restrictions) and
+        fetching its missing dependencies would take less than twice its
+        expected run time.  The victim answers with a StealResponse; only a
+        task it had not started moves (see :meth:`_steal_response`).
+        """
+        thieves, self._idle_candidates = self._idle_candidates, set()
+        if self.queued:
+            return  # the queue feeds idle workers
+        for thief in thieves:
+            if thief.address not in self.workers or thief.status != "running":
+                continue
+            room = thief.nthreads + 1 - len(thief.processing) - sum(1 for t in self.stealing.values() if t is thief)
+            if room <= 0:
+                continue
+            victim = max(self.workers.values(), key=lambda w: len(w.processing) - w.nthreads)
+            excess = len(victim.processing) - victim.nthreads - 1
+            if victim is thief or excess <= 0:
+                continue
+            take = min(room, (excess + 1) // 2)
+            for ts in reversed(list(victim.processing)):
+                if take <= 0:
+                    break
+                if ts in self.stealing or ts.workers or ts.resources:
+                    continue
+                duration = self.prefix_durations.get(ts.prefix, DEFAULT_DURATION)
+                missing = sum(max(d.nbytes, 0) for d in ts.dependencies if thief not in d.who_has)
+                if missing / self.bandwidth > 2 * duration:
+                    continue
+                self.stealing[ts] = thief
+                self.steal_count += 1
+                self._out.append(ToWorker(victim.address, StealRequest(key=ts.key)))
+                take -= 1
+
+    def _steal_response(self, ev: StealResponseEvent) -> None:
+        ts = self.tasks.get(ev.key)
+        victim = self.workers.get(ev.worker)
+        if ts is None or victim is None:
+            return
+        thief = self.stealing.pop(ts, None)
+        if not ev.stolen or ts.state != "processing" or ts.processing_on is not victim:
+            return
+        # The victim dropped it: move it.
+        d = victim.processing.pop(ts, 0.0)
+        victim.occupancy = max(victim.occupancy - d, 0.0) if victim.processing else 0.0
+        ts.processing_on = None
+        if thief is None or thief.address not in self.workers or thief.status != "running":
+            thief = self.decide_worker(ts)
+        if thief is None:
+            self._count_move(ts, "processing", "no-worker")
+            ts.state = "no-worker"
+            self.unrunnable.add(ts)
+            return
+        self.transition_counter += 1
+        self._send_to_worker(ts, thief)
+
     def _t_queued_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
         self._dequeue(ts)
         self._to_released(ts, recs)
@@ -1245,6 +1322,9 @@ class SchedulerState:
             if d is not None:
                 ws.occupancy = max(ws.occupancy - d, 0.0) if ws.processing else 0.0
             ts.processing_on = None
+            self.stealing.pop(ts, None)
+            if len(ws.processing) < ws.nthreads:
+                self._idle_candidates.add(ws)
             if self.queued:
                 self._to_fill.add(ws)
             if self._release_resources(ts, ws):
@@ -1510,6 +1590,8 @@ class SchedulerState:
                     raise AssertionError(f"{ts!r} should have been forgotten")
         assert counts == self.task_counts, (counts, self.task_counts)
         assert not self._to_run and not self._maybe_unwanted and not self._pending_unrunnable
+        for ts, thief in self.stealing.items():
+            assert ts.state == "processing" and ts.key in self.tasks, ts
         if self.queued:
             # Queued tasks wait only while every running worker is saturated.
             assert not any(w.status == "running" and not self._saturated(w) for w in self.workers.values()), "queued tasks while a worker has room"
@@ -1569,6 +1651,7 @@ SchedulerState._handlers = {
     ReleaseWorkerDataEvent: SchedulerState._release_worker_data,
     HeartbeatEvent: SchedulerState._heartbeat,
     RescheduleEvent: SchedulerState._reschedule,
+    StealResponseEvent: SchedulerState._steal_response,
 }
 
 S = SchedulerState

@@ -415,6 +415,8 @@ class Worker:
                         msg = await comm.recv()
                         if isinstance(msg, m.ComputeTask):
                             self._handle(ws.ComputeTaskEvent(msg=msg))
+                        elif isinstance(msg, m.StealRequest):
+                            self._handle(ws.StealRequestEvent(key=msg.key))
                         elif isinstance(msg, m.FreeKeys):
                             self._handle(ws.FreeKeysEvent(keys=msg.keys))
                         elif isinstance(msg, m.CloseWorker):

@@ -47,6 +47,7 @@ from ..protocol.messages import (
     Message,
     MissingData,
     Reschedule,
+    StealResponse,
     TaskErred,
     TaskFinished,
 )
@@ -149,6 +150,11 @@ class PauseEvent:
     paused: bool
 
 
+@attrs.frozen(slots=True, kw_only=True)
+class StealRequestEvent:
+    key: str
+
+
 Event = (
     ComputeTaskEvent
     | FreeKeysEvent
@@ -158,6 +164,7 @@ Event = (
     | GatherDepFailed
     | DataPut
     | PauseEvent
+    | StealRequestEvent
 )
 Instruction = Execute | GatherDep | SendMsg | DropData
 
@@ -504,6 +511,16 @@ class WorkerState:
             self._set_memory(ts)
             self._wake_dependents(ts)
 
+    def _steal_request(self, ev: StealRequestEvent) -> None:
+        # Only a task that has not started may go: one already handed to the
+        # executor cannot be taken back from its thread.
+        ts = self.tasks.get(ev.key)
+        stolen = ts is not None and ts.state in ("waiting", "ready") and not ts.cancelled
+        if stolen:
+            assert ts is not None
+            self._drop(ts)
+        self._out.append(SendMsg(StealResponse(key=ev.key, stolen=stolen)))
+
     def _pause(self, ev: PauseEvent) -> None:
         self.paused = ev.paused
 
@@ -567,6 +584,8 @@ class WorkerState:
     def _set_gone(self, ts: WorkerTask) -> None:
         if ts.state == "memory":
             self.nbytes_in_memory -= max(ts.nbytes, 0)
+            # Dropped in the same event it arrived: do not announce it.
+            self._pending_add_keys.pop(ts.key, None)
         if ts.state == "ready":
             ts.state = "dropped"
         if self.tasks.get(ts.key) is ts:
@@ -706,4 +725,5 @@ _HANDLERS: dict[type, Any] = {
     GatherDepFailed: WorkerState._gather_failed,
     DataPut: WorkerState._data_put,
     PauseEvent: WorkerState._pause,
+    StealRequestEvent: WorkerState._steal_request,
 }
