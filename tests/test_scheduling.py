@@ -131,3 +131,23 @@ async def test_retries_rerun_then_err() -> None:
                 f = await client.submit(_flaky, "b", 5, retries=2)
                 with pytest.raises(RuntimeError, match="attempt 3"):
                     await f
+
+
+@pytest.mark.slow
+async def test_retire_workers_moves_data_only_they_hold() -> None:
+    with trio.fail_after(30):
+        async with open_cluster(n_workers=2) as cluster:
+            async with open_client(cluster) as client:
+                a, b = cluster.workers
+                futures = [await client.submit(_big, 1_000_000 + i, workers=[a.address], pure=False) for i in range(5)]
+                await client.gather([await client.submit(len, f) for f in futures])
+                retired = await client.retire_workers([a.address])
+                assert retired == [a.address]
+                with trio.fail_after(10):
+                    while a.status != "closed":
+                        await trio.sleep(0.02)
+                # Nothing had to be recomputed: every value moved to b first.
+                who = await client.who_has(futures)
+                assert all(who[f.key] == [b.address] for f in futures), who
+                assert [v.nbytes for v in await client.gather(futures)] == [1_000_000 + i for i in range(5)]
+                assert all(k.startswith("_big") is False for k, *_ in b.task_log if k.startswith("_big"))

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from trioflow.protocol.messages import AddKeys, ComputeTask, MissingData, Reschedule, TaskErred, TaskFinished
+from trioflow.protocol.messages import AddKeys, ComputeTask, MissingData, ReleaseWorkerData, Reschedule, TaskErred, TaskFinished
 from trioflow.protocol.serialize import dumps
 from trioflow.worker.state import (
     ComputeTaskEvent,
@@ -179,6 +179,9 @@ class WorkerMachine(RuleBasedStateMachine):
                     self.answered.add(msg.key)
                 elif isinstance(msg, AddKeys):
                     assert set(msg.nbytes) <= self.store, msg
+                elif isinstance(msg, ReleaseWorkerData):
+                    # Copies dropped on the worker's own account are announced.
+                    assert not set(msg.keys) & {t for t, s in self.w.tasks.items() if s.state == "memory"}, msg
                 elif isinstance(msg, Reschedule):
                     assert msg.key in self.wanted, msg
                     self.answered.add(msg.key)

@@ -252,6 +252,15 @@ class StealResponse(Message):
     stolen: bool
 
 
+@message("acquire-replicas")
+class AcquireReplicas(Message):
+    """Fetch copies of these keys from the workers named and keep them (the
+    holder is about to retire)."""
+
+    who_has: dict[str, list[str]]
+    nbytes: dict[str, int]
+
+
 @message("close-worker")
 class CloseWorker(Message):
     reason: str

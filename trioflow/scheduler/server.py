@@ -483,10 +483,42 @@ class Scheduler:
         return m.Ok()
 
     async def _retire_workers(self, msg: m.RetireWorkers) -> m.Message:
-        retired = []
+        """Copy the data only the retiring workers hold to the others, wait
+        (bounded) until the copies are registered, then close the workers."""
+        addrs = []
         for a in msg.workers:
             addr = a if a in self.state.workers else self.state.names.get(a)
-            if addr is None:
+            if addr is not None:
+                addrs.append(addr)
+        leaving = set(addrs)
+        staying = [w for a, w in self.state.workers.items() if a not in leaving and w.status == "running"]
+        pending: list[ss.TaskState] = []
+        if staying:
+            plans: dict[str, tuple[dict[str, list[str]], dict[str, int]]] = {}
+            load = {w.address: w.nbytes for w in staying}
+            for a in addrs:
+                for ts in list(self.state.workers[a].has_what):
+                    if ts.state != "memory" or any(w.address not in leaving for w in ts.who_has):
+                        continue
+                    target = min(load, key=load.__getitem__)
+                    load[target] += max(ts.nbytes, 0)
+                    who, nb = plans.setdefault(target, ({}, {}))
+                    who[ts.key] = [w.address for w in ts.who_has]
+                    nb[ts.key] = ts.nbytes
+                    pending.append(ts)
+            for target, (who, nb) in plans.items():
+                b = self.worker_streams.get(target)
+                if b is not None:
+                    try:
+                        b.send(m.AcquireReplicas(who_has=who, nbytes=nb))
+                    except CommClosedError:
+                        pass
+            with trio.move_on_after(60):
+                while any(ts.state == "memory" and not any(w.address not in leaving for w in ts.who_has) for ts in pending):
+                    await trio.sleep(0.02)
+        retired = []
+        for addr in addrs:
+            if addr not in self.state.workers:
                 continue
             self._closing_workers.add(addr)
             b = self.worker_streams.get(addr)

@@ -415,6 +415,8 @@ class Worker:
                         msg = await comm.recv()
                         if isinstance(msg, m.ComputeTask):
                             self._handle(ws.ComputeTaskEvent(msg=msg))
+                        elif isinstance(msg, m.AcquireReplicas):
+                            self._handle(ws.AcquireReplicasEvent(who_has=msg.who_has, nbytes=msg.nbytes))
                         elif isinstance(msg, m.StealRequest):
                             self._handle(ws.StealRequestEvent(key=msg.key))
                         elif isinstance(msg, m.FreeKeys):

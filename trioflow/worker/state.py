@@ -46,6 +46,7 @@ from ..protocol.messages import (
     ComputeTask,
     Message,
     MissingData,
+    ReleaseWorkerData,
     Reschedule,
     StealResponse,
     TaskErred,
@@ -155,6 +156,12 @@ class StealRequestEvent:
     key: str
 
 
+@attrs.frozen(slots=True, kw_only=True)
+class AcquireReplicasEvent:
+    who_has: dict[str, list[str]]
+    nbytes: dict[str, int]
+
+
 Event = (
     ComputeTaskEvent
     | FreeKeysEvent
@@ -165,6 +172,7 @@ Event = (
     | DataPut
     | PauseEvent
     | StealRequestEvent
+    | AcquireReplicasEvent
 )
 Instruction = Execute | GatherDep | SendMsg | DropData
 
@@ -245,6 +253,8 @@ class WorkerState:
         self._seq = 0
         self._out: list[Instruction] = []
         self._pending_add_keys: dict[str, int] = {}
+        self._pending_release: list[str] = []
+        self._freeing = False
         self.executed_count = 0
 
     # ------------------------------------------------------------ entry
@@ -260,6 +270,9 @@ class WorkerState:
         if self._pending_add_keys:
             self._out.append(SendMsg(AddKeys(nbytes=self._pending_add_keys)))
             self._pending_add_keys = {}
+        if self._pending_release:
+            self._out.append(SendMsg(ReleaseWorkerData(keys=self._pending_release)))
+            self._pending_release = []
         out, self._out = self._out, []
         if self.validate_after_each:
             self.validate()
@@ -272,6 +285,9 @@ class WorkerState:
         if self._pending_add_keys:
             self._out.append(SendMsg(AddKeys(nbytes=self._pending_add_keys)))
             self._pending_add_keys = {}
+        if self._pending_release:
+            self._out.append(SendMsg(ReleaseWorkerData(keys=self._pending_release)))
+            self._pending_release = []
         out, self._out = self._out, []
         if self.validate_after_each:
             self.validate()
@@ -366,12 +382,16 @@ class WorkerState:
                 self._queue_fetch(dts)
 
     def _free_keys(self, ev: FreeKeysEvent) -> None:
-        for key in ev.keys:
-            ts = self.tasks.get(key)
-            if ts is None:
-                continue
-            ts.wanted = False
-            self._maybe_drop(ts)
+        self._freeing = True
+        try:
+            for key in ev.keys:
+                ts = self.tasks.get(key)
+                if ts is None:
+                    continue
+                ts.wanted = False
+                self._maybe_drop(ts)
+        finally:
+            self._freeing = False
 
     def _execute_success(self, ev: ExecuteSuccess) -> None:
         ts = self.tasks.get(ev.key)
@@ -455,6 +475,9 @@ class WorkerState:
                     self._out.append(DropData(dts.key))
                     self._set_gone(dts)
                     continue
+                # The scheduler learns of this copy (AddKeys) and frees it
+                # with the key: keep it until then, like any other replica.
+                dts.wanted = True
                 self._pending_add_keys[dts.key] = dts.nbytes
                 self._wake_dependents(dts)
             else:
@@ -521,6 +544,19 @@ class WorkerState:
             self._drop(ts)
         self._out.append(SendMsg(StealResponse(key=ev.key, stolen=stolen)))
 
+    def _acquire_replicas(self, ev: AcquireReplicasEvent) -> None:
+        for key, holders in ev.who_has.items():
+            ts = self.tasks.get(key)
+            if ts is not None:
+                ts.wanted = True  # already here or on its way
+                continue
+            ts = self.tasks[key] = WorkerTask(key)
+            ts.state = "fetch"
+            ts.wanted = True
+            ts.nbytes = max(ev.nbytes.get(key, 0), 0)
+            ts.who_has = [w for w in holders if w != self.address]
+            self._queue_fetch(ts)
+
     def _pause(self, ev: PauseEvent) -> None:
         self.paused = ev.paused
 
@@ -562,9 +598,11 @@ class WorkerState:
         elif state == "memory":
             self._out.append(DropData(ts.key))
             self._set_gone(ts)
-            if ts.dependents:
-                # Local dependents that already ran or erred no longer matter.
-                pass
+            if not self._freeing:
+                # Our own decision (a fetched copy nothing here needs any
+                # more): the scheduler counted this replica, so tell it.
+                if self._pending_add_keys.pop(ts.key, None) is None:
+                    self._pending_release.append(ts.key)
         else:
             self._drop(ts)
 
@@ -726,4 +764,5 @@ _HANDLERS: dict[type, Any] = {
     DataPut: WorkerState._data_put,
     PauseEvent: WorkerState._pause,
     StealRequestEvent: WorkerState._steal_request,
+    AcquireReplicasEvent: WorkerState._acquire_replicas,
 }
