@@ -50,18 +50,9 @@ EXAMPLE_TIMEOUT = 150.0
 #: the example, so that an id that has shifted to another example is noticed;
 #: the reason).  They are strict xfails: when the bug is fixed the run says
 #: XPASS and the entry must go.
-KNOWN_BUGS: dict[str, tuple[str, str]] = {
-    "quickstart-4": (
-        "df = client.persist(dd.from_pandas(pdf, npartitions=4))",
-        "client.persist(<dask dataframe>) raises dask.tokenize.TokenizationError: "
-        "trioflow.Future has no __dask_tokenize__",
-    ),
-    "testing-2": (
-        'open_cluster(n_workers=2, protocol="inproc") as cluster,',
-        "open_cluster(protocol='inproc') fails: in-process workers listen on 'inproc://', "
-        "which parse_address refuses ('inproc:// needs a name')",
-    ),
-}
+#: Examples that fail because of a known trioflow bug: id -> (snippet, reason).
+#: Strict xfails, so a fix shows up as XPASS and the entry must go.
+KNOWN_BUGS: dict[str, tuple[str, str]] = {}
 
 _DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\.[ \t]+code-block::[ \t]*(?P<lang>\S+)[ \t]*$")
 _OPTION = re.compile(r"^[ \t]*:(?P<name>[\w-]+):[ \t]*(?P<value>.*)$")
