@@ -1169,3 +1169,18 @@ def test_restricted_tasks_are_not_stolen() -> None:
     sim.submit(*[spec(f"y-{i}", workers=[addr("a")]) for i in range(10)])
     out = sim.worker("b")
     assert not [i for i in out if isinstance(i, ToWorker) and isinstance(i.msg, StealRequest)]
+
+
+def test_asking_again_for_released_scattered_data_errs() -> None:
+    # Regression: the graph asked for 'waiting' on data with no run spec,
+    # and InvalidTransition escaped from handle().
+    sim = Sim()
+    sim.worker("a")
+    sim.handle(UpdateDataEvent(client="c", who_has={"s": [addr("a")]}, nbytes={"s": 1}))
+    sim.submit(spec("t", ["s"]), spec("u", ["t"]), keys=["u"])
+    sim.handle(ReleaseKeysEvent(client="c", keys=["s"]))
+    sim.err("t")
+    assert sim.state("s") == "released"  # only lineage now
+    out = sim.submit(keys=["s"])
+    assert sim.state("s") == "erred"
+    assert "was released and cannot be recomputed" in to_client(out, KeyErred)["s"].exception_text

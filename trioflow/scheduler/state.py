@@ -81,6 +81,9 @@ DEFAULT_BANDWIDTH = 100e6
 #: Root tasks a worker may hold beyond ceil(nthreads * worker_saturation):
 #: one spare keeps its executor thread fed across the scheduler round trip.
 QUEUE_PREFETCH = 1
+#: Placement and stealing look at all workers up to this many, and at a
+#: rotating window of this many (plus the holders of a task's inputs) above.
+SAMPLE = 32
 
 
 class InvalidTransition(RuntimeError):
@@ -446,6 +449,8 @@ class SchedulerState:
         #: Work stealing: tasks asked back from a busy worker -> the idle
         #: worker that will get them if the busy one had not started them.
         self.stealing: dict[TaskState, WorkerState] = {}
+        self._worker_list: list[WorkerState] | None = None
+        self._cursor = 0
         self._idle_candidates: set[WorkerState] = set()
         self.steal_count = 0
         self.tasks: dict[str, TaskState] = {}
@@ -521,6 +526,7 @@ class SchedulerState:
         ws.services = dict(ev.services)
         ws.last_seen = self.now
         self.workers[ev.address] = ws
+        self._worker_list = None
         self.names[ev.name] = ev.address
         recs: dict[TaskState, str] = {}
         forget: list[str] = []
@@ -549,6 +555,7 @@ class SchedulerState:
         if ws is None:
             return  # already gone; removal is idempotent
         del self.workers[ws.address]
+        self._worker_list = None
         if self.names.get(ws.name) == ws.address:
             del self.names[ws.name]
         recs: dict[TaskState, str] = {}
@@ -688,8 +695,14 @@ class SchedulerState:
                 self._out.append(ToClient(cs.client_id, KeyInMemory(key=ts.key, type_name=ts.result_type)))
             elif ts.state == "erred":
                 self._report_erred(ts, [cs])
-            elif ts.state == "released":
+            elif ts.state == "released" and ts.runnable:
                 recs[ts] = "waiting"
+            elif ts.state == "released":
+                # Scattered data that was dropped (kept only as a dependency
+                # in a lineage) cannot be made again.  Asking for 'waiting'
+                # raised InvalidTransition out of handle().
+                self._set_exception(ts, LostData(f"scattered data {ts.key!r} was released and cannot be recomputed"))
+                recs[ts] = "erred"
         # Tasks sent along that nothing wants or depends on would otherwise
         # sit in 'released' for ever (a leak): forget them now, which in turn
         # forgets their unwanted dependencies.
@@ -1033,21 +1046,34 @@ class SchedulerState:
                 ws.used_resources[name] -= need
         return True
 
+    def _sample_workers(self) -> list[WorkerState]:
+        """All running workers, or a rotating window of SAMPLE of them in a
+        large cluster, so that placement costs O(1) per task, not O(workers)."""
+        wl = self._worker_list
+        if wl is None:
+            wl = self._worker_list = list(self.workers.values())
+        n = len(wl)
+        if n <= SAMPLE:
+            return [w for w in wl if w.status == "running"]
+        start = self._cursor % n
+        self._cursor = start + SAMPLE
+        return [w for w in (wl[(start + i) % n] for i in range(SAMPLE)) if w.status == "running"]
+
     def decide_worker(self, ts: TaskState) -> WorkerState | None:
         """The worker where ``ts`` would start earliest, or None."""
-        candidates: Iterable[WorkerState]
-        if not ts.workers and not ts.resources and len(self.workers) > 0:
-            candidates = [ws for ws in self.workers.values() if ws.status == "running"]
-        else:
+        candidates: list[WorkerState]
+        if ts.workers or ts.resources:
             candidates = self._valid_workers_now(ts)
+        else:
+            candidates = self._sample_workers()
+            if ts.dependencies and len(self.workers) > SAMPLE:
+                # A large cluster: the workers holding the inputs, plus a
+                # rotating sample of the others (exact below SAMPLE workers).
+                seen = set(candidates)
+                holders = {ws for dts in ts.dependencies for ws in dts.who_has if ws.status == "running" and ws not in seen}
+                candidates += sorted(holders, key=lambda w: w.address)
         if not candidates:
             return None
-        if ts.dependencies:
-            holders = {ws for dts in ts.dependencies for ws in dts.who_has}
-            near = [ws for ws in candidates if ws in holders]
-            # Consider the holders first, but any worker may win if it is idle enough.
-            if near and len(candidates) > 20:
-                candidates = near + sorted(candidates, key=lambda w: w.occupancy / w.nthreads)[:5]
         bandwidth = self.bandwidth
         best = None
         best_cost = 0.0
@@ -1235,7 +1261,7 @@ class SchedulerState:
             room = thief.nthreads + 1 - len(thief.processing) - sum(1 for t in self.stealing.values() if t is thief)
             if room <= 0:
                 continue
-            victim = max(self.workers.values(), key=lambda w: len(w.processing) - w.nthreads)
+            victim = max(self._sample_workers(), key=lambda w: len(w.processing) - w.nthreads, default=thief)
             excess = len(victim.processing) - victim.nthreads - 1
             if victim is thief or excess <= 0:
                 continue
