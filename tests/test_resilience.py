@@ -212,6 +212,29 @@ async def test_scheduler_loss_errs_pending_futures_promptly() -> None:
             assert client.status == "lost"
 
 
+
+@pytest.mark.slow
+async def test_abrupt_scheduler_loss_errs_pending_futures_promptly() -> None:
+    # No goodbye this time: the scheduler's tasks are cancelled and its
+    # sockets closed under the client, as when its process dies.
+    with trio.fail_after(30):
+        async with open_cluster(1) as cluster, open_client(cluster) as client:
+            long = await client.submit(_sleep, 1.0, pure=False)
+            queued = await client.submit(_inc, long)
+            await _wait_until(lambda: long.key in cluster.scheduler.state.tasks, "the scheduler to know the task")
+            t0 = trio.current_time()
+            assert cluster.scheduler._nursery is not None
+            cluster.scheduler._nursery.cancel_scope.cancel()
+            for fut in (long, queued):
+                with pytest.raises(FutureLostError, match="scheduler"):
+                    with trio.fail_after(5):
+                        await fut
+            assert trio.current_time() - t0 < 5
+            assert client.status == "lost"
+            # New work is refused at once with the same clear error, not queued forever.
+            with pytest.raises(FutureLostError):
+                await client.submit(_inc, 1)
+
 # ---------------------------------------------------------------- protocol fuzz
 
 
@@ -265,11 +288,118 @@ async def _rpc(address: str, msg: m.Message) -> m.Message | None:
         await comm.aclose()
 
 
+# Ops that are legitimate requests with drastic effects (shut the scheduler
+# down, restart or kill the workers): fuzzing them would test those features,
+# not robustness.
+_DESTRUCTIVE = {m.Shutdown, m.Restart, m.RetireWorkers, m.NannyKill, m.NannyRestart, m.CloseWorker}
+
+
+_FROM_WORKER = [m.TaskFinished, m.TaskErred, m.Heartbeat, m.AddKeys, m.MissingData, m.StealResponse, m.Reschedule, m.ReleaseWorkerData]
+_FROM_CLIENT = [m.UpdateGraph, m.ReleaseKeys, m.CancelKeys, m.FireAndForget, m.UpdateData]
+_KEY_POOL = [f"fuzz-key-{i}" for i in range(6)]
+
+
+def _pool_keys(msg: object, rng: random.Random) -> object:
+    """Rename the keys in ``msg`` to a few shared ones, so that random
+    messages from different peers collide on the same tasks."""
+    import attrs
+
+    def k(_: str) -> str:
+        return rng.choice(_KEY_POOL)
+
+    changes: dict[str, object] = {}
+    for f in attrs.fields(type(msg)):
+        v = getattr(msg, f.name)
+        if f.name == "key":
+            changes["key"] = k(v)
+        elif f.name in ("keys", "dependencies") and isinstance(v, list):
+            changes[f.name] = [k(x) for x in v]
+        elif f.name in ("nbytes", "who_has") and isinstance(v, dict):
+            changes[f.name] = {k(x): y for x, y in v.items()}
+        elif f.name == "tasks" and isinstance(v, list):
+            changes["tasks"] = [_pool_keys(t, rng) for t in v]
+    return attrs.evolve(msg, **changes)  # type: ignore[misc]
+
+
+def _random_messages(n: int, classes: list[type] | None = None, seed: int = 0) -> list[m.Message]:
+    """``n`` well-formed messages with random contents, reproducibly."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from trioflow.testing import message_strategy
+
+    if classes is None:
+        classes = sorted((c for c in m.MESSAGES.values() if c not in _DESTRUCTIVE), key=lambda c: c.__name__)
+    out: list[m.Message] = []
+
+    @settings(max_examples=n, database=None, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of([message_strategy(c) for c in classes]))
+    def collect(msg: m.Message) -> None:
+        out.append(msg)
+
+    collect()
+    rng = random.Random(seed)
+    return [_pool_keys(msg, rng) for msg in out]  # type: ignore[misc]
+
+
+async def _send_random_messages(address: str, msgs: list[m.Message], per_conn: int = 10, register: bool = False) -> int:
+    """Send ``msgs`` over fresh connections, ``per_conn`` on each, draining
+    replies; return how many connections the peer closed on us.
+
+    With ``register``, most connections first register as a (fake) worker or
+    client, so that the random messages reach the scheduler's stream handlers
+    and its state machine, not just the request loop.
+    """
+    closed = 0
+    batches = [list(msgs[i : i + per_conn]) for i in range(0, len(msgs), per_conn)]
+    if register:
+        worker_msgs = iter(_random_messages(len(batches) * per_conn, _FROM_WORKER, seed=1))
+        client_msgs = iter(_random_messages(len(batches) * per_conn, _FROM_CLIENT, seed=2))
+        for i, batch in enumerate(batches):
+            if i % 3 == 0:
+                reg: m.Message = m.RegisterWorker(address=f"tcp://127.0.0.1:{40 + i}", name=f"fuzz-{i}", nthreads=1 + i % 3, memory_limit=0)
+                batch[:] = [reg, *(next(worker_msgs) for _ in range(per_conn))]
+            elif i % 3 == 1:
+                batch[:] = [m.RegisterClient(client_id=f"fuzz-client-{i}"), *(next(client_msgs) for _ in range(per_conn))]
+
+    async def one(batch: list[m.Message]) -> None:
+        nonlocal closed
+        comm = await connect(address, timeout=5)
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def drain() -> None:
+                    nonlocal closed
+                    try:
+                        while True:
+                            await comm.recv()
+                    except CommClosedError:
+                        closed += 1
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(drain)
+                try:
+                    for msg in batch:
+                        await comm.send(msg)
+                except CommClosedError:
+                    return
+                await trio.sleep(0.3)
+                nursery.cancel_scope.cancel()
+        finally:
+            await comm.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for batch in batches:
+            nursery.start_soon(one, batch)
+    return closed
+
+
 @pytest.mark.slow
 async def test_protocol_fuzz_every_listening_port() -> None:
     rng = random.Random(1234)
     with trio.fail_after(60):
-        async with open_cluster(2, processes=True) as cluster, open_client(cluster) as client:
+        # validate=True: the scheduler checks its state's invariants after every event.
+        async with open_cluster(2, processes=True, validate=True) as cluster, open_client(cluster) as client:
             sched = cluster.scheduler
             nanny = cluster.workers[0]
             worker_addr = nanny.worker_address
@@ -280,6 +410,14 @@ async def test_protocol_fuzz_every_listening_port() -> None:
             for role, address in ports.items():
                 outcomes = await _random_bytes_at(address, rng)
                 assert len(outcomes) == 30, (role, outcomes)
+                assert set(outcomes) <= {"closed", "reset"}, (role, outcomes)
+
+            # 1b. Well-formed messages of every kind with random contents,
+            # some as the first message of a connection.
+            msgs = _random_messages(300)
+            for role, address in ports.items():
+                await _send_random_messages(address, msgs, register=role == "scheduler")
+            await _wait_until(lambda: set(sched.state.workers) == expected_workers, "the fake workers to be gone")
 
             # 2. Well-formed messages with wrong contents.
             # Duplicate registration, by address and by name.
@@ -348,8 +486,18 @@ async def test_protocol_fuzz_every_listening_port() -> None:
 # ---------------------------------------------------------------- no leak
 
 
-def _count_task_states() -> int:
-    return sum(1 for o in gc.get_objects() if type(o) is ss.TaskState)
+def _count_task_states() -> tuple[int, int]:
+    """Live scheduler-side and worker-side TaskState objects in this process."""
+    from trioflow.worker import state as ws
+
+    sched = work = 0
+    for o in gc.get_objects():
+        t = type(o)
+        if t is ss.TaskState:
+            sched += 1
+        elif t is ws.WorkerTask:
+            work += 1
+    return sched, work
 
 
 @pytest.mark.slow
@@ -357,15 +505,31 @@ async def test_no_task_state_leak_over_rounds() -> None:
     with trio.fail_after(80):
         async with open_cluster(2) as cluster, open_client(cluster) as client:
             sched = cluster.scheduler
+            state = sched.state
             counts = []
+            objects = []
             for r in range(10):
                 futures = await client.map(_add, range(2000), [r] * 2000)
                 results = await client.gather(futures)
                 assert results == [i + r for i in range(2000)]
                 del futures, results
                 gc.collect()
-                await _wait_until(lambda: not sched.state.tasks, f"the scheduler to forget round {r}'s tasks", timeout=10)
+                await _wait_until(lambda: not state.tasks, f"the scheduler to forget round {r}'s tasks", timeout=10)
+                await _wait_until(
+                    lambda: all(not w.data and not w.state.tasks for w in cluster.workers),
+                    f"the workers to forget round {r}'s tasks",
+                    timeout=10,
+                )
                 gc.collect()
                 counts.append(_count_task_states())
-            assert counts[-1] <= counts[0], counts
-            assert max(counts) == 0 or max(counts) < 50, counts
+                objects.append(len(gc.get_objects()))
+                assert not state.queued and not state.stealing
+                assert all(not ws.processing and not ws.has_what and ws.nbytes == 0 for ws in state.workers.values())
+                assert all(not cs.wants_what for cs in state.clients.values())
+                assert not client._states and not client._refcount
+            # None on the scheduler; on the workers at most the one each
+            # executor loop still names in a local variable, never more.
+            assert all(sched_n == 0 and work_n <= len(cluster.workers) for sched_n, work_n in counts), counts
+            assert counts[-1] == counts[0], counts
+            # Python objects overall stay flat after the warm-up rounds.
+            assert objects[-1] < objects[2] * 1.02, objects
