@@ -2,14 +2,14 @@
 
 import sys
 
-import numpy as np
-import pandas as pd
-import pytest
-
 import dask
 import dask.array as da
 import dask.bag as db
 import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
 from trioflow import Client, LocalCluster
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,14 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from trioflow.protocol.messages import ComputeTask, FreeKeys, KeyCancelled, KeyErred, KeyInMemory, TaskSpec
+from trioflow.protocol.messages import (
+    ComputeTask,
+    FreeKeys,
+    KeyCancelled,
+    KeyErred,
+    KeyInMemory,
+    TaskSpec,
+)
 from trioflow.protocol.serialize import dumps, loads
 from trioflow.scheduler.state import (
     AddClient,

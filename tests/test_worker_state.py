@@ -20,7 +20,15 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from trioflow.protocol.messages import AddKeys, ComputeTask, MissingData, ReleaseWorkerData, Reschedule, TaskErred, TaskFinished
+from trioflow.protocol.messages import (
+    AddKeys,
+    ComputeTask,
+    MissingData,
+    ReleaseWorkerData,
+    Reschedule,
+    TaskErred,
+    TaskFinished,
+)
 from trioflow.protocol.serialize import dumps
 from trioflow.worker.state import (
     ComputeTaskEvent,

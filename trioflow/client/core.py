@@ -581,13 +581,13 @@ class AsyncClient:
                     reply = await self._pool.rpc(addr, m.GetData(keys=ks), m.DataReply, timeout=max(self.timeout, 300))  # type: ignore[union-attr]
                 except RemoteError as exc:
                     # Kept, not raised here: out of the nursery it would be an ExceptionGroup.
-                    failed.append(SerializationError(str(exc)))
+                    failed.append(SerializationError(str(exc)))  # noqa: B023 - runs within this iteration
                     return
                 except (CommError, OSError, trio.TooSlowError) as exc:
                     logger.info("gather: %s unreachable: %s", addr, exc)
                     self._pool.drop(addr)  # type: ignore[union-attr]
                     return
-                results.update(reply.data)
+                results.update(reply.data)  # noqa: B023 - runs within this iteration
 
             async with trio.open_nursery() as n:
                 for addr, ks in by_worker.items():

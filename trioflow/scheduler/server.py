@@ -157,7 +157,7 @@ class Scheduler:
             await self._closed.wait()
 
     async def _tell_everyone_closing(self) -> None:
-        for address, b in list(self.worker_streams.items()):
+        for b in list(self.worker_streams.values()):
             try:
                 b.send(m.CloseWorker(reason="scheduler closing"))
             except CommClosedError:

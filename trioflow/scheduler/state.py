@@ -51,13 +51,13 @@ from typing import Any
 import attrs
 
 from ..protocol.messages import (
-    StealRequest,
     ComputeTask,
     FreeKeys,
     KeyCancelled,
     KeyErred,
     KeyInMemory,
     Message,
+    StealRequest,
     TaskSpec,
 )
 from ..protocol.serialize import Serialized, dumps
@@ -1616,7 +1616,7 @@ class SchedulerState:
                     raise AssertionError(f"{ts!r} should have been forgotten")
         assert counts == self.task_counts, (counts, self.task_counts)
         assert not self._to_run and not self._maybe_unwanted and not self._pending_unrunnable
-        for ts, thief in self.stealing.items():
+        for ts in self.stealing:
             assert ts.state == "processing" and ts.key in self.tasks, ts
         if self.queued:
             # Queued tasks wait only while every running worker is saturated.
@@ -1630,7 +1630,7 @@ class SchedulerState:
             for name, used in ws.used_resources.items():
                 assert used >= -1e-9, (ws, name, used)
                 assert used <= ws.resources.get(name, 0) + 1e-9, (ws, name, used)
-        for cid, cs in self.clients.items():
+        for cs in self.clients.values():
             for ts in cs.wants_what:
                 assert cs in ts.who_wants and ts.key in self.tasks, (cs, ts)
 

@@ -90,7 +90,7 @@ def _trusted(result: Any) -> bool:
         return True
     mod = t.__module__
     if mod.startswith(("numpy", "pandas")):
-        return t.__name__ != "object" and getattr(result, "dtype", None) != object
+        return t.__name__ != "object" and getattr(result, "dtype", None) != object  # noqa: E721 - numpy dtype equality
     if t in (list, tuple) and len(result) <= 64:
         return all(type(x) in _TRUSTED_TYPES for x in result)
     if t is dict and len(result) <= 64:

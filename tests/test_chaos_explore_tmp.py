@@ -1,0 +1,535 @@
+"""Resilience: dead workers, a dead scheduler, hostile peers, and leaks.
+
+Real-subprocess tests (``processes=True``: nanny-supervised worker processes
+on 127.0.0.1, killed with SIGKILL) are marked slow; every test is bounded by
+``trio.fail_after`` so a regression shows up as a failure, never a hang.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import signal
+import sys
+import time
+
+import cloudpickle
+import pytest
+import trio
+
+import trioflow
+from trioflow import FutureLostError, KilledWorker, open_client, open_cluster
+from trioflow.comm import CommClosedError, connect
+from trioflow.comm.addressing import parse_address
+from trioflow.protocol import messages as m
+from trioflow.scheduler import state as ss
+
+# Task functions travel by value: worker processes cannot import this file.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _inc_slow(x: int) -> int:
+    # Slow enough that the graph outlives several kills (~4 s on 3 workers).
+    time.sleep(0.005)
+    return x + 1
+
+
+def _add(a: int, b: int) -> int:
+    return a + b
+
+
+def _inc(x: int) -> int:
+    return x + 1
+
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def _answer() -> int:
+    return 42
+
+
+def _die() -> None:
+    os._exit(1)
+
+
+def _sleep(t: float) -> float:
+    time.sleep(t)
+    return t
+
+
+async def _wait_until(predicate, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    with trio.move_on_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+        return
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def _tree_sum(client: trioflow.AsyncClient, futures: list) -> trioflow.Future:  # type: ignore[type-arg]
+    while len(futures) > 1:
+        nxt = [await client.submit(_add, a, b) for a, b in zip(futures[::2], futures[1::2], strict=False)]
+        if len(futures) % 2:
+            nxt.append(futures[-1])
+        futures = nxt
+    return futures[0]
+
+
+# ---------------------------------------------------------------- chaos
+
+
+@pytest.mark.slow
+async def test_chaos_kill_random_workers_graph_result_exact() -> None:
+    rng = random.Random(int(os.environ.get("RS", "0")))
+    n = 2000
+    with trio.fail_after(80):
+        async with (
+            open_cluster(3, processes=True, scheduler_options={"allowed_failures": 10}) as cluster,
+            open_client(cluster) as client,
+        ):
+            kills: list[int] = []
+            kills_at: list[float] = []
+            t0 = trio.current_time()
+
+            async def killer() -> None:
+                while len(kills) < int(os.environ.get("NK", "4")):
+                    await trio.sleep(float(os.environ.get("KI", "1.5")))
+                    alive = [nanny for nanny in cluster.workers if nanny.status == "running" and nanny.pid]
+                    if not alive:
+                        continue
+                    victim = rng.choice(sorted(alive, key=lambda nanny: nanny.name))
+                    try:
+                        os.kill(victim.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue
+                    kills.append(victim.pid)
+                    kills_at.append(trio.current_time() - t0)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(killer)
+                mapped = await client.map(_inc_slow, range(n))
+                total = await _tree_sum(client, mapped)
+                result = await client.gather(total)
+                done_at = trio.current_time() - t0
+                # Kills keep coming until the fourth, then the cluster must
+                # still be healthy.
+                await _wait_until(lambda: len(kills) >= int(os.environ.get("NK", "4")), "four kills", timeout=30)
+                nursery.cancel_scope.cancel()
+            assert result == sum(range(1, n + 1))
+            # At least three workers died while the graph was running.
+            assert len([t for t in kills_at if t < done_at]) >= 3, (kills_at, done_at)
+            # Nothing was lost for good: a fresh task still runs.
+            await client.wait_for_workers(3, timeout=20)
+            assert await (await client.submit(_inc, 1, pure=False)) == 2
+
+
+# ---------------------------------------------------------------- lineage
+
+
+@pytest.mark.slow
+async def test_lost_result_is_recomputed_from_lineage() -> None:
+    with trio.fail_after(60):
+        async with open_cluster(2, processes=True) as cluster, open_client(cluster) as client:
+            a = cluster.workers[0]
+            # Both on A (a dependent elsewhere would copy x there and it would
+            # not be lost); loose restrictions so that the recomputation may
+            # run anywhere.
+            x = await client.submit(_answer, workers=[a.worker_address], allow_other_workers=True)
+            y = await client.submit(_double, x, workers=[a.worker_address], allow_other_workers=True)
+            assert await y == 84
+            assert (await client.who_has(x))[x.key] == [a.worker_address]
+            assert (await client.who_has(y))[y.key] == [a.worker_address]
+            dead_addr, dead_pid = a.worker_address, a.pid
+            assert dead_pid is not None
+            os.kill(dead_pid, signal.SIGKILL)
+            await _wait_until(lambda: dead_addr not in cluster.scheduler.state.workers, "the scheduler to drop the killed worker")
+            # x lived only on the dead worker; its future still wants it.
+            assert await x == 42
+            holders = (await client.who_has(x))[x.key]
+            assert holders and dead_addr not in holders
+            assert await y == 84
+            assert dead_addr not in (await client.who_has(y))[y.key]
+
+
+@pytest.mark.slow
+async def test_task_that_kills_its_worker_errs_with_killed_worker() -> None:
+    with trio.fail_after(60):
+        async with (
+            open_cluster(2, processes=True, scheduler_options={"allowed_failures": 1}) as cluster,
+            open_client(cluster) as client,
+        ):
+            bad = await client.submit(_die, key="suicidal-task")
+            with pytest.raises(KilledWorker) as info:
+                await bad
+            assert "suicidal-task" in str(info.value)
+            assert info.value.key == "suicidal-task"
+            # The cluster carries on.
+            await client.wait_for_workers(2, timeout=30)
+            futures = await client.map(_inc, range(20))
+            assert await client.gather(futures) == list(range(1, 21))
+            assert len(cluster.scheduler.state.workers) == 2
+
+
+@pytest.mark.slow
+async def test_lost_scattered_data_errs_dependents_with_clear_message() -> None:
+    with trio.fail_after(60):
+        async with open_cluster(2, processes=True) as cluster, open_client(cluster) as client:
+            victim = cluster.workers[0]
+            addr, pid = victim.worker_address, victim.pid
+            assert pid is not None
+            data = await client.scatter(10, workers=[addr])
+            assert (await client.who_has(data))[data.key] == [addr]
+            os.kill(pid, signal.SIGKILL)
+            await _wait_until(lambda: addr not in cluster.scheduler.state.workers, "the scheduler to drop the killed worker")
+            dependent = await client.submit(_inc, data)
+            with pytest.raises(Exception, match="scattered data .* lost") as info:
+                await dependent
+            assert data.key in str(info.value)
+            with pytest.raises(Exception, match="scattered data .* lost"):
+                await data
+
+
+# ---------------------------------------------------------------- scheduler loss
+
+
+@pytest.mark.slow
+async def test_scheduler_loss_errs_pending_futures_promptly() -> None:
+    with trio.fail_after(30):
+        async with open_cluster(1) as cluster, open_client(cluster) as client:
+            long = await client.submit(_sleep, 1.0, pure=False)
+            queued = await client.submit(_inc, long)
+            await _wait_until(lambda: long.key in cluster.scheduler.state.tasks, "the scheduler to know the task")
+            t0 = trio.current_time()
+            cluster.scheduler.close()
+            for fut in (long, queued):
+                with pytest.raises(FutureLostError, match="scheduler") as info:
+                    with trio.fail_after(5):
+                        await fut
+                assert "scheduler" in str(info.value)
+            assert trio.current_time() - t0 < 5
+            assert client.status == "lost"
+
+
+
+@pytest.mark.slow
+async def test_abrupt_scheduler_loss_errs_pending_futures_promptly() -> None:
+    # No goodbye this time: the scheduler's tasks are cancelled and its
+    # sockets closed under the client, as when its process dies.
+    with trio.fail_after(30):
+        async with open_cluster(1) as cluster, open_client(cluster) as client:
+            long = await client.submit(_sleep, 1.0, pure=False)
+            queued = await client.submit(_inc, long)
+            await _wait_until(lambda: long.key in cluster.scheduler.state.tasks, "the scheduler to know the task")
+            t0 = trio.current_time()
+            assert cluster.scheduler._nursery is not None
+            cluster.scheduler._nursery.cancel_scope.cancel()
+            for fut in (long, queued):
+                with pytest.raises(FutureLostError, match="scheduler"):
+                    with trio.fail_after(5):
+                        await fut
+            assert trio.current_time() - t0 < 5
+            assert client.status == "lost"
+            # New work is refused at once with the same clear error, not queued forever.
+            with pytest.raises(FutureLostError):
+                await client.submit(_inc, 1)
+
+# ---------------------------------------------------------------- protocol fuzz
+
+
+async def _random_bytes_at(address: str, rng: random.Random, count: int = 30) -> list[str]:
+    """Open ``count`` connections, send garbage on each; return how each ended.
+
+    The peer must either close the connection or leave it alone (a partial
+    frame it is still waiting for); it must never crash.
+    """
+    addr = parse_address(address)
+    outcomes: list[str] = []
+    payloads = [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 400))) for _ in range(count)]
+
+    async def one(payload: bytes) -> None:
+        stream = await trio.open_tcp_stream(addr.host, addr.port)
+        try:
+            try:
+                await stream.send_all(payload)
+                await stream.send_eof()
+            except trio.BrokenResourceError:
+                outcomes.append("reset")
+                return
+            with trio.move_on_after(3):
+                try:
+                    while await stream.receive_some(65536):
+                        pass
+                    outcomes.append("closed")
+                except trio.BrokenResourceError:
+                    outcomes.append("reset")
+                return
+            outcomes.append("waiting")
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        for payload in payloads:
+            nursery.start_soon(one, payload)
+    return outcomes
+
+
+async def _rpc(address: str, msg: m.Message) -> m.Message | None:
+    """One raw request; the reply, or None if the peer hung up."""
+    comm = await connect(address, timeout=5)
+    try:
+        await comm.send(msg)
+        with trio.fail_after(5):
+            return await comm.recv()
+    except CommClosedError:
+        return None
+    finally:
+        await comm.aclose()
+
+
+# Ops that are legitimate requests with drastic effects (shut the scheduler
+# down, restart or kill the workers): fuzzing them would test those features,
+# not robustness.
+_DESTRUCTIVE = {m.Shutdown, m.Restart, m.RetireWorkers, m.NannyKill, m.NannyRestart, m.CloseWorker}
+
+
+_FROM_WORKER = [m.TaskFinished, m.TaskErred, m.Heartbeat, m.AddKeys, m.MissingData, m.StealResponse, m.Reschedule, m.ReleaseWorkerData]
+_FROM_CLIENT = [m.UpdateGraph, m.ReleaseKeys, m.CancelKeys, m.FireAndForget, m.UpdateData]
+_KEY_POOL = [f"fuzz-key-{i}" for i in range(6)]
+
+
+def _pool_keys(msg: object, rng: random.Random) -> object:
+    """Rename the keys in ``msg`` to a few shared ones, so that random
+    messages from different peers collide on the same tasks."""
+    import attrs
+
+    def k(_: str) -> str:
+        return rng.choice(_KEY_POOL)
+
+    changes: dict[str, object] = {}
+    for f in attrs.fields(type(msg)):
+        v = getattr(msg, f.name)
+        if f.name == "key":
+            changes["key"] = k(v)
+        elif f.name in ("keys", "dependencies") and isinstance(v, list):
+            changes[f.name] = [k(x) for x in v]
+        elif f.name in ("nbytes", "who_has") and isinstance(v, dict):
+            changes[f.name] = {k(x): y for x, y in v.items()}
+        elif f.name == "tasks" and isinstance(v, list):
+            changes["tasks"] = [_pool_keys(t, rng) for t in v]
+    return attrs.evolve(msg, **changes)  # type: ignore[misc]
+
+
+def _random_messages(n: int, classes: list[type] | None = None, seed: int = 0) -> list[m.Message]:
+    """``n`` well-formed messages with random contents, reproducibly."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from trioflow.testing import message_strategy
+
+    if classes is None:
+        classes = sorted((c for c in m.MESSAGES.values() if c not in _DESTRUCTIVE), key=lambda c: c.__name__)
+    out: list[m.Message] = []
+
+    @settings(max_examples=n, database=None, derandomize=True, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of([message_strategy(c) for c in classes]))
+    def collect(msg: m.Message) -> None:
+        out.append(msg)
+
+    collect()
+    rng = random.Random(seed)
+    return [_pool_keys(msg, rng) for msg in out]  # type: ignore[misc]
+
+
+async def _send_random_messages(address: str, msgs: list[m.Message], per_conn: int = 10, register: bool = False) -> int:
+    """Send ``msgs`` over fresh connections, ``per_conn`` on each, draining
+    replies; return how many connections the peer closed on us.
+
+    With ``register``, most connections first register as a (fake) worker or
+    client, so that the random messages reach the scheduler's stream handlers
+    and its state machine, not just the request loop.
+    """
+    closed = 0
+    batches = [list(msgs[i : i + per_conn]) for i in range(0, len(msgs), per_conn)]
+    if register:
+        worker_msgs = iter(_random_messages(len(batches) * per_conn, _FROM_WORKER, seed=1))
+        client_msgs = iter(_random_messages(len(batches) * per_conn, _FROM_CLIENT, seed=2))
+        for i, batch in enumerate(batches):
+            if i % 3 == 0:
+                reg: m.Message = m.RegisterWorker(address=f"tcp://127.0.0.1:{40 + i}", name=f"fuzz-{i}", nthreads=1 + i % 3, memory_limit=0)
+                batch[:] = [reg, *(next(worker_msgs) for _ in range(per_conn))]
+            elif i % 3 == 1:
+                batch[:] = [m.RegisterClient(client_id=f"fuzz-client-{i}"), *(next(client_msgs) for _ in range(per_conn))]
+
+    async def one(batch: list[m.Message]) -> None:
+        nonlocal closed
+        comm = await connect(address, timeout=5)
+        try:
+            async with trio.open_nursery() as nursery:
+
+                async def drain() -> None:
+                    nonlocal closed
+                    try:
+                        while True:
+                            await comm.recv()
+                    except CommClosedError:
+                        closed += 1
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(drain)
+                try:
+                    for msg in batch:
+                        await comm.send(msg)
+                except CommClosedError:
+                    return
+                await trio.sleep(0.3)
+                nursery.cancel_scope.cancel()
+        finally:
+            await comm.aclose()
+
+    async with trio.open_nursery() as nursery:
+        for batch in batches:
+            nursery.start_soon(one, batch)
+    return closed
+
+
+@pytest.mark.slow
+async def test_protocol_fuzz_every_listening_port() -> None:
+    rng = random.Random(1234)
+    with trio.fail_after(60):
+        # validate=True: the scheduler checks its state's invariants after every event.
+        async with open_cluster(2, processes=True, validate=True) as cluster, open_client(cluster) as client:
+            sched = cluster.scheduler
+            nanny = cluster.workers[0]
+            worker_addr = nanny.worker_address
+            expected_workers = {n.worker_address for n in cluster.workers}
+            ports = {"scheduler": sched.address, "worker": worker_addr, "nanny": nanny.address}
+
+            # 1. Random bytes on every port.
+            for role, address in ports.items():
+                outcomes = await _random_bytes_at(address, rng)
+                assert len(outcomes) == 30, (role, outcomes)
+                assert set(outcomes) <= {"closed", "reset"}, (role, outcomes)
+
+            # 1b. Well-formed messages of every kind with random contents,
+            # some as the first message of a connection.
+            msgs = _random_messages(300)
+            for role, address in ports.items():
+                await _send_random_messages(address, msgs, register=role == "scheduler")
+            await _wait_until(lambda: set(sched.state.workers) == expected_workers, "the fake workers to be gone")
+
+            # 2. Well-formed messages with wrong contents.
+            # Duplicate registration, by address and by name.
+            existing = sched.state.workers[worker_addr]
+            reply = await _rpc(sched.address, m.RegisterWorker(address=worker_addr, name="dup", nthreads=1, memory_limit=0))
+            assert isinstance(reply, m.ErrorReply) and "already registered" in reply.message
+            reply = await _rpc(sched.address, m.RegisterWorker(address="tcp://127.0.0.1:1", name=existing.name, nthreads=1, memory_limit=0))
+            assert isinstance(reply, m.ErrorReply) and "already registered" in reply.message
+            # Nonsense registrations.
+            reply = await _rpc(sched.address, m.RegisterWorker(address="not an address", name="x", nthreads=1, memory_limit=0))
+            assert isinstance(reply, m.ErrorReply)
+            reply = await _rpc(sched.address, m.RegisterWorker(address="tcp://127.0.0.1:2", name="y", nthreads=0, memory_limit=0))
+            assert isinstance(reply, m.ErrorReply) and "nthreads" in reply.message
+            reply = await _rpc(
+                sched.address, m.RegisterWorker(address="tcp://127.0.0.1:2", name="y", nthreads=1, memory_limit=0, nbytes={"k": -5})
+            )
+            assert isinstance(reply, m.ErrorReply) and "negative" in reply.message
+            # Requests a peer does not serve.
+            reply = await _rpc(sched.address, m.GetData(keys=["x"]))
+            assert isinstance(reply, m.ErrorReply)
+            reply = await _rpc(nanny.address, m.GetData(keys=["x"]))
+            assert isinstance(reply, m.ErrorReply)
+
+            # A registered fake worker reporting negative sizes and unknown keys:
+            # logged and ignored, the connection and the state intact.
+            fake = await connect(sched.address, timeout=5)
+            try:
+                await fake.send(m.RegisterWorker(address="tcp://127.0.0.1:3", name="fake", nthreads=1, memory_limit=0))
+                with trio.fail_after(5):
+                    assert isinstance(await fake.recv(), m.WorkerRegistered)
+                await fake.send(m.AddKeys(nbytes={"no-such-key": -1}))
+                await fake.send(m.TaskFinished(key="no-such-key", nbytes=-10, type_name="int", start=0.0, stop=0.0))
+                await fake.send(m.MissingData(key="no-such-key", worker="tcp://127.0.0.1:9"))
+                await fake.send(m.Heartbeat(memory=-1, managed=-1, spilled=-1, cpu=-5.0, executing=-1, ready=-1, in_memory=-1, bandwidth=-1.0))
+                await trio.sleep(0.2)
+                assert "tcp://127.0.0.1:3" in sched.state.workers
+                assert "no-such-key" not in sched.state.tasks
+            finally:
+                await fake.aclose()
+            await _wait_until(lambda: "tcp://127.0.0.1:3" not in sched.state.workers, "the fake worker to be removed")
+
+            # An UpdateGraph whose task depends on an unknown key: the future errs.
+            spec = client._make_spec(
+                _inc, (1,), {}, key="orphan", pure=True, workers=None, resources=None, priority=0, retries=0, allow_other_workers=False
+            )
+            spec = m.TaskSpec(key=spec.key, function=spec.function, args=spec.args, dependencies=["never-heard-of-it"])
+            (orphan,) = await client.update_graph([spec], ["orphan"])
+            with pytest.raises(ValueError, match="unknown key"):
+                await orphan
+            assert "orphan" not in sched.state.tasks
+
+            # GetData for keys the worker does not hold.
+            reply = await _rpc(worker_addr, m.GetData(keys=["missing-a", "missing-b"]))
+            assert isinstance(reply, m.DataReply)
+            assert sorted(reply.missing) == ["missing-a", "missing-b"] and not reply.data
+
+            # 3. The cluster still computes correctly, with the right workers.
+            assert set(sched.state.workers) == expected_workers
+            assert all(n.status == "running" for n in cluster.workers)
+            mapped = await client.map(_inc, range(100))
+            total = await _tree_sum(client, mapped)
+            assert await total == sum(range(1, 101))
+            assert set(sched.state.workers) == expected_workers
+
+
+# ---------------------------------------------------------------- no leak
+
+
+def _count_task_states() -> tuple[int, int]:
+    """Live scheduler-side and worker-side TaskState objects in this process."""
+    from trioflow.worker import state as ws
+
+    sched = work = 0
+    for o in gc.get_objects():
+        t = type(o)
+        if t is ss.TaskState:
+            sched += 1
+        elif t is ws.WorkerTask:
+            work += 1
+    return sched, work
+
+
+@pytest.mark.slow
+async def test_no_task_state_leak_over_rounds() -> None:
+    with trio.fail_after(80):
+        async with open_cluster(2) as cluster, open_client(cluster) as client:
+            sched = cluster.scheduler
+            state = sched.state
+            counts = []
+            objects = []
+            for r in range(10):
+                futures = await client.map(_add, range(2000), [r] * 2000)
+                results = await client.gather(futures)
+                assert results == [i + r for i in range(2000)]
+                del futures, results
+                gc.collect()
+                await _wait_until(lambda: not state.tasks, f"the scheduler to forget round {r}'s tasks", timeout=10)
+                await _wait_until(
+                    lambda: all(not w.data and not w.state.tasks for w in cluster.workers),
+                    f"the workers to forget round {r}'s tasks",
+                    timeout=10,
+                )
+                gc.collect()
+                counts.append(_count_task_states())
+                objects.append(len(gc.get_objects()))
+                assert not state.queued and not state.stealing
+                assert all(not ws.processing and not ws.has_what and ws.nbytes == 0 for ws in state.workers.values())
+                assert all(not cs.wants_what for cs in state.clients.values())
+                assert not client._states and not client._refcount
+            # None on the scheduler; on the workers at most the one each
+            # executor loop still names in a local variable, never more.
+            assert all(sched_n == 0 and work_n <= len(cluster.workers) for sched_n, work_n in counts), counts
+            assert counts[-1] == counts[0], counts
+            # Python objects overall stay flat after the warm-up rounds.
+            assert objects[-1] < objects[2] * 1.02, objects
