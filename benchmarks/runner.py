@@ -720,6 +720,10 @@ def main(args: Any) -> int:
         print(
             "--quick skips the 100k map and the dask.array / dask.dataframe rows (--only array_sum,dataframe_groupby runs them)"
         )
+    if args.quick:
+        print(
+            "--quick: the 256 MiB row is the first move into a fresh cluster (full runs: steady state after an untimed move)"
+        )
     if not trioflow_has_collections():
         print("trioflow.Client has no compute() yet: its dask.array / dask.dataframe cells are n/a")
     if args.json:

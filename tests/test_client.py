@@ -1146,3 +1146,20 @@ async def test_scheduler_goes_away() -> None:
             assert c.status == "lost"
             with pytest.raises(FutureLostError):
                 await c.submit(inc, 1)
+
+
+async def test_large_graphs_go_in_pieces_under_the_header_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trioflow.client.core as core
+
+    monkeypatch.setattr(core, "GRAPH_PIECE_TASKS", 50)
+    with trio.fail_after(30):
+        async with open_cluster(n_workers=2) as cluster:
+            async with open_client(cluster) as c:
+                futures = await c.map(inc, range(500))
+                assert sum(await c.gather(futures)) == sum(range(1, 501))
+                # A chain across piece boundaries: dependencies are sent first.
+                prev = None
+                for i in range(120):
+                    f = await c.submit(add, prev if prev is not None else 0, 1, pure=False)
+                    prev = f
+                assert await prev == 120

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from trioflow.protocol.messages import (
     ComputeTask,
@@ -32,6 +32,7 @@ from trioflow.protocol.messages import (
     KeyCancelled,
     KeyErred,
     KeyInMemory,
+    StealRequest,
     TaskSpec,
 )
 from trioflow.protocol.serialize import dumps, loads
@@ -51,6 +52,7 @@ from trioflow.scheduler.state import (
     RemoveWorker,
     RescheduleEvent,
     SchedulerState,
+    StealResponseEvent,
     TaskErredEvent,
     TaskFinishedEvent,
     ToClient,
@@ -165,6 +167,18 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.wants: dict[str, set[str]] = {}
         self.told: dict[tuple[str, str], str] = {}
         self.events: list = []  # accepted events, to replay
+        self.steal_requests: set[tuple[str, str]] = set()  # (victim, key) not answered yet
+
+    @initialize(saturation=st.sampled_from([1.1, 0.5, float("inf")]), workers=st.integers(1, 3))
+    def setup(self, saturation: float, workers: int) -> None:
+        # Start with a client and some workers, so that steps go to work;
+        # a low saturation queues root tasks early, inf turns queuing off.
+        self.s = SchedulerState(allowed_failures=1, worker_saturation=saturation)
+        self.handle(AddClient(client=CLIENTS[0]))
+        self.wants[CLIENTS[0]] = set()
+        for name in NAMES[:workers]:
+            self.assigned[addr(name)] = set()
+            self.handle(AddWorker(address=addr(name), name=name, nthreads=1, memory_limit=10**9))
 
     # ------------------------------------------------------------ plumbing
 
@@ -200,6 +214,9 @@ class SchedulerMachine(RuleBasedStateMachine):
                         assert msg.nbytes[dep] >= 0, (msg.key, dep)
                     self.assigned.setdefault(ins.address, set()).add(msg.key)
                     self.history.setdefault(ins.address, set()).add(msg.key)
+                elif isinstance(msg, StealRequest):
+                    assert s.tasks[msg.key].processing_on is s.workers[ins.address], ins
+                    self.steal_requests.add((ins.address, msg.key))
                 elif isinstance(msg, FreeKeys):
                     # Sending a task and taking it back in one go is wasted work.
                     assert not sent & {(ins.address, k) for k in msg.keys}, (out, sent)
@@ -272,27 +289,28 @@ class SchedulerMachine(RuleBasedStateMachine):
         s = self.s
         client = data.draw(st.sampled_from(sorted(s.clients)), label="client")
         existing = sorted(s.tasks)
-        n = data.draw(st.integers(1, 4), label="n_new")
+        n = data.draw(st.integers(1, 6), label="n_new")
         specs: list[TaskSpec] = []
         new_keys: list[str] = []
         for _ in range(n):
             key = self.fresh("t")
             deps = set()
-            if existing:
-                deps |= set(data.draw(st.lists(st.sampled_from(existing), max_size=2), label="old deps"))
-            if new_keys:
-                deps |= set(data.draw(st.lists(st.sampled_from(new_keys), max_size=2), label="new deps"))
-            workers = data.draw(
-                st.one_of(st.just([]), st.lists(st.sampled_from(NAMES + [addr(n) for n in NAMES]), min_size=1, max_size=2)),
-                label="workers",
-            )
+            if data.draw(st.booleans(), label="has deps"):
+                if existing:
+                    deps |= set(data.draw(st.lists(st.sampled_from(existing), max_size=2), label="old deps"))
+                if new_keys:
+                    deps |= set(data.draw(st.lists(st.sampled_from(new_keys), max_size=2), label="new deps"))
+            # Mostly unrestricted tasks, so that most of them can run.
+            workers = []
+            if data.draw(st.sampled_from([False, False, False, True]), label="restricted"):
+                workers = data.draw(st.lists(st.sampled_from(NAMES + [addr(n) for n in NAMES]), min_size=1, max_size=2), label="workers")
             specs.append(
                 spec(
                     key,
                     sorted(deps),
                     priority=data.draw(st.integers(-1, 1), label="priority"),
                     retries=data.draw(st.integers(0, 1), label="retries"),
-                    resources=data.draw(st.sampled_from([{}, {}, {"GPU": 1}, {"GPU": MAX_GPU}]), label="resources"),
+                    resources=data.draw(st.sampled_from([{}] * 4 + [{"GPU": 1}, {"GPU": MAX_GPU}]), label="resources"),
                     workers=workers,
                     allow_other_workers=data.draw(st.booleans(), label="loose") if workers else False,
                 )
@@ -483,6 +501,17 @@ class SchedulerMachine(RuleBasedStateMachine):
         # A copy of a result has the size of the original.
         nbytes = {k: (s.tasks[k].nbytes if k in s.tasks and s.tasks[k].nbytes >= 0 else 3) for k in keys}
         self.handle(AddKeysEvent(worker=a, nbytes=nbytes))
+
+    @precondition(lambda self: self.steal_requests)
+    @rule(data=st.data(), stolen=st.booleans())
+    def steal_response(self, data: st.DataObject, stolen: bool) -> None:
+        victim, key = data.draw(st.sampled_from(sorted(self.steal_requests)), label="request")
+        self.steal_requests.discard((victim, key))
+        if victim not in self.s.workers:
+            return  # died before answering
+        if stolen:
+            self.assigned.get(victim, set()).discard(key)
+        self.handle(StealResponseEvent(worker=victim, key=key, stolen=stolen))
 
     # ------------------------------------------------------------ bad input
 

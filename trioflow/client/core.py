@@ -56,6 +56,10 @@ logger = logging.getLogger("trioflow.client")
 __all__ = ["AsyncClient", "open_client"]
 
 _SIMPLE = (int, float, str, bool, type(None), bytes)
+#: A graph goes to the scheduler in pieces of at most this many tasks or
+#: bytes of run specs, well under the wire's 16 MiB header cap.
+GRAPH_PIECE_TASKS = 10_000
+GRAPH_PIECE_BYTES = 4 * 1024 * 1024
 _fn_cache: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
 
@@ -345,6 +349,31 @@ class AsyncClient:
             retries=int(retries or 0),
         )
 
+    def _send_graph(self, specs: list[m.TaskSpec], wanted: list[str]) -> None:
+        """Send a graph in pieces that fit the wire's header cap.
+
+        ``specs`` are in an order where dependencies come first (submission
+        order, or dask's execution order), so each piece only refers to keys
+        sent before it; a wanted key is claimed in the piece that defines it.
+        """
+        if len(specs) <= GRAPH_PIECE_TASKS:
+            self._send(m.UpdateGraph(tasks=specs, keys=wanted))
+            return
+        wanted_set = set(wanted)
+        defined: set[str] = set()
+        piece: list[m.TaskSpec] = []
+        size = 0
+        for spec in specs:
+            piece.append(spec)
+            size += len(spec.args.data) + len(spec.function) + 64
+            if len(piece) >= GRAPH_PIECE_TASKS or size >= GRAPH_PIECE_BYTES:
+                keys = [sp.key for sp in piece if sp.key in wanted_set]
+                self._send(m.UpdateGraph(tasks=piece, keys=keys))
+                defined.update(sp.key for sp in piece)
+                piece, size = [], 0
+        rest = [k for k in wanted if k not in defined]
+        self._send(m.UpdateGraph(tasks=piece, keys=rest))
+
     async def submit(
         self,
         func: Callable[..., Any],
@@ -427,14 +456,14 @@ class AsyncClient:
             chunk = specs[i : i + step]
             # De-duplicate repeated pure keys within one graph.
             uniq = list({s.key: s for s in chunk}.values())
-            self._send(m.UpdateGraph(tasks=uniq, keys=[s.key for s in uniq]))
+            self._send_graph(uniq, [s.key for s in uniq])
             await trio.lowlevel.checkpoint()
         return futures
 
     async def update_graph(self, specs: list[m.TaskSpec], wanted: list[str]) -> list[Future]:
         """Submit prepared task specs (used by the dask integration)."""
         futures = [Future(k, self) for k in wanted]
-        self._send(m.UpdateGraph(tasks=specs, keys=wanted))
+        self._send_graph(specs, wanted)
         await trio.lowlevel.checkpoint()
         return futures
 
@@ -462,7 +491,7 @@ class AsyncClient:
             if k not in spec_keys and k not in self._states:
                 raise ValueError(f"key {k!r} is neither in the graph nor held by this client")
         futures = [Future(k, self) for k in str_wanted]
-        self._send(m.UpdateGraph(tasks=specs, keys=str_wanted))
+        self._send_graph(specs, str_wanted)
         await trio.lowlevel.checkpoint()
         return dict(zip(wanted, futures, strict=True))
 

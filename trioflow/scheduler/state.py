@@ -563,6 +563,10 @@ class SchedulerState:
             if not ev.safe:
                 ts.suspicious += 1
             ts.processing_on = None
+            # _leave_processing will not see this task (no processing_on
+            # any more): forget its steal here, or a KilledWorker leaves a
+            # stale entry for an erred task.
+            self.stealing.pop(ts, None)
             self._release_resources(ts, ws)
             if ts.suspicious > self.allowed_failures:
                 self._set_exception(
@@ -1109,7 +1113,7 @@ class SchedulerState:
             if self._maybe_unwanted:
                 candidates, self._maybe_unwanted = self._maybe_unwanted, set()
                 for dts in candidates:
-                    if not dts.waiters and not dts.who_wants and dts.state in ("memory", "waiting", "no-worker", "processing"):
+                    if not dts.waiters and not dts.who_wants and dts.state in ("memory", "waiting", "no-worker", "queued", "processing"):
                         recs[dts] = "released"
                 if recs:
                     continue

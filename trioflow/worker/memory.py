@@ -117,7 +117,9 @@ class SpillBuffer(MutableMapping[str, Any]):
         self.fast_bytes += nbytes
 
     def _evict(self, keep: str | None = None) -> None:
-        if self.target <= 0:
+        # Checked first: this runs on every store, and copying the key list
+        # each time made storing n keys cost O(n^2).
+        if self.target <= 0 or self.fast_bytes <= self.target:
             return
         for key in list(self.fast):
             if self.fast_bytes <= self.target:

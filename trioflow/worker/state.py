@@ -597,11 +597,13 @@ class WorkerState:
             ts.cancelled = True
         elif state == "memory":
             self._out.append(DropData(ts.key))
+            # (Before _set_gone, which drops the pending announcement.)
+            announced = ts.key not in self._pending_add_keys
             self._set_gone(ts)
             if not self._freeing:
                 # Our own decision (a fetched copy nothing here needs any
                 # more): the scheduler counted this replica, so tell it.
-                if self._pending_add_keys.pop(ts.key, None) is None:
+                if announced:
                     self._pending_release.append(ts.key)
         else:
             self._drop(ts)
