@@ -1159,7 +1159,7 @@ async def test_large_graphs_go_in_pieces_under_the_header_cap(monkeypatch: pytes
                 assert sum(await c.gather(futures)) == sum(range(1, 501))
                 # A chain across piece boundaries: dependencies are sent first.
                 prev = None
-                for i in range(120):
+                for _ in range(120):
                     f = await c.submit(add, prev if prev is not None else 0, 1, pure=False)
                     prev = f
                 assert await prev == 120
