@@ -157,20 +157,35 @@ def _make_converter(detailed: bool) -> cattrs.Converter:
 _fast = _make_converter(detailed=False)
 _detailed = _make_converter(detailed=True)
 
+# Hooks are generated on first use of each message class: cattrs compiles
+# one function per class, and a process uses only some of the ~50 messages.
 _unstructure: dict[type, Callable[[Any], dict[str, Any]]] = {}
 _structure: dict[str, tuple[type, Callable[[Any, Any], Any]]] = {}
-for _op, _cls in MESSAGES.items():
-    _unstructure[_cls] = _fast.get_unstructure_hook(_cls)
-    _structure[_op] = (_cls, _fast.get_structure_hook(_cls))
-for _cls in STRUCTURES:
-    _fast.get_structure_hook(_cls)
+_ = STRUCTURES
+
+
+def _unstructure_hook(cls: type) -> Callable[[Any], dict[str, Any]]:
+    hook = _unstructure.get(cls)
+    if hook is None:
+        if MESSAGES.get(getattr(cls, "op", None)) is not cls:  # type: ignore[arg-type]
+            raise KeyError(cls)
+        hook = _unstructure[cls] = _fast.get_unstructure_hook(cls)
+    return hook
+
+
+def _structure_hook(op: str) -> tuple[type, Callable[[Any, Any], Any]]:
+    entry = _structure.get(op)
+    if entry is None:
+        cls = MESSAGES[op]
+        entry = _structure[op] = (cls, _fast.get_structure_hook(cls))
+    return entry
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
     """Unstructure a message into a plain map with its ``op`` (used by
     :func:`encode`; also handy for logs and JSON views)."""
     try:
-        d = _unstructure[type(msg)](msg)
+        d = _unstructure_hook(type(msg))(msg)
     except KeyError:
         raise ProtocolError(f"{type(msg).__name__} is not a registered message") from None
     d["op"] = msg.op
@@ -191,7 +206,7 @@ def from_dict(d: Any) -> Message:
     if type(op) is not str:
         raise ProtocolError(f"message 'op' must be a string, got {type(op).__name__}")
     try:
-        cls, hook = _structure[op]
+        cls, hook = _structure_hook(op)
     except KeyError:
         raise ProtocolError(f"unknown op {op[:64]!r}") from None
     try:
