@@ -191,14 +191,6 @@ async def test_task_that_kills_its_worker_errs_with_killed_worker() -> None:
             assert len(cluster.scheduler.state.workers) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "issue 6 asks for KilledWorker 'naming the task and the workers'; the scheduler "
-        "keeps only a count (TaskState.suspicious) and KilledWorker names just the last "
-        "worker, so the message cannot list the earlier ones"
-    ),
-)
 def test_killed_worker_message_names_every_worker_it_died_on() -> None:
     # Sans-IO: the scheduler state machine alone, two crashes of one task.
     state = ss.SchedulerState(allowed_failures=1, worker_saturation=float("inf"))
@@ -217,7 +209,7 @@ def test_killed_worker_message_names_every_worker_it_died_on() -> None:
     assert erred.type_name == "KilledWorker"
     assert "'x'" in erred.exception_text
     assert "tcp://second:1" in erred.exception_text
-    assert "tcp://first:1" in erred.exception_text  # fails today: only the last worker is named
+    assert "tcp://first:1" in erred.exception_text
 
 
 @pytest.mark.slow

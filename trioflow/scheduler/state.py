@@ -97,16 +97,20 @@ class InvalidEvent(ValueError):
 class KilledWorker(Exception):
     """A task was running on workers that died too many times."""
 
-    def __init__(self, key: str, last_worker: str, allowed_failures: int) -> None:
-        super().__init__(key, last_worker, allowed_failures)
+    def __init__(self, key: str, workers: list[str], allowed_failures: int) -> None:
+        super().__init__(key, workers, allowed_failures)
         self.key = key
-        self.last_worker = last_worker
+        self.workers = list(workers)
         self.allowed_failures = allowed_failures
+
+    @property
+    def last_worker(self) -> str:
+        return self.workers[-1] if self.workers else ""
 
     def __str__(self) -> str:
         return (
-            f"task {self.key!r} was running on workers that died {self.allowed_failures + 1} times "
-            f"(last: {self.last_worker}); it may be what kills them"
+            f"task {self.key!r} was running on workers that died {len(self.workers)} times "
+            f"({', '.join(self.workers)}); it may be what kills them"
         )
 
 
@@ -163,6 +167,7 @@ class TaskState:
         "resources",
         "erred_by",
         "result_type",
+        "died_on",
         "_hash",
     )
 
@@ -194,6 +199,7 @@ class TaskState:
         self.resources: dict[str, float] = {}
         self.erred_by = ""
         self.result_type = ""
+        self.died_on: list[str] = []
 
     # Entities hash by name, not by id(): the order in which a set of them
     # iterates decides which transition runs first and which worker wins a
@@ -562,6 +568,7 @@ class SchedulerState:
         for ts in list(ws.processing):
             if not ev.safe:
                 ts.suspicious += 1
+                ts.died_on.append(ws.address)
             ts.processing_on = None
             # _leave_processing will not see this task (no processing_on
             # any more): forget its steal here, or a KilledWorker leaves a
@@ -571,7 +578,7 @@ class SchedulerState:
             if ts.suspicious > self.allowed_failures:
                 self._set_exception(
                     ts,
-                    KilledWorker(ts.key, ws.address, self.allowed_failures),
+                    KilledWorker(ts.key, ts.died_on, self.allowed_failures),
                     worker=ws.address,
                 )
                 ts.state = "processing-lost"
@@ -1368,6 +1375,7 @@ class SchedulerState:
         ts.state = "memory"
         ts.exception_blame = None
         ts.suspicious = 0
+        ts.died_on.clear()
         self._became_memory(ts, recs)
 
     def _became_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
