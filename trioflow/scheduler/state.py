@@ -562,6 +562,8 @@ class SchedulerState:
             return  # already gone; removal is idempotent
         del self.workers[ws.address]
         self._worker_list = None
+        self._to_fill.discard(ws)
+        self._idle_candidates.discard(ws)
         if self.names.get(ws.name) == ws.address:
             del self.names[ws.name]
         recs: dict[TaskState, str] = {}
@@ -1238,7 +1240,10 @@ class SchedulerState:
         workers, self._to_fill = self._to_fill, set()
         heap = self._queue_heap
         for ws in sorted(workers, key=lambda w: len(w.processing) / w.nthreads):
-            if ws.address not in self.workers or ws.status != "running":
+            # Identity, not address: a worker that left and came back on the
+            # same address is a new WorkerState; tasks sent to the old one
+            # were 'processing' on a removed worker for ever.
+            if self.workers.get(ws.address) is not ws or ws.status != "running":
                 continue
             while heap and not self._saturated(ws):
                 _, _, ts = heap[0]
@@ -1267,7 +1272,7 @@ class SchedulerState:
         if self.queued:
             return  # the queue feeds idle workers
         for thief in thieves:
-            if thief.address not in self.workers or thief.status != "running":
+            if self.workers.get(thief.address) is not thief or thief.status != "running":  # see _fill_from_queue
                 continue
             room = thief.nthreads + 1 - len(thief.processing) - sum(1 for t in self.stealing.values() if t is thief)
             if room <= 0:
@@ -1303,7 +1308,7 @@ class SchedulerState:
         d = victim.processing.pop(ts, 0.0)
         victim.occupancy = max(victim.occupancy - d, 0.0) if victim.processing else 0.0
         ts.processing_on = None
-        if thief is None or thief.address not in self.workers or thief.status != "running":
+        if thief is None or self.workers.get(thief.address) is not thief or thief.status != "running":
             thief = self.decide_worker(ts)
         if thief is None:
             self._count_move(ts, "processing", "no-worker")
