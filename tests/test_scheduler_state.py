@@ -1220,3 +1220,34 @@ def test_asking_again_for_released_scattered_data_errs() -> None:
     out = sim.submit(keys=["s"])
     assert sim.state("s") == "erred"
     assert "was released and cannot be recomputed" in to_client(out, KeyErred)["s"].exception_text
+
+
+def test_queued_tasks_go_to_the_worker_now_on_an_address() -> None:
+    # Regression: the queue kept the WorkerState of a worker that left and
+    # checked liveness by address, so when a worker came back on the same
+    # address, queued tasks went to the removed object and were lost.
+    sim = Sim(worker_saturation=1.1)
+    sim.worker("a")
+    sim.handle(RemoveWorker(address=addr("a")))
+    sim.worker("a")
+    out = sim.submit(*[spec(f"r-{i}") for i in range(5)])
+    a = sim.s.workers[addr("a")]
+    assert {k for _, k in computes(out)} == {t.key for t in a.processing} and len(a.processing) == 3
+    assert sorted(t.state for t in sim.s.tasks.values()).count("queued") == 2
+    out = sim.finish("r-0")
+    assert computes(out) == [(addr("a"), "r-3")] and sim.s.tasks["r-3"].processing_on is a
+
+
+def test_killed_worker_drops_a_pending_steal() -> None:
+    # Regression: a task on a dying worker with a steal under way stayed in
+    # ``stealing`` after it erred with KilledWorker.
+    sim = Sim(allowed_failures=0)
+    sim.worker("a")
+    sim.handle(UpdateDataEvent(client="c", who_has={"d": [addr("a")]}, nbytes={"d": 1}))
+    sim.submit(*[spec(f"x-{i}", ["d"]) for i in range(4)])
+    out = sim.worker("b")
+    [steal] = [i for i in out if isinstance(i.msg, StealRequest)]
+    assert steal.address == addr("a")
+    sim.handle(RemoveWorker(address=addr("a"), safe=False))
+    assert not sim.s.stealing
+    assert sim.state(steal.msg.key) == "erred"

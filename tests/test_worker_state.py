@@ -26,11 +26,13 @@ from trioflow.protocol.messages import (
     MissingData,
     ReleaseWorkerData,
     Reschedule,
+    StealResponse,
     TaskErred,
     TaskFinished,
 )
 from trioflow.protocol.serialize import dumps
 from trioflow.worker.state import (
+    AcquireReplicasEvent,
     ComputeTaskEvent,
     DataPut,
     DropData,
@@ -44,6 +46,7 @@ from trioflow.worker.state import (
     InvalidWorkerEvent,
     PauseEvent,
     SendMsg,
+    StealRequestEvent,
     WorkerState,
 )
 
@@ -193,6 +196,11 @@ class WorkerMachine(RuleBasedStateMachine):
                 elif isinstance(msg, Reschedule):
                     assert msg.key in self.wanted, msg
                     self.answered.add(msg.key)
+                elif isinstance(msg, StealResponse):
+                    if msg.stolen:
+                        # Given back: the scheduler sends it elsewhere.
+                        assert msg.key not in w.tasks or w.tasks[msg.key].state == "memory", msg
+                        self.wanted.discard(msg.key)
                 else:
                     assert isinstance(msg, MissingData), msg
         assert len(w.executing) <= w.slots
@@ -264,6 +272,16 @@ class WorkerMachine(RuleBasedStateMachine):
         # The shell stores first, then tells the state (it may drop again).
         self.store |= set(keys)
         self.handle(DataPut(nbytes=nbytes))
+
+    @rule(data=st.data())
+    def steal_request(self, data: st.DataObject) -> None:
+        self.handle(StealRequestEvent(key=data.draw(st.sampled_from(KEYS + ["unknown"]), label="key")))
+
+    @rule(data=st.data())
+    def acquire_replicas(self, data: st.DataObject) -> None:
+        keys = data.draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=2, unique=True), label="keys")
+        who_has = {k: data.draw(st.lists(st.sampled_from(PEERS), min_size=1, max_size=2, unique=True)) for k in keys}
+        self.handle(AcquireReplicasEvent(who_has=who_has, nbytes=dict.fromkeys(keys, 10)))
 
     @rule(paused=st.booleans())
     def pause(self, paused: bool) -> None:

@@ -402,9 +402,15 @@ _UNINIT_THRESHOLD = 1 << 20
 
 
 def _new_buffer(n: int) -> memoryview:
-    """Writable memory for ``n`` received bytes.  ``bytearray(n)`` zero-fills
-    (page by page: half the cost of receiving 256 MiB); numpy, when
-    installed, hands out uninitialised memory, which the receive overwrites."""
+    """Writable memory for ``n`` received bytes.
+
+    ``bytearray(n)`` writes zeros over all of it first and faults it in 4 KiB
+    at a time.  For a large buffer, numpy (when installed) hands out
+    uninitialised memory and asks the kernel for transparent huge pages, as
+    dask's comm does; the receive then writes each byte once.  (Where the
+    kernel compacts memory for huge pages a first touch can stall: large
+    transfers on this machine are bimodal for every program that asks.)
+    """
     if n >= _UNINIT_THRESHOLD:
         try:
             import numpy

@@ -1586,7 +1586,7 @@ class SchedulerState:
                 assert cs.client_id in self.clients, (ts, cs)
             for ws in ts.who_has:
                 assert ts in ws.has_what, (ts, ws)
-                assert ws.address in self.workers, f"{ts!r} held by removed {ws!r}"
+                assert self.workers.get(ws.address) is ws, f"{ts!r} held by removed {ws!r}"
             if ts.state == "memory":
                 assert ts.who_has, f"{ts!r} in memory with no holder"
                 assert ts.processing_on is None
@@ -1596,7 +1596,8 @@ class SchedulerState:
             if ts.state == "processing":
                 ws = ts.processing_on
                 assert ws is not None and ts in ws.processing, ts
-                assert ws.address in self.workers
+                # The very object: a worker back on the same address is new.
+                assert self.workers.get(ws.address) is ws, f"{ts!r} processing on removed {ws!r}"
                 for dts in ts.dependencies:
                     assert dts.who_has, f"{ts!r} processing while {dts!r} has no data"
                 assert not ts.waiting_on
