@@ -136,6 +136,7 @@ class WorkerMachine(RuleBasedStateMachine):
         self.flights: dict[str, tuple[str, ...]] = {}  # peer -> keys asked for
         self.wanted: set[str] = set()  # compute-task sent and not freed
         self.answered: set[str] = set()  # wanted keys the worker reported on
+        self.acquired: set[str] = set()  # keys asked for as replicas
 
     @initialize(
         nthreads=st.integers(1, 3),
@@ -194,7 +195,8 @@ class WorkerMachine(RuleBasedStateMachine):
                     # Copies dropped on the worker's own account are announced.
                     assert not set(msg.keys) & {t for t, s in self.w.tasks.items() if s.state == "memory"}, msg
                 elif isinstance(msg, Reschedule):
-                    assert msg.key in self.wanted, msg
+                    # (A key asked for as a replica counts as wanted too.)
+                    assert msg.key in self.wanted | self.acquired, msg
                     self.answered.add(msg.key)
                 elif isinstance(msg, StealResponse):
                     if msg.stolen:
@@ -281,6 +283,7 @@ class WorkerMachine(RuleBasedStateMachine):
     def acquire_replicas(self, data: st.DataObject) -> None:
         keys = data.draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=2, unique=True), label="keys")
         who_has = {k: data.draw(st.lists(st.sampled_from(PEERS), min_size=1, max_size=2, unique=True)) for k in keys}
+        self.acquired |= set(keys)
         self.handle(AcquireReplicasEvent(who_has=who_has, nbytes=dict.fromkeys(keys, 10)))
 
     @rule(paused=st.booleans())

@@ -121,7 +121,8 @@ def graph_to_specs(
     specs: list[m.TaskSpec] = []
     dep_types = (KeyRef, future_type)
     for k, node in ordered:
-        if isinstance(node, DataNode) and isinstance(node.value, future_type) and stringify(k) == node.value.key:
+        value: Any = getattr(node, "value", None)
+        if isinstance(node, DataNode) and isinstance(value, future_type) and stringify(k) == getattr(value, "key", None):
             continue
         refs: dict[Any, Any] = {}
         deps: list[str] = []

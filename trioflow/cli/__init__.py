@@ -142,7 +142,7 @@ def scheduler_command(
                 url = f"http://{_host_of(scheduler.address)}:{scheduler.services['dashboard']}{prefix.rstrip('/')}/status"
                 logger.info("  dashboard at: %s", url)
                 if show:
-                    nursery.start_soon(trio.to_thread.run_sync, webbrowser.open, url)
+                    nursery.start_soon(_open_browser, url)
             await preload_setup(modules, scheduler)
             if idle_timeout:
                 nursery.start_soon(_idle_watch, scheduler, idle_timeout)
@@ -165,6 +165,10 @@ async def _idle_watch(scheduler: Any, timeout: float) -> None:
             logger.info("no clients for %ss (--idle-timeout); closing", timeout)
             scheduler.close()
             return
+
+
+async def _open_browser(url: str) -> None:
+    await trio.to_thread.run_sync(webbrowser.open, url)
 
 
 def _host_of(address: str) -> str:

@@ -417,7 +417,7 @@ def _new_buffer(n: int) -> memoryview:
         except ImportError:
             pass
         else:
-            return memoryview(numpy.empty(n, dtype=numpy.uint8)).cast("B")
+            return memoryview(numpy.empty(n, dtype=numpy.uint8)).cast("B")  # type: ignore[arg-type]
     return memoryview(bytearray(n))
 
 

@@ -31,6 +31,8 @@ Who sends what:
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -42,7 +44,7 @@ PROTOCOL_VERSION = 1
 #: op -> message class, the closed set the decoder accepts.
 MESSAGES: dict[str, type[Message]] = {}
 
-_M = TypeVar("_M", bound="type[Message]")
+_T = TypeVar("_T")
 
 
 class Message:
@@ -52,15 +54,16 @@ class Message:
     op: ClassVar[str]
 
 
-def message(op: str) -> Any:
+@typing.dataclass_transform(kw_only_default=True, frozen_default=True, field_specifiers=(attrs.field,))
+def message(op: str) -> Callable[[type[_T]], type[_T]]:
     """Class decorator: make a frozen keyword-only attrs message tagged ``op``."""
 
-    def wrap(cls: _M) -> _M:
+    def wrap(cls: type[_T]) -> type[_T]:
         if op in MESSAGES:
             raise ValueError(f"duplicate message op {op!r}")
-        cls.op = op
+        cls.op = op  # type: ignore[attr-defined]
         new = attrs.frozen(kw_only=True, slots=True)(cls)
-        MESSAGES[op] = new
+        MESSAGES[op] = new  # type: ignore[assignment]
         return new
 
     return wrap

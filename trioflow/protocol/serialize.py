@@ -213,7 +213,7 @@ def loads_function(data: bytes) -> Callable[..., Any]:
 
 
 class _DepPicklerMixin:
-    dep_type: type
+    dep_type: type | tuple[type, ...]
     deps: dict[str, None]
 
     def persistent_id(self, obj: object) -> str | None:
@@ -232,7 +232,7 @@ class _DepCloudPickler(_DepPicklerMixin, cloudpickle.Pickler):
     pass
 
 
-def dumps_with_deps(obj: object, dep_type: type) -> tuple[Serialized, list[str]]:
+def dumps_with_deps(obj: object, dep_type: type | tuple[type, ...]) -> tuple[Serialized, list[str]]:
     """Serialize ``obj``, replacing each instance of ``dep_type`` (a future)
     by a reference to its ``.key``.
 

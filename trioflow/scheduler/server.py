@@ -306,10 +306,10 @@ class Scheduler:
                     msg = await comm.recv()
                     t = type(msg)
                     try:
-                        if t is m.TaskFinished:
+                        if isinstance(msg, m.TaskFinished):
                             self._handle(ss.TaskFinishedEvent(worker=address, key=msg.key, nbytes=msg.nbytes, type_name=msg.type_name, start=msg.start, stop=msg.stop))
                             self._log_task(msg.key, address, msg.start, msg.stop, msg.thread)
-                        elif t is m.TaskErred:
+                        elif isinstance(msg, m.TaskErred):
                             self._handle(
                                 ss.TaskErredEvent(
                                     worker=address,
@@ -320,19 +320,19 @@ class Scheduler:
                                     type_name=msg.type_name,
                                 )
                             )
-                        elif t is m.Heartbeat:
-                            self._handle(ss.HeartbeatEvent(worker=address, metrics=attrs.asdict(msg)))
-                        elif t is m.AddKeys:
+                        elif isinstance(msg, m.Heartbeat):
+                            self._handle(ss.HeartbeatEvent(worker=address, metrics=attrs.asdict(msg)))  # type: ignore[arg-type]
+                        elif isinstance(msg, m.AddKeys):
                             self._handle(ss.AddKeysEvent(worker=address, nbytes=msg.nbytes))
-                        elif t is m.MissingData:
+                        elif isinstance(msg, m.MissingData):
                             self._handle(ss.MissingDataEvent(worker=address, key=msg.key, errant_worker=msg.worker))
-                        elif t is m.StealResponse:
+                        elif isinstance(msg, m.StealResponse):
                             self._handle(ss.StealResponseEvent(worker=address, key=msg.key, stolen=msg.stolen))
-                        elif t is m.Reschedule:
+                        elif isinstance(msg, m.Reschedule):
                             self._handle(ss.RescheduleEvent(worker=address, key=msg.key))
-                        elif t is m.ReleaseWorkerData:
+                        elif isinstance(msg, m.ReleaseWorkerData):
                             self._handle(ss.ReleaseWorkerDataEvent(worker=address, keys=msg.keys))
-                        elif t is m.WorkerUnregister:
+                        elif isinstance(msg, m.WorkerUnregister):
                             safe = True
                             logger.info("worker %s is closing: %s", address, msg.reason)
                             n.cancel_scope.cancel()
@@ -381,17 +381,17 @@ class Scheduler:
                     msg = await comm.recv()
                     t = type(msg)
                     try:
-                        if t is m.UpdateGraph:
+                        if isinstance(msg, m.UpdateGraph):
                             self._update_graph(cid, msg)
-                        elif t is m.ReleaseKeys:
+                        elif isinstance(msg, m.ReleaseKeys):
                             self._handle(ss.ReleaseKeysEvent(client=cid, keys=msg.keys))
-                        elif t is m.CancelKeys:
+                        elif isinstance(msg, m.CancelKeys):
                             self._handle(ss.CancelKeysEvent(client=cid, keys=msg.keys))
-                        elif t is m.FireAndForget:
+                        elif isinstance(msg, m.FireAndForget):
                             self._fire_and_forget(msg.keys)
-                        elif t is m.UpdateData:
+                        elif isinstance(msg, m.UpdateData):
                             self._handle(ss.UpdateDataEvent(client=cid, who_has=msg.who_has, nbytes=msg.nbytes))
-                        elif t is m.CloseClient:
+                        elif isinstance(msg, m.CloseClient):
                             n.cancel_scope.cancel()
                             break
                         else:

@@ -1301,7 +1301,7 @@ class SchedulerState:
         victim = self.workers.get(ev.worker)
         if ts is None or victim is None:
             return
-        thief = self.stealing.pop(ts, None)
+        thief: WorkerState | None = self.stealing.pop(ts, None)
         if not ev.stolen or ts.state != "processing" or ts.processing_on is not victim:
             return
         # The victim dropped it: move it.
@@ -1594,10 +1594,10 @@ class SchedulerState:
             else:
                 assert not ts.who_has, f"{ts!r} has holders but is {ts.state}"
             if ts.state == "processing":
-                ws = ts.processing_on
-                assert ws is not None and ts in ws.processing, ts
+                pws = ts.processing_on
+                assert pws is not None and ts in pws.processing, ts
                 # The very object: a worker back on the same address is new.
-                assert self.workers.get(ws.address) is ws, f"{ts!r} processing on removed {ws!r}"
+                assert self.workers.get(pws.address) is pws, f"{ts!r} processing on removed {pws!r}"
                 for dts in ts.dependencies:
                     assert dts.who_has, f"{ts!r} processing while {dts!r} has no data"
                 assert not ts.waiting_on

@@ -22,7 +22,7 @@ class LeakError(AssertionError):
 
 
 def _socket_inodes() -> set[str]:
-    out = set()
+    out: set[str] = set()
     try:
         fds = os.listdir("/proc/self/fd")
     except OSError:  # not Linux: count nothing

@@ -541,7 +541,7 @@ class WorkerState:
         stolen = ts is not None and ts.state in ("waiting", "ready") and not ts.cancelled
         # Nor one that a task here waits for: dropping it stranded that task
         # 'waiting' for nothing (it has no holder to fetch the key from).
-        stolen = stolen and not any(t.state == "waiting" for t in ts.dependents)
+        stolen = stolen and ts is not None and not any(t.state == "waiting" for t in ts.dependents)
         if stolen:
             assert ts is not None
             self._drop(ts)
