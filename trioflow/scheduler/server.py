@@ -304,7 +304,6 @@ class Scheduler:
                 n.start_soon(_run_batched, batched, n.cancel_scope)
                 while True:
                     msg = await comm.recv()
-                    t = type(msg)
                     try:
                         if isinstance(msg, m.TaskFinished):
                             self._handle(ss.TaskFinishedEvent(worker=address, key=msg.key, nbytes=msg.nbytes, type_name=msg.type_name, start=msg.start, stop=msg.stop))
@@ -379,7 +378,6 @@ class Scheduler:
                 n.start_soon(_run_batched, batched, n.cancel_scope)
                 while True:
                     msg = await comm.recv()
-                    t = type(msg)
                     try:
                         if isinstance(msg, m.UpdateGraph):
                             self._update_graph(cid, msg)
