@@ -151,3 +151,21 @@ async def test_retire_workers_moves_data_only_they_hold() -> None:
                 assert all(who[f.key] == [b.address] for f in futures), who
                 assert [v.nbytes for v in await client.gather(futures)] == [1_000_000 + i for i in range(5)]
                 assert all(k.startswith("_big") is False for k, *_ in b.task_log if k.startswith("_big"))
+
+
+@pytest.mark.slow
+async def test_scheduler_learns_of_transfers_from_heartbeats() -> None:
+    with trio.fail_after(30):
+        async with open_cluster(n_workers=2) as cluster:
+            async with open_client(cluster) as client:
+                a, b = cluster.workers
+                big = await client.submit(_big, 5_000_000, workers=[a.address], pure=False)
+                nbytes, where = await (await client.submit(_nbytes_and_where, big, workers=[b.address]))
+                assert where == b.address
+                s = cluster.scheduler
+                while not s.transfer_stream:
+                    await trio.sleep(0.05)
+                worker, peer, moved, start, stop, nkeys = s.transfer_stream[0]
+                assert (worker, peer, nkeys) == (b.address, a.address, 1)
+                assert moved >= 5_000_000 and stop >= start
+                assert s.bytes_transferred >= 5_000_000

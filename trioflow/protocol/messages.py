@@ -159,6 +159,8 @@ class Heartbeat(Message):
     in_memory: int  # number of keys held
     bandwidth: float  # bytes/s, recent average of peer transfers
     paused: bool = False
+    #: Transfers from peers since the last heartbeat: (peer, bytes, start, stop, keys).
+    transfers: list[tuple[str, int, float, float, int]] = attrs.field(factory=_empty_list)
 
 
 @message("task-finished")

@@ -96,6 +96,10 @@ class Scheduler:
         self._nursery: trio.Nursery | None = None
         self._closing_workers: set[str] = set()
         self.task_stream: list[tuple[str, str, float, float, int]] = []
+        #: Transfers between workers, as the workers report them in heartbeats:
+        #: (worker, peer it fetched from, bytes, start, stop, number of keys).
+        self.transfer_stream: list[tuple[str, str, int, float, float, int]] = []
+        self.bytes_transferred = 0
         self.plugins: list[Any] = []
         self.events_handled = 0
         self._request_handlers: dict[type, Callable[[Any], Any]] = {
@@ -320,7 +324,10 @@ class Scheduler:
                                 )
                             )
                         elif isinstance(msg, m.Heartbeat):
-                            self._handle(ss.HeartbeatEvent(worker=address, metrics=attrs.asdict(msg)))  # type: ignore[arg-type]
+                            metrics = attrs.asdict(msg)  # type: ignore[arg-type]
+                            for peer, nbytes, start, stop, nkeys in metrics.pop("transfers"):
+                                self._log_transfer(address, peer, nbytes, start, stop, nkeys)
+                            self._handle(ss.HeartbeatEvent(worker=address, metrics=metrics))
                         elif isinstance(msg, m.AddKeys):
                             self._handle(ss.AddKeysEvent(worker=address, nbytes=msg.nbytes))
                         elif isinstance(msg, m.MissingData):
@@ -355,6 +362,13 @@ class Scheduler:
                 if self.status == "running" or self.status == "closing":
                     self._handle(ss.RemoveWorker(address=address, reason="connection closed", safe=safe))
                 logger.info("Remove worker %s", address)
+
+    def _log_transfer(self, worker: str, peer: str, nbytes: int, start: float, stop: float, nkeys: int) -> None:
+        self.bytes_transferred += max(nbytes, 0)
+        ts = self.transfer_stream
+        ts.append((worker, peer, nbytes, start, stop, nkeys))
+        if len(ts) > 5_000:
+            del ts[:2_500]
 
     def _log_task(self, key: str, worker: str, start: float, stop: float, thread: int) -> None:
         ts = self.task_stream

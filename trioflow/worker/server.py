@@ -226,6 +226,8 @@ class Worker:
         self._proc = psutil.Process()
         self.services: dict[str, int] = {}
         self.dashboard_address = dashboard_address
+        self.bytes_transferred = 0
+        self._unreported_transfers: list[tuple[str, int, float, float, int]] = []
         self.dashboard_prefix = dashboard_prefix
         # Memory management (only with a memory limit): spill least recently
         # used values past target * limit of managed bytes; stop starting
@@ -586,6 +588,9 @@ class Worker:
         if total > 1_000_000 and stop > start:
             self.bandwidth = 0.8 * self.bandwidth + 0.2 * (total / (stop - start))
         self.transfer_log.append({"who": inst.worker, "keys": list(nbytes), "bytes": total, "start": start, "stop": stop})
+        self.bytes_transferred += total
+        if len(self._unreported_transfers) < 1000:
+            self._unreported_transfers.append((inst.worker, total, start, stop, len(nbytes)))
         if len(self.transfer_log) > 1000:
             del self.transfer_log[:500]
         self._handle(ws.GatherDepDone(worker=inst.worker, nbytes=nbytes, missing=list(reply.missing)))
@@ -646,7 +651,12 @@ class Worker:
             in_memory=len(self.data),
             bandwidth=self.bandwidth,
             paused=self.state.paused,
+            transfers=self._take_transfers(),
         )
+
+    def _take_transfers(self) -> list[tuple[str, int, float, float, int]]:
+        out, self._unreported_transfers = self._unreported_transfers, []
+        return out
 
     # ------------------------------------------------------------ peers
 
