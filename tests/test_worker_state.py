@@ -392,3 +392,248 @@ WorkerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 test_worker_machine = WorkerMachine.TestCase
+
+
+# ---------------------------------------------------------------- focused tests
+
+
+def worker(nthreads: int = 1, **kw) -> WorkerState:
+    return WorkerState(address=ME, nthreads=nthreads, validate=True, **kw)
+
+
+def of(out: list, kind: type) -> list:
+    return [i for i in out if isinstance(i, kind)]
+
+
+def test_remote_dependency_is_gathered_then_executed() -> None:
+    w = worker()
+    out = w.handle(compute("y", {"x": ["tcp://p0", ME]}, nbytes={"x": 30}))
+    assert of(out, GatherDep) == [GatherDep("tcp://p0", ("x",), 30)] and not of(out, Execute)
+    assert w.tasks["y"].state == "waiting" and w.tasks["x"].state == "flight"
+    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 30}, missing=[]))
+    assert [(e.key, e.dependencies) for e in of(out, Execute)] == [("y", ("x",))]
+    assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 30})]
+    out = w.handle(success("y"))
+    assert [m.key for m in sent(out, TaskFinished)] == ["y"]
+    assert w.tasks["x"].state == "memory"  # a copy the scheduler counts: kept until freed
+    out = w.handle(FreeKeysEvent(keys=["x", "y"]))
+    assert {d.key for d in of(out, DropData)} == {"x", "y"} and not w.tasks
+
+
+def test_failed_gather_tries_the_next_holder_then_reschedules() -> None:
+    w = worker()
+    w.handle(compute("y", {"x": ["tcp://p0", "tcp://p1"]}))
+    [first] = w.in_flight_workers
+    second = "tcp://p1" if first == "tcp://p0" else "tcp://p0"
+    out = w.handle(GatherDepFailed(worker=first, keys=["x"]))
+    assert sent(out, MissingData) == [MissingData(key="x", worker=first)]
+    assert of(out, GatherDep) == [GatherDep(second, ("x",), 10)]
+    # The other holder does not have it either: nobody left to ask.
+    out = w.handle(GatherDepDone(worker=second, nbytes={}, missing=["x"]))
+    assert sent(out, MissingData) == [MissingData(key="x", worker=second)]
+    assert sent(out, Reschedule) == [Reschedule(key="y")]
+    assert not w.tasks and not of(out, Execute)
+
+
+def test_freed_while_executing_drops_the_result() -> None:
+    w = worker()
+    w.handle(compute("x"))
+    assert w.tasks["x"].state == "executing"
+    assert w.handle(FreeKeysEvent(keys=["x"])) == []
+    out = w.handle(success("x"))
+    assert out == [DropData("x")] and not w.tasks and w.nbytes_in_memory == 0
+    # Failing instead: nothing to drop, nothing to say.
+    w.handle(compute("z"))
+    w.handle(FreeKeysEvent(keys=["z"]))
+    assert w.handle(failure("z")) == [] and not w.tasks
+
+
+def test_resources_limit_concurrent_executions() -> None:
+    w = worker(nthreads=4, resources={"GPU": 2})
+    out = []
+    for i in range(5):
+        out += w.handle(compute(f"g{i}", resources={"GPU": 1}, priority=(0, 0, i)))
+    assert [e.key for e in of(out, Execute)] == ["g0", "g1"]
+    assert w.available_resources == {"GPU": 0}
+    out = w.handle(success("g0"))
+    assert [e.key for e in of(out, Execute)] == ["g2"]
+    out = w.handle(failure("g1"))
+    assert [e.key for e in of(out, Execute)] == ["g3"]
+    assert w.available_resources == {"GPU": 0}
+    w.handle(success("g2"))
+    w.handle(success("g3"))
+    out = w.handle(success("g4"))
+    assert not w.executing and w.available_resources == {"GPU": 2}
+
+
+def test_executing_never_exceeds_slots() -> None:
+    w = worker(nthreads=2, prefetch=1)
+    out = []
+    for i in range(6):
+        out += w.handle(compute(f"t{i}", priority=(0, 0, i)))
+    assert [e.key for e in of(out, Execute)] == ["t0", "t1", "t2"]
+    out = w.handle(success("t1"))
+    assert [e.key for e in of(out, Execute)] == ["t3"]
+
+
+def test_invalid_events_change_nothing() -> None:
+    w = worker()
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    for ev in [
+        success("y"),  # waiting, not executing
+        failure("nope"),
+        GatherDepDone(worker="tcp://p9", nbytes={}, missing=[]),
+        GatherDepFailed(worker="tcp://p9", keys=[]),
+        DataPut(nbytes={"a": 1, "b": -1}),
+        compute("z", {"x": ["tcp://p0"]}, nbytes={"x": -2}),
+    ]:
+        expect_invalid(w, ev)
+
+
+# ---------------------------------------------------------------- regressions
+
+
+def test_same_events_same_decisions() -> None:
+    # Regression: tasks hashed by id(), so which of several tasks became
+    # ready first (and ran first) changed from run to run.
+    def run() -> list:
+        w = worker(nthreads=1, prefetch=0)
+        out = w.handle(compute("d0"))
+        for i in range(12):
+            out += w.handle(compute(f"t{i}", {"d1": ["tcp://p0"]}, priority=(0, 0, 0)))
+        out += w.handle(GatherDepDone(worker="tcp://p0", nbytes={"d1": 1}, missing=[]))
+        for _ in range(12):
+            out += w.handle(success(next(iter(w.executing)).key))
+        junk = [[object() for _ in range(i)] for i in range(50)]  # move the allocator on
+        return [i for i in out if not isinstance(i, SendMsg)] + [len(junk)]
+
+    assert run() == run()
+
+
+def test_data_put_over_a_key_in_memory_recounts_its_size() -> None:
+    w = worker()
+    w.handle(DataPut(nbytes={"k": 100}))
+    w.handle(DataPut(nbytes={"k": 10}))
+    assert w.nbytes_in_memory == 10
+
+
+def test_dependency_held_only_here_reschedules_instead_of_running_without_it() -> None:
+    # Regression: the scheduler thought we still held x.  With no other
+    # holder the fetch gave up while y was not 'waiting' yet, so y lost the
+    # dependency and was executed without it.
+    w = worker()
+    out = w.handle(compute("y", {"x": [ME]}))
+    assert not of(out, Execute) and sent(out, Reschedule) == [Reschedule(key="y")]
+    assert not w.tasks
+
+
+def test_local_run_of_a_dependency_wakes_its_dependents() -> None:
+    # Regression: a finished execution never woke local tasks waiting for it
+    # (they wait for it when a stale run of a key they need is still going
+    # on here), so they waited for ever.
+    w = worker(nthreads=1, prefetch=0)
+    w.handle(compute("x"))
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    assert w.tasks["y"].state == "waiting" and not w.in_flight_workers
+    out = w.handle(success("x"))
+    assert [e.key for e in of(out, Execute)] == ["y"]
+
+
+def test_freed_run_needed_by_a_new_task_is_kept() -> None:
+    # Regression: x was freed while running, then y arrived needing it; the
+    # cancelled result was dropped and y lost its dependency.
+    w = worker(nthreads=2)
+    w.handle(compute("x"))
+    w.handle(FreeKeysEvent(keys=["x"]))
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    out = w.handle(success("x", nbytes=7))
+    assert not of(out, DropData) and not sent(out, TaskFinished)
+    assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 7})]
+    assert [e.key for e in of(out, Execute)] == ["y"]
+
+
+def test_cancelled_run_releases_its_dependencies() -> None:
+    # Regression: a freed task's fetched dependencies stayed for ever.
+    w = worker()
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 1}, missing=[]))
+    w.handle(FreeKeysEvent(keys=["x", "y"]))
+    assert w.tasks["y"].cancelled
+    out = w.handle(failure("y"))
+    assert of(out, DropData) == [DropData("x")] and not w.tasks
+
+
+def test_failed_stale_run_is_fetched_for_waiting_dependents() -> None:
+    w = worker(nthreads=1, prefetch=0)
+    w.handle(compute("x"))
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    out = w.handle(failure("x"))
+    assert of(out, GatherDep) == [GatherDep("tcp://p0", ("x",), 0)]
+    assert w.tasks["x"].state == "flight" and w.tasks["y"].state == "waiting"
+
+
+def test_rescheduling_a_task_reschedules_what_waits_for_it_here() -> None:
+    # Regression: z waited (locally) for y; y was rescheduled and dropped,
+    # and z was left 'waiting' with nothing to wait for.
+    w = worker()
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    w.handle(compute("z", {"y": ["tcp://p1"]}))
+    out = w.handle(GatherDepFailed(worker="tcp://p0", keys=["x"]))
+    assert sorted(m.key for m in sent(out, Reschedule)) == ["y", "z"]
+    assert not w.tasks
+
+
+def test_cancelled_fetch_needed_again_is_kept() -> None:
+    w = worker()
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    w.handle(FreeKeysEvent(keys=["y"]))
+    assert w.tasks["x"].cancelled
+    w.handle(compute("z", {"x": ["tcp://p0"]}))
+    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 1}, missing=[]))
+    assert not of(out, DropData) and [e.key for e in of(out, Execute)] == ["z"]
+
+
+def test_data_taken_off_a_transfer_is_dropped_when_it_arrives() -> None:
+    # Regression: x was to be computed here after its fetch had started;
+    # the copy that still arrived stayed in the store, unknown to the state.
+    w = worker()
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    w.handle(compute("x"))
+    assert w.tasks["x"].state == "executing"
+    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 1}, missing=[]))
+    assert out == [DropData("x")]
+
+
+def test_task_wanted_again_after_free_is_reported() -> None:
+    # Regression: freed but kept as a local dependency, then sent again by
+    # the scheduler: it stayed unwanted and was dropped unreported.
+    w = worker(nthreads=1, prefetch=1)
+    w.handle(compute("x"))  # executing
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    w.handle(FreeKeysEvent(keys=["x"]))  # kept: y waits for it
+    w.handle(compute("x"))
+    w.handle(FreeKeysEvent(keys=["y"]))
+    out = w.handle(success("x"))
+    assert [m.key for m in sent(out, TaskFinished)] == ["x"]
+
+
+def test_copy_dropped_in_the_event_it_arrived_is_not_announced() -> None:
+    # The shell hands a batch of events to handle_many; a copy fetched and
+    # freed in one batch is neither announced (AddKeys) nor released.
+    w = worker(nthreads=1, prefetch=0)
+    w.handle(compute("busy"))
+    w.handle(compute("y", {"a": ["tcp://p0"]}))
+    out = w.handle_many([GatherDepDone(worker="tcp://p0", nbytes={"a": 1}, missing=[]), FreeKeysEvent(keys=["y", "a"])])
+    assert not sent(out, AddKeys) and not sent(out, ReleaseWorkerData)
+    assert of(out, DropData) == [DropData("a")] and set(w.tasks) == {"busy"}
+
+
+def test_steal_refused_for_a_task_a_local_task_waits_for() -> None:
+    w = worker(nthreads=1)
+    w.handle(PauseEvent(paused=True))
+    w.handle(compute("x"))
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    out = w.handle(StealRequestEvent(key="x"))
+    assert sent(out, StealResponse) == [StealResponse(key="x", stolen=False)]
+    out = w.handle(StealRequestEvent(key="y"))
+    assert sent(out, StealResponse) == [StealResponse(key="y", stolen=True)]
