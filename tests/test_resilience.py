@@ -680,3 +680,38 @@ async def test_no_task_state_leak_over_rounds() -> None:
             assert counts[-1] == counts[0], counts
             # Python objects overall stay flat after the warm-up rounds.
             assert objects[-1] < objects[2] * 1.02, objects
+
+
+async def test_client_reconnects_when_a_scheduler_is_back() -> None:
+    import socket
+
+    from trioflow import Scheduler, Worker
+    from trioflow.client.futures import FutureLostError
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            first = Scheduler(address)
+            await nursery.start(first.serve)
+            worker = Worker(address, reconnect=False)
+            await nursery.start(worker.serve)
+            async with open_client(address) as client:
+                assert await (await client.submit(abs, -1)) == 1
+                pending = await client.submit(time.sleep, 5, pure=False)
+                await first.aclose()
+                with pytest.raises(FutureLostError, match="scheduler"):
+                    await pending
+                second = Scheduler(address)
+                await nursery.start(second.serve)
+                worker2 = Worker(address)
+                await nursery.start(worker2.serve)
+                while client.status != "running":
+                    await trio.sleep(0.05)
+                assert await (await client.submit(abs, -7)) == 7
+                await worker2.aclose()
+                await second.aclose()
+            await worker.aclose()
+            nursery.cancel_scope.cancel()

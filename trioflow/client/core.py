@@ -138,6 +138,8 @@ class AsyncClient:
         self._comm: Any = None
         self._done = trio.Event()
         self._seq = itertools.count()
+        #: After losing the scheduler, keep trying to register again.
+        self.reconnect = True
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.id} scheduler={self.scheduler_address} status={self.status}>"
@@ -148,6 +150,12 @@ class AsyncClient:
         self._token = trio.lowlevel.current_trio_token()
         self._nursery = nursery
         self._pool = ConnectionPool(security=self.security, role="client", name=self.id, timeout=self.timeout)
+        await self._connect_and_register()
+
+    async def _connect_and_register(self) -> None:
+        """Open the scheduler stream, register, start its two tasks."""
+        assert self._nursery is not None
+        nursery = self._nursery
         comm = await connect(self.scheduler_address, security=self.security, role="client", name=self.id, timeout=self.timeout)
         try:
             with trio.fail_after(self.timeout):
@@ -163,7 +171,9 @@ class AsyncClient:
             await comm.aclose()
             raise CommError(f"unexpected reply {reply.op!r} from {self.scheduler_address}")
         self.scheduler_id = reply.scheduler_id
-        self._comm = comm
+        old, self._comm = self._comm, comm
+        if old is not None:
+            await old.aclose()
         self._batched = BatchedSend(comm)
         self.status = "running"
         nursery.start_soon(self._run_batched)
@@ -239,6 +249,26 @@ class AsyncClient:
             logger.warning("%s", reason)
             self.status = "lost"
         self._lose_all(reason)
+        if self.status == "lost" and self._nursery is not None and self.reconnect:
+            self._nursery.start_soon(self._reconnect_loop)
+
+    async def _reconnect_loop(self) -> None:
+        """Register again once a scheduler answers at the same address.
+
+        Futures pending when the scheduler went away have erred already
+        ("scheduler lost"); the new scheduler knows nothing of the old keys,
+        so only new work runs.  Gives up when the client is closed.
+        """
+        delay = 0.1
+        while self.status == "lost":
+            await trio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            try:
+                await self._connect_and_register()
+            except (CommError, OSError, trio.TooSlowError) as exc:
+                logger.debug("scheduler at %s not back yet: %s", self.scheduler_address, exc)
+                continue
+            logger.info("reconnected to the scheduler at %s", self.scheduler_address)
 
     def _lose_all(self, reason: str) -> None:
         for st in self._states.values():
