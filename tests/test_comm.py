@@ -15,7 +15,6 @@ import pickle
 import socket
 import struct
 import tracemalloc
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
+from comm_helpers import Handler, echo, echo_once, start, warnings_from  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,29 +48,9 @@ from trioflow.protocol.messages import MESSAGES, PROTOCOL_VERSION
 from trioflow.protocol.serialize import Serialized, dumps, loads
 from trioflow.testing import message_strategy
 
-Handler = Callable[[Comm], Awaitable[None]]
-
-
 # ---------------------------------------------------------------- helpers
 
 
-async def echo(comm: Comm) -> None:
-    while True:
-        try:
-            msg = await comm.recv()
-        except CommClosedError as exc:
-            if exc.clean:
-                return  # hung up between messages: fine
-            raise  # cut short: let listen() log it
-        await comm.send(msg)
-
-
-async def start(
-    nursery: trio.Nursery, address: str, handler: Handler = echo, **kwargs: Any
-) -> Listener:
-    kwargs.setdefault("role", "scheduler")
-    kwargs.setdefault("name", "sched")
-    return await nursery.start(functools.partial(listen, address, handler, **kwargs))
 
 
 def tcp() -> str:
@@ -86,15 +66,6 @@ def address(request: pytest.FixtureRequest) -> str:
     return tcp() if request.param == "tcp" else inproc()
 
 
-def warnings_from(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [
-        r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("trioflow")
-    ]
-
-
-async def echo_once(comm: Comm, msg: m.Message) -> m.Message:
-    await comm.send(msg)
-    return await comm.recv()
 
 
 async def raw_connect(port: int) -> trio.SocketStream:

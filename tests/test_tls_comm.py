@@ -8,24 +8,19 @@ happen before any IO are not.
 
 from __future__ import annotations
 
-import functools
-import logging
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import trio
 import trustme
+from comm_helpers import echo, echo_once, start, warnings_from  # noqa: E402
 
 from trioflow.comm import (
     Comm,
-    CommClosedError,
     CommError,
     ConnectionPool,
     HandshakeError,
-    Listener,
     connect,
     listen,
 )
@@ -34,38 +29,6 @@ from trioflow.protocol import messages as m
 from trioflow.protocol.messages import PROTOCOL_VERSION
 from trioflow.protocol.serialize import dumps, loads
 from trioflow.security import Security, SecurityError
-
-Handler = Callable[[Comm], Awaitable[None]]
-
-
-async def echo(comm: Comm) -> None:
-    while True:
-        try:
-            msg = await comm.recv()
-        except CommClosedError as exc:
-            if exc.clean:
-                return
-            raise
-        await comm.send(msg)
-
-
-async def start(
-    nursery: trio.Nursery, address: str, handler: Handler = echo, **kwargs: Any
-) -> Listener:
-    kwargs.setdefault("role", "scheduler")
-    kwargs.setdefault("name", "sched")
-    return await nursery.start(functools.partial(listen, address, handler, **kwargs))
-
-
-def warnings_from(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [
-        r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("trioflow")
-    ]
-
-
-async def echo_once(comm: Comm, msg: m.Message) -> m.Message:
-    await comm.send(msg)
-    return await comm.recv()
 
 
 def trustme_security(ca: trustme.CA, leaf: trustme.LeafCert | None = None) -> Security:
