@@ -27,6 +27,7 @@ from trioflow.comm import CommClosedError, connect
 from trioflow.comm.addressing import parse_address
 from trioflow.protocol import messages as m
 from trioflow.scheduler import state as ss
+from trioflow.worker import state as ws
 
 # Task functions travel by value: worker processes cannot import this file.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -89,7 +90,7 @@ async def _tree_sum(client: trioflow.AsyncClient, futures: list) -> trioflow.Fut
 @pytest.mark.slow
 async def test_chaos_kill_random_workers_graph_result_exact() -> None:
     rng = random.Random(0)
-    n = 2000
+    n = 2501  # + 2,500 additions: a 5,001-task graph
     with trio.fail_after(80):
         async with (
             open_cluster(3, processes=True, scheduler_options={"allowed_failures": 10}) as cluster,
@@ -713,5 +714,50 @@ async def test_client_reconnects_when_a_scheduler_is_back() -> None:
                 assert await (await client.submit(abs, -7)) == 7
                 await worker2.aclose()
                 await second.aclose()
+            await worker.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_worker_gives_up_on_a_silent_scheduler_and_registers_again() -> None:
+    """A stream that stays open but carries nothing (a cut link looks like
+    this) is abandoned after the scheduler's TTL plus two heartbeats; the
+    worker registers again with the data it holds.  Real clock: a worker's
+    executor threads and a MockClock do not mix.  (The real cut, across
+    network namespaces, is in test_netcut.py.)"""
+    from comm_helpers import start
+
+    from trioflow import Worker
+
+    registered: list[tuple[float, m.RegisterWorker]] = []
+
+    async def mute_scheduler(comm: Any) -> None:
+        reg = await comm.recv()
+        registered.append((trio.current_time(), reg))
+        await comm.send(m.WorkerRegistered(scheduler_id="mute", heartbeat_interval=0.05, worker_ttl=0.3))
+        if len(registered) == 1:
+            # Slows the pace: the limit becomes 0.6 + 2 x 0.1 s.
+            await comm.send(m.HeartbeatAck(heartbeat_interval=0.1, worker_ttl=0.6))
+        try:
+            while True:
+                await comm.recv()  # heartbeats, never acknowledged
+        except CommClosedError:
+            pass
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listener = await start(nursery, "inproc://mute-scheduler", mute_scheduler)
+            worker = Worker(listener.address)
+            await nursery.start(worker.serve)
+            worker.data["held"] = 7
+            worker.state.tasks["held"] = ws.WorkerTask("held")  # type: ignore[union-attr]
+            worker.state.tasks["held"].state = "memory"  # type: ignore[union-attr]
+            while len(registered) < 3:
+                await trio.sleep(0.01)
+            (t1, first), (t2, second), (t3, _) = registered
+            assert first.address == second.address
+            assert "held" not in first.nbytes and "held" in second.nbytes, second.nbytes
+            assert 0.8 <= t2 - t1 <= 2.0, t2 - t1  # acknowledged pace: 0.6 + 0.2
+            assert 0.4 <= t3 - t2 <= 1.5, t3 - t2  # registration pace: 0.3 + 0.1
+            assert worker.status == "running"
             await worker.aclose()
             nursery.cancel_scope.cancel()

@@ -76,6 +76,12 @@ def _tls_options(f: Any) -> Any:
 @click.option("--local-directory", type=str, default=None, help="Directory to place scheduler files")
 @click.option("--preload", type=str, multiple=True, help="Module to import in this process, like 'foo.bar' or '/path/to/foo.py'")
 @click.option("--idle-timeout", type=float, default=None, help="Close after this many seconds with no clients")
+@click.option(
+    "--worker-ttl",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Drop a worker silent for this many seconds [default: 10, more on large clusters]",
+)
 @click.version_option(__version__, "--version", prog_name="trioflow-scheduler")
 def scheduler_command(
     host: str | None,
@@ -97,6 +103,7 @@ def scheduler_command(
     local_directory: str | None,
     preload: tuple[str, ...],
     idle_timeout: float | None,
+    worker_ttl: float | None,
 ) -> None:
     """Start a trioflow scheduler."""
     setup_logging()
@@ -128,6 +135,7 @@ def scheduler_command(
         dashboard_prefix=prefix,
         dashboard_whitelist=list(whitelist),
         use_xheaders=use_xheaders,
+        worker_ttl=worker_ttl,
     )
 
     async def main() -> None:

@@ -155,6 +155,30 @@ def _byte_view(buf: Any) -> Any:
     return mv.cast("B") if mv.c_contiguous else mv.tobytes()
 
 
+#: A peer that stops acknowledging (a cut link, a frozen host) fails our
+#: connections to it after about this many seconds, whether or not we are
+#: sending: keepalive probes cover idle connections, TCP_USER_TIMEOUT
+#: unacknowledged data.  Without them such a connection waits for many minutes.
+TCP_TIMEOUT = 30.0
+
+
+def set_tcp_timeouts(sock: trio.socket.SocketType, timeout: float = TCP_TIMEOUT) -> None:
+    """Make a dead peer show up on ``sock`` within about ``timeout`` seconds."""
+    interval = max(1, int(timeout // 4))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):  # Linux; macOS spells idle TCP_KEEPALIVE
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, interval)
+        if hasattr(socket, "TCP_KEEPINTVL"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        if hasattr(socket, "TCP_KEEPCNT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, round(timeout / interval) - 1))
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(timeout * 1000))
+    except OSError as exc:  # pragma: no cover - exotic platforms
+        logger.debug("could not set TCP timeouts: %s", exc)
+
+
 class StreamComm(Comm):
     def __init__(
         self,
@@ -613,9 +637,11 @@ async def connect(
     try:
         with trio.fail_after(timeout):
             try:
-                stream = await trio.open_tcp_stream(addr.host, addr.port)
+                tcp = await trio.open_tcp_stream(addr.host, addr.port)
             except OSError as exc:
                 raise CommError(f"could not connect to {addr}: {_connect_cause(exc)}") from None
+            set_tcp_timeouts(tcp.socket)
+            stream = tcp
             if ctx is not None:
                 ssl_stream = trio.SSLStream(stream, ctx, server_hostname=addr.host)
                 stream = ssl_stream
@@ -712,6 +738,7 @@ async def listen(
         bound = str(Address(addr.scheme, addr.host or "0.0.0.0", port))
 
         async def serve_one(stream: trio.SocketStream) -> None:
+            set_tcp_timeouts(stream.socket)
             try:
                 peer = stream.socket.getpeername()
                 peer_address = str(Address(addr.scheme, peer[0], peer[1]))

@@ -19,7 +19,7 @@ Who sends what:
 * workers register with :class:`RegisterWorker` and then keep a batched
   stream: worker→scheduler ``TaskFinished``, ``TaskErred``, ``AddKeys``,
   ``MissingData``, ``Heartbeat``; scheduler→worker ``ComputeTask``,
-  ``FreeKeys``, ``CloseWorker``;
+  ``FreeKeys``, ``CloseWorker``, ``HeartbeatAck``;
 * clients register with :class:`RegisterClient` and keep a batched stream:
   client→scheduler ``UpdateGraph``, ``ReleaseKeys``, ``CancelKeys``,
   ``UpdateData``; scheduler→client ``KeyInMemory``, ``KeyErred``,
@@ -131,6 +131,9 @@ class RegisterWorker(Message):
 class WorkerRegistered(Message):
     scheduler_id: str
     heartbeat_interval: float
+    #: Seconds of silence after which the scheduler drops the worker; the
+    #: worker gives up on a silent scheduler after about as long.
+    worker_ttl: float = 0.0
     forget: list[str] = attrs.field(factory=_empty_list)  # held keys the scheduler doesn't want
 
 
@@ -161,6 +164,15 @@ class Heartbeat(Message):
     paused: bool = False
     #: Transfers from peers since the last heartbeat: (peer, bytes, start, stop, keys).
     transfers: list[tuple[str, int, float, float, int]] = attrs.field(factory=_empty_list)
+
+
+@message("heartbeat-ack")
+class HeartbeatAck(Message):
+    """The scheduler's answer to every heartbeat: proof of life for the worker,
+    and the current pace (both grow with the cluster)."""
+
+    heartbeat_interval: float
+    worker_ttl: float
 
 
 @message("task-finished")

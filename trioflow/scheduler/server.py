@@ -299,7 +299,9 @@ class Scheduler:
         forget = [
             k for inst in instructions if type(inst) is ss.ToWorker and inst.address == address and isinstance(inst.msg, m.FreeKeys) for k in inst.msg.keys
         ]
-        batched.send(m.WorkerRegistered(scheduler_id=self.id, heartbeat_interval=self._heartbeat_interval(), forget=forget))
+        batched.send(
+            m.WorkerRegistered(scheduler_id=self.id, heartbeat_interval=self._heartbeat_interval(), worker_ttl=self._worker_ttl(), forget=forget)
+        )
         self._dispatch([i for i in instructions if not (type(i) is ss.ToWorker and isinstance(i.msg, m.FreeKeys) and i.address == address)])
         logger.info("Register worker %s (%s, %d threads)", address, reg.name, reg.nthreads)
         safe = False
@@ -328,6 +330,7 @@ class Scheduler:
                             for peer, nbytes, start, stop, nkeys in metrics.pop("transfers"):
                                 self._log_transfer(address, peer, nbytes, start, stop, nkeys)
                             self._handle(ss.HeartbeatEvent(worker=address, metrics=metrics))
+                            batched.send(m.HeartbeatAck(heartbeat_interval=self._heartbeat_interval(), worker_ttl=self._worker_ttl()))
                         elif isinstance(msg, m.AddKeys):
                             self._handle(ss.AddKeysEvent(worker=address, nbytes=msg.nbytes))
                         elif isinstance(msg, m.MissingData):
@@ -590,11 +593,15 @@ class Scheduler:
         n = len(self.state.workers)
         return min(max(n / 200, 0.5), 5.0)
 
+    def _worker_ttl(self) -> float:
+        """Seconds of silence after which a worker is dropped."""
+        return self.worker_ttl if self.worker_ttl is not None else max(10.0, 10 * self._heartbeat_interval())
+
     async def _liveness_loop(self) -> None:
         while True:
             await trio.sleep(1.0)
             now = trio.current_time()
-            ttl = self.worker_ttl if self.worker_ttl is not None else max(10.0, 10 * self._heartbeat_interval())
+            ttl = self._worker_ttl()
             for address, w in list(self.state.workers.items()):
                 if now - w.last_seen > ttl:
                     logger.warning("worker %s silent for %.1fs (ttl %.1fs); removing it", address, now - w.last_seen, ttl)

@@ -155,6 +155,10 @@ def _make_job(key: str, function: bytes, args: Serialized, deps: dict[str, Any])
     return job
 
 
+class RegistrationRefused(CommError):
+    """The scheduler answered our registration with an error."""
+
+
 class Worker:
     """A worker process's server; start it with ``await nursery.start(worker.serve)``."""
 
@@ -204,6 +208,11 @@ class Worker:
         self.reconnect = reconnect
         self.death_timeout = death_timeout
         self.heartbeat_interval = heartbeat_interval
+        #: The scheduler drops us after this long without a heartbeat; we
+        #: give up on a silent scheduler after about as long (set at
+        #: registration, refreshed by every heartbeat acknowledgement).
+        self.scheduler_ttl = 10.0
+        self._heard_from_scheduler = 0.0
         self.nanny = nanny
         self.validate = validate
         self.connect_timeout = connect_timeout
@@ -385,11 +394,13 @@ class Worker:
         with trio.fail_after(self.connect_timeout):
             reply = await comm.recv()
         if isinstance(reply, m.ErrorReply):
-            raise CommError(f"the scheduler refused registration: {reply.message}")
+            raise RegistrationRefused(f"the scheduler refused registration: {reply.message}")
         if not isinstance(reply, m.WorkerRegistered):
             raise CommError(f"unexpected registration reply {reply.op!r}")
         self.scheduler_id = reply.scheduler_id
         self.heartbeat_interval = reply.heartbeat_interval
+        self.scheduler_ttl = reply.worker_ttl
+        self._heard_from_scheduler = trio.current_time()
         if reply.forget:
             self._handle(ws.FreeKeysEvent(keys=reply.forget))
         self.batched = BatchedSend(comm)
@@ -413,8 +424,10 @@ class Worker:
             try:
                 async with trio.open_nursery() as n:
                     n.start_soon(self._run_batched, batched)
+                    n.start_soon(self._watch_scheduler)
                     while True:
                         msg = await comm.recv()
+                        self._heard_from_scheduler = trio.current_time()
                         if isinstance(msg, m.ComputeTask):
                             self._handle(ws.ComputeTaskEvent(msg=msg))
                         elif isinstance(msg, m.AcquireReplicas):
@@ -423,6 +436,9 @@ class Worker:
                             self._handle(ws.StealRequestEvent(key=msg.key))
                         elif isinstance(msg, m.FreeKeys):
                             self._handle(ws.FreeKeysEvent(keys=msg.keys))
+                        elif isinstance(msg, m.HeartbeatAck):
+                            self.heartbeat_interval = msg.heartbeat_interval
+                            self.scheduler_ttl = msg.worker_ttl
                         elif isinstance(msg, m.CloseWorker):
                             logger.info("the scheduler asked us to close: %s", msg.reason)
                             await batched.aclose(timeout=1)
@@ -442,13 +458,45 @@ class Worker:
                 return
             self._reset_for_reconnect()
             try:
-                comm = await self._connect_scheduler(initial=False)
-                self._scheduler_comm = comm
-                await self._register(comm)
+                comm = await self._rejoin()
             except (CommError, trio.TooSlowError) as exc:
                 logger.warning("%s", exc)
                 self.close("scheduler lost")
                 return
+            self._scheduler_comm = comm
+
+    async def _watch_scheduler(self) -> None:
+        """Give up on a scheduler that has said nothing (not even a heartbeat
+        acknowledgement) for longer than it would wait for us: a cut link or a
+        frozen host never closes the stream, so silence is the only sign."""
+        while True:
+            limit = self.scheduler_ttl + 2 * self.heartbeat_interval
+            silent = trio.current_time() - self._heard_from_scheduler
+            if silent > limit:
+                raise CommClosedError(f"the scheduler has been silent for {silent:.1f}s (limit {limit:.1f}s)")
+            await trio.sleep(min(limit - silent, self.heartbeat_interval) + 0.01)
+
+    async def _rejoin(self) -> Comm:
+        """Connect and register again after losing the scheduler.
+
+        A scheduler that has not yet noticed our old stream is gone refuses
+        the address (or name) as taken; it drops the old entry within its
+        worker TTL, so keep asking for twice that long."""
+        give_up = trio.current_time() + 2 * self.scheduler_ttl + 5
+        while True:
+            comm = await self._connect_scheduler(initial=False)
+            try:
+                await self._register(comm)
+                return comm
+            except RegistrationRefused as exc:
+                await comm.aclose()
+                if trio.current_time() > give_up:
+                    raise
+                logger.info("%s; asking again", exc)
+                await trio.sleep(1.0)
+            except BaseException:
+                await comm.aclose()
+                raise
 
     async def _run_batched(self, batched: BatchedSend) -> None:
         try:
