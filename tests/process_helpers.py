@@ -7,12 +7,18 @@ import contextlib
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+BIN = Path(sys.executable).parent
+SCHEDULER = str(BIN / "trioflow-scheduler")
+WORKER = str(BIN / "trioflow-worker")
+LOCAL = ["--host", "127.0.0.1"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
@@ -127,3 +133,18 @@ def read_scheduler_file(path: Path, timeout: float = 20) -> dict[str, Any]:
             return None
 
     return wait_for(load, timeout, f"scheduler file {path}")  # type: ignore[no-any-return]
+
+
+def start_scheduler(start: Callable[..., Daemon], tmp: Path, *extra: str, port: int = 0, name: str = "scheduler") -> tuple[Daemon, str, Path]:
+    sfile = tmp / f"{name}.json"
+    d = start([SCHEDULER, *LOCAL, "--port", str(port), "--no-dashboard", "--scheduler-file", str(sfile), *extra], tmp / f"{name}.log")
+    d.wait_for_text(r"Scheduler at:\s+\S+")
+    info = read_scheduler_file(sfile)
+    return d, info["address"], sfile
+
+
+def start_worker(start: Callable[..., Daemon], tmp: Path, address: str, *extra: str, name: str = "worker", wait: bool = True, count: int = 1) -> Daemon:
+    d = start([WORKER, address, *LOCAL, "--no-dashboard", *extra], tmp / f"{name}.log")
+    if wait:
+        d.wait_for_text(r"Start worker at:\s+\S+", count=count)
+    return d

@@ -22,13 +22,23 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import cloudpickle
 import psutil
 import pytest
-from process_helpers import Daemon, _alive, daemons, read_scheduler_file, wait_for  # noqa: E402
+from process_helpers import (  # noqa: E402
+    BIN,
+    LOCAL,
+    SCHEDULER,
+    WORKER,
+    _alive,
+    daemons,
+    read_scheduler_file,
+    start_scheduler,
+    start_worker,
+    wait_for,
+)
 
 import trioflow
 from trioflow import Client, KilledWorker, Security
@@ -38,30 +48,11 @@ pytestmark = pytest.mark.slow
 # Task functions below travel by value: the worker processes cannot import this file.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-BIN = Path(sys.executable).parent
-SCHEDULER = str(BIN / "trioflow-scheduler")
-WORKER = str(BIN / "trioflow-worker")
 TRIOFLOW = str(BIN / "trioflow")
 SEED = Path("/work/shared/seed/command-line.rst")
-LOCAL = ["--host", "127.0.0.1"]
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def start_scheduler(start: Callable[..., Daemon], tmp: Path, *extra: str, port: int = 0, name: str = "scheduler") -> tuple[Daemon, str, Path]:
-    sfile = tmp / f"{name}.json"
-    d = start([SCHEDULER, *LOCAL, "--port", str(port), "--no-dashboard", "--scheduler-file", str(sfile), *extra], tmp / f"{name}.log")
-    d.wait_for_text(r"Scheduler at:\s+\S+")
-    info = read_scheduler_file(sfile)
-    return d, info["address"], sfile
-
-
-def start_worker(start: Callable[..., Daemon], tmp: Path, address: str, *extra: str, name: str = "worker", wait: bool = True, count: int = 1) -> Daemon:
-    d = start([WORKER, address, *LOCAL, "--no-dashboard", *extra], tmp / f"{name}.log")
-    if wait:
-        d.wait_for_text(r"Start worker at:\s+\S+", count=count)
-    return d
 
 
 def free_port() -> int:

@@ -1,13 +1,21 @@
 """The worker's spilling store and memory-size parsing."""
 
 import os
+import signal
+import sys
 import threading
+from typing import Any
 
+import cloudpickle
 import numpy as np
 import pytest
+from process_helpers import daemons, start_scheduler, start_worker, wait_for  # noqa: E402
 
 from trioflow.memory import format_bytes, parse_bytes, parse_memory_limit
 from trioflow.worker.memory import SpillBuffer
+
+# Task functions travel by value: worker processes cannot import this file.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 def test_parse_bytes() -> None:
@@ -109,3 +117,54 @@ async def test_worker_spills_past_target_and_reads_back(tmp_path) -> None:
                 del futures, values
     # Nothing spilled is left on disk once the worker is gone.
     assert os.listdir(tmp_path) == []
+
+
+def _spill_state() -> dict[str, Any]:
+    import trioflow
+
+    data = trioflow.get_worker().data
+    return {
+        "pid": os.getpid(),
+        "fast_bytes": data.fast_bytes,
+        "slow": len(data.slow),
+        "files": len(os.listdir(data.directory)),
+        "directory": data.directory,
+    }
+
+
+@pytest.mark.slow
+def test_worker_process_holds_a_gigabyte_in_300mb_and_leaves_no_files(tmp_path) -> None:
+    """A real worker (under its nanny) with a 300 MB limit: 1 GB of results,
+    most of them on disk, all gathered intact; after a SIGKILL the nanny
+    removes the dead worker's files, and after a clean stop nothing is left."""
+    from trioflow import Client, wait
+
+    work = tmp_path / "work"
+    with daemons() as start:
+        _, address, _ = start_scheduler(start, tmp_path)
+        worker = start_worker(start, tmp_path, address, "--nthreads", "1", "--memory-limit", "300MB", "--local-directory", str(work))
+        with Client(address, timeout=20) as client:
+            futures = client.map(_make, range(50))  # 50 x 20 MB = 1 GB
+            wait(futures, timeout=60)
+            (state,) = client.run(_spill_state).values()
+            assert state["fast_bytes"] <= 180_000_000, state  # target: 60% of the limit
+            assert state["slow"] >= 40 and state["files"] == state["slow"], state
+            values = client.gather(futures)
+            assert len(values) == 50
+            for i, v in enumerate(values):
+                assert v.shape == (2_500_000,) and v[0] == i and v[-1] == i and v.sum() == i * 2_500_000
+            del values
+            client.cancel(futures)
+            del futures
+
+            # A worker killed outright cannot clean up after itself; its nanny does.
+            more = client.map(_make, range(100, 115), pure=False)  # 300 MB: some on disk
+            wait(more, timeout=60)
+            (state,) = client.run(_spill_state).values()
+            assert state["files"] > 0, state
+            os.kill(state["pid"], signal.SIGKILL)
+            wait_for(lambda: not os.path.exists(state["directory"]), 20, "the dead worker's spill directory to go")
+            client.cancel(more)
+            del more
+        worker.stop()
+    assert os.listdir(work) == []

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from process_helpers import Daemon, daemons, read_scheduler_file, wait_for  # noqa: E402
+from process_helpers import BIN, Daemon, daemons, read_scheduler_file, wait_for  # noqa: E402
 
 import trioflow
 from trioflow import Client
@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-BIN = Path(sys.executable).parent
+
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -2,11 +2,44 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
+from collections.abc import Callable
 
 import psutil
 
-__all__ = ["parse_bytes", "parse_memory_limit", "format_bytes"]
+__all__ = ["MALLOC_ENV", "format_bytes", "parse_bytes", "parse_memory_limit", "trim_process_memory"]
+
+#: Environment for worker processes (set by the nanny unless already set):
+#: glibc keeps the freed memory of a process's heap unless told to return it,
+#: and raises its mmap threshold after big frees, so a worker that spilled or
+#: released its data would go on showing the RSS it had.  A fixed trim
+#: threshold switches both behaviours off.
+MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": "65536"}
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+        return None
+    return trim
+
+
+def trim_process_memory() -> bool:
+    """Give the C heap's free memory back to the operating system (glibc);
+    False where that is not possible."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 _UNITS = {
     "": 1,

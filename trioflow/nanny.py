@@ -46,15 +46,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from typing import Any
 
 import psutil
 import trio
 
 from .comm import Comm, CommClosedError, listen
+from .memory import MALLOC_ENV
 from .protocol import messages as m
 
 logger = logging.getLogger("trioflow.nanny")
@@ -217,8 +220,16 @@ class Nanny:
         """
         self.failure = None
         self._status_buf = b""
+        # The worker's scratch space (spilled data) lives in a directory of
+        # ours, removed when the process is gone however it ended: a worker
+        # killed with SIGKILL cannot clean up after itself.
+        parent = self.config["local_directory"]
+        if parent:
+            os.makedirs(parent, exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix="trioflow-worker-", dir=parent or None)
+        config = {**self.config, "workspace": scratch}
         ready_r, ready_w = os.pipe()
-        env = {**os.environ, **self.env, "TRIOFLOW_NANNY_READY_FD": str(ready_w)}
+        env = {**MALLOC_ENV, **os.environ, **self.env, "TRIOFLOW_NANNY_READY_FD": str(ready_w)}
         cmd = [sys.executable, "-m", "trioflow.nanny"]
         started = trio.current_time()
         try:
@@ -231,6 +242,7 @@ class Nanny:
             )
         except BaseException:
             os.close(ready_r)
+            shutil.rmtree(scratch, ignore_errors=True)
             raise
         finally:
             os.close(ready_w)
@@ -239,7 +251,7 @@ class Nanny:
         try:
             assert proc.stdin is not None
             try:
-                await proc.stdin.send_all(json.dumps(self.config).encode() + b"\n")
+                await proc.stdin.send_all(json.dumps(config).encode() + b"\n")
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # it died at once; its exit code says why
             ready = trio.lowlevel.FdStream(ready_r)
@@ -296,6 +308,7 @@ class Nanny:
             if proc.stdin is not None:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(proc.stdin)
+            shutil.rmtree(scratch, ignore_errors=True)
             self._worker_ready = trio.Event()
             if self.status != "closed":
                 self.status = "restarting" if not self._closing else "closing"

@@ -325,6 +325,7 @@ def run_worker_process(config: dict[str, Any], *, ready_fd: int = -1, watch_stdi
         contact_address=config.get("contact_address"),
         security=security,
         local_directory=config.get("local_directory"),
+        workspace=config.get("workspace"),
         reconnect=config.get("reconnect", True),
         death_timeout=config.get("death_timeout"),
         nanny=config.get("nanny", ""),

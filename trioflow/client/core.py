@@ -60,6 +60,8 @@ _SIMPLE = (int, float, str, bool, type(None), bytes)
 #: bytes of run specs, well under the wire's 16 MiB header cap.
 GRAPH_PIECE_TASKS = 10_000
 GRAPH_PIECE_BYTES = 4 * 1024 * 1024
+#: A gather asks each worker for at most about this many bytes at a time.
+GATHER_BATCH_BYTES = 64 * 1024 * 1024
 _fn_cache: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
 
@@ -68,6 +70,24 @@ def funcname(func: Any) -> str:
         func = func.func
     name = getattr(func, "__name__", None) or type(func).__name__
     return "lambda" if name == "<lambda>" else name
+
+
+def _batches(keys: list[str], nbytes: dict[str, int], limit: int) -> list[list[str]]:
+    """``keys`` in order, cut into runs of at most ``limit`` bytes (a bigger
+    key goes alone; unknown sizes count as nothing)."""
+    out: list[list[str]] = []
+    batch: list[str] = []
+    total = 0
+    for k in keys:
+        size = max(nbytes.get(k, 0), 0)
+        if batch and total + size > limit:
+            out.append(batch)
+            batch, total = [], 0
+        batch.append(k)
+        total += size
+    if batch:
+        out.append(batch)
+    return out
 
 
 def _tokenize(*parts: Any) -> str:
@@ -635,22 +655,26 @@ class AsyncClient:
             results: dict[str, Serialized] = {}
             failed: list[BaseException] = []
 
-            async def fetch(addr: str, ks: list[str]) -> None:
-                try:
-                    reply = await self._pool.rpc(addr, m.GetData(keys=ks), m.DataReply, timeout=max(self.timeout, 300))  # type: ignore[union-attr]
-                except RemoteError as exc:
-                    # Kept, not raised here: out of the nursery it would be an ExceptionGroup.
-                    failed.append(SerializationError(str(exc)))  # noqa: B023 - runs within this iteration
-                    return
-                except (CommError, OSError, trio.TooSlowError) as exc:
-                    logger.info("gather: %s unreachable: %s", addr, exc)
-                    self._pool.drop(addr)  # type: ignore[union-attr]
-                    return
-                results.update(reply.data)  # noqa: B023 - runs within this iteration
+            async def fetch(addr: str, ks: list[str], sizes: dict[str, int]) -> None:
+                # In batches of about GATHER_BATCH_BYTES: a worker that holds
+                # more than its memory (spilled to disk) need not load it all
+                # at once to answer.
+                for batch in _batches(ks, sizes, GATHER_BATCH_BYTES):
+                    try:
+                        reply = await self._pool.rpc(addr, m.GetData(keys=batch), m.DataReply, timeout=max(self.timeout, 300))  # type: ignore[union-attr]
+                    except RemoteError as exc:
+                        # Kept, not raised here: out of the nursery it would be an ExceptionGroup.
+                        failed.append(SerializationError(str(exc)))  # noqa: B023 - runs within this iteration
+                        return
+                    except (CommError, OSError, trio.TooSlowError) as exc:
+                        logger.info("gather: %s unreachable: %s", addr, exc)
+                        self._pool.drop(addr)  # type: ignore[union-attr]
+                        return
+                    results.update(reply.data)  # noqa: B023 - runs within this iteration
 
             async with trio.open_nursery() as n:
                 for addr, ks in by_worker.items():
-                    n.start_soon(fetch, addr, ks)
+                    n.start_soon(fetch, addr, ks, who.nbytes)
             if failed:
                 raise failed[0]
             for k, ser in results.items():

@@ -378,6 +378,8 @@ class WhoHas(Message):
 @message("who-has-reply")
 class WhoHasReply(Message):
     who_has: dict[str, list[str]]
+    #: Size of each key held somewhere, as the workers reported it (-1: unknown).
+    nbytes: dict[str, int] = attrs.field(factory=_empty_dict)
 
 
 @message("has-what")

@@ -443,10 +443,15 @@ class Scheduler:
         tasks = self.state.tasks
         keys = msg.keys if msg.keys is not None else list(tasks)
         out: dict[str, list[str]] = {}
+        nbytes: dict[str, int] = {}
         for k in keys:
             ts = tasks.get(k)
-            out[k] = [w.address for w in ts.who_has] if ts is not None else []
-        return m.WhoHasReply(who_has=out)
+            if ts is not None and ts.who_has:
+                out[k] = [w.address for w in ts.who_has]
+                nbytes[k] = ts.nbytes
+            else:
+                out[k] = []
+        return m.WhoHasReply(who_has=out, nbytes=nbytes)
 
     async def _has_what(self, msg: m.HasWhat) -> m.Message:
         workers = self.state.workers

@@ -174,7 +174,15 @@ class SpillBuffer(MutableMapping[str, Any]):
         self.slow[key] = size
         self.slow_bytes += size
 
-    def _read(self, key: str) -> Any:
+    def serialized(self, key: str) -> Serialized | None:
+        """A spilled value as it lies on disk, which is its wire form: sent
+        to a peer without unpickling it or pulling it back into memory.
+        None for a key held in memory (or not at all)."""
+        if key not in self.slow:
+            return None
+        return self._read_serialized(key)
+
+    def _read_serialized(self, key: str) -> Serialized:
         path = self._paths[key]
         with open(path, "rb") as f:
             kind, nbuf = _HEAD.unpack(f.read(_HEAD.size))
@@ -184,7 +192,10 @@ class SpillBuffer(MutableMapping[str, Any]):
                 buf = bytearray(n)
                 f.readinto(buf)
                 frames.append(buf)
-        return loads(Serialized(kind=kind, data=frames[0], buffers=tuple(frames[1:])))
+        return Serialized(kind=kind, data=frames[0], buffers=tuple(frames[1:]))
+
+    def _read(self, key: str) -> Any:
+        return loads(self._read_serialized(key))
 
     def _forget_slow(self, key: str) -> None:
         self.slow_bytes -= self.slow.pop(key)

@@ -31,6 +31,7 @@ answers at that address, giving up after ``death_timeout`` seconds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -45,6 +46,7 @@ import trio
 
 from ..comm import BatchedSend, Comm, CommClosedError, CommError, ConnectionPool, connect, listen
 from ..comm.addressing import Address, parse_address
+from ..memory import trim_process_memory
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import (
@@ -174,6 +176,7 @@ class Worker:
         contact_address: str | None = None,
         security: Any = None,
         local_directory: str | None = None,
+        workspace: str | None = None,
         reconnect: bool = True,
         death_timeout: float | None = None,
         heartbeat_interval: float = 1.0,
@@ -204,6 +207,9 @@ class Worker:
         self.listen_address = listen_address or default_listen
         self.contact_address = contact_address
         self._local_directory_parent = local_directory
+        #: A directory made for us (by our nanny, which removes it even when
+        #: we are killed); otherwise we make one inside ``local_directory``.
+        self._workspace = workspace
         self.local_directory = ""
         self.reconnect = reconnect
         self.death_timeout = death_timeout
@@ -258,7 +264,11 @@ class Worker:
         parent = self._local_directory_parent
         if parent:
             os.makedirs(parent, exist_ok=True)
-        self.local_directory = tempfile.mkdtemp(prefix="trioflow-worker-", dir=parent or None)
+        if self._workspace:
+            os.makedirs(self._workspace, exist_ok=True)
+            self.local_directory = self._workspace
+        else:
+            self.local_directory = tempfile.mkdtemp(prefix="trioflow-worker-", dir=parent or None)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -664,6 +674,9 @@ class Worker:
             assert self.state is not None
             if rss > pause_at and isinstance(self.data, SpillBuffer) and self.data.fast:
                 self.data.spill_lru(int(rss - resume_at))
+                if trim_process_memory():
+                    with contextlib.suppress(psutil.Error):
+                        rss = self._proc.memory_info().rss
             if rss > pause_at and not self.state.paused:
                 logger.warning(
                     "worker %s is using %d MB, over %d%% of its %d MB limit: pausing",
@@ -733,6 +746,8 @@ class Worker:
                 missing.append(key)
                 continue
             ser = self._serialized.get(key)
+            if ser is None and isinstance(self.data, SpillBuffer):
+                ser = self.data.serialized(key)
             if ser is None:
                 try:
                     ser = dumps(self.data[key])
