@@ -321,7 +321,10 @@ class StreamComm(Comm):
             data = memoryview(bytes(self._view[self._pos : self._pos + total]))
             self._pos += total
         else:
-            data = _new_buffer(total)
+            # Only user data (the frames after the header) is worth numpy's
+            # uninitialised memory: a process that only ever gets big
+            # headers (the scheduler, a graph's tasks) never imports numpy.
+            data = _new_buffer(total, uninitialised=total - lengths[0] >= _UNINIT_THRESHOLD)
             await self._read_into(data)
         frames = []
         off = 0
@@ -425,7 +428,7 @@ def _is_eof(exc: BaseException) -> bool:
 _UNINIT_THRESHOLD = 1 << 20
 
 
-def _new_buffer(n: int) -> memoryview:
+def _new_buffer(n: int, *, uninitialised: bool) -> memoryview:
     """Writable memory for ``n`` received bytes.
 
     ``bytearray(n)`` writes zeros over all of it first and faults it in 4 KiB
@@ -435,7 +438,7 @@ def _new_buffer(n: int) -> memoryview:
     kernel compacts memory for huge pages a first touch can stall: large
     transfers on this machine are bimodal for every program that asks.)
     """
-    if n >= _UNINIT_THRESHOLD:
+    if uninitialised:
         try:
             import numpy
         except ImportError:

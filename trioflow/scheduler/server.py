@@ -39,6 +39,7 @@ import trio
 
 from ..comm import BatchedSend, Comm, CommClosedError, listen
 from ..comm.addressing import Address, parse_address
+from ..memory import trim_process_memory
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
@@ -603,9 +604,18 @@ class Scheduler:
         return self.worker_ttl if self.worker_ttl is not None else max(10.0, 10 * self._heartbeat_interval())
 
     async def _liveness_loop(self) -> None:
+        peak_tasks = 0
         while True:
             await trio.sleep(1.0)
             now = trio.current_time()
+            # Once a graph's tasks are mostly gone, hand the C heap's free
+            # pages back: without it a scheduler that once held 10,000 tasks
+            # keeps ~25 MB more RSS for ever (glibc keeps what it freed).
+            n_tasks = len(self.state.tasks)
+            peak_tasks = max(peak_tasks, n_tasks)
+            if peak_tasks - n_tasks >= 1000 and n_tasks <= peak_tasks // 2:
+                trim_process_memory()
+                peak_tasks = n_tasks
             ttl = self._worker_ttl()
             for address, w in list(self.state.workers.items()):
                 if now - w.last_seen > ttl:
