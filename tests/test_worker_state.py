@@ -101,6 +101,7 @@ def snapshot(w: WorkerState) -> dict:
             for k, t in w.tasks.items()
         },
         "ready": sorted((p, s, t.key, t.state) for p, s, t in w.ready),
+        "constrained": sorted((p, s, t.key, t.state) for p, s, t in w.constrained),
         "executing": keys(w.executing),
         "fetch": {a: keys(g) for a, g in w.fetch_by_worker.items()},
         "flight": {a: keys(g) for a, g in w.in_flight_workers.items()},
@@ -240,7 +241,7 @@ class WorkerMachine(RuleBasedStateMachine):
             if t.state == "fetch":
                 assert any(t in g for g in w.fetch_by_worker.values()), f"{t!r} is never fetched"
             if t.state == "ready":
-                assert any(r is t for _, _, r in w.ready), t
+                assert any(r is t for _, _, r in w.ready + w.constrained), t
 
     # ------------------------------------------------------------ the scheduler
 
@@ -379,7 +380,7 @@ class WorkerMachine(RuleBasedStateMachine):
         self.settle()
         w.validate()
         assert not w.tasks and not self.store and w.nbytes_in_memory == 0, w.tasks
-        assert not w.ready or all(t.state != "ready" for _, _, t in w.ready)
+        assert all(t.state != "ready" for _, _, t in w.ready + w.constrained)
         assert not w.fetch_by_worker and not w.in_flight_workers and not w.executing
         assert w.available_resources == w.total_resources
 
@@ -637,3 +638,29 @@ def test_steal_refused_for_a_task_a_local_task_waits_for() -> None:
     assert sent(out, StealResponse) == [StealResponse(key="x", stolen=False)]
     out = w.handle(StealRequestEvent(key="y"))
     assert sent(out, StealResponse) == [StealResponse(key="y", stolen=True)]
+
+
+def test_resource_blocked_task_does_not_hold_up_the_ready_queue() -> None:
+    # Regression: the head of the ready queue needed a GPU that was taken,
+    # and _schedule stopped there: threads stayed idle while tasks that
+    # needed no GPU (or a resource still free) waited behind it.
+    w = worker(nthreads=2, prefetch=0, resources={"GPU": 1, "MEM": 1})
+    out = w.handle(compute("g0", resources={"GPU": 1}, priority=(0, 0, 0)))
+    assert [e.key for e in of(out, Execute)] == ["g0"]
+    out = w.handle(compute("g1", resources={"GPU": 1}, priority=(0, 0, 1)))
+    assert not of(out, Execute)  # the GPU is taken
+    out = w.handle(compute("m", resources={"MEM": 1}, priority=(0, 0, 2)))
+    assert [e.key for e in of(out, Execute)] == ["m"]
+    out = w.handle(success("m"))
+    assert not of(out, Execute)
+    # Free slot: the higher-priority of the runnable ones goes first.
+    out = w.handle_many([compute("c3", priority=(0, 0, 3)), compute("c2", priority=(0, 0, 2))])
+    assert [e.key for e in of(out, Execute)] == ["c2"]
+    # The GPU comes back: g1 overtakes c3, queued behind it all along.
+    out = w.handle(success("g0"))
+    assert [e.key for e in of(out, Execute)] == ["g1"]
+    out = w.handle(success("c2"))
+    assert [e.key for e in of(out, Execute)] == ["c3"]
+    w.handle(success("g1"))
+    w.handle(success("c3"))
+    assert not w.executing and w.available_resources == {"GPU": 1, "MEM": 1}

@@ -647,7 +647,7 @@ class Worker:
             spilled=self.data.slow_bytes if isinstance(self.data, SpillBuffer) else 0,
             cpu=cpu,
             executing=len(self.state.executing),
-            ready=len(self.state.ready),
+            ready=self.state.n_ready,
             in_memory=len(self.data),
             bandwidth=self.bandwidth,
             paused=self.state.paused,

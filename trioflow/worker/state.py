@@ -14,13 +14,18 @@ Task states on a worker:
 
 ==========  ============================================================
 waiting     sent by the scheduler; some dependencies are not here yet
-ready       all dependencies here; queued by priority for a thread
+ready       all dependencies here; queued by priority for a thread (or
+            set aside until the resources it needs are released)
 executing   handed to the executor
 memory      the value is in the local store
 error       execution raised; the scheduler has been told
 fetch       a dependency to get from a peer (``who_has`` says where)
 flight      a dependency being transferred right now (``coming_from``)
 ==========  ============================================================
+
+Ready tasks start in priority order, but a task whose resources are taken
+does not hold up those behind it: it is set aside (``constrained``) until a
+task holding resources finishes, and the next task whose needs fit goes.
 
 Executor slots: the executor runs ``nthreads`` tasks at once but is handed up
 to ``nthreads + prefetch`` of them, so a thread that finishes a task starts
@@ -242,6 +247,9 @@ class WorkerState:
         self.available_resources = dict(self.total_resources)
         self.tasks: dict[str, WorkerTask] = {}
         self.ready: list[tuple[tuple[int, int, int], int, WorkerTask]] = []
+        #: Ready tasks whose resources were taken when their turn came: back
+        #: into ``ready`` whenever a running task gives resources back.
+        self.constrained: list[tuple[tuple[int, int, int], int, WorkerTask]] = []
         self.executing: set[WorkerTask] = set()
         self.fetch_by_worker: dict[str, dict[WorkerTask, None]] = {}
         self.in_flight_workers: dict[str, set[WorkerTask]] = {}
@@ -292,6 +300,11 @@ class WorkerState:
         if self.validate_after_each:
             self.validate()
         return out
+
+    @property
+    def n_ready(self) -> int:
+        """Tasks waiting for a thread (less some dropped ones not cleared yet)."""
+        return len(self.ready) + len(self.constrained)
 
     @property
     def in_memory(self) -> list[str]:
@@ -574,6 +587,12 @@ class WorkerState:
         self.executing.discard(ts)
         for name, need in ts.resources.items():
             self.available_resources[name] = self.available_resources.get(name, 0.0) + need
+        if ts.resources and self.constrained:
+            # Resources came back: the tasks set aside for want of them
+            # compete again, by priority (less those dropped meanwhile).
+            self.ready.extend(e for e in self.constrained if e[2].state == "ready")
+            self.constrained.clear()
+            heapq.heapify(self.ready)
 
     def _set_memory(self, ts: WorkerTask) -> None:
         if ts.state != "memory":
@@ -695,13 +714,16 @@ class WorkerState:
         """Hand ready tasks to the executor and start transfers."""
         if not self.paused:
             while self.ready and len(self.executing) < self.slots:
-                prio, _, ts = self.ready[0]
+                entry = heapq.heappop(self.ready)
+                ts = entry[2]
                 if ts.state != "ready":
-                    heapq.heappop(self.ready)
                     continue
                 if ts.resources and not self._take_resources(ts):
-                    break
-                heapq.heappop(self.ready)
+                    # Its resources are taken: set it aside rather than
+                    # stop here, or the tasks behind it (needing nothing,
+                    # or resources still free) waited while threads idled.
+                    self.constrained.append(entry)
+                    continue
                 ts.state = "executing"
                 self.executing.add(ts)
                 assert ts.function is not None and ts.args is not None
@@ -730,10 +752,12 @@ class WorkerState:
             self.in_flight_workers[worker] = set(chosen)
             self._out.append(GatherDep(worker, tuple(d.key for d in chosen), total))
 
+    def _fits(self, ts: WorkerTask) -> bool:
+        return all(self.available_resources.get(name, 0.0) >= need for name, need in ts.resources.items())
+
     def _take_resources(self, ts: WorkerTask) -> bool:
-        for name, need in ts.resources.items():
-            if self.available_resources.get(name, 0.0) < need:
-                return False
+        if not self._fits(ts):
+            return False
         for name, need in ts.resources.items():
             self.available_resources[name] -= need
         return True
@@ -757,6 +781,12 @@ class WorkerState:
         for ts in self.executing:
             assert ts.state == "executing" and self.tasks.get(ts.key) is ts, ts
         assert len(self.executing) <= self.slots
+        # No thread idles while a ready task could run: every ready task is
+        # queued, or set aside because its resources are taken right now.
+        if not self.paused and len(self.executing) < self.slots:
+            assert not any(t.state == "ready" for _, _, t in self.ready), "a ready task waits while a slot is free"
+        for _, _, t in self.constrained:
+            assert t.state != "ready" or not self._fits(t), f"{t!r} set aside although its resources are free"
 
 
 _HANDLERS: dict[type, Any] = {
