@@ -103,6 +103,7 @@ def snapshot(w: WorkerState) -> dict:
         "ready": sorted((p, s, t.key, t.state) for p, s, t in w.ready),
         "constrained": sorted((p, s, t.key, t.state) for p, s, t in w.constrained),
         "executing": keys(w.executing),
+        "superseded": dict(w.superseded),
         "fetch": {a: keys(g) for a, g in w.fetch_by_worker.items()},
         "flight": {a: keys(g) for a, g in w.in_flight_workers.items()},
         "resources": dict(w.available_resources),
@@ -206,7 +207,7 @@ class WorkerMachine(RuleBasedStateMachine):
                         self.wanted.discard(msg.key)
                 else:
                     assert isinstance(msg, MissingData), msg
-        assert len(w.executing) <= w.slots
+        assert w.n_executing <= w.slots
 
     # ------------------------------------------------------------ invariants
 
@@ -217,7 +218,9 @@ class WorkerMachine(RuleBasedStateMachine):
     @invariant()
     def agrees_with_the_shell(self) -> None:
         w = self.w
-        assert {t.key for t in w.executing} == self.running
+        # Superseded runs (their key was put meanwhile) still hold a thread.
+        assert {t.key for t in w.executing} | set(w.superseded) == self.running
+        assert not {t.key for t in w.executing} & set(w.superseded)
         # A transfer stays in flight until its peer answers, even when the
         # state has stopped caring for some of its keys.
         assert set(self.flights) == set(w.in_flight_workers)
@@ -231,6 +234,7 @@ class WorkerMachine(RuleBasedStateMachine):
         w = self.w
         for name, total in w.total_resources.items():
             used = sum(t.resources.get(name, 0) for t in w.executing)
+            used += sum(held.get(name, 0) for held in w.superseded.values())
             assert used <= total + 1e-9
             assert abs(w.available_resources[name] - (total - used)) < 1e-9
 
@@ -263,14 +267,11 @@ class WorkerMachine(RuleBasedStateMachine):
         self.handle(FreeKeysEvent(keys=keys))
         self.wanted -= set(keys)
 
-    @precondition(lambda self: len(self.running) < len(KEYS))
     @rule(data=st.data())
     def data_put(self, data: st.DataObject) -> None:
-        # Not over a key being executed here: the shell stores the result
-        # over the put value before the state hears of either (see the
-        # report: a known limitation, not modelled).
-        pool = [k for k in KEYS if k not in self.running]
-        keys = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=2, unique=True), label="keys")
+        # Also over a key being executed here: the put value wins, and the
+        # shell will not store that run's result (see execution_done).
+        keys = data.draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=2, unique=True), label="keys")
         nbytes = {k: data.draw(st.integers(0, 100)) for k in keys}
         # The shell stores first, then tells the state (it may drop again).
         self.store |= set(keys)
@@ -299,7 +300,11 @@ class WorkerMachine(RuleBasedStateMachine):
         key = data.draw(st.sampled_from(sorted(self.running)), label="key")
         self.running.discard(key)
         if ok:
-            self.store.add(key)
+            # The shell stores the result only for the task's current run.
+            if self.w.is_current_run(key):
+                self.store.add(key)
+            else:
+                assert key in self.w.superseded, key
             self.handle(success(key, nbytes))
         else:
             self.handle(failure(key))
@@ -351,7 +356,8 @@ class WorkerMachine(RuleBasedStateMachine):
             if self.running:
                 key = sorted(self.running)[0]
                 self.running.discard(key)
-                self.store.add(key)
+                if self.w.is_current_run(key):
+                    self.store.add(key)
                 self.handle(success(key))
             elif self.flights:
                 peer = sorted(self.flights)[0]
@@ -664,3 +670,48 @@ def test_resource_blocked_task_does_not_hold_up_the_ready_queue() -> None:
     w.handle(success("g1"))
     w.handle(success("c3"))
     assert not w.executing and w.available_resources == {"GPU": 1, "MEM": 1}
+
+
+def test_data_put_over_a_running_task_wins_and_its_late_result_is_dropped() -> None:
+    # Regression: a put (scatter) over a key being computed here only
+    # marked the run cancelled; its result then replaced the put value (or
+    # was dropped with it, or a failure forgot the key with the value still
+    # stored).  The put value is authoritative: the key is in memory at
+    # once, and the run keeps its thread and resources until it returns,
+    # its result unwanted.
+    w = worker(nthreads=2, prefetch=1, resources={"GPU": 1})
+    w.handle(compute("x", resources={"GPU": 1}))
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    assert w.tasks["x"].state == "executing" and w.tasks["y"].state == "waiting"
+    out = w.handle(DataPut(nbytes={"x": 5}))
+    assert w.tasks["x"].state == "memory" and w.nbytes_in_memory == 5
+    assert [e.key for e in of(out, Execute)] == ["y"]  # with the put value
+    out = w.handle(compute("g", resources={"GPU": 1}))
+    assert not of(out, Execute) and w.tasks["g"].state == "ready"  # the run still holds the GPU
+    out = w.handle(success("x", nbytes=99))
+    assert not of(out, DropData) and not sent(out, TaskFinished) and not sent(out, AddKeys)
+    assert w.tasks["x"].state == "memory" and w.tasks["x"].nbytes == 5 and w.nbytes_in_memory == 5
+    assert [e.key for e in of(out, Execute)] == ["g"]
+    w.handle(success("y"))
+    w.handle(success("g"))
+    assert not w.executing and w.available_resources == {"GPU": 1}
+    # Failing instead: the put value stays, and nothing is reported.
+    w.handle(compute("z"))
+    w.handle(DataPut(nbytes={"z": 3}))
+    out = w.handle(failure("z"))
+    assert not sent(out, TaskErred) and not of(out, DropData) and w.tasks["z"].state == "memory"
+
+
+def test_run_going_on_under_a_put_value_is_taken_up_when_computed_again() -> None:
+    # The put value is freed, then the scheduler sends the key again while
+    # the old run still goes on: that run is the task's run, not a second
+    # one of the same key (whose results the shell could not tell apart).
+    w = worker(nthreads=2, prefetch=0)
+    w.handle(compute("x"))
+    w.handle(DataPut(nbytes={"x": 5}))
+    w.handle(FreeKeysEvent(keys=["x"]))
+    assert "x" not in w.tasks and len(w.executing) == 0
+    out = w.handle(compute("x"))
+    assert not of(out, Execute) and w.tasks["x"].state == "executing"
+    out = w.handle(success("x", nbytes=7))
+    assert [m.key for m in sent(out, TaskFinished)] == ["x"] and w.tasks["x"].nbytes == 7

@@ -27,6 +27,14 @@ Ready tasks start in priority order, but a task whose resources are taken
 does not hold up those behind it: it is set aside (``constrained``) until a
 task holding resources finishes, and the next task whose needs fit goes.
 
+Data put here directly (scatter) is authoritative.  Put over a key that is
+being executed, it is in memory at once; the run goes on (a thread cannot be
+stopped) as a *superseded* run that keeps its executor slot and resources
+until it returns, and its result is dropped: the shell stores a result only
+for a task still 'executing' (:meth:`WorkerState.is_current_run`).  Should
+the key be sent here to compute again meanwhile, that run is taken up as the
+task's own rather than started a second time.
+
 Executor slots: the executor runs ``nthreads`` tasks at once but is handed up
 to ``nthreads + prefetch`` of them, so a thread that finishes a task starts
 the next one without a round trip through the event loop (a thread hand-off
@@ -251,6 +259,10 @@ class WorkerState:
         #: into ``ready`` whenever a running task gives resources back.
         self.constrained: list[tuple[tuple[int, int, int], int, WorkerTask]] = []
         self.executing: set[WorkerTask] = set()
+        #: Runs whose key was put here (scatter) while they ran: key -> the
+        #: resources they hold until their thread returns.  Their results
+        #: are dropped.
+        self.superseded: dict[str, dict[str, float]] = {}
         self.fetch_by_worker: dict[str, dict[WorkerTask, None]] = {}
         self.in_flight_workers: dict[str, set[WorkerTask]] = {}
         self.max_transfer_bytes = max_transfer_bytes
@@ -301,6 +313,20 @@ class WorkerState:
             self.validate()
         return out
 
+    def is_current_run(self, key: str) -> bool:
+        """Whether the result of a run of ``key`` that just returned is
+        wanted, i.e. the shell must store it before handing the
+        ExecuteSuccess over.  Not for a superseded run (its key got a value
+        put meanwhile), nor for one this state never started (a new state
+        after a reconnect); the event for the former is still due."""
+        ts = self.tasks.get(key)
+        return ts is not None and ts.state == "executing"
+
+    @property
+    def n_executing(self) -> int:
+        """Runs holding an executor slot, superseded ones included."""
+        return len(self.executing) + len(self.superseded)
+
     @property
     def n_ready(self) -> int:
         """Tasks waiting for a thread (less some dropped ones not cleared yet)."""
@@ -347,6 +373,24 @@ class WorkerState:
             if ts.state == "error":
                 self._drop(ts)
                 ts = None
+        held = self.superseded.pop(msg.key, None)
+        if held is not None:
+            # A run of this key still goes on here, superseded by a value
+            # put meanwhile (freed since): it becomes this task's run, with
+            # the resources it holds.  Starting a second run of the same key
+            # would leave two results that the shell cannot tell apart.
+            if ts is None:
+                ts = self.tasks[msg.key] = WorkerTask(msg.key)
+            ts.function = msg.function
+            ts.args = msg.args
+            ts.priority = msg.priority
+            ts.resources = held
+            ts.wanted = True
+            ts.cancelled = False
+            ts.waiting_for.clear()
+            ts.state = "executing"
+            self.executing.add(ts)
+            return
         if ts is None:
             ts = self.tasks[msg.key] = WorkerTask(msg.key)
         ts.function = msg.function
@@ -407,6 +451,8 @@ class WorkerState:
             self._freeing = False
 
     def _execute_success(self, ev: ExecuteSuccess) -> None:
+        if self._superseded_returned(ev.key):
+            return
         ts = self.tasks.get(ev.key)
         if ts is None or ts.state != "executing":
             raise InvalidWorkerEvent(f"execution result for {ev.key!r}, which is not executing")
@@ -435,7 +481,20 @@ class WorkerState:
         # for ever.
         self._wake_dependents(ts)
 
+    def _superseded_returned(self, key: str) -> bool:
+        """A superseded run of ``key`` returned: give back its slot and
+        resources; its result (which the shell did not store) or error is
+        of no use, the key has a put value.  False if there is none."""
+        held = self.superseded.pop(key, None)
+        if held is None:
+            return False
+        self.executed_count += 1
+        self._give_back(held)
+        return True
+
     def _execute_failure(self, ev: ExecuteFailure) -> None:
+        if self._superseded_returned(ev.key):
+            return
         ts = self.tasks.get(ev.key)
         if ts is None or ts.state != "executing":
             raise InvalidWorkerEvent(f"execution result for {ev.key!r}, which is not executing")
@@ -534,8 +593,15 @@ class WorkerState:
             if ts is None:
                 ts = self.tasks[key] = WorkerTask(key)
             elif ts.state == "executing":
-                ts.cancelled = True
-                continue
+                # The put value wins over the run's result to come (and
+                # error): the run goes on, superseded, holding its slot and
+                # resources until it returns.  Its inputs are not needed
+                # here any more (the run holds its own references).
+                self.executing.discard(ts)
+                self.superseded[key] = ts.resources
+                ts.resources = {}
+                ts.cancelled = False
+                self._release_deps_of(ts)
             elif ts.state in ("fetch", "flight"):
                 self._forget_fetch(ts)
             elif ts.state == "memory":
@@ -585,9 +651,12 @@ class WorkerState:
 
     def _leave_executing(self, ts: WorkerTask) -> None:
         self.executing.discard(ts)
-        for name, need in ts.resources.items():
+        self._give_back(ts.resources)
+
+    def _give_back(self, resources: dict[str, float]) -> None:
+        for name, need in resources.items():
             self.available_resources[name] = self.available_resources.get(name, 0.0) + need
-        if ts.resources and self.constrained:
+        if resources and self.constrained:
             # Resources came back: the tasks set aside for want of them
             # compete again, by priority (less those dropped meanwhile).
             self.ready.extend(e for e in self.constrained if e[2].state == "ready")
@@ -713,7 +782,7 @@ class WorkerState:
     def _schedule(self) -> None:
         """Hand ready tasks to the executor and start transfers."""
         if not self.paused:
-            while self.ready and len(self.executing) < self.slots:
+            while self.ready and self.n_executing < self.slots:
                 entry = heapq.heappop(self.ready)
                 ts = entry[2]
                 if ts.state != "ready":
@@ -780,10 +849,14 @@ class WorkerState:
                 assert ts.coming_from and ts in self.in_flight_workers.get(ts.coming_from, ()), ts
         for ts in self.executing:
             assert ts.state == "executing" and self.tasks.get(ts.key) is ts, ts
-        assert len(self.executing) <= self.slots
+        for key in self.superseded:
+            # Never a second run of a key beside its superseded one.
+            t = self.tasks.get(key)
+            assert t is None or t.state not in ("waiting", "ready", "executing"), t
+        assert self.n_executing <= self.slots
         # No thread idles while a ready task could run: every ready task is
         # queued, or set aside because its resources are taken right now.
-        if not self.paused and len(self.executing) < self.slots:
+        if not self.paused and self.n_executing < self.slots:
             assert not any(t.state == "ready" for _, _, t in self.ready), "a ready task waits while a slot is free"
         for _, _, t in self.constrained:
             assert t.state != "ready" or not self._fits(t), f"{t!r} set aside although its resources are free"
