@@ -138,7 +138,8 @@ class WorkerMachine(RuleBasedStateMachine):
         self.flights: dict[str, tuple[str, ...]] = {}  # peer -> keys asked for
         self.wanted: set[str] = set()  # compute-task sent and not freed
         self.answered: set[str] = set()  # wanted keys the worker reported on
-        self.acquired: set[str] = set()  # keys asked for as replicas
+        self.acquired: set[str] = set()  # keys asked for as replicas, not freed or computed since
+        self.missing: set[str] = set()  # keys a peer did not have (MissingData)
 
     @initialize(
         nthreads=st.integers(1, 3),
@@ -207,6 +208,7 @@ class WorkerMachine(RuleBasedStateMachine):
                         self.wanted.discard(msg.key)
                 else:
                     assert isinstance(msg, MissingData), msg
+                    self.missing.add(msg.key)
         assert w.n_executing <= w.slots
 
     # ------------------------------------------------------------ invariants
@@ -259,6 +261,7 @@ class WorkerMachine(RuleBasedStateMachine):
         resources = {"GPU": float(gpu)} if gpu and gpu <= self.w.total_resources.get("GPU", 0) else {}
         self.wanted.add(key)
         self.answered.discard(key)
+        self.acquired.discard(key)
         self.handle(compute(key, who_has, priority=(-priority, 0, KEYS.index(key)), resources=resources, nbytes=nbytes))
 
     @rule(data=st.data())
@@ -266,6 +269,7 @@ class WorkerMachine(RuleBasedStateMachine):
         keys = data.draw(st.lists(st.sampled_from(KEYS + ["unknown"]), min_size=1, max_size=3, unique=True), label="keys")
         self.handle(FreeKeysEvent(keys=keys))
         self.wanted -= set(keys)
+        self.acquired -= set(keys)
 
     @rule(data=st.data())
     def data_put(self, data: st.DataObject) -> None:
@@ -285,7 +289,12 @@ class WorkerMachine(RuleBasedStateMachine):
     def acquire_replicas(self, data: st.DataObject) -> None:
         keys = data.draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=2, unique=True), label="keys")
         who_has = {k: data.draw(st.lists(st.sampled_from(PEERS), min_size=1, max_size=2, unique=True)) for k in keys}
+        # The scheduler has these in memory elsewhere: it waits for a copy
+        # here (or to hear that the holders had none), not for a run's
+        # outcome any more.
         self.acquired |= set(keys)
+        self.wanted -= set(keys)
+        self.missing -= set(keys)
         self.handle(AcquireReplicasEvent(who_has=who_has, nbytes=dict.fromkeys(keys, 10)))
 
     @rule(paused=st.booleans())
@@ -327,6 +336,10 @@ class WorkerMachine(RuleBasedStateMachine):
         peer = data.draw(st.sampled_from(sorted(self.flights)), label="peer")
         keys = self.flights.pop(peer)
         self.handle(GatherDepFailed(worker=peer, keys=list(keys)))
+        # Keys queued for that peer, with no other holder, are given up
+        # without a MissingData (the peer is likely gone, and the scheduler
+        # learns that on its own).
+        self.missing |= {k for k in self.acquired if k not in self.w.tasks}
 
     # ------------------------------------------------------------ bad input
 
@@ -382,6 +395,10 @@ class WorkerMachine(RuleBasedStateMachine):
             assert key in self.answered or (t is not None and t.state in ("memory", "error")), (key, t)
             if t is not None:
                 assert t.state in ("memory", "error"), (key, t)
+        for key in self.acquired:
+            # A copy is here, announced, or its holders had none.
+            t = w.tasks.get(key)
+            assert (t is not None and t.state == "memory") or key in self.missing, (key, t)
         self.handle(FreeKeysEvent(keys=KEYS))
         self.settle()
         w.validate()
@@ -715,3 +732,62 @@ def test_run_going_on_under_a_put_value_is_taken_up_when_computed_again() -> Non
     assert not of(out, Execute) and w.tasks["x"].state == "executing"
     out = w.handle(success("x", nbytes=7))
     assert [m.key for m in sent(out, TaskFinished)] == ["x"] and w.tasks["x"].nbytes == 7
+
+
+def test_replica_asked_of_a_key_run_here_is_fetched_if_the_run_fails() -> None:
+    # Regression: retire_workers asked us (AcquireReplicas) for a copy of x
+    # while a stale run of x went on here.  x was only marked wanted; the
+    # run failed, x was forgotten, never fetched nor reported, and the
+    # retirement waited for that copy in vain.
+    w = worker()
+    w.handle(compute("x"))
+    out = w.handle(AcquireReplicasEvent(who_has={"x": ["tcp://p0"]}, nbytes={"x": 10}))
+    assert not of(out, GatherDep)  # the run may yet give it
+    out = w.handle(failure("x"))
+    assert not sent(out, TaskErred)  # a stale run: the scheduler has x already
+    assert of(out, GatherDep) == [GatherDep("tcp://p0", ("x",), 10)]
+    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 10}, missing=[]))
+    assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 10})] and w.tasks["x"].state == "memory"
+    # Freed while it ran, then asked for: the same.
+    w.handle(compute("z"))
+    w.handle(FreeKeysEvent(keys=["z"]))
+    w.handle(AcquireReplicasEvent(who_has={"z": ["tcp://p1"]}, nbytes={"z": 10}))
+    out = w.handle(failure("z"))
+    assert of(out, GatherDep) == [GatherDep("tcp://p1", ("z",), 10)]
+
+
+def test_replica_asked_of_a_key_run_here_is_reported_when_the_run_succeeds() -> None:
+    w = worker()
+    w.handle(compute("x"))
+    w.handle(FreeKeysEvent(keys=["x"]))
+    w.handle(AcquireReplicasEvent(who_has={"x": ["tcp://p0"]}, nbytes={"x": 10}))
+    out = w.handle(success("x", nbytes=7))
+    assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 7})] and not of(out, DropData)
+    assert w.tasks["x"].state == "memory"
+
+
+def test_replica_asked_of_a_key_waiting_here_is_fetched() -> None:
+    # Regression: x waited here for a dependency (a stale compute: the
+    # scheduler has x elsewhere); when that dependency could not be had, x
+    # was rescheduled (ignored by the scheduler) and dropped: no copy.
+    w = worker()
+    w.handle(compute("x", {"a": ["tcp://p1"]}))
+    out = w.handle(AcquireReplicasEvent(who_has={"x": ["tcp://p0"]}, nbytes={"x": 10}))
+    assert w.tasks["x"].state == "flight" and of(out, GatherDep) == [GatherDep("tcp://p0", ("x",), 10)]
+    out = w.handle(GatherDepDone(worker="tcp://p1", nbytes={}, missing=["a"]))
+    assert not sent(out, Reschedule) and "a" not in w.tasks
+    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 10}, missing=[]))
+    assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 10})] and not of(out, Execute)
+
+
+def test_replica_asked_of_a_key_held_here_unannounced_is_announced() -> None:
+    # x stays here after the scheduler freed it (y needs it): the scheduler
+    # does not count this copy, asks for one, and must hear that it is here.
+    w = worker(nthreads=1, prefetch=0)
+    w.handle(compute("busy"))
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 3}, missing=[]))
+    w.handle(FreeKeysEvent(keys=["x"]))
+    assert w.tasks["x"].state == "memory"
+    out = w.handle(AcquireReplicasEvent(who_has={"x": ["tcp://p1"]}, nbytes={"x": 3}))
+    assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 3})] and not of(out, GatherDep)

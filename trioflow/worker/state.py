@@ -35,6 +35,12 @@ for a task still 'executing' (:meth:`WorkerState.is_current_run`).  Should
 the key be sent here to compute again meanwhile, that run is taken up as the
 task's own rather than started a second time.
 
+A copy asked for by the scheduler (:class:`AcquireReplicasEvent`: its only
+holder is retiring) is fetched, and announced once here.  The scheduler has
+the key in memory elsewhere, so a compute of it here is stale: one not
+started yet gives way to the fetch; a run already going on is let finish
+and its result reported, and should it fail, the key is fetched after all.
+
 Executor slots: the executor runs ``nthreads`` tasks at once but is handed up
 to ``nthreads + prefetch`` of them, so a thread that finishes a task starts
 the next one without a round trip through the event loop (a thread hand-off
@@ -205,6 +211,7 @@ class WorkerTask:
         "nbytes",
         "wanted",
         "cancelled",
+        "replica",
         "resources",
         "_hash",
     )
@@ -224,6 +231,9 @@ class WorkerTask:
         self.nbytes = 0
         self.wanted = True  # False once the scheduler freed it
         self.cancelled = False  # freed while executing or in flight
+        #: Executing, and the scheduler asked for a copy (AcquireReplicas):
+        #: if the run gives none, fetch it from ``who_has``.
+        self.replica = False
         self.resources: dict[str, float] = {}
 
     # Hash by key, not id(): set order decides which task becomes ready first
@@ -356,6 +366,9 @@ class WorkerState:
                 self._out.append(SendMsg(TaskFinished(key=ts.key, nbytes=ts.nbytes, type_name="", start=0.0, stop=0.0)))
                 ts.wanted = True
                 return
+            # Sent to compute: the scheduler expects this run's outcome
+            # reported, not a copy fetched instead.
+            ts.replica = False
             if ts.state in ("waiting", "ready", "executing") and not ts.cancelled:
                 # A duplicate, or wanted again after a free-keys that kept it
                 # only as a local dependency: it must be reported this time
@@ -446,6 +459,7 @@ class WorkerState:
                 if ts is None:
                     continue
                 ts.wanted = False
+                ts.replica = False
                 self._maybe_drop(ts)
         finally:
             self._freeing = False
@@ -503,13 +517,18 @@ class WorkerState:
         # (Dependencies were not released for a cancelled run before: they
         # stayed in memory, unwanted, for ever.)
         self._release_deps_of(ts)
-        waiting = any(t.state == "waiting" for t in ts.dependents)
+        # Fetch the key instead when the scheduler has it elsewhere and
+        # needs it here: local tasks wait for it, or it asked for a copy.
+        stale, ts.replica = ts.replica, False
+        refetch = stale or any(t.state == "waiting" for t in ts.dependents)
         if ts.cancelled:
             ts.cancelled = False
-            if not waiting:
+            if not refetch:
                 self._set_gone(ts)
                 return
-        else:
+        elif not stale:
+            # (Not for a run that the scheduler's request for a copy showed
+            # to be stale: it has the key in memory, the error is moot.)
             ts.state = "error"
             self._out.append(
                 SendMsg(
@@ -525,10 +544,11 @@ class WorkerState:
                     )
                 )
             )
-        if waiting:
-            # Local tasks wait for this key, which the scheduler says is in
-            # memory elsewhere (it sent them here): this run was a stale
-            # one.  Fetch the key instead (or reschedule them, if no holder).
+        if refetch:
+            # Local tasks wait for this key, or the scheduler asked for a
+            # copy: either way it says the key is in memory elsewhere, and
+            # this run was a stale one.  Fetch the key instead (or, with no
+            # holder left, reschedule those tasks).
             ts.state = "fetch"
             self._queue_fetch(ts)
 
@@ -627,17 +647,41 @@ class WorkerState:
         self._out.append(SendMsg(StealResponse(key=ev.key, stolen=stolen)))
 
     def _acquire_replicas(self, ev: AcquireReplicasEvent) -> None:
+        """The scheduler wants a copy of keys it has in memory elsewhere
+        (their holder retires) and waits until it hears of one here."""
         for key, holders in ev.who_has.items():
+            others = [w for w in holders if w != self.address]
             ts = self.tasks.get(key)
-            if ts is not None:
-                ts.wanted = True  # already here or on its way
+            if ts is None:
+                ts = self.tasks[key] = WorkerTask(key)
+                ts.state = "fetch"
+                ts.wanted = True
+                ts.nbytes = max(ev.nbytes.get(key, 0), 0)
+                ts.who_has = others
+                self._queue_fetch(ts)
                 continue
-            ts = self.tasks[key] = WorkerTask(key)
-            ts.state = "fetch"
             ts.wanted = True
-            ts.nbytes = max(ev.nbytes.get(key, 0), 0)
-            ts.who_has = [w for w in holders if w != self.address]
-            self._queue_fetch(ts)
+            # More places to fetch it from, should the ones known fail.
+            ts.who_has.extend(w for w in others if w not in ts.who_has)
+            if ts.state != "memory" and ev.nbytes.get(key, -1) >= 0:
+                ts.nbytes = ev.nbytes[key]
+            if ts.state == "memory":
+                # Kept here without the scheduler counting it (it would not
+                # ask us otherwise, and waits): tell it.
+                self._pending_add_keys[key] = ts.nbytes
+            elif ts.state == "executing":
+                # A stale run (the key is in memory elsewhere): its result
+                # will do, reported as usual; should it fail, fetch.
+                ts.replica = True
+            elif ts.state in ("waiting", "ready", "error"):
+                # A stale compute that has not started, or has failed:
+                # fetch the key rather than compute it (what it waits for
+                # may never come: it was rescheduled then, not fetched).
+                self._release_deps_of(ts)
+                ts.waiting_for.clear()
+                ts.state = "fetch"  # (a ready task's heap entry goes stale)
+                self._queue_fetch(ts)
+            # fetch, flight: on its way already.
 
     def _pause(self, ev: PauseEvent) -> None:
         self.paused = ev.paused
@@ -668,6 +712,7 @@ class WorkerState:
             self.nbytes_in_memory += max(ts.nbytes, 0)
         ts.state = "memory"
         ts.coming_from = ""
+        ts.replica = False
 
     def _needed(self, ts: WorkerTask) -> bool:
         return ts.wanted or any(t.state in ("waiting", "ready") for t in ts.dependents)
@@ -845,6 +890,8 @@ class WorkerState:
                 assert not ts.waiting_for, ts
             if ts.state == "executing":
                 assert ts in self.executing
+            else:
+                assert not ts.replica, ts
             if ts.state == "flight":
                 assert ts.coming_from and ts in self.in_flight_workers.get(ts.coming_from, ()), ts
         for ts in self.executing:
