@@ -866,6 +866,61 @@ async def test_many_small_tasks(c: AsyncClient) -> None:
 # ---------------------------------------------------------------- more edges
 
 
+async def test_scatter_onto_a_running_task_keeps_the_scattered_value(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    # Regression: the worker stored the run's result over the value
+    # scattered under the same key while the task ran.  Scattered data is
+    # authoritative: the late result is dropped.
+    cluster, c = cc
+    w0 = cluster.workers[0]
+    with trio.fail_after(10):
+        f = await c.submit(blocked, "computed", key="running-then-scattered", workers=[w0.address])
+        key = f.key
+        assert w0.state is not None
+        await wait_until(lambda: key in w0.state.tasks and w0.state.tasks[key].state == "executing", what="task running")
+        s = await c.scatter({key: "scattered"}, workers=[w0.address])
+        assert await f == "scattered"
+        _gate.set()
+        await wait_until(lambda: any(k == key for k, *_ in w0.task_log), what="the run returns")
+        assert w0.data[key] == "scattered" and w0.state.tasks[key].state == "memory"
+        assert w0.state.n_executing == 0  # its thread given back
+        assert await f == "scattered" and await s[key] == "scattered"
+        assert await (await c.submit(add, f, "!")) == "scattered!"
+        del f, s
+        gc.collect()
+        await wait_until(lambda: not w0.data and not w0.state.tasks, what="all freed")
+
+
+async def test_scatter_onto_a_key_in_flight_keeps_the_scattered_value(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    # The same for a copy being fetched: the worker stored the fetched copy
+    # over the value scattered while the transfer was on its way.
+    cluster, c = cc
+    w0, w1 = cluster.workers
+    with trio.fail_after(10):
+        x = await c.submit(inc, 1, key="in-flight-then-scattered", workers=[w0.address])
+        assert await x == 2
+        arrived = trio.Event()
+        release = trio.Event()
+        assert w1.pool is not None and w1.state is not None
+        rpc = w1.pool.rpc
+
+        async def held_back(address: str, request: m.Message, reply_type: Any, **kw: Any) -> Any:
+            reply = await rpc(address, request, reply_type, **kw)
+            if isinstance(request, m.GetData) and x.key in request.keys:
+                arrived.set()
+                await release.wait()
+            return reply
+
+        w1.pool.rpc = held_back  # type: ignore[method-assign]
+        y = await c.submit(add, x, 10, workers=[w1.address])
+        await arrived.wait()
+        assert w1.state.tasks[x.key].state == "flight"
+        await c.scatter({x.key: 100}, workers=[w1.address])
+        assert await y == 110  # computed with the scattered value
+        release.set()
+        await wait_until(lambda: not w1.state.in_flight_workers, what="the transfer returns")
+        assert w1.data[x.key] == 100
+
+
 async def test_scatter_repeated_values(cc: tuple[InProcessCluster, AsyncClient]) -> None:
     cluster, c = cc
     with trio.fail_after(10):

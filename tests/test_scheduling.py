@@ -2,12 +2,14 @@
 
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import pytest
 import trio
 
 from trioflow import get_worker, open_client, open_cluster
+from trioflow.protocol import messages as m
 
 
 def _where() -> str:
@@ -169,3 +171,80 @@ async def test_scheduler_learns_of_transfers_from_heartbeats() -> None:
                 assert (worker, peer, nkeys) == (b.address, a.address, 1)
                 assert moved >= 5_000_000 and stop >= start
                 assert s.bytes_transferred >= 5_000_000
+
+
+def _fail_at_gate() -> None:
+    _GATE.wait(10)
+    raise RuntimeError("a stale run fails")
+
+
+async def test_retire_workers_copies_a_key_the_receiver_is_computing() -> None:
+    # Regression: retire_workers asked b for a copy of x (only a held it)
+    # while a stale run of x went on on b.  b only marked x wanted; the run
+    # failed, b forgot x, and the retirement waited for the copy in vain
+    # (60 s, then closed a and lost x).  Now b fetches x when its run fails.
+    _GATE.clear()
+    with trio.fail_after(30):
+        async with open_cluster(n_workers=2) as cluster:
+            async with open_client(cluster) as client:
+                a, b = cluster.workers
+                try:
+                    x = await client.submit(_fail_at_gate, key="x-on-retiring", workers=[b.address])
+                    assert b.state is not None
+                    while x.key not in b.state.tasks or b.state.tasks[x.key].state != "executing":
+                        await trio.sleep(0.01)
+                    # x turns up on a (scattered there): the scheduler has it
+                    # in memory on a only, while b's run of it goes on.
+                    await client.scatter({x.key: "value"}, workers=[a.address])
+                    asked = trio.Event()
+                    handle = b._handle
+
+                    def spy(event: object) -> None:
+                        handle(event)
+                        if type(event).__name__ == "AcquireReplicasEvent":
+                            asked.set()
+
+                    b._handle = spy  # type: ignore[method-assign]
+                    retired: list[str] = []
+
+                    async def retire() -> None:
+                        retired.extend(await client.retire_workers([a.address]))
+
+                    async with trio.open_nursery() as n:
+                        n.start_soon(retire)
+                        await asked.wait()
+                        _GATE.set()  # now the run fails
+                    assert retired == [a.address]
+                    while a.address in cluster.scheduler.state.workers:
+                        await trio.sleep(0.01)
+                    assert (await client.who_has([x]))[x.key] == [b.address]
+                    assert await x == "value"
+                finally:
+                    _GATE.set()
+
+
+async def test_retire_workers_keeps_a_worker_whose_data_could_not_be_copied() -> None:
+    # The copy never arrives (b's requests for it hang): retire_workers
+    # gives up after its timeout, and rather than lose x it leaves a running
+    # and does not list it as retired.
+    with trio.fail_after(30):
+        async with open_cluster(n_workers=2) as cluster:
+            async with open_client(cluster) as client:
+                a, b = cluster.workers
+                x = await client.submit(_slow, 1, 0.0, workers=[a.address], pure=False)
+                assert await x == 1
+                assert b.pool is not None
+                rpc = b.pool.rpc
+
+                async def stuck(address: str, request: m.Message, reply_type: Any, **kw: Any) -> Any:
+                    if isinstance(request, m.GetData):
+                        await trio.sleep_forever()
+                    return await rpc(address, request, reply_type, **kw)
+
+                b.pool.rpc = stuck  # type: ignore[method-assign]
+                start = trio.current_time()
+                assert await client.retire_workers([a.address], timeout=0.5) == []
+                assert trio.current_time() - start < 5
+                await trio.sleep(0.1)
+                assert a.status == "running" and a.address in cluster.scheduler.state.workers
+                assert await x == 1

@@ -101,7 +101,9 @@ def snapshot(w: WorkerState) -> dict:
             for k, t in w.tasks.items()
         },
         "ready": sorted((p, s, t.key, t.state) for p, s, t in w.ready),
+        "constrained": sorted((p, s, t.key, t.state) for p, s, t in w.constrained),
         "executing": keys(w.executing),
+        "superseded": dict(w.superseded),
         "fetch": {a: keys(g) for a, g in w.fetch_by_worker.items()},
         "flight": {a: keys(g) for a, g in w.in_flight_workers.items()},
         "resources": dict(w.available_resources),
@@ -136,7 +138,8 @@ class WorkerMachine(RuleBasedStateMachine):
         self.flights: dict[str, tuple[str, ...]] = {}  # peer -> keys asked for
         self.wanted: set[str] = set()  # compute-task sent and not freed
         self.answered: set[str] = set()  # wanted keys the worker reported on
-        self.acquired: set[str] = set()  # keys asked for as replicas
+        self.acquired: set[str] = set()  # keys asked for as replicas, not freed or computed since
+        self.missing: set[str] = set()  # keys a peer did not have (MissingData)
 
     @initialize(
         nthreads=st.integers(1, 3),
@@ -205,7 +208,8 @@ class WorkerMachine(RuleBasedStateMachine):
                         self.wanted.discard(msg.key)
                 else:
                     assert isinstance(msg, MissingData), msg
-        assert len(w.executing) <= w.slots
+                    self.missing.add(msg.key)
+        assert w.n_executing <= w.slots
 
     # ------------------------------------------------------------ invariants
 
@@ -216,7 +220,9 @@ class WorkerMachine(RuleBasedStateMachine):
     @invariant()
     def agrees_with_the_shell(self) -> None:
         w = self.w
-        assert {t.key for t in w.executing} == self.running
+        # Superseded runs (their key was put meanwhile) still hold a thread.
+        assert {t.key for t in w.executing} | set(w.superseded) == self.running
+        assert not {t.key for t in w.executing} & set(w.superseded)
         # A transfer stays in flight until its peer answers, even when the
         # state has stopped caring for some of its keys.
         assert set(self.flights) == set(w.in_flight_workers)
@@ -230,6 +236,7 @@ class WorkerMachine(RuleBasedStateMachine):
         w = self.w
         for name, total in w.total_resources.items():
             used = sum(t.resources.get(name, 0) for t in w.executing)
+            used += sum(held.get(name, 0) for held in w.superseded.values())
             assert used <= total + 1e-9
             assert abs(w.available_resources[name] - (total - used)) < 1e-9
 
@@ -240,7 +247,7 @@ class WorkerMachine(RuleBasedStateMachine):
             if t.state == "fetch":
                 assert any(t in g for g in w.fetch_by_worker.values()), f"{t!r} is never fetched"
             if t.state == "ready":
-                assert any(r is t for _, _, r in w.ready), t
+                assert any(r is t for _, _, r in w.ready + w.constrained), t
 
     # ------------------------------------------------------------ the scheduler
 
@@ -254,6 +261,7 @@ class WorkerMachine(RuleBasedStateMachine):
         resources = {"GPU": float(gpu)} if gpu and gpu <= self.w.total_resources.get("GPU", 0) else {}
         self.wanted.add(key)
         self.answered.discard(key)
+        self.acquired.discard(key)
         self.handle(compute(key, who_has, priority=(-priority, 0, KEYS.index(key)), resources=resources, nbytes=nbytes))
 
     @rule(data=st.data())
@@ -261,15 +269,13 @@ class WorkerMachine(RuleBasedStateMachine):
         keys = data.draw(st.lists(st.sampled_from(KEYS + ["unknown"]), min_size=1, max_size=3, unique=True), label="keys")
         self.handle(FreeKeysEvent(keys=keys))
         self.wanted -= set(keys)
+        self.acquired -= set(keys)
 
-    @precondition(lambda self: len(self.running) < len(KEYS))
     @rule(data=st.data())
     def data_put(self, data: st.DataObject) -> None:
-        # Not over a key being executed here: the shell stores the result
-        # over the put value before the state hears of either (see the
-        # report: a known limitation, not modelled).
-        pool = [k for k in KEYS if k not in self.running]
-        keys = data.draw(st.lists(st.sampled_from(pool), min_size=1, max_size=2, unique=True), label="keys")
+        # Also over a key being executed here: the put value wins, and the
+        # shell will not store that run's result (see execution_done).
+        keys = data.draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=2, unique=True), label="keys")
         nbytes = {k: data.draw(st.integers(0, 100)) for k in keys}
         # The shell stores first, then tells the state (it may drop again).
         self.store |= set(keys)
@@ -283,7 +289,12 @@ class WorkerMachine(RuleBasedStateMachine):
     def acquire_replicas(self, data: st.DataObject) -> None:
         keys = data.draw(st.lists(st.sampled_from(KEYS), min_size=1, max_size=2, unique=True), label="keys")
         who_has = {k: data.draw(st.lists(st.sampled_from(PEERS), min_size=1, max_size=2, unique=True)) for k in keys}
+        # The scheduler has these in memory elsewhere: it waits for a copy
+        # here (or to hear that the holders had none), not for a run's
+        # outcome any more.
         self.acquired |= set(keys)
+        self.wanted -= set(keys)
+        self.missing -= set(keys)
         self.handle(AcquireReplicasEvent(who_has=who_has, nbytes=dict.fromkeys(keys, 10)))
 
     @rule(paused=st.booleans())
@@ -298,7 +309,11 @@ class WorkerMachine(RuleBasedStateMachine):
         key = data.draw(st.sampled_from(sorted(self.running)), label="key")
         self.running.discard(key)
         if ok:
-            self.store.add(key)
+            # The shell stores the result only for the task's current run.
+            if self.w.is_current_run(key):
+                self.store.add(key)
+            else:
+                assert key in self.w.superseded, key
             self.handle(success(key, nbytes))
         else:
             self.handle(failure(key))
@@ -321,6 +336,10 @@ class WorkerMachine(RuleBasedStateMachine):
         peer = data.draw(st.sampled_from(sorted(self.flights)), label="peer")
         keys = self.flights.pop(peer)
         self.handle(GatherDepFailed(worker=peer, keys=list(keys)))
+        # Keys queued for that peer, with no other holder, are given up
+        # without a MissingData (the peer is likely gone, and the scheduler
+        # learns that on its own).
+        self.missing |= {k for k in self.acquired if k not in self.w.tasks}
 
     # ------------------------------------------------------------ bad input
 
@@ -350,7 +369,8 @@ class WorkerMachine(RuleBasedStateMachine):
             if self.running:
                 key = sorted(self.running)[0]
                 self.running.discard(key)
-                self.store.add(key)
+                if self.w.is_current_run(key):
+                    self.store.add(key)
                 self.handle(success(key))
             elif self.flights:
                 peer = sorted(self.flights)[0]
@@ -375,11 +395,15 @@ class WorkerMachine(RuleBasedStateMachine):
             assert key in self.answered or (t is not None and t.state in ("memory", "error")), (key, t)
             if t is not None:
                 assert t.state in ("memory", "error"), (key, t)
+        for key in self.acquired:
+            # A copy is here, announced, or its holders had none.
+            t = w.tasks.get(key)
+            assert (t is not None and t.state == "memory") or key in self.missing, (key, t)
         self.handle(FreeKeysEvent(keys=KEYS))
         self.settle()
         w.validate()
         assert not w.tasks and not self.store and w.nbytes_in_memory == 0, w.tasks
-        assert not w.ready or all(t.state != "ready" for _, _, t in w.ready)
+        assert all(t.state != "ready" for _, _, t in w.ready + w.constrained)
         assert not w.fetch_by_worker and not w.in_flight_workers and not w.executing
         assert w.available_resources == w.total_resources
 
@@ -637,3 +661,133 @@ def test_steal_refused_for_a_task_a_local_task_waits_for() -> None:
     assert sent(out, StealResponse) == [StealResponse(key="x", stolen=False)]
     out = w.handle(StealRequestEvent(key="y"))
     assert sent(out, StealResponse) == [StealResponse(key="y", stolen=True)]
+
+
+def test_resource_blocked_task_does_not_hold_up_the_ready_queue() -> None:
+    # Regression: the head of the ready queue needed a GPU that was taken,
+    # and _schedule stopped there: threads stayed idle while tasks that
+    # needed no GPU (or a resource still free) waited behind it.
+    w = worker(nthreads=2, prefetch=0, resources={"GPU": 1, "MEM": 1})
+    out = w.handle(compute("g0", resources={"GPU": 1}, priority=(0, 0, 0)))
+    assert [e.key for e in of(out, Execute)] == ["g0"]
+    out = w.handle(compute("g1", resources={"GPU": 1}, priority=(0, 0, 1)))
+    assert not of(out, Execute)  # the GPU is taken
+    out = w.handle(compute("m", resources={"MEM": 1}, priority=(0, 0, 2)))
+    assert [e.key for e in of(out, Execute)] == ["m"]
+    out = w.handle(success("m"))
+    assert not of(out, Execute)
+    # Free slot: the higher-priority of the runnable ones goes first.
+    out = w.handle_many([compute("c3", priority=(0, 0, 3)), compute("c2", priority=(0, 0, 2))])
+    assert [e.key for e in of(out, Execute)] == ["c2"]
+    # The GPU comes back: g1 overtakes c3, queued behind it all along.
+    out = w.handle(success("g0"))
+    assert [e.key for e in of(out, Execute)] == ["g1"]
+    out = w.handle(success("c2"))
+    assert [e.key for e in of(out, Execute)] == ["c3"]
+    w.handle(success("g1"))
+    w.handle(success("c3"))
+    assert not w.executing and w.available_resources == {"GPU": 1, "MEM": 1}
+
+
+def test_data_put_over_a_running_task_wins_and_its_late_result_is_dropped() -> None:
+    # Regression: a put (scatter) over a key being computed here only
+    # marked the run cancelled; its result then replaced the put value (or
+    # was dropped with it, or a failure forgot the key with the value still
+    # stored).  The put value is authoritative: the key is in memory at
+    # once, and the run keeps its thread and resources until it returns,
+    # its result unwanted.
+    w = worker(nthreads=2, prefetch=1, resources={"GPU": 1})
+    w.handle(compute("x", resources={"GPU": 1}))
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    assert w.tasks["x"].state == "executing" and w.tasks["y"].state == "waiting"
+    out = w.handle(DataPut(nbytes={"x": 5}))
+    assert w.tasks["x"].state == "memory" and w.nbytes_in_memory == 5
+    assert [e.key for e in of(out, Execute)] == ["y"]  # with the put value
+    out = w.handle(compute("g", resources={"GPU": 1}))
+    assert not of(out, Execute) and w.tasks["g"].state == "ready"  # the run still holds the GPU
+    out = w.handle(success("x", nbytes=99))
+    assert not of(out, DropData) and not sent(out, TaskFinished) and not sent(out, AddKeys)
+    assert w.tasks["x"].state == "memory" and w.tasks["x"].nbytes == 5 and w.nbytes_in_memory == 5
+    assert [e.key for e in of(out, Execute)] == ["g"]
+    w.handle(success("y"))
+    w.handle(success("g"))
+    assert not w.executing and w.available_resources == {"GPU": 1}
+    # Failing instead: the put value stays, and nothing is reported.
+    w.handle(compute("z"))
+    w.handle(DataPut(nbytes={"z": 3}))
+    out = w.handle(failure("z"))
+    assert not sent(out, TaskErred) and not of(out, DropData) and w.tasks["z"].state == "memory"
+
+
+def test_run_going_on_under_a_put_value_is_taken_up_when_computed_again() -> None:
+    # The put value is freed, then the scheduler sends the key again while
+    # the old run still goes on: that run is the task's run, not a second
+    # one of the same key (whose results the shell could not tell apart).
+    w = worker(nthreads=2, prefetch=0)
+    w.handle(compute("x"))
+    w.handle(DataPut(nbytes={"x": 5}))
+    w.handle(FreeKeysEvent(keys=["x"]))
+    assert "x" not in w.tasks and len(w.executing) == 0
+    out = w.handle(compute("x"))
+    assert not of(out, Execute) and w.tasks["x"].state == "executing"
+    out = w.handle(success("x", nbytes=7))
+    assert [m.key for m in sent(out, TaskFinished)] == ["x"] and w.tasks["x"].nbytes == 7
+
+
+def test_replica_asked_of_a_key_run_here_is_fetched_if_the_run_fails() -> None:
+    # Regression: retire_workers asked us (AcquireReplicas) for a copy of x
+    # while a stale run of x went on here.  x was only marked wanted; the
+    # run failed, x was forgotten, never fetched nor reported, and the
+    # retirement waited for that copy in vain.
+    w = worker()
+    w.handle(compute("x"))
+    out = w.handle(AcquireReplicasEvent(who_has={"x": ["tcp://p0"]}, nbytes={"x": 10}))
+    assert not of(out, GatherDep)  # the run may yet give it
+    out = w.handle(failure("x"))
+    assert not sent(out, TaskErred)  # a stale run: the scheduler has x already
+    assert of(out, GatherDep) == [GatherDep("tcp://p0", ("x",), 10)]
+    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 10}, missing=[]))
+    assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 10})] and w.tasks["x"].state == "memory"
+    # Freed while it ran, then asked for: the same.
+    w.handle(compute("z"))
+    w.handle(FreeKeysEvent(keys=["z"]))
+    w.handle(AcquireReplicasEvent(who_has={"z": ["tcp://p1"]}, nbytes={"z": 10}))
+    out = w.handle(failure("z"))
+    assert of(out, GatherDep) == [GatherDep("tcp://p1", ("z",), 10)]
+
+
+def test_replica_asked_of_a_key_run_here_is_reported_when_the_run_succeeds() -> None:
+    w = worker()
+    w.handle(compute("x"))
+    w.handle(FreeKeysEvent(keys=["x"]))
+    w.handle(AcquireReplicasEvent(who_has={"x": ["tcp://p0"]}, nbytes={"x": 10}))
+    out = w.handle(success("x", nbytes=7))
+    assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 7})] and not of(out, DropData)
+    assert w.tasks["x"].state == "memory"
+
+
+def test_replica_asked_of_a_key_waiting_here_is_fetched() -> None:
+    # Regression: x waited here for a dependency (a stale compute: the
+    # scheduler has x elsewhere); when that dependency could not be had, x
+    # was rescheduled (ignored by the scheduler) and dropped: no copy.
+    w = worker()
+    w.handle(compute("x", {"a": ["tcp://p1"]}))
+    out = w.handle(AcquireReplicasEvent(who_has={"x": ["tcp://p0"]}, nbytes={"x": 10}))
+    assert w.tasks["x"].state == "flight" and of(out, GatherDep) == [GatherDep("tcp://p0", ("x",), 10)]
+    out = w.handle(GatherDepDone(worker="tcp://p1", nbytes={}, missing=["a"]))
+    assert not sent(out, Reschedule) and "a" not in w.tasks
+    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 10}, missing=[]))
+    assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 10})] and not of(out, Execute)
+
+
+def test_replica_asked_of_a_key_held_here_unannounced_is_announced() -> None:
+    # x stays here after the scheduler freed it (y needs it): the scheduler
+    # does not count this copy, asks for one, and must hear that it is here.
+    w = worker(nthreads=1, prefetch=0)
+    w.handle(compute("busy"))
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 3}, missing=[]))
+    w.handle(FreeKeysEvent(keys=["x"]))
+    assert w.tasks["x"].state == "memory"
+    out = w.handle(AcquireReplicasEvent(who_has={"x": ["tcp://p1"]}, nbytes={"x": 3}))
+    assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 3})] and not of(out, GatherDep)

@@ -912,9 +912,13 @@ class AsyncClient:
             raise errors[0]
         return {a: results[a] for a in targets if a in results}
 
-    async def retire_workers(self, workers: Any) -> list[str]:
+    async def retire_workers(self, workers: Any, timeout: float = 60) -> list[str]:
+        """Close ``workers`` once the data only they hold has a copy on the
+        other workers; returns those retired.  A worker whose data could
+        not be copied within ``timeout`` seconds stays (not listed)."""
         ws = [workers] if isinstance(workers, str) else list(workers)
-        reply = await self._rpc(m.RetireWorkers(workers=ws), m.RetireWorkersReply)
+        # The scheduler answers within ``timeout``: wait a little longer.
+        reply = await self._rpc(m.RetireWorkers(workers=ws, timeout=timeout), m.RetireWorkersReply, timeout=timeout + 10)
         return list(reply.retired)
 
     async def shutdown(self) -> None:

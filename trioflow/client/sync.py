@@ -175,8 +175,8 @@ class Client:
     def run(self, function: Callable[..., Any], *args: Any, workers: Any = None, **kwargs: Any) -> dict[str, Any]:
         return self._call(self._core.run, function, *args, workers=workers, **kwargs)  # type: ignore[no-any-return]
 
-    def retire_workers(self, workers: Any) -> list[str]:
-        return self._call(self._core.retire_workers, workers)  # type: ignore[no-any-return]
+    def retire_workers(self, workers: Any, timeout: float = 60) -> list[str]:
+        return self._call(self._core.retire_workers, workers, timeout)  # type: ignore[no-any-return]
 
     def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
         self._call(self._core.wait_for_workers, n_workers, timeout)

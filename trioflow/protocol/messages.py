@@ -436,6 +436,8 @@ class Shutdown(Message):
 @message("retire-workers")
 class RetireWorkers(Message):
     workers: list[str]
+    #: How long to wait for the copies of the data only they hold.
+    timeout: float = 60.0
 
 
 @message("retire-workers-reply")

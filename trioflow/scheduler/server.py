@@ -505,28 +505,34 @@ class Scheduler:
 
     async def _retire_workers(self, msg: m.RetireWorkers) -> m.Message:
         """Copy the data only the retiring workers hold to the others, wait
-        (bounded) until the copies are registered, then close the workers."""
+        until the copies are registered, then close the workers.
+
+        The wait is bounded by ``msg.timeout``; a worker still holding the
+        only copy of some data by then is not closed (nor listed as
+        retired): closing it would lose that data.
+        """
         addrs = []
         for a in msg.workers:
             addr = a if a in self.state.workers else self.state.names.get(a)
-            if addr is not None:
+            if addr is not None and addr not in addrs:
                 addrs.append(addr)
         leaving = set(addrs)
         staying = [w for a, w in self.state.workers.items() if a not in leaving and w.status == "running"]
-        pending: list[ss.TaskState] = []
+        # (Once each, even when several retiring workers hold it.)
+        pending: dict[ss.TaskState, None] = {}
         if staying:
             plans: dict[str, tuple[dict[str, list[str]], dict[str, int]]] = {}
             load = {w.address: w.nbytes for w in staying}
             for a in addrs:
                 for ts in list(self.state.workers[a].has_what):
-                    if ts.state != "memory" or any(w.address not in leaving for w in ts.who_has):
+                    if ts.state != "memory" or any(w.address not in leaving for w in ts.who_has) or ts in pending:
                         continue
                     target = min(load, key=load.__getitem__)
                     load[target] += max(ts.nbytes, 0)
                     who, nb = plans.setdefault(target, ({}, {}))
                     who[ts.key] = [w.address for w in ts.who_has]
                     nb[ts.key] = ts.nbytes
-                    pending.append(ts)
+                    pending[ts] = None
             for target, (who, nb) in plans.items():
                 b = self.worker_streams.get(target)
                 if b is not None:
@@ -534,12 +540,28 @@ class Scheduler:
                         b.send(m.AcquireReplicas(who_has=who, nbytes=nb))
                     except CommClosedError:
                         pass
-            with trio.move_on_after(60):
-                while any(ts.state == "memory" and not any(w.address not in leaving for w in ts.who_has) for ts in pending):
-                    await trio.sleep(0.02)
+
+        def only_on_leaving(ts: ss.TaskState) -> bool:
+            return ts.state == "memory" and not any(w.address not in leaving for w in ts.who_has)
+
+        with trio.move_on_after(max(msg.timeout, 0)):
+            while any(only_on_leaving(ts) for ts in pending):
+                await trio.sleep(0.02)
+        stuck: dict[str, list[str]] = {}
+        for ts in pending:
+            if only_on_leaving(ts):
+                for w in ts.who_has:
+                    stuck.setdefault(w.address, []).append(ts.key)
         retired = []
         for addr in addrs:
             if addr not in self.state.workers:
+                continue
+            if addr in stuck:
+                keys = stuck[addr]
+                logger.warning(
+                    "not retiring worker %s: %d keys only it holds (%s) were not copied elsewhere within %ss",
+                    addr, len(keys), ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else ""), msg.timeout,
+                )
                 continue
             self._closing_workers.add(addr)
             b = self.worker_streams.get(addr)

@@ -585,14 +585,17 @@ class Worker:
                     logger.error("executor failure: %r", rec)
                     continue
                 key = rec[1]
-                t = self.state.tasks.get(key)
-                if t is None or t.state != "executing":
-                    continue  # reset by a reconnect
+                current = self.state.is_current_run(key)
+                if not current and key not in self.state.superseded:
+                    continue  # started before a reconnect: the state knows nothing of it
                 if rec[0] == "ok":
                     _, key, result, nbytes, type_name, start, stop, index, serialized = rec
-                    self._store(key, result, nbytes)
-                    if serialized is not None:
-                        self._serialized[key] = serialized
+                    # A superseded run's result is dropped: the key has a
+                    # value put (scattered) here meanwhile, which wins.
+                    if current:
+                        self._store(key, result, nbytes)
+                        if serialized is not None:
+                            self._serialized[key] = serialized
                     events.append(ws.ExecuteSuccess(key=key, nbytes=nbytes, type_name=type_name, start=start, stop=stop, thread=index))
                     self.task_log.append((key, start, stop, index))
                 else:
@@ -616,7 +619,13 @@ class Worker:
                 # failed task would stay in our state, run spec and all, for
                 # ever.  We never need it again (a retry arrives as a new
                 # ComputeTask), so forget it as soon as it is reported.
-                failed = [ev.key for ev in events if type(ev) is ws.ExecuteFailure]
+                # Only keys left in 'error': a failed run may also have been
+                # superseded by a put value, or turned into a fetch.
+                failed = [
+                    ev.key
+                    for ev in events
+                    if type(ev) is ws.ExecuteFailure and (t := self.state.tasks.get(ev.key)) is not None and t.state == "error"
+                ]
                 if failed:
                     self._handle(ws.FreeKeysEvent(keys=failed))
 
@@ -634,6 +643,9 @@ class Worker:
         for key, ser in reply.data.items():
             if key not in inst.keys:
                 continue
+            t = self.state.tasks.get(key) if self.state is not None else None
+            if t is not None and t.state == "memory":
+                continue  # put here (scattered) meanwhile: that value wins
             try:
                 value = loads(ser)
             except SerializationError as exc:
@@ -707,8 +719,8 @@ class Worker:
             managed=self.data.fast_bytes if isinstance(self.data, SpillBuffer) else self.state.nbytes_in_memory,
             spilled=self.data.slow_bytes if isinstance(self.data, SpillBuffer) else 0,
             cpu=cpu,
-            executing=len(self.state.executing),
-            ready=len(self.state.ready),
+            executing=self.state.n_executing,
+            ready=self.state.n_ready,
             in_memory=len(self.data),
             bandwidth=self.bandwidth,
             paused=self.state.paused,

@@ -14,13 +14,32 @@ Task states on a worker:
 
 ==========  ============================================================
 waiting     sent by the scheduler; some dependencies are not here yet
-ready       all dependencies here; queued by priority for a thread
+ready       all dependencies here; queued by priority for a thread (or
+            set aside until the resources it needs are released)
 executing   handed to the executor
 memory      the value is in the local store
 error       execution raised; the scheduler has been told
 fetch       a dependency to get from a peer (``who_has`` says where)
 flight      a dependency being transferred right now (``coming_from``)
 ==========  ============================================================
+
+Ready tasks start in priority order, but a task whose resources are taken
+does not hold up those behind it: it is set aside (``constrained``) until a
+task holding resources finishes, and the next task whose needs fit goes.
+
+Data put here directly (scatter) is authoritative.  Put over a key that is
+being executed, it is in memory at once; the run goes on (a thread cannot be
+stopped) as a *superseded* run that keeps its executor slot and resources
+until it returns, and its result is dropped: the shell stores a result only
+for a task still 'executing' (:meth:`WorkerState.is_current_run`).  Should
+the key be sent here to compute again meanwhile, that run is taken up as the
+task's own rather than started a second time.
+
+A copy asked for by the scheduler (:class:`AcquireReplicasEvent`: its only
+holder is retiring) is fetched, and announced once here.  The scheduler has
+the key in memory elsewhere, so a compute of it here is stale: one not
+started yet gives way to the fetch; a run already going on is let finish
+and its result reported, and should it fail, the key is fetched after all.
 
 Executor slots: the executor runs ``nthreads`` tasks at once but is handed up
 to ``nthreads + prefetch`` of them, so a thread that finishes a task starts
@@ -192,6 +211,7 @@ class WorkerTask:
         "nbytes",
         "wanted",
         "cancelled",
+        "replica",
         "resources",
         "_hash",
     )
@@ -211,6 +231,9 @@ class WorkerTask:
         self.nbytes = 0
         self.wanted = True  # False once the scheduler freed it
         self.cancelled = False  # freed while executing or in flight
+        #: Executing, and the scheduler asked for a copy (AcquireReplicas):
+        #: if the run gives none, fetch it from ``who_has``.
+        self.replica = False
         self.resources: dict[str, float] = {}
 
     # Hash by key, not id(): set order decides which task becomes ready first
@@ -242,7 +265,14 @@ class WorkerState:
         self.available_resources = dict(self.total_resources)
         self.tasks: dict[str, WorkerTask] = {}
         self.ready: list[tuple[tuple[int, int, int], int, WorkerTask]] = []
+        #: Ready tasks whose resources were taken when their turn came: back
+        #: into ``ready`` whenever a running task gives resources back.
+        self.constrained: list[tuple[tuple[int, int, int], int, WorkerTask]] = []
         self.executing: set[WorkerTask] = set()
+        #: Runs whose key was put here (scatter) while they ran: key -> the
+        #: resources they hold until their thread returns.  Their results
+        #: are dropped.
+        self.superseded: dict[str, dict[str, float]] = {}
         self.fetch_by_worker: dict[str, dict[WorkerTask, None]] = {}
         self.in_flight_workers: dict[str, set[WorkerTask]] = {}
         self.max_transfer_bytes = max_transfer_bytes
@@ -293,6 +323,25 @@ class WorkerState:
             self.validate()
         return out
 
+    def is_current_run(self, key: str) -> bool:
+        """Whether the result of a run of ``key`` that just returned is
+        wanted, i.e. the shell must store it before handing the
+        ExecuteSuccess over.  Not for a superseded run (its key got a value
+        put meanwhile), nor for one this state never started (a new state
+        after a reconnect); the event for the former is still due."""
+        ts = self.tasks.get(key)
+        return ts is not None and ts.state == "executing"
+
+    @property
+    def n_executing(self) -> int:
+        """Runs holding an executor slot, superseded ones included."""
+        return len(self.executing) + len(self.superseded)
+
+    @property
+    def n_ready(self) -> int:
+        """Tasks waiting for a thread (less some dropped ones not cleared yet)."""
+        return len(self.ready) + len(self.constrained)
+
     @property
     def in_memory(self) -> list[str]:
         return [k for k, t in self.tasks.items() if t.state == "memory"]
@@ -317,6 +366,9 @@ class WorkerState:
                 self._out.append(SendMsg(TaskFinished(key=ts.key, nbytes=ts.nbytes, type_name="", start=0.0, stop=0.0)))
                 ts.wanted = True
                 return
+            # Sent to compute: the scheduler expects this run's outcome
+            # reported, not a copy fetched instead.
+            ts.replica = False
             if ts.state in ("waiting", "ready", "executing") and not ts.cancelled:
                 # A duplicate, or wanted again after a free-keys that kept it
                 # only as a local dependency: it must be reported this time
@@ -334,6 +386,24 @@ class WorkerState:
             if ts.state == "error":
                 self._drop(ts)
                 ts = None
+        held = self.superseded.pop(msg.key, None)
+        if held is not None:
+            # A run of this key still goes on here, superseded by a value
+            # put meanwhile (freed since): it becomes this task's run, with
+            # the resources it holds.  Starting a second run of the same key
+            # would leave two results that the shell cannot tell apart.
+            if ts is None:
+                ts = self.tasks[msg.key] = WorkerTask(msg.key)
+            ts.function = msg.function
+            ts.args = msg.args
+            ts.priority = msg.priority
+            ts.resources = held
+            ts.wanted = True
+            ts.cancelled = False
+            ts.waiting_for.clear()
+            ts.state = "executing"
+            self.executing.add(ts)
+            return
         if ts is None:
             ts = self.tasks[msg.key] = WorkerTask(msg.key)
         ts.function = msg.function
@@ -389,11 +459,14 @@ class WorkerState:
                 if ts is None:
                     continue
                 ts.wanted = False
+                ts.replica = False
                 self._maybe_drop(ts)
         finally:
             self._freeing = False
 
     def _execute_success(self, ev: ExecuteSuccess) -> None:
+        if self._superseded_returned(ev.key):
+            return
         ts = self.tasks.get(ev.key)
         if ts is None or ts.state != "executing":
             raise InvalidWorkerEvent(f"execution result for {ev.key!r}, which is not executing")
@@ -422,7 +495,20 @@ class WorkerState:
         # for ever.
         self._wake_dependents(ts)
 
+    def _superseded_returned(self, key: str) -> bool:
+        """A superseded run of ``key`` returned: give back its slot and
+        resources; its result (which the shell did not store) or error is
+        of no use, the key has a put value.  False if there is none."""
+        held = self.superseded.pop(key, None)
+        if held is None:
+            return False
+        self.executed_count += 1
+        self._give_back(held)
+        return True
+
     def _execute_failure(self, ev: ExecuteFailure) -> None:
+        if self._superseded_returned(ev.key):
+            return
         ts = self.tasks.get(ev.key)
         if ts is None or ts.state != "executing":
             raise InvalidWorkerEvent(f"execution result for {ev.key!r}, which is not executing")
@@ -431,13 +517,18 @@ class WorkerState:
         # (Dependencies were not released for a cancelled run before: they
         # stayed in memory, unwanted, for ever.)
         self._release_deps_of(ts)
-        waiting = any(t.state == "waiting" for t in ts.dependents)
+        # Fetch the key instead when the scheduler has it elsewhere and
+        # needs it here: local tasks wait for it, or it asked for a copy.
+        stale, ts.replica = ts.replica, False
+        refetch = stale or any(t.state == "waiting" for t in ts.dependents)
         if ts.cancelled:
             ts.cancelled = False
-            if not waiting:
+            if not refetch:
                 self._set_gone(ts)
                 return
-        else:
+        elif not stale:
+            # (Not for a run that the scheduler's request for a copy showed
+            # to be stale: it has the key in memory, the error is moot.)
             ts.state = "error"
             self._out.append(
                 SendMsg(
@@ -453,10 +544,11 @@ class WorkerState:
                     )
                 )
             )
-        if waiting:
-            # Local tasks wait for this key, which the scheduler says is in
-            # memory elsewhere (it sent them here): this run was a stale
-            # one.  Fetch the key instead (or reschedule them, if no holder).
+        if refetch:
+            # Local tasks wait for this key, or the scheduler asked for a
+            # copy: either way it says the key is in memory elsewhere, and
+            # this run was a stale one.  Fetch the key instead (or, with no
+            # holder left, reschedule those tasks).
             ts.state = "fetch"
             self._queue_fetch(ts)
 
@@ -521,8 +613,15 @@ class WorkerState:
             if ts is None:
                 ts = self.tasks[key] = WorkerTask(key)
             elif ts.state == "executing":
-                ts.cancelled = True
-                continue
+                # The put value wins over the run's result to come (and
+                # error): the run goes on, superseded, holding its slot and
+                # resources until it returns.  Its inputs are not needed
+                # here any more (the run holds its own references).
+                self.executing.discard(ts)
+                self.superseded[key] = ts.resources
+                ts.resources = {}
+                ts.cancelled = False
+                self._release_deps_of(ts)
             elif ts.state in ("fetch", "flight"):
                 self._forget_fetch(ts)
             elif ts.state == "memory":
@@ -548,17 +647,41 @@ class WorkerState:
         self._out.append(SendMsg(StealResponse(key=ev.key, stolen=stolen)))
 
     def _acquire_replicas(self, ev: AcquireReplicasEvent) -> None:
+        """The scheduler wants a copy of keys it has in memory elsewhere
+        (their holder retires) and waits until it hears of one here."""
         for key, holders in ev.who_has.items():
+            others = [w for w in holders if w != self.address]
             ts = self.tasks.get(key)
-            if ts is not None:
-                ts.wanted = True  # already here or on its way
+            if ts is None:
+                ts = self.tasks[key] = WorkerTask(key)
+                ts.state = "fetch"
+                ts.wanted = True
+                ts.nbytes = max(ev.nbytes.get(key, 0), 0)
+                ts.who_has = others
+                self._queue_fetch(ts)
                 continue
-            ts = self.tasks[key] = WorkerTask(key)
-            ts.state = "fetch"
             ts.wanted = True
-            ts.nbytes = max(ev.nbytes.get(key, 0), 0)
-            ts.who_has = [w for w in holders if w != self.address]
-            self._queue_fetch(ts)
+            # More places to fetch it from, should the ones known fail.
+            ts.who_has.extend(w for w in others if w not in ts.who_has)
+            if ts.state != "memory" and ev.nbytes.get(key, -1) >= 0:
+                ts.nbytes = ev.nbytes[key]
+            if ts.state == "memory":
+                # Kept here without the scheduler counting it (it would not
+                # ask us otherwise, and waits): tell it.
+                self._pending_add_keys[key] = ts.nbytes
+            elif ts.state == "executing":
+                # A stale run (the key is in memory elsewhere): its result
+                # will do, reported as usual; should it fail, fetch.
+                ts.replica = True
+            elif ts.state in ("waiting", "ready", "error"):
+                # A stale compute that has not started, or has failed:
+                # fetch the key rather than compute it (what it waits for
+                # may never come: it was rescheduled then, not fetched).
+                self._release_deps_of(ts)
+                ts.waiting_for.clear()
+                ts.state = "fetch"  # (a ready task's heap entry goes stale)
+                self._queue_fetch(ts)
+            # fetch, flight: on its way already.
 
     def _pause(self, ev: PauseEvent) -> None:
         self.paused = ev.paused
@@ -572,14 +695,24 @@ class WorkerState:
 
     def _leave_executing(self, ts: WorkerTask) -> None:
         self.executing.discard(ts)
-        for name, need in ts.resources.items():
+        self._give_back(ts.resources)
+
+    def _give_back(self, resources: dict[str, float]) -> None:
+        for name, need in resources.items():
             self.available_resources[name] = self.available_resources.get(name, 0.0) + need
+        if resources and self.constrained:
+            # Resources came back: the tasks set aside for want of them
+            # compete again, by priority (less those dropped meanwhile).
+            self.ready.extend(e for e in self.constrained if e[2].state == "ready")
+            self.constrained.clear()
+            heapq.heapify(self.ready)
 
     def _set_memory(self, ts: WorkerTask) -> None:
         if ts.state != "memory":
             self.nbytes_in_memory += max(ts.nbytes, 0)
         ts.state = "memory"
         ts.coming_from = ""
+        ts.replica = False
 
     def _needed(self, ts: WorkerTask) -> bool:
         return ts.wanted or any(t.state in ("waiting", "ready") for t in ts.dependents)
@@ -694,14 +827,17 @@ class WorkerState:
     def _schedule(self) -> None:
         """Hand ready tasks to the executor and start transfers."""
         if not self.paused:
-            while self.ready and len(self.executing) < self.slots:
-                prio, _, ts = self.ready[0]
+            while self.ready and self.n_executing < self.slots:
+                entry = heapq.heappop(self.ready)
+                ts = entry[2]
                 if ts.state != "ready":
-                    heapq.heappop(self.ready)
                     continue
                 if ts.resources and not self._take_resources(ts):
-                    break
-                heapq.heappop(self.ready)
+                    # Its resources are taken: set it aside rather than
+                    # stop here, or the tasks behind it (needing nothing,
+                    # or resources still free) waited while threads idled.
+                    self.constrained.append(entry)
+                    continue
                 ts.state = "executing"
                 self.executing.add(ts)
                 assert ts.function is not None and ts.args is not None
@@ -730,10 +866,12 @@ class WorkerState:
             self.in_flight_workers[worker] = set(chosen)
             self._out.append(GatherDep(worker, tuple(d.key for d in chosen), total))
 
+    def _fits(self, ts: WorkerTask) -> bool:
+        return all(self.available_resources.get(name, 0.0) >= need for name, need in ts.resources.items())
+
     def _take_resources(self, ts: WorkerTask) -> bool:
-        for name, need in ts.resources.items():
-            if self.available_resources.get(name, 0.0) < need:
-                return False
+        if not self._fits(ts):
+            return False
         for name, need in ts.resources.items():
             self.available_resources[name] -= need
         return True
@@ -752,11 +890,23 @@ class WorkerState:
                 assert not ts.waiting_for, ts
             if ts.state == "executing":
                 assert ts in self.executing
+            else:
+                assert not ts.replica, ts
             if ts.state == "flight":
                 assert ts.coming_from and ts in self.in_flight_workers.get(ts.coming_from, ()), ts
         for ts in self.executing:
             assert ts.state == "executing" and self.tasks.get(ts.key) is ts, ts
-        assert len(self.executing) <= self.slots
+        for key in self.superseded:
+            # Never a second run of a key beside its superseded one.
+            t = self.tasks.get(key)
+            assert t is None or t.state not in ("waiting", "ready", "executing"), t
+        assert self.n_executing <= self.slots
+        # No thread idles while a ready task could run: every ready task is
+        # queued, or set aside because its resources are taken right now.
+        if not self.paused and self.n_executing < self.slots:
+            assert not any(t.state == "ready" for _, _, t in self.ready), "a ready task waits while a slot is free"
+        for _, _, t in self.constrained:
+            assert t.state != "ready" or not self._fits(t), f"{t!r} set aside although its resources are free"
 
 
 _HANDLERS: dict[type, Any] = {
