@@ -761,3 +761,39 @@ async def test_worker_gives_up_on_a_silent_scheduler_and_registers_again() -> No
             assert worker.status == "running"
             await worker.aclose()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_scheduler_process_memory_levels_off_over_rounds(tmp_path: Any) -> None:
+    """Ten rounds of 10,000 tasks against a real scheduler process: once the
+    allocator has warmed up (the first rounds), RSS stops growing.  A leak of
+    a task's scheduler state (~2 kB each) would add ~100 MB over the last five
+    rounds; the budget is a fifth of that.  (What remains is allocator
+    fragmentation: live Python memory is flat, see the test above.)"""
+    import psutil
+    from process_helpers import daemons, start_scheduler, start_worker
+
+    from trioflow import Client
+
+    with daemons() as start:
+        scheduler, address, _ = start_scheduler(start, tmp_path)
+        for i in range(2):
+            start_worker(start, tmp_path, address, "--nthreads", "1", "--no-nanny", name=f"w{i}")
+        proc = psutil.Process(scheduler.pid)
+        rss: list[float] = []
+        with Client(address, timeout=20) as client:
+            client.wait_for_workers(2, timeout=20)
+            for r in range(10):
+                futures = client.map(_inc, range(r * 10_000, (r + 1) * 10_000))
+                assert sum(client.gather(futures)) == sum(range(r * 10_000 + 1, (r + 1) * 10_000 + 1))
+                del futures
+                deadline = time.monotonic() + 20
+                while client.who_has():
+                    assert time.monotonic() < deadline, f"the scheduler kept round {r}'s keys"
+                    time.sleep(0.05)
+                time.sleep(1.2)  # one liveness tick: freed heap handed back
+                rss.append(proc.memory_info().rss / 2**20)
+            client.shutdown()
+    assert rss[9] - rss[4] < 20, rss  # MB over the last 50,000 tasks: < 0.4 kB per task
+    assert rss[9] < 2 * rss[0], rss
