@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="one run of each workload; skip the 100k map and the dask.array/dataframe rows (under two minutes)",
+        help="one run of each workload; skip the 100k map, the held tasks and the dask.array/dataframe rows (under two minutes)",
     )
     p.add_argument("--json", metavar="FILE", help="write all runs and medians as JSON")
     p.add_argument("--only", metavar="NAME,...", help=f"run only these (from: {names})")

@@ -30,7 +30,7 @@ from typing import Any
 import psutil
 
 from .runner import TRIOFLOW_LAUNCHER, Cluster, make_systems
-from .workloads import WORKLOADS, Ctx, warm_up
+from .workloads import WORKLOADS, warm_up
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     spies: list[tuple[str, subprocess.Popen[bytes], str]] = []
     try:
         cluster.start()
-        ctx = Ctx(cluster.client, cluster.workers, system.lib(), system.name, quick=False)
+        ctx = cluster.ctx(quick=False)
         warm_up(ctx)
         cluster.wait_idle()
         pids = [("client", os.getpid())] + [(role, proc.pid) for role, proc in cluster.procs]

@@ -17,10 +17,14 @@ Cold start is the time from launching the scheduler process to a client that
 sees the scheduler and two workers; idle RSS is read with psutil half a
 second later, before any work.  In a full run each cluster is started
 ``repeat`` times for those two figures; the last one runs the workloads.
+Before that, the same cluster with each worker under its nanny (the worker
+command without ``--no-nanny``) is started as often, for its cold start and
+the idle RSS of a nanny with everything it spawned, then torn down.
 
 Teardown is a ladder in ``finally``: ``client.shutdown()`` (scheduler and
 workers close), wait; SIGTERM every process group, wait; SIGKILL what is
-left, reap.  A watchdog kills the cluster if a
+left, reap; then SIGKILL anything still in those groups (a nanny's worker
+whose nanny is gone).  A watchdog kills the cluster if a
 workload exceeds its time limit, so a hang becomes an error in the table
 (the cluster is then restarted for the remaining workloads), never a stuck
 run or an orphan process.
@@ -31,7 +35,6 @@ How trioflow processes are launched is one setting, :data:`TRIOFLOW_LAUNCHER`
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import platform
@@ -46,10 +49,21 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from .workloads import WORKLOADS, Ctx, Workload, trioflow_has_collections, warm_up
+import psutil
+
+from .rss import rss_mib
+from .workloads import (
+    WORKLOADS,
+    Ctx,
+    Row,
+    Workload,
+    trioflow_has_collections,
+    wait_no_keys,
+    warm_up,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
@@ -93,7 +107,7 @@ class System:
     name: str  # result key
     label: str  # column title
     scheduler_argv: Callable[[str], list[str]]
-    worker_argv: Callable[[str, str], list[str]]
+    worker_argv: Callable[[str, str, bool], list[str]]  # (scheduler file, name, nanny)
     env: dict[str, str]
     client_module: str  # "trioflow" or "distributed"
 
@@ -122,7 +136,7 @@ def make_systems(launcher: str) -> list[System]:
             f,
         ]
 
-    def tf_worker(f: str, name: str) -> list[str]:
+    def tf_worker(f: str, name: str, nanny: bool) -> list[str]:
         return [
             *_trioflow_argv(tf, "worker"),
             "--scheduler-file",
@@ -130,7 +144,7 @@ def make_systems(launcher: str) -> list[System]:
             "--nthreads",
             "1",
             "--no-dashboard",
-            "--no-nanny",
+            "--nanny" if nanny else "--no-nanny",
             "--name",
             name,
         ]
@@ -148,7 +162,7 @@ def make_systems(launcher: str) -> list[System]:
             f,
         ]
 
-    def dask_worker(f: str, name: str) -> list[str]:
+    def dask_worker(f: str, name: str, nanny: bool) -> list[str]:
         return [
             dask,
             "worker",
@@ -157,7 +171,7 @@ def make_systems(launcher: str) -> list[System]:
             "--nthreads",
             "1",
             "--no-dashboard",
-            "--no-nanny",
+            "--nanny" if nanny else "--no-nanny",
             "--host",
             HOST,
             "--name",
@@ -182,11 +196,18 @@ def make_systems(launcher: str) -> list[System]:
 
 
 class Cluster:
-    """A scheduler and two workers as process groups, plus a connected client."""
+    """A scheduler and two workers as process groups, plus a connected client.
 
-    def __init__(self, system: System, logdir: str) -> None:
+    With ``nanny``, each worker process is started by its nanny (the process
+    we launch, roles ``nanny0``/``nanny1``); otherwise we launch the workers
+    (``worker0``/``worker1``).
+    """
+
+    def __init__(self, system: System, logdir: str, *, nanny: bool = False) -> None:
         self.system = system
         self.logdir = logdir
+        self.nanny = nanny
+        self.tag = f"{system.name}-nanny" if nanny else system.name  # log and file names
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
         self.client: Any = None
         self.workers: list[str] = []
@@ -201,7 +222,7 @@ class Cluster:
         env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.system.env)
-        log = open(os.path.join(self.logdir, f"{self.system.name}-{role}.log"), "ab")
+        log = open(os.path.join(self.logdir, f"{self.tag}-{role}.log"), "ab")
         try:
             p = subprocess.Popen(
                 argv,
@@ -219,20 +240,23 @@ class Cluster:
         return p
 
     def start(self, timeout: float = 60) -> None:
-        sched_file = os.path.join(self.logdir, f"{self.system.name}-scheduler.json")
+        sched_file = os.path.join(self.logdir, f"{self.tag}-scheduler.json")
         if os.path.exists(sched_file):
             os.remove(sched_file)
         self.system.lib()  # import the client library before the clock starts
         t0 = time.perf_counter()
         self._spawn("scheduler", self.system.scheduler_argv(sched_file))
+        role = "nanny" if self.nanny else "worker"
         for i in range(2):
-            self._spawn(f"worker{i}", self.system.worker_argv(sched_file, f"bench-worker-{i}"))
+            self._spawn(
+                f"{role}{i}", self.system.worker_argv(sched_file, f"bench-worker-{i}", self.nanny)
+            )
         deadline = time.monotonic() + timeout
         while not os.path.exists(sched_file):
             self._check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"{self.system.name}: no scheduler file after {timeout}s (logs: {self.logdir})"
+                    f"{self.tag}: no scheduler file after {timeout}s (logs: {self.logdir})"
                 )
             time.sleep(0.005)
         self.client = self.system.connect(sched_file)
@@ -240,9 +264,7 @@ class Cluster:
         self.cold_start = time.perf_counter() - t0
         self.workers = sorted(self.client.scheduler_info()["workers"])
         if len(self.workers) != 2:
-            raise RuntimeError(
-                f"{self.system.name}: expected 2 workers, scheduler reports {self.workers}"
-            )
+            raise RuntimeError(f"{self.tag}: expected 2 workers, scheduler reports {self.workers}")
         time.sleep(0.5)  # let the processes settle before reading RSS
         self.rss = self._read_rss()
 
@@ -250,36 +272,33 @@ class Cluster:
         for role, p in self.procs:
             if p.poll() is not None:
                 raise RuntimeError(
-                    f"{self.system.name} {role} exited with {p.returncode} during startup "
-                    f"(log: {self.logdir}/{self.system.name}-{role}.log)"
+                    f"{self.tag} {role} exited with {p.returncode} during startup "
+                    f"(log: {self.logdir}/{self.tag}-{role}.log)"
                 )
 
     def _read_rss(self) -> dict[str, float]:
-        import psutil
+        # With descendants: a nanny's figure includes its worker process (and
+        # anything else it started); the others have no children.
+        return {role: rss_mib(p.pid, descendants=True) for role, p in self.procs}
 
-        out = {}
-        for role, p in self.procs:
-            proc = psutil.Process(p.pid)
-            rss = proc.memory_info().rss
-            for child in proc.children(recursive=True):  # none expected (no nannies)
-                try:
-                    rss += child.memory_info().rss
-                except psutil.Error:
-                    pass
-            out[role] = rss / 2**20
-        return out
+    def pid(self, role: str) -> int:
+        return next(p.pid for r, p in self.procs if r == role)
+
+    def ctx(self, quick: bool) -> Ctx:
+        """What a workload gets to run on this cluster."""
+        return Ctx(
+            self.client,
+            self.workers,
+            self.system.lib(),
+            self.system.name,
+            quick,
+            scheduler_pid=self.pid("scheduler"),
+            worker_pids=[p.pid for r, p in self.procs if r.startswith("worker")],
+        )
 
     def wait_idle(self, timeout: float = 15) -> bool:
         """Wait until the scheduler holds no keys (our futures were released)."""
-        gc.collect()
-        deadline = time.monotonic() + timeout
-        while True:
-            left = self.client.who_has()
-            if not left:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
+        return wait_no_keys(self.client, timeout)
 
     def kill(self) -> None:
         """Watchdog path: SIGKILL every process group now."""
@@ -291,7 +310,8 @@ class Cluster:
 
     def stop(self) -> None:
         """Ladder: ask the scheduler to shut the cluster down, wait; SIGTERM each
-        process group, wait; SIGKILL what is left (and any grandchildren); reap."""
+        process group, wait; SIGKILL what is left (and any grandchildren); reap;
+        SIGKILL whatever is still in those groups after its leader is gone."""
         t0 = time.perf_counter()
         with self._lock:
             procs = list(self.procs)
@@ -312,6 +332,7 @@ class Cluster:
                     p.wait(5)
                 except subprocess.TimeoutExpired:
                     print(f"warning: pid {p.pid} did not die after SIGKILL", file=sys.stderr)
+            orphans = _kill_group_leftovers({p.pid for _, p in procs})
             self.stop_seconds = time.perf_counter() - t0
             forced = [
                 f"{role} ({'SIGKILL' if p.returncode == -signal.SIGKILL else 'SIGTERM'})"
@@ -320,7 +341,12 @@ class Cluster:
             ]
             if forced and not self.killed_by_watchdog:
                 print(
-                    f"  [{self.system.name}] did not exit after shutdown: {', '.join(forced)}",
+                    f"  [{self.tag}] did not exit after shutdown: {', '.join(forced)}",
+                    file=sys.stderr,
+                )
+            if orphans:
+                print(
+                    f"  [{self.tag}] killed processes left in its groups: {', '.join(orphans)}",
                     file=sys.stderr,
                 )
 
@@ -343,6 +369,47 @@ def _killpg(p: subprocess.Popen[bytes], sig: int) -> None:
         os.killpg(p.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _group_members(pgids: set[int]) -> list[psutil.Process]:
+    """Live processes in the process groups ``pgids`` (zombies have exited: skipped)."""
+    found = []
+    for proc in psutil.process_iter(["name", "status"]):
+        try:
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) in pgids:
+                found.append(proc)
+        except (OSError, psutil.Error):  # gone, or not ours to ask about
+            pass
+    return found
+
+
+def _wait_groups_empty(pgids: set[int], timeout: float) -> list[psutil.Process]:
+    """Poll until nothing is left in the groups ``pgids``; return what still is."""
+    deadline = time.monotonic() + timeout
+    while (left := _group_members(pgids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def _kill_group_leftovers(pgids: set[int]) -> list[str]:
+    """SIGKILL what is still in one of the groups ``pgids`` a second after their leaders exited.
+
+    Called once the group leaders are reaped, so :func:`_killpg` no longer
+    signals those groups; but a group id is not reused while any member is
+    alive, so a process found in one is ours (a worker whose nanny died
+    first, say).  The second is for helpers on their way out: dask's nanny's
+    multiprocessing resource tracker exits by itself when its nanny has.
+    psutil checks the process identity before signalling.
+    """
+    left = _wait_groups_empty(pgids, 1.0)
+    for proc in left:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    if left and _wait_groups_empty(pgids, 5.0):
+        print(f"warning: processes in groups {sorted(pgids)} survived SIGKILL", file=sys.stderr)
+    return [f"{proc.info['name']} (pid {proc.pid})" for proc in left]
 
 
 def _bounded(fn: Callable[[], Any], timeout: float) -> None:
@@ -402,6 +469,33 @@ def _record_error(results: dict[str, Any], name: str, system: str, error: str) -
     results.setdefault(name, {})[system] = {"error": error}
 
 
+@dataclass
+class _Starts:
+    """Cold starts and idle RSS (by role) of successive starts of one system."""
+
+    cold: list[float] = field(default_factory=list)
+    rss: dict[str, list[float]] = field(default_factory=dict)
+
+    def start(
+        self, system: System, logdir: str, log: Callable[[str], None], note: str, *, nanny: bool
+    ) -> Cluster:
+        """Start one cluster and add its figures; a cluster that fails to start is stopped."""
+        cluster = Cluster(system, logdir, nanny=nanny)
+        try:
+            cluster.start()
+        except BaseException:
+            cluster.stop()
+            raise
+        self.cold.append(cluster.cold_start)
+        for role, v in cluster.rss.items():
+            self.rss.setdefault(role, []).append(v)
+        log(
+            f"  [{cluster.tag}] start {note}: cold start {cluster.cold_start:.2f}s, "
+            + ", ".join(f"{r} {v:.0f} MiB" for r, v in cluster.rss.items())
+        )
+        return cluster
+
+
 def _start_measured(
     system: System,
     logdir: str,
@@ -411,34 +505,47 @@ def _start_measured(
     log: Callable[[str], None],
 ) -> Cluster:
     """Start ``system`` ``n_starts`` times for cold start and idle RSS; keep the last cluster."""
-    cold: list[float] = []
-    rss: dict[str, list[float]] = {}
+    starts = _Starts()
     cluster: Cluster | None = None
     try:
         for i in range(n_starts):
             if cluster is not None:
                 cluster.stop()
-            cluster = Cluster(system, logdir)
-            cluster.start()
-            cold.append(cluster.cold_start)
-            for role, v in cluster.rss.items():
-                rss.setdefault(role, []).append(v)
-            log(
-                f"  [{system.name}] start {i + 1}/{n_starts}: cold start {cluster.cold_start:.2f}s, "
-                + ", ".join(f"{r} {v:.0f} MiB" for r, v in cluster.rss.items())
-            )
+                cluster = None
+            cluster = starts.start(system, logdir, log, f"{i + 1}/{n_starts}", nanny=False)
         assert cluster is not None
-        warm_up(Ctx(cluster.client, cluster.workers, system.lib(), system.name, quick=False))
+        warm_up(cluster.ctx(quick=False))
         cluster.wait_idle()
     except BaseException:
         if cluster is not None:
             cluster.stop()
         raise
     if want_startup:
-        _record(results, "cold_start", system.name, cold)
+        _record(results, "cold_start", system.name, starts.cold)
         for role in ("scheduler", "worker0", "worker1"):
-            _record(results, f"rss_{role}", system.name, rss.get(role, []))
+            _record(results, f"rss_{role}", system.name, starts.rss.get(role, []))
     return cluster
+
+
+def _measure_nanny_starts(
+    system: System,
+    logdir: str,
+    n_starts: int,
+    results: dict[str, Any],
+    log: Callable[[str], None],
+) -> None:
+    """Start ``system`` with nannies ``n_starts`` times, stopping each cluster at once,
+    for its cold start and the idle RSS of a nanny + worker pair (both pairs of
+    every start count as runs)."""
+    starts = _Starts()
+    for i in range(n_starts):
+        starts.start(system, logdir, log, f"{i + 1}/{n_starts} with nannies", nanny=True).stop()
+    _record(results, "cold_start_nanny", system.name, starts.cold)
+    _record(results, "rss_nanny_pair", system.name, starts.rss["nanny0"] + starts.rss["nanny1"])
+
+
+def _start_error(exc: BaseException) -> str:
+    return f"start failed: {type(exc).__name__}: {exc}"[:200]
 
 
 def run_all(
@@ -457,47 +564,62 @@ def run_all(
     The clusters stay up side by side (idle ones cost next to nothing), and
     for every workload the repetitions go round the systems, rotating who
     goes first: load from other users of the machine drifts over minutes, so
-    this puts the systems being compared under the same conditions.
+    this puts the systems being compared under the same conditions.  The
+    clusters with nannies are only started (and stopped) for their startup
+    rows, one system after the other, before that system's cluster starts.
     """
     clusters: dict[str, Cluster] = {}
     by_name = {s.name: s for s in systems}
+    n_starts = n_reps = 1 if quick else repeat
     try:
         for system in systems:
             log(f"== starting {system.label}")
+            if want_startup:
+                try:
+                    _measure_nanny_starts(system, logdir, n_starts, results, log)
+                except Exception as exc:  # noqa: BLE001 - an error row, as below
+                    log(
+                        f"  [{system.name}] FAILED to start with nannies: {type(exc).__name__}: {exc}"
+                    )
+                    log(traceback.format_exc())
+                    for row in NANNY_ROWS:
+                        _record_error(results, row.key, system.name, _start_error(exc))
             try:
                 clusters[system.name] = _start_measured(
-                    system, logdir, 1 if quick else repeat, results, want_startup, log
+                    system, logdir, n_starts, results, want_startup, log
                 )
             except Exception as exc:  # noqa: BLE001 - a system that cannot start is an error row
                 log(f"  [{system.name}] FAILED to start: {type(exc).__name__}: {exc}")
                 log(traceback.format_exc())
                 for name in [
                     *(("cold_start",) if want_startup else ()),
-                    *(w.name for w in workloads),
+                    *(row.key for w in workloads for row in w.rows()),
                 ]:
-                    _record_error(
-                        results,
-                        name,
-                        system.name,
-                        f"start failed: {type(exc).__name__}: {exc}"[:200],
-                    )
-        n_reps = 1 if quick else repeat
+                    _record_error(results, name, system.name, _start_error(exc))
         for w in workloads:
             log(f"== {w.name}")
-            runs: dict[str, list[float]] = {n: [] for n in clusters}
+            rows = w.rows()
+            runs: dict[str, dict[str, list[float]]] = {
+                row.key: {n: [] for n in clusters} for row in rows
+            }
             errors: dict[str, str] = {}
-            for rep in range(n_reps):
+            for rep in range(min(n_reps, w.max_reps or n_reps)):
                 names = [n for n in clusters if n not in errors]
                 k = rep % len(names) if names else 0
                 for name in names[k:] + names[:k]:
                     if name in errors:
                         continue
                     cluster = clusters[name]
-                    ctx = Ctx(cluster.client, cluster.workers, by_name[name].lib(), name, quick)
+                    ctx = cluster.ctx(quick)
                     t0 = time.perf_counter()
                     try:
                         with watchdog(cluster, w.timeout):
                             value = w.fn(ctx, rep)
+                        extra = (
+                            {row.key: ctx.extra[row.key] for row in w.extra_rows}
+                            if value is not None
+                            else {}
+                        )
                     except Exception as exc:  # noqa: BLE001 - one workload failing must not end the run
                         error = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
                         if cluster.killed_by_watchdog:
@@ -517,29 +639,38 @@ def run_all(
                     if value is None:
                         errors[name] = "n/a"
                         continue
-                    runs[name].append(value)
+                    runs[w.name][name].append(value)
+                    for key, v in extra.items():
+                        runs[key][name].append(v)
                     idle = cluster.wait_idle()
                     log(
                         f"  [{name}] {w.name} rep {rep + 1}: {value:,.1f} {w.unit} "
-                        f"({time.perf_counter() - t0:.1f}s)"
+                        + "".join(f"({key} {v:,.1f}) " for key, v in extra.items())
+                        + f"({time.perf_counter() - t0:.1f}s)"
                         + ("" if idle else "  [warning: keys still held after 15s]")
                     )
-            for name in runs:
-                if name in errors:
-                    _record_error(results, w.name, name, errors[name])
-                elif runs[name]:
-                    _record(results, w.name, name, runs[name])
+            for key, per_system in runs.items():
+                for name, values in per_system.items():
+                    if name in errors:
+                        _record_error(results, key, name, errors[name])
+                    elif values:
+                        _record(results, key, name, values)
     finally:
         for name, cluster in clusters.items():
             cluster.stop()
             log(f"  [{name}] stopped in {cluster.stop_seconds:.1f}s")
 
 
+NANNY_ROWS = [
+    Row("cold_start_nanny", "cold start with nannies: launch -> client sees 2 workers (s)", False),
+    Row("rss_nanny_pair", "idle RSS nanny + its worker process (MiB)", False),
+]
 STARTUP_ROWS = [
-    ("cold_start", "cold start: launch -> client sees 2 workers (s)", False),
-    ("rss_scheduler", "idle RSS scheduler (MiB)", False),
-    ("rss_worker0", "idle RSS worker 0 (MiB)", False),
-    ("rss_worker1", "idle RSS worker 1 (MiB)", False),
+    Row("cold_start", "cold start: launch -> client sees 2 workers (s)", False),
+    Row("rss_scheduler", "idle RSS scheduler (MiB)", False),
+    Row("rss_worker0", "idle RSS worker 0 (MiB)", False),
+    Row("rss_worker1", "idle RSS worker 1 (MiB)", False),
+    *NANNY_ROWS,
 ]
 
 
@@ -556,10 +687,7 @@ def _fmt(v: float | None) -> str:
 
 
 def format_table(results: dict[str, Any], systems: list[System]) -> str:
-    rows: list[tuple[str, str, bool]] = [
-        *STARTUP_ROWS,
-        *((w.name, w.label, w.higher_is_better) for w in WORKLOADS),
-    ]
+    rows = [*STARTUP_ROWS, *(row for w in WORKLOADS for row in w.rows())]
     names = [s.name for s in systems]
     titles = {"trioflow": "trioflow", "dask": "dask default", "dask-noqueue": "dask no-queue"}
     header = ["workload", *(titles.get(n, n) for n in names), "ratio vs better dask"]
@@ -718,11 +846,15 @@ def main(args: Any) -> int:
     )
     if skipped_collections:
         print(
-            "--quick skips the 100k map and the dask.array / dask.dataframe rows (--only array_sum,dataframe_groupby runs them)"
+            "--quick skips the 100k map, the held tasks, and the dask.array / dask.dataframe rows (--only array_sum,dataframe_groupby runs them)"
         )
     if args.quick:
         print(
             "--quick: the 256 MiB row is the first move into a fresh cluster (full runs: steady state after an untimed move)"
+        )
+    if "held_100k" in results and not args.quick:
+        print(
+            "held tasks: one run per system, first on a fresh scheduler (freed memory stays in the process for reuse)"
         )
     if not trioflow_has_collections():
         print("trioflow.Client has no compute() yet: its dask.array / dask.dataframe cells are n/a")

@@ -6,9 +6,12 @@ runner puts the repository root on the workers' ``PYTHONPATH``.
 
 A workload is ``fn(ctx, rep) -> float`` (one measurement) or ``None`` when it
 does not apply to the system.  ``ctx`` is a :class:`Ctx`: the blocking client,
-the two worker addresses, and ``lib`` (the ``trioflow`` or ``distributed``
-module, for ``wait``).  Every workload drops its futures before returning;
-the runner then waits until the scheduler holds no keys.
+the two worker addresses, the processes' pids, and ``lib`` (the ``trioflow``
+or ``distributed`` module, for ``wait``).  A workload that measures more than
+one figure per run (the collections' peak worker RSS) declares the further
+rows in ``extra_rows`` and puts their values in ``ctx.extra``.  Every workload
+drops its futures before returning; the runner then waits until the scheduler
+holds no keys.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+from .rss import PeakRSS, rss_mib
 
 TRANSFER_BYTES = 256 * 1024 * 1024  # 256 MiB
 TREE_LEAVES = 4096
 ROUND_TRIPS = 500
+HELD_TASKS = 100_000
 
 
 # ---------------------------------------------------------------- task functions
@@ -59,7 +65,17 @@ class Ctx:
     lib: Any  # trioflow or distributed
     system: str
     quick: bool
-    extra: dict[str, Any] = field(default_factory=dict)
+    scheduler_pid: int
+    worker_pids: list[int]  # the two worker processes (not in address order)
+    extra: dict[str, float] = field(default_factory=dict)  # extra_rows' values, by key
+
+
+class Row(NamedTuple):
+    """One row of the table: key in the results, label (with unit), direction."""
+
+    key: str
+    label: str
+    higher_is_better: bool
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,11 @@ class Workload:
     in_quick: bool = True
     timeout: float = 300.0
     collections: bool = False  # needs Client.compute (dask.array / dask.dataframe)
+    extra_rows: tuple[Row, ...] = ()  # further figures of each run, from ctx.extra
+    max_reps: int | None = None  # at most this many runs per system, whatever --repeat
+
+    def rows(self) -> list[Row]:
+        return [Row(self.name, self.label, self.higher_is_better), *self.extra_rows]
 
 
 # ---------------------------------------------------------------- workloads
@@ -150,17 +171,44 @@ def transfer(ctx: Ctx, rep: int) -> float:
         # pays one-off costs (dask's runs at a fifth of its later speed); a full
         # run reports the steady state.  --quick skips it to stay short.
         _move(ctx, 1_000)
-        _wait_no_keys(ctx)
+        wait_no_keys(ctx.client)
     return TRANSFER_BYTES / 1e6 / _move(ctx, rep)
 
 
-def _wait_no_keys(ctx: Ctx, timeout: float = 15) -> None:
+def held_tasks(ctx: Ctx, rep: int) -> float:
+    """Scheduler RSS growth while the client holds HELD_TASKS finished futures, per 100,000.
+
+    Meaningful once per scheduler process: memory freed when the futures are
+    released mostly stays in the process for reuse, so a second run grows the
+    RSS less.  Hence ``max_reps=1``, and first in :data:`WORKLOADS`, so that
+    it runs on a scheduler that has only seen the warm-up.
+    """
+    c = ctx.client
+    base = (rep + 1) * _OFFSET + 3_000_000
+    before = rss_mib(ctx.scheduler_pid)
+    futures = c.map(inc, range(base, base + HELD_TASKS))
+    ctx.lib.wait(futures)
+    failed = [f for f in futures if f.status != "finished"]
+    if failed:
+        failed[0].result()  # raises its error
+    time.sleep(0.5)  # let the scheduler settle, as for idle RSS
+    after = rss_mib(ctx.scheduler_pid)
+    del futures, failed
+    wait_no_keys(c, timeout=60)  # the next repetition's "before" needs them gone
+    return (after - before) * 100_000 / HELD_TASKS
+
+
+def wait_no_keys(client: Any, timeout: float = 15) -> bool:
+    """Wait until the scheduler holds no keys (our futures were released)."""
     import gc
 
     gc.collect()
     deadline = time.monotonic() + timeout
-    while ctx.client.who_has() and time.monotonic() < deadline:
+    while client.who_has():
+        if time.monotonic() > deadline:
+            return False
         time.sleep(0.05)
+    return True
 
 
 def trioflow_has_collections() -> bool:
@@ -173,19 +221,34 @@ def _supports_collections(ctx: Ctx) -> bool:
     return ctx.system != "trioflow" or trioflow_has_collections()
 
 
+def _compute(ctx: Ctx, collection: Any, peak_key: str) -> tuple[Any, float]:
+    """Compute ``collection``; return its value and the seconds it took.
+
+    The workers' RSS is sampled meanwhile; the peak (MiB, the larger of the
+    two workers) goes to ``ctx.extra[peak_key]``.
+    """
+    with PeakRSS(ctx.worker_pids) as peak:
+        t0 = time.perf_counter()
+        future = ctx.client.compute(collection)
+        value = future.result()
+        elapsed = time.perf_counter() - t0
+    del future
+    ctx.extra[peak_key] = peak.peak
+    return value, elapsed
+
+
+def _peak_rss_row(workload: str) -> Row:
+    return Row(f"{workload}_peak_rss", f"{workload}: peak worker RSS (MiB)", False)
+
+
 def array_sum(ctx: Ctx, rep: int) -> float | None:
     if not _supports_collections(ctx):
         return None
     import dask.array as da
 
     x = da.random.random((4000, 4000), chunks=(250, 250))
-    y = (x + x.T).sum()
-    t0 = time.perf_counter()
-    future = ctx.client.compute(y)
-    value = future.result()
-    elapsed = time.perf_counter() - t0
+    value, elapsed = _compute(ctx, (x + x.T).sum(), _peak_rss_row("array_sum").key)
     assert 0 < float(value) < 2 * 4000 * 4000
-    del future
     return elapsed
 
 
@@ -198,17 +261,24 @@ def dataframe_groupby(ctx: Ctx, rep: int) -> float | None:
     df = dask.datasets.timeseries(
         start="2000-01-01", end="2000-01-21", freq="173ms", partition_freq="1D", seed=rep
     )
-    result = df.groupby("name").x.mean()
-    t0 = time.perf_counter()
-    future = ctx.client.compute(result)
-    value = future.result()
-    elapsed = time.perf_counter() - t0
+    value, elapsed = _compute(
+        ctx, df.groupby("name").x.mean(), _peak_rss_row("dataframe_groupby").key
+    )
     assert len(value) > 10
-    del future
     return elapsed
 
 
 WORKLOADS: list[Workload] = [
+    Workload(
+        "held_100k",
+        "scheduler RSS per 100,000 held tasks (MiB)",
+        "MiB",
+        False,
+        held_tasks,
+        in_quick=False,
+        timeout=600,
+        max_reps=1,
+    ),
     Workload(
         "map_20k", "map+gather 20,000 no-op tasks (tasks/s)", "tasks/s", True, map_noop(20_000)
     ),
@@ -239,6 +309,7 @@ WORKLOADS: list[Workload] = [
         False,
         array_sum,
         collections=True,
+        extra_rows=(_peak_rss_row("array_sum"),),
     ),
     Workload(
         "dataframe_groupby",
@@ -247,6 +318,7 @@ WORKLOADS: list[Workload] = [
         False,
         dataframe_groupby,
         collections=True,
+        extra_rows=(_peak_rss_row("dataframe_groupby"),),
     ),
 ]
 
