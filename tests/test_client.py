@@ -285,6 +285,31 @@ async def test_map_batch_size(c: AsyncClient) -> None:
 # ---------------------------------------------------------------- gather
 
 
+async def test_result_goes_straight_to_the_announced_holder(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    """KeyInMemory says where a value is: result() fetches it from there
+    without asking the scheduler; a hint gone stale (the value moved) costs
+    one WhoHas, and the right value still comes back."""
+    cluster, c = cc
+    sched = cluster.scheduler
+    asked: list[list[str] | None] = []
+    real = sched._request_handlers[m.WhoHas]
+
+    async def counting(msg: m.WhoHas) -> m.Message:
+        asked.append(msg.keys)
+        return await real(msg)
+
+    sched._request_handlers[m.WhoHas] = counting
+    a, b = cluster.workers
+    f = await c.submit(inc, 41, workers=[a.address])
+    assert await f.result() == 42
+    assert asked == []
+    # Move it: b gets a copy, a forgets its own.
+    await c.retire_workers([a.address])
+    await wait_until(lambda: a.status == "closed", what="the retired worker to close")
+    assert await f.result() == 42
+    assert asked == [[f.key]]
+
+
 async def test_gather_nested(c: AsyncClient) -> None:
     with trio.fail_after(10):
         a, b, d = await c.submit(inc, 1), await c.submit(inc, 2), await c.submit(inc, 3)

@@ -235,6 +235,8 @@ class AsyncClient:
                 if t is m.KeyInMemory:
                     st = self._states.get(msg.key)
                     if st is not None:
+                        st.who_has = msg.who_has
+                        st.nbytes = msg.nbytes
                         st.finish()
                     ack = self._scatter_acks.pop(msg.key, None)
                     if ack is not None:
@@ -637,13 +639,28 @@ class AsyncClient:
         skip = {f.key for f in bad}
         return _rebuild(futures, data, skip)
 
+    def _announced_holders(self, keys: list[str]) -> m.WhoHasReply | None:
+        """Holders from the keys' KeyInMemory, if every key has some."""
+        who_has: dict[str, list[str]] = {}
+        nbytes: dict[str, int] = {}
+        for k in keys:
+            st = self._states.get(k)
+            if st is None or not st.who_has:
+                return None
+            who_has[k] = st.who_has
+            nbytes[k] = st.nbytes
+        return m.WhoHasReply(who_has=who_has, nbytes=nbytes)
+
     async def _gather_keys(self, keys: list[str]) -> dict[str, Any]:
         """Fetch keys from the workers that hold them, retrying on moves."""
         assert self._pool is not None
         out: dict[str, Any] = {}
         remaining = list(keys)
         for attempt in range(20):
-            who = await self._rpc(m.WhoHas(keys=remaining), m.WhoHasReply)
+            # First try where the scheduler said the values were when they
+            # finished; ask it again only for what has moved since.
+            hinted = self._announced_holders(remaining) if attempt == 0 else None
+            who = hinted or await self._rpc(m.WhoHas(keys=remaining), m.WhoHasReply)
             by_worker: dict[str, list[str]] = {}
             lost = []
             for k in remaining:
@@ -686,7 +703,8 @@ class AsyncClient:
                 st = self._states.get(k)
                 if st is not None and st.status in ("error", "lost", "cancelled"):
                     raise st.make_exception()
-            await trio.sleep(min(0.01 * 2**attempt, 1.0))
+            if hinted is None:  # a stale hint is retried at once, with the scheduler's answer
+                await trio.sleep(min(0.01 * 2**attempt, 1.0))
         raise FutureLostError(f"could not gather {len(remaining)} keys (first: {remaining[0]!r}): no worker holds them")
 
     async def _rpc(self, msg: m.Message, reply_type: type[Any], timeout: float | None = None) -> Any:

@@ -62,6 +62,8 @@ class FutureState:
         "exception_text",
         "traceback_text",
         "type_name",
+        "who_has",
+        "nbytes",
         "_trio_event",
         "_thread_event",
         "callbacks",
@@ -73,6 +75,9 @@ class FutureState:
         self.exception_text = ""
         self.traceback_text = ""
         self.type_name = ""
+        #: Where the scheduler said the value was when it finished (a hint).
+        self.who_has: list[str] = []
+        self.nbytes = -1
         self._trio_event: trio.Event | None = None
         self._thread_event: threading.Event | None = None
         self.callbacks: list[Callable[[], None]] = []

@@ -345,6 +345,9 @@ class CloseClient(Message):
 class KeyInMemory(Message):
     key: str
     type_name: str = ""
+    #: Where the value is, when it is announced (a hint: it may move).
+    who_has: list[str] = attrs.field(factory=_empty_list)
+    nbytes: int = -1
 
 
 @message("key-erred")

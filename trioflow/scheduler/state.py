@@ -430,6 +430,12 @@ Event = (
 # ---------------------------------------------------------------- the machine
 
 
+
+def _key_in_memory(ts: TaskState) -> KeyInMemory:
+    """Tell a client its key is ready, and where: its gather then goes
+    straight to a holder instead of asking us first."""
+    return KeyInMemory(key=ts.key, type_name=ts.result_type, who_has=[w.address for w in ts.who_has], nbytes=ts.nbytes)
+
 class SchedulerState:
     """See the module docstring."""
 
@@ -705,7 +711,7 @@ class SchedulerState:
                 ts.who_wants.add(cs)
                 cs.wants_what.add(ts)
             if ts.state == "memory":
-                self._out.append(ToClient(cs.client_id, KeyInMemory(key=ts.key, type_name=ts.result_type)))
+                self._out.append(ToClient(cs.client_id, _key_in_memory(ts)))
             elif ts.state == "erred":
                 self._report_erred(ts, [cs])
             elif ts.state == "released" and ts.runnable:
@@ -843,7 +849,7 @@ class SchedulerState:
             if ts.state != "memory":
                 recs[ts] = "memory"
             else:
-                self._out.append(ToClient(cs.client_id, KeyInMemory(key=key, type_name=ts.result_type)))
+                self._out.append(ToClient(cs.client_id, _key_in_memory(ts)))
         self._transitions(recs)
 
     # ------------------------------------------------------------ task reports
@@ -1393,7 +1399,7 @@ class SchedulerState:
         for dts in ts.dependencies:
             self._drop_waiter(dts, ts, recs)
         for cs in ts.who_wants:
-            self._out.append(ToClient(cs.client_id, KeyInMemory(key=ts.key, type_name=ts.result_type)))
+            self._out.append(ToClient(cs.client_id, _key_in_memory(ts)))
         if not ts.who_wants and not ts.waiters:
             recs[ts] = "released"
 
