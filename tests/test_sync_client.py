@@ -89,6 +89,35 @@ def client(cluster: LocalCluster) -> Iterator[Client]:
 # ---------------------------------------------------------------- basics
 
 
+def test_tree_of_submits_dropping_each_layer(client: Client) -> None:
+    """submit() hands its task to the loop without waiting; each layer's
+    futures are dropped as soon as the next layer names them, so their
+    releases race the sends of the tasks that need them."""
+    for rep in range(3):
+        layer = [client.submit(inc, rep * 1000 + i) for i in range(256)]
+        while len(layer) > 1:
+            layer = [client.submit(add, layer[i], layer[i + 1]) for i in range(0, len(layer), 2)]
+        assert layer[0].result(timeout=20) == sum(rep * 1000 + i + 1 for i in range(256))
+
+
+def test_submit_from_many_threads(client: Client) -> None:
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def run(base: int) -> None:
+        futures = [client.submit(inc, base + i, pure=False) for i in range(50)]
+        values = client.gather(futures)
+        with lock:
+            results.extend(values)
+
+    threads = [threading.Thread(target=run, args=(1000 * t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert sorted(results) == sorted(1000 * t + i + 1 for t in range(4) for i in range(50))
+
+
 def test_submit_result(client: Client) -> None:
     f = client.submit(inc, 1)
     assert isinstance(f, Future)

@@ -310,15 +310,18 @@ class AsyncClient:
 
     # ------------------------------------------------------------ reference counting
 
-    def _state_for(self, key: str) -> FutureState:
-        st = self._states.get(key)
-        if st is None:
-            st = self._states[key] = FutureState()
-        return st
-
-    def _inc_ref(self, key: str) -> None:
+    def _acquire(self, key: str, state: FutureState | None = None) -> FutureState:
+        """One more Future for ``key``: its shared state (made if new) and
+        the count, in one step under the lock, so that a Future made in
+        another thread cannot end up with a state a concurrent release has
+        just dropped."""
         with self._ref_lock:
+            if state is None:
+                state = self._states.get(key)
+                if state is None:
+                    state = self._states[key] = FutureState()
             self._refcount[key] = self._refcount.get(key, 0) + 1
+            return state
 
     def _dec_ref(self, key: str) -> None:
         with self._ref_lock:
@@ -341,10 +344,10 @@ class AsyncClient:
             self._release_scheduled = False
             keys = [k for k in self._to_release if k not in self._refcount]
             self._to_release.clear()
+            for k in keys:
+                self._states.pop(k, None)
         if not keys:
             return
-        for k in keys:
-            self._states.pop(k, None)
         if self.status == "running":
             try:
                 self._send(m.ReleaseKeys(keys=keys))
@@ -456,6 +459,58 @@ class AsyncClient:
         self._send(m.UpdateGraph(tasks=[spec], keys=[spec.key]))
         await trio.lowlevel.checkpoint()
         return fut
+
+    def submit_from_thread(
+        self,
+        func: Callable[..., Any],
+        *args: Any,
+        key: str | None = None,
+        workers: Any = None,
+        resources: dict[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        allow_other_workers: bool = False,
+        pure: bool = True,
+        **kwargs: Any,
+    ) -> Future:
+        """:meth:`submit` from a thread other than the client's event loop
+        (the blocking :class:`~trioflow.Client` uses it).
+
+        The pickling and hashing happen in the calling thread, and the
+        message is handed to the loop without waiting for it: a loop of
+        ``submit`` calls costs no thread round trip each.  (Reference counts
+        are thread-safe; the loop runs handed-over work in order, so a later
+        blocking call sees this task already sent.)
+        """
+        if not callable(func):
+            raise TypeError(f"submit() needs a callable, got {type(func).__name__}")
+        if self.status != "running" or self._token is None:
+            raise RuntimeError(f"client is {self.status}")
+        spec = self._make_spec(
+            func, args, kwargs, key=key, pure=pure, workers=workers, resources=resources,
+            priority=priority, retries=retries or 0, allow_other_workers=allow_other_workers,
+        )
+        fut = Future(spec.key, self)
+        # The argument futures may be dropped before the loop sends this
+        # task, and a release queued earlier would then forget them first:
+        # hold them until the task that needs them is on its way.
+        holds = [Future(k, self) for k in spec.dependencies]
+        try:
+            self._token.run_sync_soon(self._send_or_lose, m.UpdateGraph(tasks=[spec], keys=[spec.key]), holds)
+        except trio.RunFinishedError:
+            raise RuntimeError("client is closed") from None
+        return fut
+
+    def _send_or_lose(self, msg: m.UpdateGraph, holds: list[Future] | None = None) -> None:
+        """Send from the loop; a message that cannot go errs its futures.
+        ``holds`` (futures kept alive until now) go when this returns."""
+        try:
+            self._send(msg)
+        except FutureLostError as exc:
+            for k in msg.keys:
+                st = self._states.get(k)
+                if st is not None and not st.done():
+                    st.lose(str(exc))
 
     async def map(
         self,

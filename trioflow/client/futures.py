@@ -179,8 +179,7 @@ class Future:
     def __init__(self, key: str, client: AsyncClient, state: FutureState | None = None) -> None:
         self.key = key
         self.client = client
-        self._state = state if state is not None else client._state_for(key)
-        client._inc_ref(key)
+        self._state = client._acquire(key, state)
 
     def __del__(self) -> None:
         try:

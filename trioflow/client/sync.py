@@ -138,7 +138,9 @@ class Client:
 
     def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
         """See :meth:`AsyncClient.submit`."""
-        return self._call(self._core.submit, func, *args, **kwargs)  # type: ignore[no-any-return]
+        if self._core.status != "running":
+            raise RuntimeError(f"client is {self._core.status}")
+        return self._core.submit_from_thread(func, *args, **kwargs)
 
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> list[Future]:
         """See :meth:`AsyncClient.map`."""
