@@ -60,6 +60,8 @@ _SIMPLE = (int, float, str, bool, type(None), bytes)
 #: bytes of run specs, well under the wire's 16 MiB header cap.
 GRAPH_PIECE_TASKS = 10_000
 GRAPH_PIECE_BYTES = 4 * 1024 * 1024
+#: Keyword arguments of ``submit`` that are options, not the function's.
+_SUBMIT_OPTIONS = ("key", "workers", "resources", "retries", "priority", "allow_other_workers", "pure")
 #: A gather asks each worker for at most about this many bytes at a time.
 GATHER_BATCH_BYTES = 64 * 1024 * 1024
 _fn_cache: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
@@ -449,21 +451,21 @@ class AsyncClient:
             SerializationError: the function or an argument cannot be pickled
                 (the message names its type).
         """
-        if not callable(func):
-            raise TypeError(f"submit() needs a callable, got {type(func).__name__}")
-        spec = self._make_spec(
+        spec = self._submit_spec(
             func, args, kwargs, key=key, pure=pure, workers=workers, resources=resources,
-            priority=priority, retries=retries or 0, allow_other_workers=allow_other_workers,
+            priority=priority, retries=retries, allow_other_workers=allow_other_workers,
         )
         fut = Future(spec.key, self)
         self._send(m.UpdateGraph(tasks=[spec], keys=[spec.key]))
         await trio.lowlevel.checkpoint()
         return fut
 
-    def submit_from_thread(
+    def _submit_spec(
         self,
         func: Callable[..., Any],
-        *args: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
         key: str | None = None,
         workers: Any = None,
         resources: dict[str, float] | None = None,
@@ -471,10 +473,17 @@ class AsyncClient:
         priority: int = 0,
         allow_other_workers: bool = False,
         pure: bool = True,
-        **kwargs: Any,
-    ) -> Future:
-        """:meth:`submit` from a thread other than the client's event loop
-        (the blocking :class:`~trioflow.Client` uses it).
+    ) -> m.TaskSpec:
+        if not callable(func):
+            raise TypeError(f"submit() needs a callable, got {type(func).__name__}")
+        return self._make_spec(
+            func, args, kwargs, key=key, pure=pure, workers=workers, resources=resources,
+            priority=priority, retries=retries or 0, allow_other_workers=allow_other_workers,
+        )
+
+    def submit_from_thread(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """:meth:`submit` (same arguments) from a thread other than the
+        client's event loop; the blocking :class:`~trioflow.Client` uses it.
 
         The pickling and hashing happen in the calling thread, and the
         message is handed to the loop without waiting for it: a loop of
@@ -482,14 +491,10 @@ class AsyncClient:
         are thread-safe; the loop runs handed-over work in order, so a later
         blocking call sees this task already sent.)
         """
-        if not callable(func):
-            raise TypeError(f"submit() needs a callable, got {type(func).__name__}")
         if self.status != "running" or self._token is None:
             raise RuntimeError(f"client is {self.status}")
-        spec = self._make_spec(
-            func, args, kwargs, key=key, pure=pure, workers=workers, resources=resources,
-            priority=priority, retries=retries or 0, allow_other_workers=allow_other_workers,
-        )
+        options = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
+        spec = self._submit_spec(func, args, kwargs, **options)
         fut = Future(spec.key, self)
         # The argument futures may be dropped before the loop sends this
         # task, and a release queued earlier would then forget them first:
