@@ -235,7 +235,10 @@ class AsyncClient:
                 msg = await comm.recv()
                 t = type(msg)
                 if t is m.KeyInMemory:
-                    st = self._states.get(msg.key)
+                    # Until our cancel's echo is back, news of a cancelled
+                    # key predates the cancel: it is not about the future
+                    # submitted again since under the same key.
+                    st = self._states.get(msg.key) if msg.key not in self._cancel_echoes else None
                     if st is not None:
                         st.who_has = msg.who_has
                         st.nbytes = msg.nbytes
@@ -244,7 +247,7 @@ class AsyncClient:
                     if ack is not None:
                         ack.set()
                 elif t is m.KeyErred:
-                    st = self._states.get(msg.key)
+                    st = self._states.get(msg.key) if msg.key not in self._cancel_echoes else None
                     if st is not None:
                         st.err(msg.exception, msg.exception_text, msg.traceback_text, msg.type_name)
                 elif t is m.KeyCancelled:
