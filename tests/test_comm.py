@@ -14,6 +14,7 @@ import logging
 import pickle
 import socket
 import struct
+import sys
 import tracemalloc
 from typing import Any
 
@@ -156,6 +157,34 @@ async def test_numpy_arrays_and_large_bytes(address: str) -> None:
     assert got["bytearray"] == values["bytearray"] and type(got["bytearray"]) is bytearray
     assert bytes(got["memoryview"]) == bytes(values["memoryview"])
     assert got["empty"] == b""
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket options")
+
+
+@linux_only
+async def test_writes_are_not_capped_at_16_kib() -> None:
+    """Trio's SocketStream caps unsent data at 16 KiB (TCP_NOTSENT_LOWAT);
+    comms on both ends lift the cap so a large frame goes out in big writes."""
+    seen: list[int] = []
+
+    async def handler(comm: Comm) -> None:
+        assert isinstance(comm, StreamComm) and comm._sock is not None
+        seen.append(comm._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT))
+        await echo(comm)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listener = await start(nursery, tcp(), handler)
+            comm = await connect(listener.address)
+            assert isinstance(comm, StreamComm) and comm._sock is not None
+            assert comm._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == 0
+            payload = b"p" * (4 * 1024 * 1024)
+            reply = await echo_once(comm, m.PutData(data={"k": dumps(payload)}))
+            assert isinstance(reply, m.PutData) and loads(reply.data["k"]) == payload
+            await comm.aclose()
+            nursery.cancel_scope.cancel()
+    assert seen == [0]
 
 
 async def test_multidimensional_buffers_are_sent_as_bytes() -> None:

@@ -15,7 +15,12 @@ lengths are checked against :class:`~trioflow.protocol.codec.Limits` before
 anything is allocated for the frames.
 
 Writing gathers small pieces (prefixes, headers, small frames) into one buffer
-and writes large frames straight from their own memory.  One writer at a time
+and writes large frames straight from their own memory.  Trio's
+``SocketStream`` sets ``TCP_NOTSENT_LOWAT`` to 16 KiB, which suits protocols
+that decide late what to send but makes a 256 MiB frame go out in thousands
+of ~200 KiB writes, each after a wakeup; a comm always writes whole messages,
+so it lifts that cap and lets the kernel take what its send buffer holds.
+One writer at a time
 per comm: long-lived streams give a :class:`~trioflow.comm.batched.BatchedSend`
 sole ownership; request/response comms are used by one task at a time from a
 :class:`~trioflow.comm.pool.ConnectionPool`.
@@ -155,6 +160,14 @@ def _byte_view(buf: Any) -> Any:
     return mv.cast("B") if mv.c_contiguous else mv.tobytes()
 
 
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The TCP socket under a plain or TLS stream, if there is one."""
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket
+    transport = getattr(stream, "transport_stream", None)
+    return transport.socket if isinstance(transport, trio.SocketStream) else None
+
+
 class StreamComm(Comm):
     def __init__(
         self,
@@ -166,6 +179,13 @@ class StreamComm(Comm):
     ) -> None:
         self._stream = stream
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        raw = _socket_of(stream)
+        if raw is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+            try:
+                # 0: the system default (no cap on Linux; off on macOS).
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0)
+            except OSError:
+                pass
         self._buf = bytearray(_BUFSIZE)
         self._view = memoryview(self._buf)
         self._pos = 0
@@ -357,10 +377,7 @@ class StreamComm(Comm):
     def is_reusable(self) -> bool:
         if self._closed or self._desynced or self._pos != self._end:
             return False
-        sock = self._sock
-        if sock is None:
-            transport = getattr(self._stream, "transport_stream", None)
-            sock = getattr(transport, "socket", None)
+        sock = _socket_of(self._stream)
         if sock is None:
             return True
         # An idle connection has nothing to read: anything readable is an
