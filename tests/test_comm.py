@@ -187,6 +187,50 @@ async def test_writes_are_not_capped_at_16_kib() -> None:
     assert seen == [0]
 
 
+@linux_only
+async def test_large_frames_leave_the_socket_ready_for_small_messages() -> None:
+    """Reading a large frame raises the receive low-water mark (below a
+    megabyte: to what is left of the frame); it is back at 1 afterwards, so
+    small messages are not held back."""
+    sizes = [200 * 1024, 3 * 1024 * 1024 + 5, 10, 1024 * 1024, 5]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listener = await start(nursery, tcp())
+            comm = await connect(listener.address)
+            assert isinstance(comm, StreamComm)
+            sock = comm._sock
+            assert sock is not None
+            for n in sizes:
+                payload = bytes(range(256)) * (n // 256) + b"x" * (n % 256)
+                reply = await echo_once(comm, m.PutData(data={"k": dumps(payload)}))
+                assert isinstance(reply, m.PutData) and loads(reply.data["k"]) == payload
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+                with trio.fail_after(2):
+                    assert await echo_once(comm, m.KeyInMemory(key="k")) == m.KeyInMemory(key="k")
+            await comm.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_peer_hanging_up_inside_a_large_frame_is_noticed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The low-water mark never keeps a reader waiting for bytes that will
+    not come: an end of stream in the middle of a large frame is reported."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listener = await start(nursery, tcp())
+            stream = await raw_connect(listener.port)
+            await client_handshake(StreamComm(stream, peer_address="x"), role="client", name="c")
+            header = msgpack.packb({"op": "key-in-memory", "key": "k", "type_name": ""})
+            await stream.send_all(prefix(len(header), 8 * 1024 * 1024) + header + b"\0" * (2 * 1024 * 1024 + 3))
+            await stream.send_eof()
+            await wait_closed_by_peer(stream)
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+    [record] = warnings_from(caplog)
+    assert "closed by peer in the middle of a message" in record.getMessage()
+
+
 async def test_multidimensional_buffers_are_sent_as_bytes() -> None:
     # A Serialized whose buffers are typed, 2-d views (not the flat byte views
     # dumps() makes).  send_all slices by len(), so these must go out cast to

@@ -14,6 +14,11 @@ array is never copied or concatenated on the way in.  The frame-count and
 lengths are checked against :class:`~trioflow.protocol.codec.Limits` before
 anything is allocated for the frames.
 
+While a large frame is being read, the socket's receive low-water mark
+(``SO_RCVLOWAT``, Linux) is raised to 1 MiB or what is left of the frame,
+whichever is less, so that Trio wakes us once per megabyte rather than once
+per 64 KiB segment; it is set back to 1 when the frame is in.
+
 Writing gathers small pieces (prefixes, headers, small frames) into one buffer
 and writes large frames straight from their own memory.  Trio's
 ``SocketStream`` sets ``TCP_NOTSENT_LOWAT`` to 16 KiB, which suits protocols
@@ -43,10 +48,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
 import socket
 import ssl
 import struct
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -73,6 +80,7 @@ __all__ = [
 
 _BUFSIZE = 256 * 1024
 _SMALL = 64 * 1024
+_RCVLOWAT = 1 << 20
 _U32 = struct.Struct("<I")
 # TLS record content types: change_cipher_spec, alert, handshake, application_data
 _TLS_RECORD_TYPES = (20, 21, 22, 23)
@@ -168,6 +176,23 @@ def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return transport.socket if isinstance(transport, trio.SocketStream) else None
 
 
+def _rcvlowat_works() -> bool:
+    """Can ``SO_RCVLOWAT`` be raised safely while waiting with epoll?
+
+    Linux honours it in poll/epoll since 4.x, but before 5.8 (and the 4.19 /
+    5.4 stable backports of the fix) a low-water mark above what memory
+    pressure lets the socket queue could hang the reader.  Elsewhere we do
+    not rely on it.
+    """
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_RCVLOWAT"):
+        return False
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return m is not None and (int(m[1]), int(m[2])) >= (5, 8)
+
+
+_RCVLOWAT_WORKS = _rcvlowat_works()
+
+
 class StreamComm(Comm):
     def __init__(
         self,
@@ -179,6 +204,7 @@ class StreamComm(Comm):
     ) -> None:
         self._stream = stream
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._rcvlowat = _RCVLOWAT_WORKS and self._sock is not None
         raw = _socket_of(stream)
         if raw is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
             try:
@@ -234,9 +260,18 @@ class StreamComm(Comm):
         if not view:
             return
         if len(view) >= _BUFSIZE // 2:
-            while view:
-                n = await self._receive_into(view)
-                view = view[n:]
+            lowat = 1
+            try:
+                while view:
+                    if self._rcvlowat and min(len(view), _RCVLOWAT) != lowat:
+                        # Never above what is left: the peer owes us that much.
+                        lowat = self._set_rcvlowat(min(len(view), _RCVLOWAT)) or 1
+                    n = await self._receive_into(view)
+                    view = view[n:]
+            finally:
+                if lowat != 1 and self._set_rcvlowat(1) != 1:
+                    # Still waiting for a megabyte: a small message would hang.
+                    self._desynced = True
             return
         # Small read: refill our buffer (possibly reading ahead) then copy.
         self._pos = self._end = 0
@@ -245,6 +280,20 @@ class StreamComm(Comm):
             self._end += await self._receive_into(self._view[self._end :])
         view[:] = self._view[:need]
         self._pos = need
+
+    def _set_rcvlowat(self, n: int) -> int:
+        """Wake the reader only once ``n`` bytes are queued.
+
+        Returns the mark now set: ``n``, or 0 when the socket refused (it is
+        closed, most likely); we then read without a mark from now on.
+        """
+        assert self._sock is not None
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+        except OSError:
+            self._rcvlowat = False
+            return 0
+        return n
 
     async def _read_exactly(self, n: int) -> memoryview:
         if self._end - self._pos >= n:
