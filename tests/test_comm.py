@@ -187,6 +187,33 @@ async def test_writes_are_not_capped_at_16_kib() -> None:
     assert seen == [0]
 
 
+@pytest.mark.parametrize("nbytes", [1024 * 1024, 3 * 1024 * 1024 + 8])
+async def test_received_arrays_have_memory_of_their_own(nbytes: int) -> None:
+    """Each frame of a megabyte or more is read into its own buffer: arrays
+    start aligned whatever the length of what precedes them, and one value
+    does not keep another's memory alive."""
+    values = {
+        "a": np.arange(nbytes // 8, dtype="f8"),
+        "b": np.arange(nbytes // 4, dtype="i4"),
+        "odd": np.frombuffer(b"x" * 777, dtype="u1"),  # in band, shifts offsets
+    }
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listener = await start(nursery, tcp())
+            comm = await connect(listener.address)
+            reply = await echo_once(comm, m.PutData(data={k: dumps(v) for k, v in values.items()}))
+            await comm.aclose()
+            nursery.cancel_scope.cancel()
+    assert isinstance(reply, m.PutData)
+    a, b = loads(reply.data["a"]), loads(reply.data["b"])
+    np.testing.assert_array_equal(a, values["a"])
+    np.testing.assert_array_equal(b, values["b"])
+    assert a.flags.aligned and b.flags.aligned
+    assert a.ctypes.data % 16 == 0 and b.ctypes.data % 16 == 0
+    assert not np.shares_memory(a.base, b.base)
+    assert a.flags.writeable
+
+
 @linux_only
 async def test_large_frames_leave_the_socket_ready_for_small_messages() -> None:
     """Reading a large frame raises the receive low-water mark (below a

@@ -10,9 +10,12 @@ message objects across memory channels inside one Trio run.
 Reading is buffered: small reads (prefixes, headers, small frames) come out of
 a 256 KiB buffer filled with as much as the kernel has; a large frame is read
 with ``recv_into`` straight into its final, preallocated memory, so a 256 MiB
-array is never copied or concatenated on the way in.  The frame-count and
-lengths are checked against :class:`~trioflow.protocol.codec.Limits` before
-anything is allocated for the frames.
+array is never copied or concatenated on the way in.  A frame of a megabyte
+or more gets memory of its own (an array viewing it starts aligned, and is
+freed with its value alone); smaller frames share one buffer per message.
+The frame-count and lengths are checked against
+:class:`~trioflow.protocol.codec.Limits` before anything is allocated for the
+frames.
 
 While a large frame is being read, the socket's receive low-water mark
 (``SO_RCVLOWAT``, Linux) is raised to 1 MiB or what is left of the frame,
@@ -81,6 +84,7 @@ __all__ = [
 _BUFSIZE = 256 * 1024
 _SMALL = 64 * 1024
 _RCVLOWAT = 1 << 20
+_OWN_BUFFER = 1 << 20  # frames this big are read into memory of their own
 _U32 = struct.Struct("<I")
 # TLS record content types: change_cipher_spec, alert, handshake, application_data
 _TLS_RECORD_TYPES = (20, 21, 22, 23)
@@ -281,6 +285,32 @@ class StreamComm(Comm):
         view[:] = self._view[:need]
         self._pos = need
 
+    async def _read_frames(self, lengths: list[int], frames: list[memoryview]) -> None:
+        """Read the frames of a message into ``frames``.
+
+        A frame of ``_OWN_BUFFER`` bytes or more is read into memory of its
+        own: the value made from it keeps only that alive (not the other
+        values of a multi-key reply), and a numpy array viewing it starts
+        aligned.  Runs of smaller frames share one buffer and one read (one
+        allocation per small frame would cost more than the copy: fresh 4 KiB
+        pages instead of huge ones).
+        """
+        shared = _new_buffer(sum(n for n in lengths if n < _OWN_BUFFER))
+        start = end = 0  # the run of small frames not read yet: shared[start:end]
+        for n in lengths:
+            if n < _OWN_BUFFER:
+                frames.append(shared[end : end + n])
+                end += n
+                continue
+            if end > start:
+                await self._read_into(shared[start:end])
+                start = end
+            own = _new_buffer(n)
+            await self._read_into(own)
+            frames.append(own)
+        if end > start:
+            await self._read_into(shared[start:end])
+
     def _set_rcvlowat(self, n: int) -> int:
         """Wake the reader only once ``n`` bytes are queued.
 
@@ -361,18 +391,17 @@ class StreamComm(Comm):
         codec.check_count(n, self._limits)
         lengths = codec.check_prefix(await self._read_exactly(8 * n), n, self._limits)
         total = sum(lengths)
-        if total <= self._end - self._pos:
+        frames: list[memoryview] = []
+        if total <= self._end - self._pos:  # all frames small: the buffer holds 256 KiB
             # Whole message already buffered: copy it out once (the buffer is reused).
             data = memoryview(bytes(self._view[self._pos : self._pos + total]))
             self._pos += total
+            off = 0
+            for length in lengths:
+                frames.append(data[off : off + length])
+                off += length
         else:
-            data = _new_buffer(total)
-            await self._read_into(data)
-        frames = []
-        off = 0
-        for length in lengths:
-            frames.append(data[off : off + length])
-            off += length
+            await self._read_frames(lengths, frames)
         msg = codec.decode(frames)
         self._messages_received += 1
         return msg
