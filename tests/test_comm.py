@@ -14,6 +14,7 @@ import logging
 import pickle
 import socket
 import struct
+import sys
 import tracemalloc
 from typing import Any
 
@@ -156,6 +157,105 @@ async def test_numpy_arrays_and_large_bytes(address: str) -> None:
     assert got["bytearray"] == values["bytearray"] and type(got["bytearray"]) is bytearray
     assert bytes(got["memoryview"]) == bytes(values["memoryview"])
     assert got["empty"] == b""
+
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux socket options")
+
+
+@linux_only
+async def test_writes_are_not_capped_at_16_kib() -> None:
+    """Trio's SocketStream caps unsent data at 16 KiB (TCP_NOTSENT_LOWAT);
+    comms on both ends lift the cap so a large frame goes out in big writes."""
+    seen: list[int] = []
+
+    async def handler(comm: Comm) -> None:
+        assert isinstance(comm, StreamComm) and comm._sock is not None
+        seen.append(comm._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT))
+        await echo(comm)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listener = await start(nursery, tcp(), handler)
+            comm = await connect(listener.address)
+            assert isinstance(comm, StreamComm) and comm._sock is not None
+            assert comm._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT) == 0
+            payload = b"p" * (4 * 1024 * 1024)
+            reply = await echo_once(comm, m.PutData(data={"k": dumps(payload)}))
+            assert isinstance(reply, m.PutData) and loads(reply.data["k"]) == payload
+            await comm.aclose()
+            nursery.cancel_scope.cancel()
+    assert seen == [0]
+
+
+@pytest.mark.parametrize("nbytes", [1024 * 1024, 3 * 1024 * 1024 + 8])
+async def test_received_arrays_have_memory_of_their_own(nbytes: int) -> None:
+    """Each frame of a megabyte or more is read into its own buffer: arrays
+    start aligned whatever the length of what precedes them, and one value
+    does not keep another's memory alive."""
+    values = {
+        "a": np.arange(nbytes // 8, dtype="f8"),
+        "b": np.arange(nbytes // 4, dtype="i4"),
+        "odd": np.frombuffer(b"x" * 777, dtype="u1"),  # in band, shifts offsets
+    }
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listener = await start(nursery, tcp())
+            comm = await connect(listener.address)
+            reply = await echo_once(comm, m.PutData(data={k: dumps(v) for k, v in values.items()}))
+            await comm.aclose()
+            nursery.cancel_scope.cancel()
+    assert isinstance(reply, m.PutData)
+    a, b = loads(reply.data["a"]), loads(reply.data["b"])
+    np.testing.assert_array_equal(a, values["a"])
+    np.testing.assert_array_equal(b, values["b"])
+    assert a.flags.aligned and b.flags.aligned
+    assert a.ctypes.data % 16 == 0 and b.ctypes.data % 16 == 0
+    assert not np.shares_memory(a.base, b.base)
+    assert a.flags.writeable
+
+
+@linux_only
+async def test_large_frames_leave_the_socket_ready_for_small_messages() -> None:
+    """Reading a large frame raises the receive low-water mark (below a
+    megabyte: to what is left of the frame); it is back at 1 afterwards, so
+    small messages are not held back."""
+    sizes = [200 * 1024, 3 * 1024 * 1024 + 5, 10, 1024 * 1024, 5]
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            listener = await start(nursery, tcp())
+            comm = await connect(listener.address)
+            assert isinstance(comm, StreamComm)
+            sock = comm._sock
+            assert sock is not None
+            for n in sizes:
+                payload = bytes(range(256)) * (n // 256) + b"x" * (n % 256)
+                reply = await echo_once(comm, m.PutData(data={"k": dumps(payload)}))
+                assert isinstance(reply, m.PutData) and loads(reply.data["k"]) == payload
+                assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT) == 1
+                with trio.fail_after(2):
+                    assert await echo_once(comm, m.KeyInMemory(key="k")) == m.KeyInMemory(key="k")
+            await comm.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_peer_hanging_up_inside_a_large_frame_is_noticed(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The low-water mark never keeps a reader waiting for bytes that will
+    not come: an end of stream in the middle of a large frame is reported."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            listener = await start(nursery, tcp())
+            stream = await raw_connect(listener.port)
+            await client_handshake(StreamComm(stream, peer_address="x"), role="client", name="c")
+            header = msgpack.packb({"op": "key-in-memory", "key": "k", "type_name": ""})
+            await stream.send_all(prefix(len(header), 8 * 1024 * 1024) + header + b"\0" * (2 * 1024 * 1024 + 3))
+            await stream.send_eof()
+            await wait_closed_by_peer(stream)
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+    [record] = warnings_from(caplog)
+    assert "closed by peer in the middle of a message" in record.getMessage()
 
 
 async def test_multidimensional_buffers_are_sent_as_bytes() -> None:

@@ -10,12 +10,25 @@ message objects across memory channels inside one Trio run.
 Reading is buffered: small reads (prefixes, headers, small frames) come out of
 a 256 KiB buffer filled with as much as the kernel has; a large frame is read
 with ``recv_into`` straight into its final, preallocated memory, so a 256 MiB
-array is never copied or concatenated on the way in.  The frame-count and
-lengths are checked against :class:`~trioflow.protocol.codec.Limits` before
-anything is allocated for the frames.
+array is never copied or concatenated on the way in.  A frame of a megabyte
+or more gets memory of its own (an array viewing it starts aligned, and is
+freed with its value alone); smaller frames share one buffer per message.
+The frame-count and lengths are checked against
+:class:`~trioflow.protocol.codec.Limits` before anything is allocated for the
+frames.
+
+While a large frame is being read, the socket's receive low-water mark
+(``SO_RCVLOWAT``, Linux) is raised to 1 MiB or what is left of the frame,
+whichever is less, so that Trio wakes us once per megabyte rather than once
+per 64 KiB segment; it is set back to 1 when the frame is in.
 
 Writing gathers small pieces (prefixes, headers, small frames) into one buffer
-and writes large frames straight from their own memory.  One writer at a time
+and writes large frames straight from their own memory.  Trio's
+``SocketStream`` sets ``TCP_NOTSENT_LOWAT`` to 16 KiB, which suits protocols
+that decide late what to send but makes a 256 MiB frame go out in thousands
+of ~200 KiB writes, each after a wakeup; a comm always writes whole messages,
+so it lifts that cap and lets the kernel take what its send buffer holds.
+One writer at a time
 per comm: long-lived streams give a :class:`~trioflow.comm.batched.BatchedSend`
 sole ownership; request/response comms are used by one task at a time from a
 :class:`~trioflow.comm.pool.ConnectionPool`.
@@ -38,10 +51,12 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import select
 import socket
 import ssl
 import struct
+import sys
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -68,6 +83,8 @@ __all__ = [
 
 _BUFSIZE = 256 * 1024
 _SMALL = 64 * 1024
+_RCVLOWAT = 1 << 20
+_OWN_BUFFER = 1 << 20  # frames this big are read into memory of their own
 _U32 = struct.Struct("<I")
 # TLS record content types: change_cipher_spec, alert, handshake, application_data
 _TLS_RECORD_TYPES = (20, 21, 22, 23)
@@ -179,6 +196,31 @@ def set_tcp_timeouts(sock: trio.socket.SocketType, timeout: float = TCP_TIMEOUT)
         logger.debug("could not set TCP timeouts: %s", exc)
 
 
+def _socket_of(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The TCP socket under a plain or TLS stream, if there is one."""
+    if isinstance(stream, trio.SocketStream):
+        return stream.socket
+    transport = getattr(stream, "transport_stream", None)
+    return transport.socket if isinstance(transport, trio.SocketStream) else None
+
+
+def _rcvlowat_works() -> bool:
+    """Can ``SO_RCVLOWAT`` be raised safely while waiting with epoll?
+
+    Linux honours it in poll/epoll since 4.x, but before 5.8 (and the 4.19 /
+    5.4 stable backports of the fix) a low-water mark above what memory
+    pressure lets the socket queue could hang the reader.  Elsewhere we do
+    not rely on it.
+    """
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_RCVLOWAT"):
+        return False
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return m is not None and (int(m[1]), int(m[2])) >= (5, 8)
+
+
+_RCVLOWAT_WORKS = _rcvlowat_works()
+
+
 class StreamComm(Comm):
     def __init__(
         self,
@@ -190,6 +232,14 @@ class StreamComm(Comm):
     ) -> None:
         self._stream = stream
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._rcvlowat = _RCVLOWAT_WORKS and self._sock is not None
+        raw = _socket_of(stream)
+        if raw is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
+            try:
+                # 0: the system default (no cap on Linux; off on macOS).
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0)
+            except OSError:
+                pass
         self._buf = bytearray(_BUFSIZE)
         self._view = memoryview(self._buf)
         self._pos = 0
@@ -238,9 +288,18 @@ class StreamComm(Comm):
         if not view:
             return
         if len(view) >= _BUFSIZE // 2:
-            while view:
-                n = await self._receive_into(view)
-                view = view[n:]
+            lowat = 1
+            try:
+                while view:
+                    if self._rcvlowat and min(len(view), _RCVLOWAT) != lowat:
+                        # Never above what is left: the peer owes us that much.
+                        lowat = self._set_rcvlowat(min(len(view), _RCVLOWAT)) or 1
+                    n = await self._receive_into(view)
+                    view = view[n:]
+            finally:
+                if lowat != 1 and self._set_rcvlowat(1) != 1:
+                    # Still waiting for a megabyte: a small message would hang.
+                    self._desynced = True
             return
         # Small read: refill our buffer (possibly reading ahead) then copy.
         self._pos = self._end = 0
@@ -249,6 +308,50 @@ class StreamComm(Comm):
             self._end += await self._receive_into(self._view[self._end :])
         view[:] = self._view[:need]
         self._pos = need
+
+    async def _read_frames(self, lengths: list[int], frames: list[memoryview]) -> None:
+        """Read the frames of a message into ``frames``.
+
+        A frame of ``_OWN_BUFFER`` bytes or more is read into memory of its
+        own: the value made from it keeps only that alive (not the other
+        values of a multi-key reply), and a numpy array viewing it starts
+        aligned.  Runs of smaller frames share one buffer and one read (one
+        allocation per small frame would cost more than the copy: fresh 4 KiB
+        pages instead of huge ones).
+        """
+        # Only user data (the frames after the header) is worth numpy's
+        # uninitialised memory: a process that only ever gets big headers
+        # (the scheduler, a graph's tasks) never imports numpy.
+        small = sum(n for n in lengths[1:] if n < _OWN_BUFFER)
+        shared = _new_buffer(small + (lengths[0] if lengths[0] < _OWN_BUFFER else 0), uninitialised=small >= _UNINIT_THRESHOLD)
+        start = end = 0  # the run of small frames not read yet: shared[start:end]
+        for i, n in enumerate(lengths):
+            if n < _OWN_BUFFER:
+                frames.append(shared[end : end + n])
+                end += n
+                continue
+            if end > start:
+                await self._read_into(shared[start:end])
+                start = end
+            own = _new_buffer(n, uninitialised=i > 0)
+            await self._read_into(own)
+            frames.append(own)
+        if end > start:
+            await self._read_into(shared[start:end])
+
+    def _set_rcvlowat(self, n: int) -> int:
+        """Wake the reader only once ``n`` bytes are queued.
+
+        Returns the mark now set: ``n``, or 0 when the socket refused (it is
+        closed, most likely); we then read without a mark from now on.
+        """
+        assert self._sock is not None
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, n)
+        except OSError:
+            self._rcvlowat = False
+            return 0
+        return n
 
     async def _read_exactly(self, n: int) -> memoryview:
         if self._end - self._pos >= n:
@@ -316,21 +419,17 @@ class StreamComm(Comm):
         codec.check_count(n, self._limits)
         lengths = codec.check_prefix(await self._read_exactly(8 * n), n, self._limits)
         total = sum(lengths)
-        if total <= self._end - self._pos:
+        frames: list[memoryview] = []
+        if total <= self._end - self._pos:  # all frames small: the buffer holds 256 KiB
             # Whole message already buffered: copy it out once (the buffer is reused).
             data = memoryview(bytes(self._view[self._pos : self._pos + total]))
             self._pos += total
+            off = 0
+            for length in lengths:
+                frames.append(data[off : off + length])
+                off += length
         else:
-            # Only user data (the frames after the header) is worth numpy's
-            # uninitialised memory: a process that only ever gets big
-            # headers (the scheduler, a graph's tasks) never imports numpy.
-            data = _new_buffer(total, uninitialised=total - lengths[0] >= _UNINIT_THRESHOLD)
-            await self._read_into(data)
-        frames = []
-        off = 0
-        for length in lengths:
-            frames.append(data[off : off + length])
-            off += length
+            await self._read_frames(lengths, frames)
         msg = codec.decode(frames)
         self._messages_received += 1
         return msg
@@ -384,10 +483,7 @@ class StreamComm(Comm):
     def is_reusable(self) -> bool:
         if self._closed or self._desynced or self._pos != self._end:
             return False
-        sock = self._sock
-        if sock is None:
-            transport = getattr(self._stream, "transport_stream", None)
-            sock = getattr(transport, "socket", None)
+        sock = _socket_of(self._stream)
         if sock is None:
             return True
         # An idle connection has nothing to read: anything readable is an
