@@ -846,7 +846,7 @@ def main(args: Any) -> int:
     )
     if skipped_collections:
         print(
-            "--quick skips the 100k map, the held tasks, and the dask.array / dask.dataframe rows (--only array_sum,dataframe_groupby runs them)"
+            "--quick skips the 100k map, the held tasks, and the dask.array / dask.dataframe rows (--only array_sum,array_rechunk,dataframe_groupby runs them)"
         )
     if args.quick:
         print(

@@ -252,6 +252,20 @@ def array_sum(ctx: Ctx, rep: int) -> float | None:
     return elapsed
 
 
+def array_rechunk(ctx: Ctx, rep: int) -> float | None:
+    if not _supports_collections(ctx):
+        return None
+    import dask.array as da
+
+    # 250x250 blocks into full-height 4000x100 columns: every output chunk
+    # gathers 16 input pieces, an all-to-some shuffle of the 128 MB array.
+    x = da.random.random((4000, 4000), chunks=(250, 250))
+    y = x.rechunk((4000, 100))
+    value, elapsed = _compute(ctx, (y - y.mean(axis=0)).std(), _peak_rss_row("array_rechunk").key)
+    assert 0 < float(value) < 1
+    return elapsed
+
+
 def dataframe_groupby(ctx: Ctx, rep: int) -> float | None:
     if not _supports_collections(ctx):
         return None
@@ -310,6 +324,15 @@ WORKLOADS: list[Workload] = [
         array_sum,
         collections=True,
         extra_rows=(_peak_rss_row("array_sum"),),
+    ),
+    Workload(
+        "array_rechunk",
+        "x.rechunk((4000, 100)) of 4000x4000 / 250x250, then a column reduction (s)",
+        "s",
+        False,
+        array_rechunk,
+        collections=True,
+        extra_rows=(_peak_rss_row("array_rechunk"),),
     ),
     Workload(
         "dataframe_groupby",
