@@ -168,3 +168,26 @@ def test_worker_process_holds_a_gigabyte_in_300mb_and_leaves_no_files(tmp_path) 
             del more
         worker.stop()
     assert os.listdir(work) == []
+
+
+@pytest.mark.slow
+def test_directory_of_a_killed_worker_without_nanny_is_removed_by_the_next(tmp_path) -> None:
+    """No nanny to clean up after a SIGKILL: the next worker started in the
+    same parent directory removes what the dead one left; a live worker's
+    directory is left alone."""
+    work = tmp_path / "work"
+    with daemons() as start:
+        _, address, _ = start_scheduler(start, tmp_path)
+        args = ("--nthreads", "1", "--no-nanny", "--local-directory", str(work))
+        first = start_worker(start, tmp_path, address, *args, name="first")
+        live = start_worker(start, tmp_path, address, *args, name="live")
+        assert len(list(work.glob("trioflow-worker-*"))) == 2
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        assert len(list(work.glob("trioflow-worker-*"))) == 2  # nobody cleaned up (yet)
+        start_worker(start, tmp_path, address, *args, name="next")
+        left = list(work.glob("trioflow-worker-*"))
+        assert len(left) == 2, left  # the live one and the new one
+        assert all((d / "owner").read_text().split()[1] != str(first.pid) for d in left)
+        live.stop()
+    assert list(work.iterdir()) == []

@@ -59,6 +59,7 @@ import trio
 from .comm import Comm, CommClosedError, listen
 from .memory import MALLOC_ENV
 from .protocol import messages as m
+from .workspace import WORKSPACE_PREFIX, purge_stale_workspaces
 
 logger = logging.getLogger("trioflow.nanny")
 
@@ -226,7 +227,8 @@ class Nanny:
         parent = self.config["local_directory"]
         if parent:
             os.makedirs(parent, exist_ok=True)
-        scratch = tempfile.mkdtemp(prefix="trioflow-worker-", dir=parent or None)
+        purge_stale_workspaces(parent or tempfile.gettempdir())
+        scratch = tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=parent or None)
         config = {**self.config, "workspace": scratch}
         ready_r, ready_w = os.pipe()
         env = {**MALLOC_ENV, **os.environ, **self.env, "TRIOFLOW_NANNY_READY_FD": str(ready_w)}

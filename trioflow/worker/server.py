@@ -58,6 +58,7 @@ from ..protocol.serialize import (
     loads_with_deps,
 )
 from ..sizeof import sizeof
+from ..workspace import WORKSPACE_PREFIX, claim_workspace, purge_stale_workspaces
 from . import state as ws
 from .executor import ThreadExecutor, thread_state
 from .memory import SpillBuffer
@@ -268,7 +269,9 @@ class Worker:
             os.makedirs(self._workspace, exist_ok=True)
             self.local_directory = self._workspace
         else:
-            self.local_directory = tempfile.mkdtemp(prefix="trioflow-worker-", dir=parent or None)
+            purge_stale_workspaces(parent or tempfile.gettempdir())
+            self.local_directory = tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=parent or None)
+        claim_workspace(self.local_directory)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
