@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import signal
+import shutil
 import statistics
 import subprocess
 import sys
@@ -106,6 +107,7 @@ def main() -> None:
             client.shutdown()
     finally:
         _stop(procs)
+        shutil.rmtree(tmp, ignore_errors=True)
     none, viewers = statistics.median(rates["none"]), statistics.median(rates["viewers"])
     print(f"{args.tasks:,} no-op tasks, scheduler + 2 workers, median of {args.reps}")
     print(f"  no viewer:          {none:8,.0f} tasks/s   runs {[round(r) for r in rates['none']]}")
