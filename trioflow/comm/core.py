@@ -234,12 +234,14 @@ class StreamComm(Comm):
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._rcvlowat = _RCVLOWAT_WORKS and self._sock is not None
         raw = _socket_of(stream)
-        if raw is not None and hasattr(socket, "TCP_NOTSENT_LOWAT"):
-            try:
-                # 0: the system default (no cap on Linux; off on macOS).
-                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0)
-            except OSError:
-                pass
+        if raw is not None:
+            set_tcp_timeouts(raw)
+            if hasattr(socket, "TCP_NOTSENT_LOWAT"):
+                try:
+                    # 0: the system default (no cap on Linux; off on macOS).
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0)
+                except OSError:
+                    pass
         self._buf = bytearray(_BUFSIZE)
         self._view = memoryview(self._buf)
         self._pos = 0
@@ -736,11 +738,9 @@ async def connect(
     try:
         with trio.fail_after(timeout):
             try:
-                tcp = await trio.open_tcp_stream(addr.host, addr.port)
+                stream = await trio.open_tcp_stream(addr.host, addr.port)
             except OSError as exc:
                 raise CommError(f"could not connect to {addr}: {_connect_cause(exc)}") from None
-            set_tcp_timeouts(tcp.socket)
-            stream = tcp
             if ctx is not None:
                 ssl_stream = trio.SSLStream(stream, ctx, server_hostname=addr.host)
                 stream = ssl_stream
@@ -837,7 +837,6 @@ async def listen(
         bound = str(Address(addr.scheme, addr.host or "0.0.0.0", port))
 
         async def serve_one(stream: trio.SocketStream) -> None:
-            set_tcp_timeouts(stream.socket)
             try:
                 peer = stream.socket.getpeername()
                 peer_address = str(Address(addr.scheme, peer[0], peer[1]))
