@@ -766,11 +766,13 @@ async def test_worker_gives_up_on_a_silent_scheduler_and_registers_again() -> No
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_scheduler_process_memory_levels_off_over_rounds(tmp_path: Any) -> None:
-    """Ten rounds of 10,000 tasks against a real scheduler process: once the
-    allocator has warmed up (the first rounds), RSS stops growing.  A leak of
-    a task's scheduler state (~2 kB each) would add ~100 MB over the last five
-    rounds; the budget is a fifth of that.  (What remains is allocator
-    fragmentation: live Python memory is flat, see the test above.)"""
+    """Ten rounds of 10,000 tasks against a real scheduler process: after the
+    first graph (which sizes the task tables and fills the page's fixed-size
+    task stream, a one-off ~7 MB) the scheduler's RSS returns to the same
+    level after every release: less than 10% above where the first round
+    left it, and never far above idle.  Under CPython's own allocator the same
+    run ends ~25 MB higher (survivors pin arenas; see trioflow/_launch.py);
+    a leak of a task's state (~2 kB) would add ~20 MB per round."""
     import psutil
     from process_helpers import daemons, start_scheduler, start_worker
 
@@ -781,9 +783,12 @@ def test_scheduler_process_memory_levels_off_over_rounds(tmp_path: Any) -> None:
         for i in range(2):
             start_worker(start, tmp_path, address, "--nthreads", "1", "--no-nanny", name=f"w{i}")
         proc = psutil.Process(scheduler.pid)
+        assert proc.environ().get("PYTHONMALLOC") == "malloc"  # trioflow-scheduler chose glibc's allocator
         rss: list[float] = []
         with Client(address, timeout=20) as client:
             client.wait_for_workers(2, timeout=20)
+            time.sleep(1.5)
+            idle = proc.memory_info().rss / 2**20
             for r in range(10):
                 futures = client.map(_inc, range(r * 10_000, (r + 1) * 10_000))
                 assert sum(client.gather(futures)) == sum(range(r * 10_000 + 1, (r + 1) * 10_000 + 1))
@@ -792,8 +797,8 @@ def test_scheduler_process_memory_levels_off_over_rounds(tmp_path: Any) -> None:
                 while client.who_has():
                     assert time.monotonic() < deadline, f"the scheduler kept round {r}'s keys"
                     time.sleep(0.05)
-                time.sleep(1.2)  # one liveness tick: freed heap handed back
+                time.sleep(2.5)  # the release settles for a liveness tick, then the heap is trimmed
                 rss.append(proc.memory_info().rss / 2**20)
             client.shutdown()
-    assert rss[9] - rss[4] < 20, rss  # MB over the last 50,000 tasks: < 0.4 kB per task
-    assert rss[9] < 2 * rss[0], rss
+    assert max(rss[1:]) < 1.10 * rss[0], (idle, rss)
+    assert rss[9] < idle + 15, (idle, rss)

@@ -21,10 +21,12 @@ finished since the last call, never to the number of tasks in the graph
 (except on a worker page, whose per-prefix counts walk the worker's own
 tasks, capped at :data:`MAX_WORKER_TASKS_SCANNED`).
 
-The scheduler's ``task_stream`` and the worker's ``task_log`` /
-``transfer_log`` are lists their owners append to and trim from the front.
+The worker's ``task_log`` / ``transfer_log`` (and the scheduler's
+``transfer_stream``) are lists their owners append to and trim from the front.
 :class:`_Tail` finds what is new in them by remembering the last item it saw
-(by identity) instead of an index, so trimming does not confuse it.
+(by identity) instead of an index, so trimming does not confuse it.  The
+scheduler's ``task_stream`` is a :class:`~trioflow.scheduler.taskstream.TaskStream`
+ring that counts its appends; :class:`_RingTail` remembers that count.
 """
 
 from __future__ import annotations
@@ -111,6 +113,25 @@ class _Tail:
                     break
         self._last = items[n - 1]
         return items[n - min(new, limit) :], new
+
+
+class _RingTail:
+    """Entries appended to a :class:`~trioflow.scheduler.taskstream.TaskStream` since the previous :meth:`take`."""
+
+    def __init__(self, ring: Any) -> None:
+        self._ring = ring
+        self._seen: int | None = None
+
+    def take(self, limit: int) -> tuple[Sequence[Any], int]:
+        """Return ``(newest at most `limit` new entries, number of new entries)``.
+
+        The first call treats everything in the ring as new.
+        """
+        ring = self._ring
+        total = ring.total
+        new = len(ring) if self._seen is None else total - self._seen
+        self._seen = total
+        return ring.newest(min(new, limit)), new
 
 
 class _Rate:
@@ -240,12 +261,10 @@ class SchedulerSource:
 
     def __init__(self, scheduler: Any) -> None:
         self.server = scheduler
-        self._stream = _Tail(lambda: scheduler.task_stream)
+        self._stream = _RingTail(scheduler.task_stream)
         # Transfers reach the page only if the scheduler keeps a stream of
         # them: (receiving worker, peer, nbytes, start, stop, nkeys) tuples.
         self._transfers = _Tail(lambda: getattr(scheduler, "transfer_stream", ()))
-        self._count_tail = _Tail(lambda: scheduler.task_stream)
-        self._finished = 0
         self._rate = _Rate()
         self._probe = _ProcessProbe()
 
@@ -389,7 +408,7 @@ class SchedulerSource:
             "Sum of the workers' recent peer-transfer bandwidth estimates.",
             sum(float(w.metrics.get("bandwidth", 0.0) or 0.0) for w in workers),
         )
-        p.add("trioflow_tasks_finished_total", "counter", "Tasks finished (as far back as the scheduler's task stream went when the dashboard started).", self._finished_counter())
+        p.add("trioflow_tasks_finished_total", "counter", "Tasks finished since the scheduler started.", self.server.task_stream.total)
         p.add("trioflow_scheduler_events_total", "counter", "Events handled by the scheduler state machine.", s.events_handled)
         rss, cpu = self._probe.read()
         p.add("trioflow_scheduler_memory_bytes", "gauge", "Resident memory of the scheduler process.", rss)
@@ -398,15 +417,8 @@ class SchedulerSource:
         p.add("trioflow_dashboard_viewers", "gauge", "Live pages connected to this dashboard.", viewers)
         return p.text()
 
-    def _finished_counter(self) -> int:
-        # A tail of our own, so that a scrape takes nothing from the page's.
-        _, n = self._count_tail.take(0)
-        self._finished += n
-        return self._finished
-
     def poll(self) -> None:
-        """Keep counters current (called about once a second)."""
-        self._finished_counter()
+        """Keep counters current (called about once a second); the scheduler's count itself."""
 
 
 def _memory_totals(workers: Iterable[Any]) -> dict[str, int]:

@@ -1,5 +1,5 @@
 """``python -m trioflow.scheduler`` is ``trioflow-scheduler``."""
 
-from ..cli import scheduler_main
+from .._launch import scheduler_main
 
 scheduler_main()

@@ -44,6 +44,7 @@ from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
 from . import state as ss
+from .taskstream import TaskStream
 
 logger = logging.getLogger("trioflow.scheduler")
 
@@ -51,8 +52,7 @@ __all__ = ["Scheduler"]
 
 #: Pseudo-client that holds fire-and-forget keys until they finish.
 FIRE_AND_FORGET = "fire-and-forget"
-#: Finished tasks kept for the page's task stream (the newest; the oldest half
-#: goes when full).  Each entry pins its key's memory: 20,000 cost ~13 MB RSS.
+#: Finished tasks kept for the page's task stream (the newest): ~1.3 MB.
 TASK_STREAM_LENGTH = 10_000
 
 
@@ -99,7 +99,7 @@ class Scheduler:
         self._closed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._closing_workers: set[str] = set()
-        self.task_stream: list[tuple[str, str, float, float, int]] = []
+        self.task_stream = TaskStream(TASK_STREAM_LENGTH)
         #: Transfers between workers, as the workers report them in heartbeats:
         #: (worker, peer it fetched from, bytes, start, stop, number of keys).
         self.transfer_stream: list[tuple[str, str, int, float, float, int]] = []
@@ -270,6 +270,9 @@ class Scheduler:
                 except ss.InvalidEvent as exc:
                     reply = m.ErrorReply(message=str(exc))
             await comm.send(reply)
+            # Hold neither while idle: a big reply's key strings, kept alive
+            # between requests, would pin the memory of a released graph.
+            del reply
             msg = None
 
     async def _worker_stream(self, comm: Comm, reg: m.RegisterWorker) -> None:
@@ -317,7 +320,7 @@ class Scheduler:
                     try:
                         if isinstance(msg, m.TaskFinished):
                             self._handle(ss.TaskFinishedEvent(worker=address, key=msg.key, nbytes=msg.nbytes, type_name=msg.type_name, start=msg.start, stop=msg.stop))
-                            self._log_task(msg.key, address, msg.start, msg.stop, msg.thread)
+                            self.task_stream.append(msg.key, address, msg.start, msg.stop, msg.thread)
                         elif isinstance(msg, m.TaskErred):
                             self._handle(
                                 ss.TaskErredEvent(
@@ -356,6 +359,7 @@ class Scheduler:
                             break
                     except ss.InvalidEvent as exc:
                         logger.warning("worker %s: %s", address, exc)
+                    del msg  # not kept alive while waiting for the next one (see _request_loop)
         except* CommClosedError as group:
             logger.info("lost worker %s: %s", address, group.exceptions[0])
         except* ProtocolError as group:
@@ -376,12 +380,6 @@ class Scheduler:
         ts.append((worker, peer, nbytes, start, stop, nkeys))
         if len(ts) > 5_000:
             del ts[:2_500]
-
-    def _log_task(self, key: str, worker: str, start: float, stop: float, thread: int) -> None:
-        ts = self.task_stream
-        ts.append((key, worker, start, stop, thread))
-        if len(ts) > TASK_STREAM_LENGTH:
-            del ts[: TASK_STREAM_LENGTH // 2]
 
     async def _client_stream(self, comm: Comm, reg: m.RegisterClient) -> None:
         cid = reg.client_id
@@ -419,6 +417,7 @@ class Scheduler:
                             break
                     except ss.InvalidEvent as exc:
                         logger.warning("client %s: %s", cid, exc)
+                    del msg  # not kept alive while waiting for the next one (see _request_loop)
         except* CommClosedError:
             pass
         except* ProtocolError as group:
@@ -629,18 +628,20 @@ class Scheduler:
         return self.worker_ttl if self.worker_ttl is not None else max(10.0, 10 * self._heartbeat_interval())
 
     async def _liveness_loop(self) -> None:
-        peak_tasks = 0
+        peak_tasks = last_tasks = 0
+        trim_process_memory()  # what imports and start-up freed
         while True:
             await trio.sleep(1.0)
             now = trio.current_time()
-            # Once a graph's tasks are mostly gone, hand the C heap's free
-            # pages back: without it a scheduler that once held 10,000 tasks
-            # keeps ~25 MB more RSS for ever (glibc keeps what it freed).
+            # Once a graph's tasks are gone (at most half the peak since the
+            # last trim, and no change for a second: the release is over),
+            # hand the C heap's free pages back: glibc keeps what it freed.
             n_tasks = len(self.state.tasks)
             peak_tasks = max(peak_tasks, n_tasks)
-            if peak_tasks - n_tasks >= 1000 and n_tasks <= peak_tasks // 2:
+            if peak_tasks - n_tasks >= 1000 and n_tasks <= peak_tasks // 2 and n_tasks == last_tasks:
                 trim_process_memory()
                 peak_tasks = n_tasks
+            last_tasks = n_tasks
             ttl = self._worker_ttl()
             for address, w in list(self.state.workers.items()):
                 if now - w.last_seen > ttl:
