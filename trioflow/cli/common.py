@@ -22,7 +22,6 @@ from types import ModuleType
 from typing import Any
 
 import click
-import psutil
 import trio
 
 from ..comm import CommError
@@ -30,6 +29,7 @@ from ..comm.addressing import AddressError
 from ..memory import parse_memory_limit
 from ..protocol import ProtocolError
 from ..security import Security, SecurityError
+from ..system import psutil_module
 
 logger = logging.getLogger("trioflow.cli")
 
@@ -132,7 +132,7 @@ def parse_port_range(text: str | None, option: str = "--port") -> list[int]:
 
 
 def interface_address(name: str) -> str:
-    addrs = psutil.net_if_addrs()
+    addrs = psutil_module().net_if_addrs()
     if name not in addrs:
         raise click.BadParameter(f"no network interface named {name!r} (available: {', '.join(sorted(addrs))})", param_hint="--interface")
     for a in addrs[name]:
