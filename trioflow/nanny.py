@@ -468,7 +468,7 @@ def _child_main() -> None:
         sys.exit(0)
     config = json.loads(line)
     ready_fd = int(os.environ.pop("TRIOFLOW_NANNY_READY_FD", "-1"))
-    from .cli.common import run_worker_process
+    from .daemon import run_worker_process
 
     code = run_worker_process(config, ready_fd=ready_fd, watch_stdin=True)
     sys.exit(code)
