@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from .comm import CommError
+from .memory import trim_process_memory
 from .protocol import ProtocolError
 from .security import Security
 
@@ -36,6 +37,7 @@ __all__ = [
     "load_preload",
     "preload_setup",
     "preload_teardown",
+    "release_startup_memory",
     "run_worker_process",
     "setup_logging",
 ]
@@ -63,6 +65,17 @@ def describe_exception(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return f"{exc.strerror}" + (f": {exc.filename}" if exc.filename else "")
     return str(exc) or type(exc).__name__
+
+
+def release_startup_memory() -> None:
+    """Call once the daemon is up: give back what starting it freed.
+
+    Importing and starting leave a few MiB of freed memory inside the C heap
+    (the contents of every ``.pyc`` read, compiler temporaries, handshakes)
+    that glibc keeps for ever; returning it takes well under a millisecond
+    and lowers the idle RSS by about 2 MiB.
+    """
+    trim_process_memory()
 
 
 # ---------------------------------------------------------------- files
@@ -277,6 +290,7 @@ def run_worker_process(config: dict[str, Any], *, ready_fd: int = -1, watch_stdi
                 nursery.cancel_scope.cancel()
                 return 3
             finish(f"READY {worker.address}")
+            release_startup_memory()
             await worker._closed.wait()
             await preload_teardown(preload, worker)
             nursery.cancel_scope.cancel()

@@ -32,6 +32,7 @@ from .common import (
     parse_resources,
     preload_setup,
     preload_teardown,
+    release_startup_memory,
     run_cli,
     setup_logging,
 )
@@ -151,6 +152,7 @@ def scheduler_command(
                 if show:
                     nursery.start_soon(_open_browser, url)
             await preload_setup(modules, scheduler)
+            release_startup_memory()
             if idle_timeout:
                 nursery.start_soon(_idle_watch, scheduler, idle_timeout)
             await scheduler._closed.wait()
@@ -407,6 +409,7 @@ def worker_command(
             except UserError:
                 await close_started()
                 raise
+            release_startup_memory()
             for node in nodes:
                 await node._closed.wait()
             for node in nodes:

@@ -30,6 +30,7 @@ from ..daemon import (
     load_preload,
     preload_setup,
     preload_teardown,
+    release_startup_memory,
     run_worker_process,
     setup_logging,
 )
@@ -170,6 +171,7 @@ __all__ = [
     "parse_resources",
     "preload_setup",
     "preload_teardown",
+    "release_startup_memory",
     "run_cli",
     "run_worker_process",
     "setup_logging",
