@@ -465,3 +465,50 @@ def test_trioflow_local(tmp_path: Path) -> None:
         psutil.wait_procs(kids, timeout=3)
         assert not any(_alive(k.pid) for k in kids)
         assert "stopped; everything cleaned up" in d.text()
+
+
+# ---------------------------------------------------------------- lean daemons
+
+#: Modules a daemon has no use for until a task or a page asks (each costs
+#: start-up time and resident memory in every scheduler and worker process).
+NOT_AT_START = ("cattrs", "cloudpickle", "dask", "h11", "numpy", "psutil", "trio_websocket")
+
+_START_DAEMONS = textwrap.dedent(
+    """
+    import sys
+
+    import trio
+
+    from trioflow.cli import scheduler_main, worker_main  # what the console scripts load
+    from trioflow.nanny import Nanny  # noqa: F401
+    from trioflow.scheduler.server import Scheduler
+    from trioflow.worker.server import Worker
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            scheduler = Scheduler("tcp://127.0.0.1:0")
+            await nursery.start(scheduler.serve)
+            # A memory limit runs the memory monitor; heartbeats read RSS and CPU.
+            worker = Worker(scheduler.address, nthreads=1, memory_limit=2**30, heartbeat_interval=0.02)
+            await nursery.start(worker.serve)
+            await trio.sleep(0.3)
+            await worker.aclose()
+            scheduler.close()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    print(" ".join(sorted(m for m in NOT_AT_START if m in sys.modules)))
+    """
+)
+
+
+def test_daemons_start_without_heavy_modules() -> None:
+    code = f"NOT_AT_START = {NOT_AT_START!r}\n{_START_DAEMONS}"
+    out = subprocess.run([sys.executable, "-c", code], check=True, timeout=60, capture_output=True, text=True)
+    assert out.stdout.split() == []
+
+
+def test_nanny_worker_process_does_without_click() -> None:
+    # `python -m trioflow.nanny` runs on trioflow.daemon: no option parsing there.
+    code = "import sys, trioflow.nanny, trioflow.daemon; assert 'click' not in sys.modules, 'click imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -3,6 +3,7 @@ all leaves as one ProtocolError that says what was wrong and where."""
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import typing
@@ -441,3 +442,84 @@ def test_pack_prefix_round_trip(msg: Message) -> None:
         received.append(memoryview(body)[pos : pos + length])
         pos += length
     assert decode(received) == msg
+
+
+# ---------------------------------------------------------------- the codec's structuring is cattrs'
+#
+# The codec checks and builds messages with functions of its own and loads
+# cattrs only to explain a failure (so that daemons do without it).  Both
+# must agree on every map: what one accepts the other accepts, with equal
+# results of the same types, and what one refuses the other refuses.
+
+
+@functools.cache
+def _cattrs_reference() -> Any:
+    from trioflow.protocol.explain import _make_converter
+
+    return _make_converter(detailed=False)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if type(a) is dict:
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if type(a) in (list, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is float and a != a:
+        return b != b
+    return bool(a == b)
+
+
+def _outcome(fn: Any) -> tuple[bool, Any]:
+    try:
+        return True, fn()
+    except Exception:
+        return False, None
+
+
+def _assert_structuring_agrees(cls: type, d: dict[str, Any]) -> None:
+    from trioflow.protocol import codec
+
+    hook = codec._structure_hook(cls.op)[1]  # type: ignore[attr-defined]
+    ours = _outcome(lambda: hook(dict(d)))
+    theirs = _outcome(lambda: _cattrs_reference().structure(dict(d), cls))
+    assert ours[0] == theirs[0], (d, ours, theirs)
+    if ours[0]:
+        assert type(ours[1]) is cls
+        assert _same(codec.to_dict(ours[1]), codec.to_dict(theirs[1]))  # == but nan == nan
+        assert _same(codec.to_dict(ours[1]), {**_cattrs_reference().unstructure(theirs[1]), "op": cls.op})
+
+
+@ROUND_TRIP
+@given(messages())
+def test_unstructuring_agrees_with_cattrs(msg: Message) -> None:
+    from trioflow.protocol.codec import to_dict
+
+    d = to_dict(msg)
+    assert d.pop("op") == msg.op
+    assert _same(d, _cattrs_reference().unstructure(msg)), (d, _cattrs_reference().unstructure(msg))
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES, ids=lambda c: c.op)
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_structuring_agrees_with_cattrs(cls: type, data: st.DataObject) -> None:
+    from trioflow.protocol.codec import to_dict
+
+    d = to_dict(data.draw(message_strategy(cls)))
+    del d["op"]
+    _assert_structuring_agrees(cls, d)
+    if not attrs.fields(cls):
+        return
+    # One spot made wrong, at any depth.
+    bad, _, _ = _corrupt(data, cls, d, "$", top=True)
+    _assert_structuring_agrees(cls, bad)
+    # One field replaced by anything msgpack carries (True for a float, ...).
+    name = data.draw(st.sampled_from([f.name for f in attrs.fields(cls)]))
+    _assert_structuring_agrees(cls, {**d, name: data.draw(msgpack_values)})
+    # Random values under the real names.
+    names = [f.name for f in attrs.fields(cls)]
+    _assert_structuring_agrees(
+        cls, data.draw(st.dictionaries(st.sampled_from(names), msgpack_values, max_size=len(names)))
+    )

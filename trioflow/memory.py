@@ -7,7 +7,7 @@ import re
 import sys
 from collections.abc import Callable
 
-import psutil
+from .system import total_memory
 
 __all__ = ["MALLOC_ENV", "format_bytes", "parse_bytes", "parse_memory_limit", "trim_process_memory"]
 
@@ -80,7 +80,7 @@ def parse_memory_limit(limit: str | int | float | None, nthreads: int = 1, n_wor
         ValueError: anything else; the message says what is accepted.
     """
     if total is None:
-        total = psutil.virtual_memory().total
+        total = total_memory()
     if limit is None or limit == 0 or limit == "0":
         return 0
     if isinstance(limit, str):

@@ -53,12 +53,12 @@ import sys
 import tempfile
 from typing import Any
 
-import psutil
 import trio
 
 from .comm import Comm, CommClosedError, listen
 from .memory import MALLOC_ENV
 from .protocol import messages as m
+from .system import default_host, process_rss
 from .workspace import WORKSPACE_PREFIX, purge_stale_workspaces
 
 logger = logging.getLogger("trioflow.nanny")
@@ -167,8 +167,6 @@ class Nanny:
                     )
                     self.address = listener.address
                     if "0.0.0.0" in self.address:
-                        from .scheduler.server import default_host
-
                         self.address = self.address.replace("0.0.0.0", default_host())
                     self.config["nanny"] = self.address
                     logger.info("        Start Nanny at: %s", self.address)
@@ -341,15 +339,10 @@ class Nanny:
         if not self.memory_limit:
             return
         limit = self.memory_limit * self.memory_terminate_fraction
-        try:
-            ps = psutil.Process(proc.pid)
-        except psutil.Error:
-            return
         while True:
             await trio.sleep(0.2)
-            try:
-                rss = ps.memory_info().rss
-            except psutil.Error:
+            rss = process_rss(proc.pid)
+            if rss is None:
                 return
             if rss > limit:
                 logger.warning(
@@ -475,7 +468,7 @@ def _child_main() -> None:
         sys.exit(0)
     config = json.loads(line)
     ready_fd = int(os.environ.pop("TRIOFLOW_NANNY_READY_FD", "-1"))
-    from .cli.common import run_worker_process
+    from .daemon import run_worker_process
 
     code = run_worker_process(config, ready_fd=ready_fd, watch_stdin=True)
     sys.exit(code)

@@ -14,7 +14,7 @@ import os
 import shutil
 import socket
 
-import psutil
+from .system import process_start_time
 
 __all__ = ["WORKSPACE_PREFIX", "claim_workspace", "purge_stale_workspaces"]
 
@@ -26,7 +26,7 @@ _OWNER_FILE = "owner"
 
 def _process_id() -> str:
     """This process, on this host, unambiguously (a PID can be reused)."""
-    return f"{socket.gethostname()} {os.getpid()} {psutil.Process().create_time():.3f}"
+    return f"{socket.gethostname()} {os.getpid()} {process_start_time(os.getpid()):.3f}"
 
 
 def claim_workspace(directory: str) -> None:
@@ -56,9 +56,10 @@ def purge_stale_workspaces(parent: str) -> list[str]:
         if owner_host != host:
             continue
         try:
-            alive = f"{psutil.Process(int(pid)).create_time():.3f}" == created
-        except (psutil.Error, ValueError):
-            alive = False
+            started = process_start_time(int(pid))
+        except ValueError:
+            started = None
+        alive = started is not None and f"{started:.3f}" == created
         if not alive:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)

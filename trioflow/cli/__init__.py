@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import webbrowser
 from typing import Any
 
 import click
@@ -33,6 +32,7 @@ from .common import (
     parse_resources,
     preload_setup,
     preload_teardown,
+    release_startup_memory,
     run_cli,
     setup_logging,
 )
@@ -152,6 +152,7 @@ def scheduler_command(
                 if show:
                     nursery.start_soon(_open_browser, url)
             await preload_setup(modules, scheduler)
+            release_startup_memory()
             if idle_timeout:
                 nursery.start_soon(_idle_watch, scheduler, idle_timeout)
             await scheduler._closed.wait()
@@ -176,6 +177,8 @@ async def _idle_watch(scheduler: Any, timeout: float) -> None:
 
 
 async def _open_browser(url: str) -> None:
+    import webbrowser  # only for --show: it loads shlex, subprocess helpers, ...
+
     await trio.to_thread.run_sync(webbrowser.open, url)
 
 
@@ -323,10 +326,11 @@ def worker_command(
     async def main() -> None:
         sched = scheduler
         if sched is None:
-            from ..client.core import _resolve_address
+            from ..scheduler_file import wait_for_scheduler_file
 
+            assert scheduler_file is not None  # checked above: one of the two is given
             try:
-                sched = await _resolve_address(None, scheduler_file, timeout=death_timeout or 60)
+                sched = await wait_for_scheduler_file(scheduler_file, timeout=death_timeout or 60)
             except (OSError, ValueError) as exc:
                 raise UserError(f"--scheduler-file: {describe_exception(exc)}") from None
         nodes: list[Any] = []
@@ -405,6 +409,7 @@ def worker_command(
             except UserError:
                 await close_started()
                 raise
+            release_startup_memory()
             for node in nodes:
                 await node._closed.wait()
             for node in nodes:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import os
 import pickle
@@ -49,6 +48,7 @@ from ..protocol.serialize import (
     dumps_with_deps,
     loads,
 )
+from ..scheduler_file import wait_for_scheduler_file
 from .futures import Future, FutureLostError, FutureState, _flatten_futures
 
 logger = logging.getLogger("trioflow.client")
@@ -121,16 +121,6 @@ def _dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Serializ
     if all(type(a) in _SIMPLE for a in args) and all(type(v) in _SIMPLE for v in kwargs.values()):
         return Serialized(kind=0, data=pickle.dumps((args, kwargs), protocol=5)), []
     return dumps_with_deps((args, kwargs), Future)
-
-
-def read_scheduler_file(path: str) -> str:
-    """The scheduler address written in ``path``."""
-    with open(path) as f:
-        info = json.load(f)
-    address = info.get("address")
-    if not isinstance(address, str):
-        raise ValueError(f"scheduler file {path!r} has no address")
-    return address
 
 
 class AsyncClient:
@@ -1075,13 +1065,7 @@ async def open_client(
 
 async def _resolve_address(address: Any, scheduler_file: str | None, timeout: float) -> Any:
     if scheduler_file is not None:
-        try:
-            with trio.fail_after(timeout):
-                while not os.path.exists(scheduler_file):
-                    await trio.sleep(0.05)
-        except trio.TooSlowError:
-            raise FileNotFoundError(f"scheduler file {scheduler_file!r} did not appear within {timeout}s") from None
-        return read_scheduler_file(scheduler_file)
+        return await wait_for_scheduler_file(scheduler_file, timeout)
     if address is None:
         env = os.environ.get("TRIOFLOW_SCHEDULER_ADDRESS")
         if env:

@@ -50,6 +50,7 @@ cluster member for one message.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import re
 import select
@@ -242,8 +243,10 @@ class StreamComm(Comm):
                     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 0)
                 except OSError:
                     pass
-        self._buf = bytearray(_BUFSIZE)
-        self._view = memoryview(self._buf)
+        # Anonymous memory, not a bytearray (which zero-fills all 256 KiB):
+        # the pages become resident as reads first reach them, so a quiet
+        # connection (heartbeats, small messages) costs a few KiB, not 256.
+        self._view = memoryview(mmap.mmap(-1, _BUFSIZE))
         self._pos = 0
         self._end = 0
         self._limits = limits

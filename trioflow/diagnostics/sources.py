@@ -33,17 +33,16 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
-import psutil
 import trio
 
 from .._version import __version__
 from ..scheduler.state import key_prefix
+from ..system import ProcessMeter
 
 __all__ = ["SchedulerSource", "WorkerSource", "source_for", "MAX_STREAM_PER_SNAPSHOT"]
 
@@ -178,22 +177,15 @@ def _now_loop() -> float | None:
 class _ProcessProbe:
     """RSS and CPU of this process, with its own ``cpu_percent`` baseline.
 
-    A separate :class:`psutil.Process` keeps our readings from resetting the
-    interval the worker's heartbeat measures CPU over.
+    A separate :class:`~trioflow.system.ProcessMeter` keeps our readings from
+    resetting the interval the worker's heartbeat measures CPU over.
     """
 
     def __init__(self) -> None:
-        self._proc = psutil.Process(os.getpid())
-        try:
-            self._proc.cpu_percent()
-        except psutil.Error:
-            pass
+        self._proc = ProcessMeter()
 
     def read(self) -> tuple[int, float]:
-        try:
-            return int(self._proc.memory_info().rss), float(self._proc.cpu_percent())
-        except psutil.Error:
-            return 0, 0.0
+        return self._proc.rss() or 0, self._proc.cpu_percent()
 
 
 # ---------------------------------------------------------------- Prometheus

@@ -6,8 +6,8 @@ One message is one *frame group* on a stream::
 
     u32 n_frames | u64 length x n_frames | frame 0 (header) | frame 1 ... n-1
 
-Frame 0 is the message, unstructured by cattrs into a map with an ``"op"``
-entry and packed with msgpack.  Frames 1.. are the out-of-band parts of every
+Frame 0 is the message, unstructured into a map with an ``"op"`` entry and
+packed with msgpack.  Frames 1.. are the out-of-band parts of every
 :class:`Serialized` value inside the message: msgpack carries a small
 extension record in the header ("frames 3 to 5 are a pickle stream and its
 buffers") and the frames themselves go to the socket untouched.  Small
@@ -15,10 +15,13 @@ serialized values travel inline in the header instead; a frame per
 20-byte pickle would cost more than it saves.
 
 Decoding is strict.  cattrs is lenient by default (it happily turns ``3`` into
-``"3"``); the converter here refuses any type that is not exactly the declared
-one, refuses unknown fields, and looks the ``op`` up in the closed set of
-messages before structuring anything.  Every failure, whatever its cause,
-leaves as one :class:`ProtocolError` whose text says what was wrong and where.
+``"3"``); the structuring here refuses any type that is not exactly the
+declared one, refuses unknown fields, and looks the ``op`` up in the closed set
+of messages before structuring anything.  Every failure, whatever its cause,
+leaves as one :class:`ProtocolError` whose text says what was wrong and where:
+a map that fails is structured again by a strict cattrs converter with
+detailed validation (:mod:`.explain`, loaded on that first failure) to name
+the field.  The fast path needs no cattrs, so neither does a daemon.
 
 :func:`check_prefix` validates the prefix against :class:`Limits` *before*
 anything is allocated, so a peer claiming a 1 TB frame costs us nothing.
@@ -29,13 +32,12 @@ Sans-IO: no trio import, no sockets; :mod:`trioflow.comm` does the IO.
 from __future__ import annotations
 
 import struct
+import types
 import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
-import cattrs
-import cattrs.cols
 import msgpack
 
 from .messages import MESSAGES, STRUCTURES, Message
@@ -75,21 +77,31 @@ _EXT_FRAMES_REF = struct.Struct("<BII")
 INLINE_LIMIT = 64 * 1024
 
 
-# ---------------------------------------------------------------- converter
+# ---------------------------------------------------------------- structuring
+#
+# Each message class gets a pair of functions, made on first use from its
+# fields' declared types (a process uses only some of the ~50 messages):
+# one checks a decoded map strictly and builds the message, the other turns
+# a message into a plain map.  What they accept and produce is what a
+# cattrs converter with the strict hooks of :mod:`.explain` does; cattrs
+# itself is only loaded to explain a map that fails.
+
+_Hook = Callable[[Any], Any]
+_EXACT = (str, int, bool, bytes, Serialized)
 
 
-def _strict(t: type) -> Callable[[Any, Any], Any]:
-    name = t.__name__
+def _exact(t: type) -> _Hook:
+    name = "serialized data" if t is Serialized else t.__name__
 
-    def hook(value: Any, _: Any) -> Any:
+    def check(value: Any) -> Any:
         if type(value) is not t:
             raise TypeError(f"expected {name}, got {type(value).__name__}")
         return value
 
-    return hook
+    return check
 
 
-def _float_hook(value: Any, _: Any) -> float:
+def _structure_float(value: Any) -> float:
     tv = type(value)
     if tv is float:
         return value  # type: ignore[no-any-return]
@@ -98,69 +110,153 @@ def _float_hook(value: Any, _: Any) -> float:
     raise TypeError(f"expected float, got {tv.__name__}")
 
 
-def _serialized_hook(value: Any, _: Any) -> Serialized:
-    if type(value) is not Serialized:
-        raise TypeError(f"expected serialized data, got {type(value).__name__}")
+def _optional_arg(tp: Any) -> Any:
+    """``X`` for ``X | None``, else None."""
+    if typing.get_origin(tp) in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        rest = [a for a in args if a is not type(None)]
+        if len(args) == 2 and len(rest) == 1:
+            return rest[0]
+    return None
+
+
+def _structurer(tp: Any) -> _Hook:
+    """A function that checks a decoded value against ``tp`` and converts it."""
+    if tp is float:
+        return _structure_float
+    if tp in _EXACT:
+        return _exact(tp)
+    inner = _optional_arg(tp)
+    if inner is not None:
+        hook = _structurer(inner)
+        return lambda value: None if value is None else hook(value)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        item = _structurer(args[0])
+
+        def structure_list(value: Any) -> list[Any]:
+            if type(value) is not list:
+                raise TypeError(f"expected list, got {type(value).__name__}")
+            return [item(v) for v in value]
+
+        return structure_list
+    if origin is dict:
+        key, val = _structurer(args[0]), _structurer(args[1])
+        return lambda value: {key(k): val(v) for k, v in value.items()}
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            each = _structurer(args[0])
+            items = None
+        else:
+            items = [_structurer(a) for a in args]
+
+        def structure_tuple(value: Any) -> tuple[Any, ...]:
+            if type(value) is not list and type(value) is not tuple:
+                raise TypeError(f"expected list, got {type(value).__name__}")
+            if items is None:
+                return tuple([each(v) for v in value])
+            if len(value) != len(items):
+                raise TypeError(f"expected {len(items)} items, got {len(value)}")
+            return tuple([h(v) for h, v in zip(items, value, strict=True)])
+
+        return structure_tuple
+    if isinstance(tp, type) and attrs.has(tp):
+        return _class_structurer(tp)
+    raise TypeError(f"no structure hook for {tp!r}")
+
+
+def _compile(name: str, lines: list[str], namespace: dict[str, Any], label: str) -> Any:
+    """Define function ``name`` from ``lines`` (straight-line code per class,
+    as attrs and cattrs make theirs: a loop over the fields costs a third more)."""
+    exec(compile("\n".join(lines), f"<trioflow {label}>", "exec"), namespace)
+    return namespace[name]
+
+
+def _class_structurer(cls: type) -> _Hook:
+    fields = attrs.fields(attrs.resolve_types(cls))
+    ns: dict[str, Any] = {"cls": cls, "names": frozenset(a.name for a in fields), "extra": _extra_fields}
+    lines = [
+        "def structure(value):",
+        "    if type(value) is not dict or not names.issuperset(value):",
+        "        extra(value, names)",
+    ]
+    args = []
+    for i, a in enumerate(fields):
+        ns[f"h{i}"] = _structurer(a.type)
+        alias = a.alias or a.name
+        if a.default is attrs.NOTHING:
+            args.append(f"{alias}=h{i}(value[{a.name!r}])")  # KeyError: missing
+        else:
+            if "**kw" not in args:
+                lines.append("    kw = {}")
+                args.append("**kw")
+            lines.append(f"    if {a.name!r} in value:")
+            lines.append(f"        kw[{alias!r}] = h{i}(value[{a.name!r}])")
+    lines.append(f"    return cls({', '.join(args)})")
+    return _compile("structure", lines, ns, f"structure {cls.__qualname__}")  # type: ignore[no-any-return]
+
+
+def _extra_fields(value: Any, names: frozenset[str]) -> None:
+    if type(value) is not dict:
+        raise TypeError(f"expected a map, got {type(value).__name__}")
+    raise ValueError(f"extra fields: {sorted(map(str, set(value) - names))}")
+
+
+def _unstructurer(tp: Any) -> _Hook | None:
+    """A function that turns a value of ``tp`` into plain data; None: the value is."""
+    if tp is float or tp in _EXACT:
+        return None
+    inner = _optional_arg(tp)
+    if inner is not None:
+        hook = _unstructurer(inner)
+        if hook is None:
+            return None
+        return lambda value: None if value is None else hook(value)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is list:
+        item = _unstructurer(args[0])
+        if item is None:
+            return list
+        return lambda value: [item(v) for v in value]
+    if origin is dict:
+        key, val = _unstructurer(args[0]), _unstructurer(args[1])
+        if key is None and val is None:
+            return dict
+        k = key or _same
+        v = val or _same
+        return lambda value: {k(a): v(b) for a, b in value.items()}
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            each = _unstructurer(args[0])
+            if each is None:
+                return tuple
+            return lambda value: tuple(each(v) for v in value)
+        items = [_unstructurer(a) for a in args]
+        if all(h is None for h in items):
+            return tuple
+        hooks = [h or _same for h in items]
+        return lambda value: tuple(h(v) for h, v in zip(hooks, value, strict=False))
+    if isinstance(tp, type) and attrs.has(tp):
+        return _class_unstructurer(tp)
+    raise TypeError(f"no unstructure hook for {tp!r}")
+
+
+def _same(value: Any) -> Any:
     return value
 
 
-def _is_tuple(t: Any) -> bool:
-    return typing.get_origin(t) is tuple
+def _class_unstructurer(cls: type) -> Callable[[Any], dict[str, Any]]:
+    ns: dict[str, Any] = {}
+    items = []
+    for i, a in enumerate(attrs.fields(attrs.resolve_types(cls))):
+        hook = ns[f"h{i}"] = _unstructurer(a.type)
+        items.append(f"{a.name!r}: msg.{a.name}" if hook is None else f"{a.name!r}: h{i}(msg.{a.name})")
+    lines = ["def unstructure(msg):", f"    return {{{', '.join(items)}}}"]
+    return _compile("unstructure", lines, ns, f"unstructure {cls.__qualname__}")  # type: ignore[no-any-return]
 
 
-def _register_primitives(conv: cattrs.Converter) -> None:
-    for t in (str, int, bool, bytes):
-        conv.register_structure_hook(t, _strict(t))
-    conv.register_structure_hook(float, _float_hook)
-
-
-def _strict_list_factory(t: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
-    # cattrs would iterate anything (a string becomes a list of characters);
-    # msgpack arrays always decode to lists, so demand exactly that.
-    inner = cattrs.cols.list_structure_factory(t, conv)
-
-    def hook(value: Any, typ: Any) -> Any:
-        if type(value) is not list:
-            raise TypeError(f"expected list, got {type(value).__name__}")
-        return inner(value, typ)
-
-    return hook
-
-
-def _strict_tuple_factory(t: Any, conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
-    plain = cattrs.Converter(detailed_validation=conv.detailed_validation)
-    _register_primitives(plain)
-    inner = plain.get_structure_hook(t)
-    args = typing.get_args(t)
-    fixed = None if (len(args) == 2 and args[1] is Ellipsis) else len(args)
-
-    def hook(value: Any, typ: Any) -> Any:
-        if type(value) is not list and type(value) is not tuple:
-            raise TypeError(f"expected list, got {type(value).__name__}")
-        if fixed is not None and len(value) != fixed:
-            raise TypeError(f"expected {fixed} items, got {len(value)}")
-        return inner(value, typ)
-
-    return hook
-
-
-def _make_converter(detailed: bool) -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=detailed)
-    _register_primitives(conv)
-    conv.register_structure_hook(Serialized, _serialized_hook)
-    conv.register_unstructure_hook(Serialized, lambda s: s)
-    conv.register_structure_hook_factory(cattrs.cols.is_mutable_sequence, _strict_list_factory)
-    conv.register_structure_hook_factory(_is_tuple, _strict_tuple_factory)
-    return conv
-
-
-_fast = _make_converter(detailed=False)
-_detailed = _make_converter(detailed=True)
-
-# Hooks are generated on first use of each message class: cattrs compiles
-# one function per class, and a process uses only some of the ~50 messages.
 _unstructure: dict[type, Callable[[Any], dict[str, Any]]] = {}
-_structure: dict[str, tuple[type, Callable[[Any, Any], Any]]] = {}
+_structure: dict[str, tuple[type, _Hook]] = {}
 _ = STRUCTURES
 
 
@@ -169,15 +265,15 @@ def _unstructure_hook(cls: type) -> Callable[[Any], dict[str, Any]]:
     if hook is None:
         if MESSAGES.get(getattr(cls, "op", None)) is not cls:  # type: ignore[arg-type]
             raise KeyError(cls)
-        hook = _unstructure[cls] = _fast.get_unstructure_hook(cls)
+        hook = _unstructure[cls] = _class_unstructurer(cls)
     return hook
 
 
-def _structure_hook(op: str) -> tuple[type, Callable[[Any, Any], Any]]:
+def _structure_hook(op: str) -> tuple[type, _Hook]:
     entry = _structure.get(op)
     if entry is None:
         cls = MESSAGES[op]
-        entry = _structure[op] = (cls, _fast.get_structure_hook(cls))
+        entry = _structure[op] = (cls, _class_structurer(cls))
     return entry
 
 
@@ -210,18 +306,14 @@ def from_dict(d: Any) -> Message:
     except KeyError:
         raise ProtocolError(f"unknown op {op[:64]!r}") from None
     try:
-        return hook(d, cls)  # type: ignore[no-any-return]
+        return hook(d)  # type: ignore[no-any-return]
     except Exception:
         pass
-    # Slow path, only on failure: structure again with detailed validation to
-    # say exactly which field was wrong.
-    try:
-        _detailed.structure(d, cls)
-    except Exception as exc:
-        try:
-            detail = "; ".join(cattrs.transform_error(exc)) if isinstance(exc, cattrs.BaseValidationError) else f"{type(exc).__name__}: {exc}"
-        except Exception:  # noqa: BLE001 - e.g. non-str extra keys confuse transform_error
-            detail = f"{type(exc).__name__}: {exc}"
+    # Slow path, only on failure: say exactly which field was wrong.
+    from .explain import explain
+
+    detail = explain(d, cls)
+    if detail is not None:
         raise ProtocolError(f"invalid {op!r} message: {detail}") from None
     raise ProtocolError(f"invalid {op!r} message")  # pragma: no cover
 

@@ -26,18 +26,24 @@ the keys as dependencies on the way), and the worker's unpickler resolves
 those ids to the dependency values.  No walk over the arguments is needed and
 futures can sit at any depth, even inside user objects.
 
+cloudpickle is imported on first need (:func:`_cloudpickle`): a scheduler
+never needs it, nor a worker until it pickles something pickle cannot (it
+*unpickles* cloudpickle's output with plain pickle, which imports cloudpickle
+by itself when the stream names it).
+
 This module is sans-IO and imports no trio.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 from collections.abc import Callable, Iterable, Mapping
+from types import ModuleType
 from typing import Any
 
 import attrs
-import cloudpickle
 
 __all__ = [
     "Serialized",
@@ -102,6 +108,14 @@ def _type_name(obj: object) -> str:
     return t.__qualname__ if mod in ("builtins", None) else f"{mod}.{t.__qualname__}"
 
 
+@functools.cache
+def _cloudpickle() -> ModuleType:
+    """cloudpickle, imported now (the one place trioflow imports it)."""
+    import cloudpickle
+
+    return cloudpickle
+
+
 class _Collector:
     __slots__ = ("buffers",)
 
@@ -142,7 +156,7 @@ def dumps(obj: object) -> Serialized:
     except Exception:
         collector = _Collector()
         try:
-            data = cloudpickle.dumps(obj, protocol=5, buffer_callback=collector)
+            data = _cloudpickle().dumps(obj, protocol=5, buffer_callback=collector)
         except Exception as exc:
             raise SerializationError(
                 f"cannot serialize object of type {_type_name(obj)}: {exc}"
@@ -185,7 +199,7 @@ def dumps_function(func: Callable[..., Any]) -> bytes:
     """Pickle a callable: by reference when importable, by value (cloudpickle)
     when it lives in ``__main__``, is a lambda, or a closure."""
     try:
-        return cloudpickle.dumps(func, protocol=5)
+        return _cloudpickle().dumps(func, protocol=5)
     except Exception as exc:
         raise SerializationError(f"cannot serialize function of type {_type_name(func)}: {exc}") from exc
 
@@ -228,8 +242,12 @@ class _DepPickler(_DepPicklerMixin, pickle.Pickler):
     pass
 
 
-class _DepCloudPickler(_DepPicklerMixin, cloudpickle.Pickler):
-    pass
+@functools.cache
+def _dep_cloud_pickler() -> type[pickle.Pickler]:
+    class _DepCloudPickler(_DepPicklerMixin, _cloudpickle().Pickler):  # type: ignore[misc,name-defined]
+        pass
+
+    return _DepCloudPickler
 
 
 def dumps_with_deps(obj: object, dep_type: type | tuple[type, ...]) -> tuple[Serialized, list[str]]:
@@ -239,18 +257,19 @@ def dumps_with_deps(obj: object, dep_type: type | tuple[type, ...]) -> tuple[Ser
     Returns:
         The serialized value and the keys found, in first-seen order.
     """
-    for pickler_cls in (_DepPickler, _DepCloudPickler):
+    for cloud in (False, True):
+        pickler_cls = _dep_cloud_pickler() if cloud else _DepPickler
         collector = _Collector()
         f = io.BytesIO()
-        p = pickler_cls(f, protocol=5, buffer_callback=collector)
+        p: Any = pickler_cls(f, protocol=5, buffer_callback=collector)
         p.dep_type = dep_type
         p.deps = {}
         try:
             p.dump(obj)
-            if pickler_cls is _DepPickler and b"__main__" in f.getbuffer():
+            if not cloud and b"__main__" in f.getbuffer():
                 continue  # see dumps(): __main__ objects go by value
         except Exception as exc:
-            if pickler_cls is _DepCloudPickler:
+            if cloud:
                 raise SerializationError(
                     f"cannot serialize task arguments: {_describe_unpicklable(obj, exc)}"
                 ) from exc
@@ -273,7 +292,7 @@ def _describe_unpicklable(obj: object, exc: Exception) -> str:
         return f"object of type {_type_name(obj)}: {exc}"
     for item in items:
         try:
-            cloudpickle.dumps(item)
+            _cloudpickle().dumps(item)
         except Exception as inner:
             return _describe_unpicklable(item, inner)
     return f"object of type {_type_name(obj)}: {exc}"

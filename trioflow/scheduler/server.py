@@ -43,6 +43,7 @@ from ..memory import trim_process_memory
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
+from ..system import default_host
 from . import state as ss
 from .taskstream import TaskStream
 
@@ -669,17 +670,3 @@ def _contact(bound: str) -> str:
     return bound
 
 
-def default_host() -> str:
-    """This machine's first non-loopback IPv4 address (from psutil), or 127.0.0.1."""
-    import socket
-
-    import psutil
-
-    try:
-        for _name, addrs in psutil.net_if_addrs().items():
-            for a in addrs:
-                if a.family == socket.AF_INET and not a.address.startswith("127."):
-                    return str(a.address)
-    except Exception:  # noqa: BLE001 - best effort
-        pass
-    return "127.0.0.1"

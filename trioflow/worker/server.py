@@ -31,7 +31,6 @@ answers at that address, giving up after ``death_timeout`` seconds.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -41,7 +40,6 @@ import traceback
 import uuid
 from typing import Any
 
-import psutil
 import trio
 
 from ..comm import BatchedSend, Comm, CommClosedError, CommError, ConnectionPool, connect, listen
@@ -58,6 +56,7 @@ from ..protocol.serialize import (
     loads_with_deps,
 )
 from ..sizeof import sizeof
+from ..system import ProcessMeter
 from ..workspace import WORKSPACE_PREFIX, claim_workspace, purge_stale_workspaces
 from . import state as ws
 from .executor import ThreadExecutor, thread_state
@@ -239,7 +238,7 @@ class Worker:
         self.transfer_log: list[dict[str, Any]] = []
         self.task_log: list[tuple[str, float, float, int]] = []
         self.close_reason = ""
-        self._proc = psutil.Process()
+        self._proc = ProcessMeter()
         self.services: dict[str, int] = {}
         self.dashboard_address = dashboard_address
         self.bytes_transferred = 0
@@ -682,16 +681,14 @@ class Worker:
         resume_at = pause_at * 0.9
         while True:
             await trio.sleep(0.1)
-            try:
-                rss = self._proc.memory_info().rss
-            except psutil.Error:
+            rss = self._proc.rss()
+            if rss is None:
                 continue
             assert self.state is not None
             if rss > pause_at and isinstance(self.data, SpillBuffer) and self.data.fast:
                 self.data.spill_lru(int(rss - resume_at))
                 if trim_process_memory():
-                    with contextlib.suppress(psutil.Error):
-                        rss = self._proc.memory_info().rss
+                    rss = self._proc.rss() or rss
             if rss > pause_at and not self.state.paused:
                 logger.warning(
                     "worker %s is using %d MB, over %d%% of its %d MB limit: pausing",
@@ -712,11 +709,8 @@ class Worker:
 
     def _heartbeat(self) -> m.Heartbeat:
         assert self.state is not None and self.executor is not None
-        try:
-            rss = self._proc.memory_info().rss
-            cpu = self._proc.cpu_percent()
-        except psutil.Error:
-            rss, cpu = 0, 0.0
+        rss = self._proc.rss() or 0
+        cpu = self._proc.cpu_percent()
         return m.Heartbeat(
             memory=rss,
             managed=self.data.fast_bytes if isinstance(self.data, SpillBuffer) else self.state.nbytes_in_memory,
