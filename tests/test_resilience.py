@@ -768,11 +768,13 @@ async def test_worker_gives_up_on_a_silent_scheduler_and_registers_again() -> No
 def test_scheduler_process_memory_levels_off_over_rounds(tmp_path: Any) -> None:
     """Ten rounds of 10,000 tasks against a real scheduler process: after the
     first graph (which sizes the task tables and fills the page's fixed-size
-    task stream, a one-off ~7 MB) the scheduler's RSS returns to the same
+    task stream, a one-off ~3.5 MB) the scheduler's RSS returns to the same
     level after every release: less than 10% above where the first round
-    left it, and never far above idle.  Under CPython's own allocator the same
-    run ends ~25 MB higher (survivors pin arenas; see trioflow/_launch.py);
-    a leak of a task's state (~2 kB) would add ~20 MB per round."""
+    left it, and less than a quarter above idle (measured: 30.6 idle, 34.0,
+    then 34.2-34.4).  Under CPython's own allocator the same run ends ~25 MB
+    higher (survivors pin arenas; see trioflow/_launch.py); without the
+    collection before the trim it creeps up ~0.7 MB a round; a leak of a
+    task's state (~2 kB) would add ~20 MB per round."""
     import psutil
     from process_helpers import daemons, start_scheduler, start_worker
 
@@ -801,4 +803,4 @@ def test_scheduler_process_memory_levels_off_over_rounds(tmp_path: Any) -> None:
                 rss.append(proc.memory_info().rss / 2**20)
             client.shutdown()
     assert max(rss[1:]) < 1.10 * rss[0], (idle, rss)
-    assert rss[9] < idle + 15, (idle, rss)
+    assert rss[9] < 1.25 * idle, (idle, rss)
