@@ -81,6 +81,10 @@ class ThreadExecutor:
             except BaseException as exc:  # jobs catch user errors; this is our bug
                 result = exc
             done.append(result)
+            # Keep neither while waiting for the next job: a finished job's
+            # arguments and result (say a 256 MiB array) would otherwise stay
+            # alive in this frame after the worker has released them.
+            del job, result
             with self._lock:
                 if self._wake_pending:
                     continue

@@ -458,6 +458,7 @@ class Worker:
                             return
                         else:
                             logger.warning("unexpected %r from the scheduler, ignored", msg.op)
+                        del msg  # a ComputeTask's run spec is not kept alive while idle
             except* (CommClosedError, trio.BrokenResourceError) as group:
                 logger.info("lost the scheduler at %s: %s", self.scheduler_address, group.exceptions[0])
             except* ProtocolError as group:
@@ -579,57 +580,61 @@ class Worker:
     async def _executor_loop(self) -> None:
         assert self.executor is not None
         while True:
-            batch = await self.executor.next_batch()
-            assert self.state is not None
-            events: list[Any] = []
-            for rec in batch:
-                if isinstance(rec, BaseException):
-                    logger.error("executor failure: %r", rec)
-                    continue
-                key = rec[1]
-                current = self.state.is_current_run(key)
-                if not current and key not in self.state.superseded:
-                    continue  # started before a reconnect: the state knows nothing of it
-                if rec[0] == "ok":
-                    _, key, result, nbytes, type_name, start, stop, index, serialized = rec
-                    # A superseded run's result is dropped: the key has a
-                    # value put (scattered) here meanwhile, which wins.
-                    if current:
-                        self._store(key, result, nbytes)
-                        if serialized is not None:
-                            self._serialized[key] = serialized
-                    events.append(ws.ExecuteSuccess(key=key, nbytes=nbytes, type_name=type_name, start=start, stop=stop, thread=index))
-                    self.task_log.append((key, start, stop, index))
-                else:
-                    _, key, ser, text, tb, type_name, start, stop, index = rec
-                    events.append(
-                        ws.ExecuteFailure(
-                            key=key, exception=ser, exception_text=text, traceback_text=tb, type_name=type_name, start=start, stop=stop, thread=index
-                        )
+            # One call per batch, so that nothing of a batch (results that may
+            # be large arrays) stays alive in this frame while we wait.
+            self._executor_results(await self.executor.next_batch())
+
+    def _executor_results(self, batch: list[Any]) -> None:
+        assert self.state is not None
+        events: list[Any] = []
+        for rec in batch:
+            if isinstance(rec, BaseException):
+                logger.error("executor failure: %r", rec)
+                continue
+            key = rec[1]
+            current = self.state.is_current_run(key)
+            if not current and key not in self.state.superseded:
+                continue  # started before a reconnect: the state knows nothing of it
+            if rec[0] == "ok":
+                _, key, result, nbytes, type_name, start, stop, index, serialized = rec
+                # A superseded run's result is dropped: the key has a
+                # value put (scattered) here meanwhile, which wins.
+                if current:
+                    self._store(key, result, nbytes)
+                    if serialized is not None:
+                        self._serialized[key] = serialized
+                events.append(ws.ExecuteSuccess(key=key, nbytes=nbytes, type_name=type_name, start=start, stop=stop, thread=index))
+                self.task_log.append((key, start, stop, index))
+            else:
+                _, key, ser, text, tb, type_name, start, stop, index = rec
+                events.append(
+                    ws.ExecuteFailure(
+                        key=key, exception=ser, exception_text=text, traceback_text=tb, type_name=type_name, start=start, stop=stop, thread=index
                     )
-            if len(self.task_log) > 10_000:
-                del self.task_log[:5_000]
-            if events:
-                try:
-                    instructions = self.state.handle_many(events)
-                except ws.InvalidWorkerEvent as exc:
-                    logger.debug("ignored execution result: %s", exc)
-                    continue
-                self._run_instructions(instructions)
-                # Workaround: the scheduler never sends FreeKeys for a task that
-                # erred here (SchedulerState frees only holders of data), so a
-                # failed task would stay in our state, run spec and all, for
-                # ever.  We never need it again (a retry arrives as a new
-                # ComputeTask), so forget it as soon as it is reported.
-                # Only keys left in 'error': a failed run may also have been
-                # superseded by a put value, or turned into a fetch.
-                failed = [
-                    ev.key
-                    for ev in events
-                    if type(ev) is ws.ExecuteFailure and (t := self.state.tasks.get(ev.key)) is not None and t.state == "error"
-                ]
-                if failed:
-                    self._handle(ws.FreeKeysEvent(keys=failed))
+                )
+        if len(self.task_log) > 10_000:
+            del self.task_log[:5_000]
+        if events:
+            try:
+                instructions = self.state.handle_many(events)
+            except ws.InvalidWorkerEvent as exc:
+                logger.debug("ignored execution result: %s", exc)
+                return
+            self._run_instructions(instructions)
+            # Workaround: the scheduler never sends FreeKeys for a task that
+            # erred here (SchedulerState frees only holders of data), so a
+            # failed task would stay in our state, run spec and all, for
+            # ever.  We never need it again (a retry arrives as a new
+            # ComputeTask), so forget it as soon as it is reported.
+            # Only keys left in 'error': a failed run may also have been
+            # superseded by a put value, or turned into a fetch.
+            failed = [
+                ev.key
+                for ev in events
+                if type(ev) is ws.ExecuteFailure and (t := self.state.tasks.get(ev.key)) is not None and t.state == "error"
+            ]
+            if failed:
+                self._handle(ws.FreeKeysEvent(keys=failed))
 
     async def _gather_dep(self, inst: ws.GatherDep) -> None:
         assert self.pool is not None
@@ -745,6 +750,10 @@ class Worker:
             else:
                 reply = m.ErrorReply(message=f"a worker does not serve {msg.op!r} requests")
             await comm.send(reply)
+            # Hold neither while the connection idles: a DataReply's frames are
+            # views of the values sent, and would keep a released 256 MiB
+            # array alive for as long as the peer keeps its pooled connection.
+            del msg, reply
 
     def _get_data(self, keys: list[str]) -> m.Message:
         data: dict[str, Serialized] = {}
