@@ -9,6 +9,7 @@ socket behind.
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -343,7 +344,7 @@ def test_retries(client: Client) -> None:
         client.submit(fail_twice, retries=1, pure=False).result(timeout=5)
 
 
-def test_shutdown_closes_the_cluster() -> None:
+def test_shutdown_closes_the_cluster(caplog: pytest.LogCaptureFixture) -> None:
     cluster = LocalCluster(n_workers=1)
     try:
         client = Client(cluster)
@@ -351,6 +352,9 @@ def test_shutdown_closes_the_cluster() -> None:
         client.shutdown()
         assert client.status == "closed"
         assert cluster.scheduler.status == "closed"
+        # The scheduler going away was asked for: no warning about it.
+        warned = [r.getMessage() for r in caplog.records if r.name.startswith("trioflow.client") and r.levelno >= logging.WARNING]
+        assert warned == []
     finally:
         cluster.close()
 

@@ -152,6 +152,8 @@ class AsyncClient:
         self._seq = itertools.count()
         #: After losing the scheduler, keep trying to register again.
         self.reconnect = True
+        #: Set by :meth:`shutdown`: the scheduler's going away is then expected.
+        self._shutdown_requested = False
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.id} scheduler={self.scheduler_address} status={self.status}>"
@@ -258,15 +260,17 @@ class AsyncClient:
                     break
                 else:
                     logger.warning("unexpected %r from the scheduler", msg.op)
+                del msg  # a KeyErred's traceback is not kept alive while idle
         except CommClosedError as exc:
             reason = f"scheduler lost: {exc}"
         except Exception as exc:  # noqa: BLE001 - protocol errors end the stream
             reason = f"scheduler stream failed: {exc}"
         if self.status == "running":
-            logger.warning("%s", reason)
+            # After our own shutdown() the scheduler's going away is news, not a problem.
+            logger.log(logging.INFO if self._shutdown_requested else logging.WARNING, "%s", reason)
             self.status = "lost"
         self._lose_all(reason)
-        if self.status == "lost" and self._nursery is not None and self.reconnect:
+        if self.status == "lost" and self._nursery is not None and self.reconnect and not self._shutdown_requested:
             self._nursery.start_soon(self._reconnect_loop)
 
     async def _reconnect_loop(self) -> None:
@@ -994,6 +998,7 @@ class AsyncClient:
 
     async def shutdown(self) -> None:
         """Close the scheduler (and with it the workers), then this client."""
+        self._shutdown_requested = True
         try:
             await self._rpc(m.Shutdown(), m.Ok, timeout=self.timeout)
         except (CommError, RemoteError, trio.TooSlowError) as exc:
