@@ -10,8 +10,9 @@ process: measured, ten rounds of 10,000 tasks took a scheduler from 35 MiB
 idle to 66 MiB after release.  On glibc's heap the same survivors pin single
 4 KiB pages, and :func:`trioflow.memory.trim_process_memory` (called by the
 scheduler once a graph's tasks are gone) hands the rest back: the same ten
-rounds end within a few MiB of the first.  The cost is ~2 MiB more at idle
-(glibc's per-object header) and no measurable speed.
+rounds end within 1% of the first.  The cost is about 5% more memory per
+held task (glibc's per-allocation header) and no measurable speed; at idle,
+after the start-up trim, none.
 
 The allocator is chosen when the interpreter starts, so the entry point
 replaces itself (``execve``: same PID, same arguments) once, with

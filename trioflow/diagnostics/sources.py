@@ -410,7 +410,7 @@ class SchedulerSource:
         return p.text()
 
     def poll(self) -> None:
-        """Keep counters current (called about once a second); the scheduler's count itself."""
+        """Called about once a second; nothing to do: the finished count is the task stream's own total."""
 
 
 def _memory_totals(workers: Iterable[Any]) -> dict[str, int]:

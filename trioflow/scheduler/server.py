@@ -631,7 +631,6 @@ class Scheduler:
 
     async def _liveness_loop(self) -> None:
         peak_tasks = last_tasks = 0
-        trim_process_memory()  # what imports and start-up freed
         while True:
             await trio.sleep(1.0)
             now = trio.current_time()

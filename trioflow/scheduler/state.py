@@ -145,17 +145,15 @@ class _NoTasks(frozenset):  # type: ignore[type-arg]
     Most tasks have no dependencies, no dependents, nothing to wait on and
     nobody waiting, and an empty ``set`` costs 216 bytes: four of them per
     task were a third of the scheduler's memory per held task.  This empty
-    frozenset stands in until the first :func:`_add`; ``discard`` and
-    ``clear`` are the no-ops they are on an empty set, and a stray ``add``
-    fails loudly (frozensets have none) instead of filling a shared value.
+    frozenset stands in until the first :func:`_add` (an emptied set is
+    replaced by it again, not cleared); ``discard`` is the no-op it is on an
+    empty set, and a stray ``add`` or ``clear`` fails loudly (frozensets have
+    neither) instead of changing a shared value.
     """
 
     __slots__ = ()
 
     def discard(self, item: object) -> None:
-        pass
-
-    def clear(self) -> None:
         pass
 
 
