@@ -355,3 +355,73 @@ def test_dependencies_round_trip(value: Any, keys: list[str]) -> None:
     s, deps = dumps_with_deps(args, Fut)
     assert deps == list(dict.fromkeys(keys))
     assert loads_with_deps(s, {k: k.upper() for k in keys}) == [value, [k.upper() for k in keys]]
+
+
+def test_reused_pickler_keeps_nothing_alive() -> None:
+    # The per-thread pickler is reused across calls; its memo and buffer must
+    # not hold the last arguments (a worker frees results as soon as released).
+    import gc
+    import weakref
+
+    box = Box([Fut("a"), np.arange(10)])
+    ref = weakref.ref(box)
+    s, deps = dumps_with_deps(box, Fut)
+    assert deps == ["a"]
+    del box
+    gc.collect()
+    assert ref() is None
+    # ... and the next call starts clean: no keys or buffers from the last one.
+    s2, deps2 = dumps_with_deps([1, 2], Fut)
+    assert deps2 == [] and s2.buffers == () and loads(s2) == [1, 2]
+
+
+def test_pickler_not_reused_after_a_failure() -> None:
+    with pytest.raises(SerializationError):
+        dumps_with_deps([Fut("x"), threading.Lock()], Fut)
+    s, deps = dumps_with_deps([Fut("y"), 3], Fut)
+    assert deps == ["y"]
+    assert loads_with_deps(s, {"y": "Y"}) == ["Y", 3]
+
+
+class _PicklesItsOwnArgs:
+    """A value whose reduction itself pickles task arguments (nested use)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __reduce__(self) -> Any:
+        s, deps = dumps_with_deps(self.inner, Fut)
+        return (_load_own, (bytes(s.data), deps))
+
+
+def _load_own(data: bytes, deps: list[str]) -> Any:
+    return ("own", deps, loads_with_deps(Serialized(kind=0, data=data), {k: k * 2 for k in deps}))
+
+
+def test_nested_dependency_pickling_and_unpickling() -> None:
+    s, deps = dumps_with_deps([Fut("outer"), _PicklesItsOwnArgs([Fut("in")])], Fut)
+    assert deps == ["outer"]  # the inner call kept its own keys
+    assert loads_with_deps(s, {"outer": 1}) == [1, ("own", ["in"], ["inin"])]
+
+
+def test_reference_outside_task_arguments_is_an_error() -> None:
+    s, _ = dumps_with_deps([Fut("k")], Fut)
+    with pytest.raises(SerializationError, match="'k'"):
+        loads(s)
+
+
+def test_dependencies_in_threads() -> None:
+    results: dict[int, Any] = {}
+
+    def work(i: int) -> None:
+        for j in range(200):
+            s, deps = dumps_with_deps([Fut(f"k{i}"), j], Fut)
+            assert deps == [f"k{i}"]
+            results[i] = loads_with_deps(s, {f"k{i}": i})
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == {i: [i, 199] for i in range(4)}

@@ -20,11 +20,15 @@ An object neither can pickle raises :class:`SerializationError` naming its
 type, so a user sees "cannot serialize object of type Lock" instead of a
 deep pickle traceback.
 
-Futures inside task arguments are handled with pickle's persistent-id hook:
-the client's pickler emits the future's key as a persistent id (collecting
-the keys as dependencies on the way), and the worker's unpickler resolves
-those ids to the dependency values.  No walk over the arguments is needed and
-futures can sit at any depth, even inside user objects.
+Futures inside task arguments are handled with pickle's ``reducer_override``
+hook: the client's pickler writes each future as a call ``_dep(key)``
+(collecting the keys as dependencies on the way), and on the worker that call
+returns the dependency's value from the map :func:`loads_with_deps` was given.
+No walk over the arguments is needed and futures can sit at any depth, even
+inside user objects.  The hook runs only for objects that are not numbers,
+strings or builtin containers, and a pickler is reused per thread, so
+pickling a graph's thousands of small tasks costs little more than plain
+``pickle.dumps``.
 
 cloudpickle is imported on first need (:func:`_cloudpickle`): a scheduler
 never needs it, nor a worker until it pickles something pickle cannot (it
@@ -39,6 +43,7 @@ from __future__ import annotations
 import functools
 import io
 import pickle
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from types import ModuleType
 from typing import Any
@@ -223,31 +228,109 @@ def loads_function(data: bytes) -> Callable[..., Any]:
 
 
 # --------------------------------------------------------------------------
-# Task arguments: futures become dependencies via persistent ids.
+# Task arguments: futures become references to their keys.
 
 
-class _DepPicklerMixin:
+class _DepScope(threading.local):
+    """The dependency values :func:`loads_with_deps` resolves references
+    from, per thread (workers unpickle in their executor threads)."""
+
+    data: Mapping[str, Any] | None = None
+
+
+_dep_scope = _DepScope()
+
+
+def _dep(key: str) -> Any:
+    """What a pickled dependency reference calls when unpickled: the value."""
+    data = _dep_scope.data
+    if data is None:
+        raise SerializationError(f"dependency {key!r} found outside task arguments")
+    try:
+        return data[key]
+    except KeyError:
+        raise SerializationError(f"dependency {key!r} is not available") from None
+
+
+def _reduce_dep(pickler: Any, obj: object) -> tuple[Any, tuple[str]] | None:
+    """A dependency pickles as the call ``_dep(key)`` (and its key is noted)."""
+    if isinstance(obj, pickler.dep_type):
+        key: str = obj.key  # type: ignore[attr-defined]
+        pickler.deps[key] = None
+        return _dep, (key,)
+    return None
+
+
+class _DepPickler(pickle.Pickler):
+    # ``reducer_override`` (not ``persistent_id``): pickle calls it only for
+    # objects that are not ints, floats, strings, bytes or builtin
+    # containers, where ``persistent_id`` costs a Python call per object.
     dep_type: type | tuple[type, ...]
     deps: dict[str, None]
 
-    def persistent_id(self, obj: object) -> str | None:
-        if type(obj) is self.dep_type or isinstance(obj, self.dep_type):
-            key: str = obj.key  # type: ignore[attr-defined]
-            self.deps[key] = None
-            return key
-        return None
-
-
-class _DepPickler(_DepPicklerMixin, pickle.Pickler):
-    pass
+    def reducer_override(self, obj: object) -> Any:
+        return _reduce_dep(self, obj) or NotImplemented
 
 
 @functools.cache
 def _dep_cloud_pickler() -> type[pickle.Pickler]:
-    class _DepCloudPickler(_DepPicklerMixin, _cloudpickle().Pickler):  # type: ignore[misc,name-defined]
-        pass
+    cloud = _cloudpickle().Pickler
+
+    class _DepCloudPickler(cloud):  # type: ignore[misc,valid-type]
+        dep_type: type | tuple[type, ...]
+        deps: dict[str, None]
+
+        def reducer_override(self, obj: object) -> Any:
+            return _reduce_dep(self, obj) or super().reducer_override(obj)
 
     return _DepCloudPickler
+
+
+class _Reusable(threading.local):
+    """One stdlib dependency pickler per thread and dependency type.
+
+    Making a pickler costs about as much as pickling a small task, and a
+    graph pickles thousands; between uses its memo is cleared and its output
+    buffer emptied, so it keeps nothing of the last value alive.
+    """
+
+    def __init__(self) -> None:
+        self.picklers: dict[Any, tuple[_DepPickler, io.BytesIO, _Collector]] = {}
+
+
+_reusable = _Reusable()
+_REUSE_MAX_BYTES = 1 << 20  # a pickler that wrote more than this is dropped, not kept
+
+
+def _dump_plain(obj: object, dep_type: type | tuple[type, ...]) -> tuple[Serialized, list[str]] | None:
+    """Pickle with the stdlib; None if only cloudpickle will do."""
+    picklers = _reusable.picklers
+    entry = picklers.pop(dep_type, None)  # taken, so a nested call makes its own
+    if entry is None:
+        f = io.BytesIO()
+        collector = _Collector()
+        p = _DepPickler(f, protocol=5, buffer_callback=collector)
+        p.dep_type = dep_type
+        entry = (p, f, collector)
+    p, f, collector = entry
+    p.deps = {}
+    try:
+        p.dump(obj)
+    except Exception:
+        return None  # the pickler may be mid-frame: not reused
+    finally:
+        p.clear_memo()
+    data = f.getvalue()
+    buffers, deps = tuple(collector.buffers), list(p.deps)
+    collector.buffers = []
+    p.deps = {}
+    if len(data) <= _REUSE_MAX_BYTES:
+        f.seek(0)
+        f.truncate()
+        picklers[dep_type] = entry
+    if b"__main__" in data:
+        return None  # see dumps(): __main__ objects go by value
+    return Serialized(kind=_KIND_PICKLE, data=data, buffers=buffers), deps
 
 
 def dumps_with_deps(obj: object, dep_type: type | tuple[type, ...]) -> tuple[Serialized, list[str]]:
@@ -257,28 +340,22 @@ def dumps_with_deps(obj: object, dep_type: type | tuple[type, ...]) -> tuple[Ser
     Returns:
         The serialized value and the keys found, in first-seen order.
     """
-    for cloud in (False, True):
-        pickler_cls = _dep_cloud_pickler() if cloud else _DepPickler
-        collector = _Collector()
-        f = io.BytesIO()
-        p: Any = pickler_cls(f, protocol=5, buffer_callback=collector)
-        p.dep_type = dep_type
-        p.deps = {}
-        try:
-            p.dump(obj)
-            if not cloud and b"__main__" in f.getbuffer():
-                continue  # see dumps(): __main__ objects go by value
-        except Exception as exc:
-            if cloud:
-                raise SerializationError(
-                    f"cannot serialize task arguments: {_describe_unpicklable(obj, exc)}"
-                ) from exc
-            continue
-        return (
-            Serialized(kind=_KIND_PICKLE, data=f.getvalue(), buffers=tuple(collector.buffers)),
-            list(p.deps),
-        )
-    raise AssertionError("unreachable")  # pragma: no cover
+    done = _dump_plain(obj, dep_type)
+    if done is not None:
+        return done
+    collector = _Collector()
+    f = io.BytesIO()
+    p: Any = _dep_cloud_pickler()(f, protocol=5, buffer_callback=collector)
+    p.dep_type = dep_type
+    p.deps = {}
+    try:
+        p.dump(obj)
+    except Exception as exc:
+        raise SerializationError(f"cannot serialize task arguments: {_describe_unpicklable(obj, exc)}") from exc
+    return (
+        Serialized(kind=_KIND_PICKLE, data=f.getvalue(), buffers=tuple(collector.buffers)),
+        list(p.deps),
+    )
 
 
 def _describe_unpicklable(obj: object, exc: Exception) -> str:
@@ -298,25 +375,17 @@ def _describe_unpicklable(obj: object, exc: Exception) -> str:
     return f"object of type {_type_name(obj)}: {exc}"
 
 
-class _DepUnpickler(pickle.Unpickler):
-    def __init__(self, file: Any, *, buffers: Any, data: Mapping[str, Any]) -> None:
-        super().__init__(file, buffers=buffers)
-        self._data = data
-
-    def persistent_load(self, pid: Any) -> Any:
-        try:
-            return self._data[pid]
-        except KeyError:
-            raise SerializationError(f"dependency {pid!r} is not available") from None
-
-
 def loads_with_deps(s: Serialized, data: Mapping[str, Any]) -> Any:
     """Inverse of :func:`dumps_with_deps`: references resolve from ``data``."""
     if s.kind != _KIND_PICKLE:
         return loads(s)
+    scope = _dep_scope
+    outer, scope.data = scope.data, data
     try:
-        return _DepUnpickler(io.BytesIO(s.data), buffers=s.buffers, data=data).load()
+        return pickle.loads(s.data, buffers=s.buffers)
     except SerializationError:
         raise
     except Exception as exc:
         raise SerializationError(f"cannot deserialize task arguments: {type(exc).__name__}: {exc}") from exc
+    finally:
+        scope.data = outer
