@@ -1165,6 +1165,42 @@ def test_queued_tasks_spread_to_a_worker_that_joins_later() -> None:
     assert done_on["b"] > 400  # load spread, not pinned to the first worker
 
 
+def _finish_timed(sim: Sim, key: str, seconds: float) -> list:
+    ts = sim.s.tasks[key]
+    return sim.handle(TaskFinishedEvent(worker=ts.processing_on.address, key=key, nbytes=8, type_name="int", start=1.0, stop=1.0 + seconds))
+
+
+def test_short_root_tasks_fill_a_deeper_worker_queue() -> None:
+    # Tasks measured at microseconds would leave a thread idle for every
+    # scheduler round trip if a worker held only ceil(1.1 * nthreads) + 1.
+    from trioflow.scheduler.state import QUEUE_HORIZON, QUEUE_SHORT_MAX
+
+    sim = Sim(worker_saturation=1.1)
+    sim.worker("a")
+    sim.submit(*[spec(f"r-{i}") for i in range(1000)])
+    assert sim.s.task_counts["processing"] == 3  # nothing measured yet
+    out: list = []
+    for key in ["r-0", "r-1", "r-2"]:  # those sent before the measurement count 0.5 s each
+        out = _finish_timed(sim, key, 50e-6)
+    assert len(computes(out)) > 10
+    assert sim.s.task_counts["processing"] == QUEUE_SHORT_MAX  # capped, not the whole graph
+    assert sim.s.task_counts["queued"] == 1000 - 3 - QUEUE_SHORT_MAX
+    # Measured long again: the queue drains back to the usual few.
+    for ts in [t for t in sim.s.tasks.values() if t.state == "processing"]:
+        _finish_timed(sim, ts.key, 10 * QUEUE_HORIZON)
+    assert sim.s.task_counts["processing"] <= 3
+
+
+def test_long_root_tasks_keep_the_usual_queue() -> None:
+    sim = Sim(worker_saturation=1.1)
+    sim.worker("a", nthreads=2)
+    sim.submit(*[spec(f"r-{i}") for i in range(100)])
+    for _ in range(20):
+        ts = next(t for t in sim.s.tasks.values() if t.state == "processing")
+        _finish_timed(sim, ts.key, 0.1)
+        assert sim.s.task_counts["processing"] == 4  # ceil(2 * 1.1) + 1
+
+
 def test_releasing_a_queued_task_forgets_it() -> None:
     sim = Sim(worker_saturation=1.1)
     sim.worker("a")

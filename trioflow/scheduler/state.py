@@ -81,6 +81,14 @@ DEFAULT_BANDWIDTH = 100e6
 #: Root tasks a worker may hold beyond ceil(nthreads * worker_saturation):
 #: one spare keeps its executor thread fed across the scheduler round trip.
 QUEUE_PREFETCH = 1
+#: ... unless what it holds is known to be short: then it gets more root
+#: tasks, up to about this many seconds of expected work per thread, so that
+#: the scheduler round trip (milliseconds) does not leave its threads idle
+#: between tasks of a few microseconds.  Run-ahead stays bounded by time,
+#: which is what root-task queuing is about.
+QUEUE_HORIZON = 0.01
+#: ... and at most this many root tasks per thread in all.
+QUEUE_SHORT_MAX = 100
 #: Placement and stealing look at all workers up to this many, and at a
 #: rotating window of this many (plus the holders of a task's inputs) above.
 SAMPLE = 32
@@ -1261,7 +1269,12 @@ class SchedulerState:
         return self.worker_saturation != float("inf") and not ts.dependencies and not ts.workers and not ts.resources
 
     def _saturated(self, ws: WorkerState) -> bool:
-        return len(ws.processing) >= max(math.ceil(ws.nthreads * self.worker_saturation), 1) + QUEUE_PREFETCH
+        n = len(ws.processing)
+        if n < max(math.ceil(ws.nthreads * self.worker_saturation), 1) + QUEUE_PREFETCH:
+            return False
+        # Tasks of a prefix not seen finishing yet count DEFAULT_DURATION, so
+        # this extends only once the work is measured to be short.
+        return ws.occupancy >= QUEUE_HORIZON * ws.nthreads or n >= QUEUE_SHORT_MAX * ws.nthreads
 
     def _enqueue(self, ts: TaskState) -> None:
         ts.state = "queued"
