@@ -234,6 +234,47 @@ def test_scheduler_files_preload_and_sigterm(tmp_path: Path) -> None:
         assert "Traceback" not in sched.text()
 
 
+PROBE = textwrap.dedent(
+    """
+    import json, os, sys
+
+    def trioflow_setup(server):
+        seen = {{
+            "click": sorted(m for m in sys.modules if m == "click" or m.startswith("click.")),
+            "cli": "trioflow.cli" in sys.modules,
+            "malloc": os.environ.get("PYTHONMALLOC"),
+            "leaked": [k for k in os.environ if "TRIOFLOW_SCHEDULER" in k],
+            "ttl": server.worker_ttl,
+        }}
+        with open({out!r}, "w") as f:
+            json.dump(seen, f)
+    """
+)
+
+
+def test_scheduler_serves_without_click(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # trioflow-scheduler checks its options with click, then re-executes
+    # itself on glibc's malloc with them as JSON: the serving process never
+    # imports click, and the hand-over variable does not reach its children.
+    monkeypatch.delenv("PYTHONMALLOC", raising=False)
+    out = tmp_path / "seen.json"
+    probe = tmp_path / "probe.py"
+    probe.write_text(PROBE.format(out=str(out)))
+    with daemons() as start:
+        sched, address, _ = start_scheduler(start, tmp_path, "--preload", str(probe), "--worker-ttl", "7.5")
+        wait_for(out.exists, 10, "the probe's report")
+        seen = json.loads(out.read_text())
+        with Client(address, timeout=10) as client:
+            assert client.scheduler_info()["address"] == address
+        sched.proc.send_signal(signal.SIGTERM)
+        assert sched.wait(10) == 0, sched.text()
+    assert seen["click"] == [] and seen["cli"] is False, seen
+    assert seen["malloc"] == "malloc"
+    assert seen["leaked"] == []
+    assert seen["ttl"] == 7.5  # the options made it across
+    assert "Traceback" not in sched.text()
+
+
 def test_scheduler_dashboard_flags(tmp_path: Path) -> None:
     """--dashboard-address serves the page; the startup line gives its URL."""
     sfile = tmp_path / "scheduler.json"

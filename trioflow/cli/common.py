@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -31,6 +32,8 @@ from ..daemon import (
     preload_setup,
     preload_teardown,
     release_startup_memory,
+    run_main,
+    run_scheduler_process,
     run_worker_process,
     setup_logging,
 )
@@ -39,11 +42,15 @@ from ..protocol import ProtocolError
 from ..security import Security, SecurityError
 from ..system import psutil_module
 
+T = TypeVar("T")
 
-def run_cli(command: click.Command, prog: str, args: list[str] | None = None) -> None:
-    """Run a click command with one-line errors and our exit codes."""
+
+def cli_call(fn: Callable[[], T], prog: str) -> T:
+    """Call ``fn`` (click parsing, option checks); on ``--help``,
+    ``--version`` or a bad option, end the program with click's output or a
+    one-line error and our exit codes."""
     try:
-        rv = command.main(args=args, prog_name=prog, standalone_mode=False)
+        return fn()
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
@@ -55,6 +62,11 @@ def run_cli(command: click.Command, prog: str, args: list[str] | None = None) ->
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def run_cli(command: click.Command, prog: str, args: list[str] | None = None) -> None:
+    """Run a click command with one-line errors and our exit codes."""
+    rv = cli_call(lambda: command.main(args=args, prog_name=prog, standalone_mode=False), prog)
     sys.exit(rv or 0)
 
 
@@ -159,6 +171,7 @@ def default_nthreads(nprocs: int) -> int:
 __all__ = [
     "PidFile",
     "UserError",
+    "cli_call",
     "close_on_signals",
     "default_nthreads",
     "describe_exception",
@@ -173,6 +186,8 @@ __all__ = [
     "preload_teardown",
     "release_startup_memory",
     "run_cli",
+    "run_main",
+    "run_scheduler_process",
     "run_worker_process",
     "setup_logging",
 ]
