@@ -492,12 +492,31 @@ def test_resources_limit_concurrent_executions() -> None:
 
 def test_executing_never_exceeds_slots() -> None:
     w = worker(nthreads=2, prefetch=1)
+    w.durations["t"] = 1e-4  # measured short: prefetching allowed
     out = []
     for i in range(6):
-        out += w.handle(compute(f"t{i}", priority=(0, 0, i)))
-    assert [e.key for e in of(out, Execute)] == ["t0", "t1", "t2"]
-    out = w.handle(success("t1"))
-    assert [e.key for e in of(out, Execute)] == ["t3"]
+        out += w.handle(compute(f"t-{i}", priority=(0, 0, i)))
+    assert [e.key for e in of(out, Execute)] == ["t-0", "t-1", "t-2"]
+    out = w.handle(ExecuteSuccess(key="t-1", nbytes=1, type_name="int", start=1.0, stop=1.0001))
+    assert [e.key for e in of(out, Execute)] == ["t-3"]
+
+
+def test_prefetch_only_for_tasks_measured_short() -> None:
+    # A task handed to the executor early runs before whatever arrives
+    # meanwhile: for long tasks that is run-ahead (memory), not speed.
+    w = worker(nthreads=2, prefetch=1)
+    out = []
+    for i in range(6):
+        out += w.handle(compute(f"t-{i}", priority=(0, 0, i)))
+    assert [e.key for e in of(out, Execute)] == ["t-0", "t-1"]  # unmeasured: one per thread
+    out = w.handle(ExecuteSuccess(key="t-1", nbytes=1, type_name="int", start=1.0, stop=1.0001))
+    assert [e.key for e in of(out, Execute)] == ["t-2", "t-3"]  # short: the free thread's and a prefetch
+    assert w.n_executing == w.slots == 3
+    out = w.handle(success("t-0"))  # one second: the average is long again
+    assert of(out, Execute) == []
+    assert w.n_executing == 2
+    out = w.handle(success("t-2"))
+    assert [e.key for e in of(out, Execute)] == ["t-4"]  # a thread is free
 
 
 def test_invalid_events_change_nothing() -> None:

@@ -41,7 +41,7 @@ import attrs
 import trio
 
 from .._version import __version__
-from ..scheduler.state import key_prefix
+from ..keys import key_prefix
 from ..system import ProcessMeter
 
 __all__ = ["SchedulerSource", "WorkerSource", "source_for", "MAX_STREAM_PER_SNAPSHOT"]

@@ -50,6 +50,7 @@ from typing import Any
 
 import attrs
 
+from ..keys import key_prefix
 from ..protocol.messages import (
     ComputeTask,
     FreeKeys,
@@ -78,9 +79,8 @@ __all__ = [
 ALL_STATES = ("released", "waiting", "no-worker", "queued", "processing", "memory", "erred", "forgotten")
 DEFAULT_DURATION = 0.5
 DEFAULT_BANDWIDTH = 100e6
-#: Root tasks a worker may hold beyond ceil(nthreads * worker_saturation):
-#: one spare keeps its executor thread fed across the scheduler round trip.
-QUEUE_PREFETCH = 1
+#: A worker is given root tasks while it holds fewer than
+#: ceil(nthreads * worker_saturation) of them (as in dask.distributed)...
 #: ... unless what it holds is known to be short: then it gets more root
 #: tasks, up to about this many seconds of expected work per thread, so that
 #: the scheduler round trip (milliseconds) does not leave its threads idle
@@ -318,14 +318,6 @@ class ClientState:
 
     def __repr__(self) -> str:
         return f"<ClientState {self.client_id} wants={len(self.wants_what)}>"
-
-
-def key_prefix(key: str) -> str:
-    """``'inc-123abc'`` -> ``'inc'``; ``"('x', 1)"``-style keys -> ``'x'``."""
-    if key.startswith("("):
-        head = key[1:].split(",", 1)[0].strip().strip("'\"")
-        return head.rsplit("-", 1)[0] if "-" in head else head
-    return key.rsplit("-", 1)[0] if "-" in key else key
 
 
 # ---------------------------------------------------------------- events
@@ -1270,7 +1262,7 @@ class SchedulerState:
 
     def _saturated(self, ws: WorkerState) -> bool:
         n = len(ws.processing)
-        if n < max(math.ceil(ws.nthreads * self.worker_saturation), 1) + QUEUE_PREFETCH:
+        if n < max(math.ceil(ws.nthreads * self.worker_saturation), 1):
             return False
         # Tasks of a prefix not seen finishing yet count DEFAULT_DURATION, so
         # this extends only once the work is measured to be short.

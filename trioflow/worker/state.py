@@ -44,7 +44,11 @@ and its result reported, and should it fail, the key is fetched after all.
 Executor slots: the executor runs ``nthreads`` tasks at once but is handed up
 to ``nthreads + prefetch`` of them, so a thread that finishes a task starts
 the next one without a round trip through the event loop (a thread hand-off
-per task costs more than a small task).
+per task costs more than a small task).  Only tasks whose prefix has been
+measured to run shorter than :data:`PREFETCH_BELOW` take a prefetch slot:
+for longer ones the round trip is noise, and a task handed over early is
+committed to run before whatever arrives meanwhile, such as the dependent
+that would have consumed (and let go of) the last result.
 
 A key is dropped when the scheduler says so (:class:`FreeKeysEvent`) and no
 local task still needs it.  Transfers are grouped per peer, at most
@@ -60,6 +64,7 @@ from typing import Any
 
 import attrs
 
+from ..keys import key_prefix
 from ..protocol.messages import (
     AddKeys,
     ComputeTask,
@@ -76,6 +81,9 @@ from ..protocol.serialize import Serialized
 __all__ = ["WorkerState", "WorkerTask", "Execute", "GatherDep", "SendMsg", "DropData", "InvalidWorkerEvent"]
 
 WORKER_STATES = ("waiting", "ready", "executing", "memory", "error", "fetch", "flight")
+#: Tasks measured shorter than this (seconds, per key prefix) may be handed
+#: to the executor ahead of a free thread.
+PREFETCH_BELOW = 0.005
 
 
 class InvalidWorkerEvent(ValueError):
@@ -261,6 +269,8 @@ class WorkerState:
         self.address = address
         self.nthreads = nthreads
         self.slots = nthreads + (prefetch if prefetch is not None else max(2, nthreads))
+        #: Run time per key prefix (moving average), for prefetching.
+        self.durations: dict[str, float] = {}
         self.total_resources = dict(resources or {})
         self.available_resources = dict(self.total_resources)
         self.tasks: dict[str, WorkerTask] = {}
@@ -471,6 +481,7 @@ class WorkerState:
         if ts is None or ts.state != "executing":
             raise InvalidWorkerEvent(f"execution result for {ev.key!r}, which is not executing")
         self._leave_executing(ts)
+        self._measured(ts.key, ev.start, ev.stop)
         ts.nbytes = ev.nbytes
         self.executed_count += 1
         self._release_deps_of(ts)
@@ -824,14 +835,35 @@ class WorkerState:
             self._drop(t)
         self._set_gone(dts)
 
+    def _may_start(self, ts: WorkerTask) -> bool:
+        """May ``ts`` be handed to the executor now (a slot being free)?"""
+        if self.n_executing < self.nthreads:
+            return True
+        d = self.durations.get(key_prefix(ts.key))
+        return d is not None and d < PREFETCH_BELOW
+
+    def _measured(self, key: str, start: float, stop: float) -> None:
+        if stop <= start:
+            return  # no timing (or a clock step): learn nothing
+        prefix = key_prefix(key)
+        old = self.durations.get(prefix)
+        if old is None and len(self.durations) >= 10_000:
+            self.durations.clear()  # keys without a shared prefix: keep it bounded
+        d = stop - start
+        self.durations[prefix] = d if old is None else 0.5 * (old + d)
+
     def _schedule(self) -> None:
         """Hand ready tasks to the executor and start transfers."""
         if not self.paused:
             while self.ready and self.n_executing < self.slots:
-                entry = heapq.heappop(self.ready)
+                entry = self.ready[0]
                 ts = entry[2]
                 if ts.state != "ready":
+                    heapq.heappop(self.ready)
                     continue
+                if not self._may_start(ts):
+                    break  # no thread free, and not known to be short
+                heapq.heappop(self.ready)
                 if ts.resources and not self._take_resources(ts):
                     # Its resources are taken: set it aside rather than
                     # stop here, or the tasks behind it (needing nothing,
@@ -904,7 +936,7 @@ class WorkerState:
         # No thread idles while a ready task could run: every ready task is
         # queued, or set aside because its resources are taken right now.
         if not self.paused and self.n_executing < self.slots:
-            assert not any(t.state == "ready" for _, _, t in self.ready), "a ready task waits while a slot is free"
+            assert not any(t.state == "ready" and self._may_start(t) for _, _, t in self.ready), "a ready task waits while a slot is free"
         for _, _, t in self.constrained:
             assert t.state != "ready" or not self._fits(t), f"{t!r} set aside although its resources are free"
 
