@@ -346,7 +346,14 @@ def test_worker_nprocs_names_files_and_sigterm(tmp_path: Path) -> None:
         assert (marks / f"teardown-Nanny-{w.pid}").exists()
 
 
-def test_resources_steer_tasks_and_no_nanny(tmp_path: Path) -> None:
+def _arena_limit() -> int | None:
+    import trioflow.memory
+
+    return trioflow.memory.arena_limit
+
+
+def test_resources_steer_tasks_and_no_nanny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
     with daemons() as start:
         _sched, address, _ = start_scheduler(start, tmp_path)
         gpu = start_worker(start, tmp_path, address, "--no-nanny", "--resources", "GPU=2 MEM=10e9", "--name", "gpu", name="gpu")
@@ -363,6 +370,11 @@ def test_resources_steer_tasks_and_no_nanny(tmp_path: Path) -> None:
             assert {f.result(timeout=20) for f in futures} == {gpu_addr}
             who = client.who_has(futures)
             assert all(v == [gpu_addr] for v in who.values())
+            # Both worker processes (with and without a nanny) share glibc
+            # arenas among their executor threads and event loop.
+            nthreads = client.nthreads()
+            limits = client.run(_arena_limit)
+            assert limits == nthreads and all(n >= 1 for n in limits.values()), (limits, nthreads)
         for d in (gpu, plain):
             d.proc.send_signal(signal.SIGTERM)
             assert d.wait(15) == 0, d.text()

@@ -191,3 +191,12 @@ def test_directory_of_a_killed_worker_without_nanny_is_removed_by_the_next(tmp_p
         assert all((d / "owner").read_text().split()[1] != str(first.pid) for d in left)
         live.stop()
     assert list(work.iterdir()) == []
+
+
+def test_arena_limit_leaves_a_users_setting_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trioflow import memory
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    monkeypatch.setattr(memory, "arena_limit", None)
+    assert memory.limit_malloc_arenas(1) is False
+    assert memory.arena_limit is None

@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from .comm import CommError
-from .memory import trim_process_memory
+from .memory import limit_malloc_arenas, trim_process_memory
 from .protocol import ProtocolError
 from .security import Security
 
@@ -326,6 +326,7 @@ def run_worker_process(config: dict[str, Any], *, ready_fd: int = -1, watch_stdi
     restart a worker that cannot work).  Exit 0 means the worker meant to stop.
     """
     setup_logging()
+    limit_malloc_arenas(config["nthreads"])  # before any thread exists
 
     def tell(line: str) -> None:
         nonlocal ready_fd

@@ -243,6 +243,10 @@ def worker_command(
         host = interface_address(interface)
     nthreads = nthreads or default_nthreads(nprocs)
     limit = memory_limit_option(memory_limit, nthreads, nprocs)
+    if not nanny:
+        from ..memory import limit_malloc_arenas
+
+        limit_malloc_arenas(nthreads * nprocs)  # the workers' threads are ours (see there)
     res = parse_resources(resources)
     worker_ports = parse_port_range(worker_port, "--worker-port")
     nanny_ports = parse_port_range(nanny_port, "--nanny-port")
