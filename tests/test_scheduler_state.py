@@ -1172,7 +1172,7 @@ def _finish_timed(sim: Sim, key: str, seconds: float) -> list:
 
 def test_short_root_tasks_fill_a_deeper_worker_queue() -> None:
     # Tasks measured at microseconds would leave a thread idle for every
-    # scheduler round trip if a worker held only ceil(1.1 * nthreads) + 1.
+    # scheduler round trip if a worker held only ceil(1.1 * nthreads).
     from trioflow.scheduler.state import QUEUE_HORIZON, QUEUE_SHORT_MAX
 
     sim = Sim(worker_saturation=1.1)
@@ -1231,6 +1231,28 @@ def test_idle_worker_steals_unstarted_tasks_from_a_busy_one() -> None:
     sim.handle(StealResponseEvent(worker=addr("a"), key=asks[1], stolen=False))
     assert sim.s.tasks[asks[1]].processing_on.name == "a"
     assert not sim.s.stealing
+
+
+def test_a_steal_that_frees_a_slot_takes_a_queued_root_task() -> None:
+    # Regression: the victim of a steal was not refilled from the root-task
+    # queue (validation: "queued tasks while a worker has room").
+    from trioflow.scheduler.state import StealResponseEvent
+
+    sim = Sim(worker_saturation=1.1)
+    sim.worker("a")
+    sim.submit(spec("x"))
+    sim.finish("x")
+    sim.submit(spec("y-0", ["x"]), spec("y-1", ["x"]))
+    sim.submit(*[spec(f"r-{i}") for i in range(4)])  # a holds 2: all queued
+    assert sim.s.task_counts["queued"] == 4
+    sim.worker("b")  # takes two from the queue
+    assert sim.s.task_counts["queued"] == 2
+    b = sim.s.workers[addr("b")]
+    sim.s.stealing[sim.s.tasks["y-0"]] = b  # as _steal_for_idle would have
+    out = sim.handle(StealResponseEvent(worker=addr("a"), key="y-0", stolen=True))
+    assert (addr("b"), "y-0") in computes(out)
+    assert (addr("a"), "r-2") in computes(out)  # a's freed slot
+    assert sim.s.task_counts["queued"] == 1
 
 
 def test_restricted_tasks_are_not_stolen() -> None:

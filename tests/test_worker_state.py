@@ -52,7 +52,8 @@ from trioflow.worker.state import (
 
 ME = "tcp://me"
 PEERS = ["tcp://p0", "tcp://p1", "tcp://p2"]
-KEYS = [f"k{i}" for i in range(8)]
+# Two key prefixes ("s", "l"): durations are learnt per prefix, for prefetching.
+KEYS = [f"{'sl'[i % 2]}-{i}" for i in range(8)]
 FUNC = b"function"
 ARGS = dumps(())
 
@@ -72,8 +73,8 @@ def compute(key: str, who_has: dict[str, list[str]] | None = None, *, priority=(
     )
 
 
-def success(key: str, nbytes: int = 10) -> ExecuteSuccess:
-    return ExecuteSuccess(key=key, nbytes=nbytes, type_name="int", start=1.0, stop=2.0)
+def success(key: str, nbytes: int = 10, seconds: float = 1.0) -> ExecuteSuccess:
+    return ExecuteSuccess(key=key, nbytes=nbytes, type_name="int", start=1.0, stop=1.0 + seconds)
 
 
 def failure(key: str) -> ExecuteFailure:
@@ -304,8 +305,8 @@ class WorkerMachine(RuleBasedStateMachine):
     # ------------------------------------------------------------ the executor
 
     @precondition(lambda self: self.running)
-    @rule(data=st.data(), ok=st.booleans(), nbytes=st.integers(0, 100))
-    def execution_done(self, data: st.DataObject, ok: bool, nbytes: int) -> None:
+    @rule(data=st.data(), ok=st.booleans(), nbytes=st.integers(0, 100), seconds=st.sampled_from([1e-4, 1.0]))
+    def execution_done(self, data: st.DataObject, ok: bool, nbytes: int, seconds: float) -> None:
         key = data.draw(st.sampled_from(sorted(self.running)), label="key")
         self.running.discard(key)
         if ok:
@@ -314,7 +315,7 @@ class WorkerMachine(RuleBasedStateMachine):
                 self.store.add(key)
             else:
                 assert key in self.w.superseded, key
-            self.handle(success(key, nbytes))
+            self.handle(success(key, nbytes, seconds))
         else:
             self.handle(failure(key))
 
@@ -349,9 +350,9 @@ class WorkerMachine(RuleBasedStateMachine):
         not_running = [k for k in KEYS if k not in self.running]
         cases = [
             GatherDepDone(worker="tcp://idle", nbytes={}, missing=[]),
-            GatherDepFailed(worker="tcp://idle", keys=["k0"]),
-            DataPut(nbytes={"k0": 1, "k1": -1}),
-            compute("k5", {"k0": ["tcp://p0"]}, nbytes={"k0": -7}),
+            GatherDepFailed(worker="tcp://idle", keys=[KEYS[0]]),
+            DataPut(nbytes={KEYS[0]: 1, KEYS[1]: -1}),
+            compute(KEYS[5], {KEYS[0]: ["tcp://p0"]}, nbytes={KEYS[0]: -7}),
         ]
         if not_running:
             k = data.draw(st.sampled_from(not_running), label="key")
@@ -517,6 +518,21 @@ def test_prefetch_only_for_tasks_measured_short() -> None:
     assert w.n_executing == 2
     out = w.handle(success("t-2"))
     assert [e.key for e in of(out, Execute)] == ["t-4"]  # a thread is free
+
+
+def test_short_task_waits_behind_a_long_one_in_priority_order() -> None:
+    # Regression: validation asserted that no ready task anywhere could take
+    # a prefetch slot, but priority order keeps a short task behind a long
+    # one that may not be prefetched.
+    w = worker(nthreads=1, prefetch=1)
+    w.durations["t"] = 1e-4
+    out = []
+    for i, key in enumerate(["big-0", "big-1", "t-0"]):
+        out += w.handle(compute(key, priority=(0, 0, i)))  # validates after each event
+    assert [e.key for e in of(out, Execute)] == ["big-0"]
+    out = w.handle(success("big-0"))
+    # big-1 gets the free thread; t-0, first in line now and short, the prefetch slot.
+    assert [e.key for e in of(out, Execute)] == ["big-1", "t-0"]
 
 
 def test_invalid_events_change_nothing() -> None:

@@ -75,7 +75,8 @@ def scheduler_main() -> None:
     if config is not None:
         _serve_scheduler(config)
         return
-    if _system_malloc_helps():
+    if _system_malloc_helps() and "_TRIOFLOW_SCHEDULER_COMPLETE" not in os.environ:
+        # (Shell completion is click's business, in click's main().)
         from .cli import parse_scheduler_args
 
         parsed = parse_scheduler_args(sys.argv[1:])
@@ -93,5 +94,8 @@ def _serve_scheduler(config: str) -> None:
         run_scheduler_process(json.loads(config))
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:  # during start-up, before the signal handlers (click says Abort)
+        print("Aborted!", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)

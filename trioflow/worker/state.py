@@ -935,8 +935,11 @@ class WorkerState:
         assert self.n_executing <= self.slots
         # No thread idles while a ready task could run: every ready task is
         # queued, or set aside because its resources are taken right now.
+        # (Only the first in priority order counts: a task measured short
+        # waits behind a long one that may not be prefetched.)
         if not self.paused and self.n_executing < self.slots:
-            assert not any(t.state == "ready" and self._may_start(t) for _, _, t in self.ready), "a ready task waits while a slot is free"
+            head = min((e for e in self.ready if e[2].state == "ready"), default=None, key=lambda e: e[:2])
+            assert head is None or not self._may_start(head[2]), "a ready task waits while a slot is free"
         for _, _, t in self.constrained:
             assert t.state != "ready" or not self._fits(t), f"{t!r} set aside although its resources are free"
 
