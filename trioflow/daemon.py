@@ -2,10 +2,9 @@
 preload modules, its PID file, and the whole of a nanny's worker process.
 
 No click here (the command-line parsing is :mod:`trioflow.cli`): a nanny's
-worker process (``python -m trioflow.nanny``) runs on this module alone, and
-so does ``trioflow-scheduler`` once :mod:`trioflow._launch` has parsed its
-options and re-executed it (click and its imports are 1 MiB of a 30 MiB
-idle scheduler).
+worker process (``python -m trioflow.nanny``) runs on this module alone.
+The scheduler's command hands its checked options to
+:func:`run_scheduler_process` as plain data.
 """
 
 from __future__ import annotations
@@ -230,9 +229,8 @@ def run_main(main: Callable[[], Any]) -> None:
 def run_scheduler_process(config: dict[str, Any]) -> None:
     """Serve a scheduler in this process until it is closed or signalled.
 
-    ``config`` is plain data (it crosses an ``exec`` as JSON), made from the
-    command line by :func:`trioflow.cli.scheduler_config`, which has checked
-    it: ``listen``, ``security`` (:meth:`Security.to_dict` or None),
+    ``config`` is plain data, made from the command line by
+    :func:`trioflow.cli.scheduler_config`, which has checked it: ``listen``, ``security`` (:meth:`Security.to_dict` or None),
     ``dashboard`` (address or None), ``prefix``, ``whitelist``,
     ``use_xheaders``, ``show``, ``pid_file``, ``scheduler_file``,
     ``local_directory``, ``preload``, ``idle_timeout``, ``worker_ttl``.

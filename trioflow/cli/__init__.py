@@ -22,7 +22,6 @@ from .common import (
     PidFile,
     UserError,
     check_preload,
-    cli_call,
     close_on_signals,
     default_nthreads,
     describe_exception,
@@ -43,7 +42,7 @@ from .common import (
 
 logger = logging.getLogger("trioflow.cli")
 
-__all__ = ["main", "scheduler_main", "worker_main", "scheduler_command", "worker_command", "scheduler_config", "parse_scheduler_args"]
+__all__ = ["main", "scheduler_main", "worker_main", "scheduler_command", "worker_command", "scheduler_config"]
 
 
 def _dashboard_address(address: str | None, port: int | None, host: str, default_port: int) -> str:
@@ -152,20 +151,6 @@ def scheduler_config(
         "idle_timeout": idle_timeout,
         "worker_ttl": worker_ttl,
     }
-
-
-def parse_scheduler_args(args: list[str], prog: str = "trioflow-scheduler") -> dict[str, Any]:
-    """The scheduler's command line as :func:`scheduler_config` makes it.
-
-    ``--help``, ``--version`` and every bad option end the program here, as
-    they would when the command runs (same output, same exit codes).
-    """
-
-    def parse() -> dict[str, Any]:
-        with scheduler_command.make_context(prog, list(args)) as ctx:
-            return scheduler_config(**ctx.params)
-
-    return cli_call(parse, prog)
 
 
 # ---------------------------------------------------------------- worker

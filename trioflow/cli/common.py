@@ -15,8 +15,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -42,15 +41,11 @@ from ..protocol import ProtocolError
 from ..security import Security, SecurityError
 from ..system import psutil_module
 
-T = TypeVar("T")
 
-
-def cli_call(fn: Callable[[], T], prog: str) -> T:
-    """Call ``fn`` (click parsing, option checks); on ``--help``,
-    ``--version`` or a bad option, end the program with click's output or a
-    one-line error and our exit codes."""
+def run_cli(command: click.Command, prog: str, args: list[str] | None = None) -> None:
+    """Run a click command with one-line errors and our exit codes."""
     try:
-        return fn()
+        rv = command.main(args=args, prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
@@ -62,11 +57,6 @@ def cli_call(fn: Callable[[], T], prog: str) -> T:
     except UserError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         sys.exit(1)
-
-
-def run_cli(command: click.Command, prog: str, args: list[str] | None = None) -> None:
-    """Run a click command with one-line errors and our exit codes."""
-    rv = cli_call(lambda: command.main(args=args, prog_name=prog, standalone_mode=False), prog)
     sys.exit(rv or 0)
 
 
@@ -171,7 +161,6 @@ def default_nthreads(nprocs: int) -> int:
 __all__ = [
     "PidFile",
     "UserError",
-    "cli_call",
     "close_on_signals",
     "default_nthreads",
     "describe_exception",
