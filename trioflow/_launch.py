@@ -29,30 +29,27 @@ import sys
 __all__ = ["scheduler_main", "use_system_malloc"]
 
 
-def _system_malloc_helps() -> bool:
-    if "PYTHONMALLOC" in os.environ or not sys.platform.startswith("linux"):
-        return False
-    try:
-        if not os.confstr("CS_GNU_LIBC_VERSION"):
-            return False
-    except (ValueError, OSError):  # musl and friends: no malloc_trim
-        return False
-    return bool(getattr(sys, "orig_argv", ())) and bool(sys.executable)
-
-
 def use_system_malloc() -> None:
     """Re-execute this process with ``PYTHONMALLOC=malloc`` where that helps.
 
     Returns (without doing anything) when ``PYTHONMALLOC`` is already set,
     off Linux, on a C library other than glibc, or if the exec fails.
     """
-    if not _system_malloc_helps():
+    if "PYTHONMALLOC" in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return
+    except (ValueError, OSError):  # musl and friends: no malloc_trim
+        return
+    argv = list(getattr(sys, "orig_argv", ()))
+    if not argv or not sys.executable:
         return
     env = dict(os.environ, PYTHONMALLOC="malloc")
     try:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.execve(sys.executable, list(sys.orig_argv), env)
+        os.execve(sys.executable, argv, env)
     except OSError:
         return
 
@@ -60,10 +57,10 @@ def use_system_malloc() -> None:
 def scheduler_main() -> None:
     """``trioflow-scheduler``: the command line, on the system allocator.
 
-    The re-exec comes first, before anything is imported: parsing the
-    options with click before it and handing them over (so that the serving
-    process would never import click, 1 MiB) was measured to add 160 ms to a
-    cold start, more than the memory was worth.
+    The re-exec comes first, before anything is imported.  Parsing the
+    options with click first and handing them over, so that the serving
+    process never imports click (1 MiB), was tried: it added 160 ms to a
+    cold start (click, trio and the CLI imported twice).
     """
     use_system_malloc()
     from .cli import scheduler_main as main

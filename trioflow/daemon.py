@@ -3,8 +3,6 @@ preload modules, its PID file, and the whole of a nanny's worker process.
 
 No click here (the command-line parsing is :mod:`trioflow.cli`): a nanny's
 worker process (``python -m trioflow.nanny``) runs on this module alone.
-The scheduler's command hands its checked options to
-:func:`run_scheduler_process` as plain data.
 """
 
 from __future__ import annotations
@@ -40,8 +38,6 @@ __all__ = [
     "preload_setup",
     "preload_teardown",
     "release_startup_memory",
-    "run_main",
-    "run_scheduler_process",
     "run_worker_process",
     "setup_logging",
 ]
@@ -189,125 +185,6 @@ async def close_on_signals(close: Callable[[], None], *, task_status: trio.TaskS
                 close()
             else:
                 raise KeyboardInterrupt
-
-
-# ---------------------------------------------------------------- running a daemon
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
-    return [exc]
-
-
-def run_main(main: Callable[[], Any]) -> None:
-    """``trio.run(main)``, turning user-caused failures into one-line errors.
-
-    Raises:
-        UserError: for a failure the user can fix (a port in use, a peer
-            that refused us, a bad certificate): the program prints it as one
-            line and exits 1.
-    """
-    try:
-        trio.run(main)
-    except BaseException as exc:  # noqa: BLE001 - sorted out below
-        leaves = _leaves(exc)
-        if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-            return
-        for leaf in leaves:
-            if isinstance(leaf, UserError):
-                raise UserError(str(leaf)) from None
-        for leaf in leaves:
-            if isinstance(leaf, (OSError, ValueError)):  # CommError, SecurityError, AddressError, ...
-                raise UserError(describe_exception(leaf)) from None
-        raise
-
-
-# ---------------------------------------------------------------- scheduler process
-
-
-def run_scheduler_process(config: dict[str, Any]) -> None:
-    """Serve a scheduler in this process until it is closed or signalled.
-
-    ``config`` is plain data, made from the command line by
-    :func:`trioflow.cli.scheduler_config`, which has checked it: ``listen``, ``security`` (:meth:`Security.to_dict` or None),
-    ``dashboard`` (address or None), ``prefix``, ``whitelist``,
-    ``use_xheaders``, ``show``, ``pid_file``, ``scheduler_file``,
-    ``local_directory``, ``preload``, ``idle_timeout``, ``worker_ttl``.
-
-    Raises:
-        UserError: the scheduler could not start or a preload failed.
-    """
-    setup_logging()
-    listen: str = config["listen"]
-    prefix: str = config.get("prefix") or ""
-    if config.get("local_directory"):
-        os.makedirs(config["local_directory"], exist_ok=True)
-    modules = [load_preload(p) for p in config.get("preload") or ()]
-    security = Security.from_dict(config["security"]) if config.get("security") else None
-    from .scheduler.server import Scheduler
-
-    scheduler = Scheduler(
-        listen,
-        security=security,
-        scheduler_file=config.get("scheduler_file"),
-        dashboard_address=config.get("dashboard"),
-        dashboard_prefix=prefix,
-        dashboard_whitelist=list(config.get("whitelist") or ()),
-        use_xheaders=bool(config.get("use_xheaders")),
-        worker_ttl=config.get("worker_ttl"),
-    )
-    idle_timeout = config.get("idle_timeout")
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(close_on_signals, scheduler.close)
-            try:
-                await nursery.start(scheduler.serve)
-            except OSError as exc:
-                raise UserError(f"cannot listen on {listen}: {describe_exception(exc)}") from None
-            logger.info("  Scheduler at: %s", scheduler.address)
-            if "dashboard" in scheduler.services:
-                url = f"http://{_host_of(scheduler.address)}:{scheduler.services['dashboard']}{prefix.rstrip('/')}/status"
-                logger.info("  dashboard at: %s", url)
-                if config.get("show"):
-                    nursery.start_soon(_open_browser, url)
-            await preload_setup(modules, scheduler)
-            release_startup_memory()
-            if idle_timeout:
-                nursery.start_soon(_idle_watch, scheduler, idle_timeout)
-            await scheduler._closed.wait()
-            await preload_teardown(modules, scheduler)
-            nursery.cancel_scope.cancel()
-        logger.info("End scheduler at %r", scheduler.address)
-
-    with PidFile(config.get("pid_file")):
-        run_main(main)
-
-
-async def _idle_watch(scheduler: Any, timeout: float) -> None:
-    idle_since = trio.current_time()
-    while True:
-        await trio.sleep(min(timeout / 4, 1.0))
-        if scheduler.state.clients:
-            idle_since = trio.current_time()
-        elif trio.current_time() - idle_since > timeout:
-            logger.info("no clients for %ss (--idle-timeout); closing", timeout)
-            scheduler.close()
-            return
-
-
-async def _open_browser(url: str) -> None:
-    import webbrowser  # only for --show: it loads shlex, subprocess helpers, ...
-
-    await trio.to_thread.run_sync(webbrowser.open, url)
-
-
-def _host_of(address: str) -> str:
-    from .comm.addressing import parse_address
-
-    a = parse_address(address)
-    return f"[{a.host}]" if ":" in a.host else a.host
 
 
 # ---------------------------------------------------------------- worker process (nanny child)

@@ -17,7 +17,6 @@ import trio
 
 from .._version import __version__
 from ..comm.addressing import Address, parse_address
-from ..daemon import _leaves
 from .common import (
     PidFile,
     UserError,
@@ -35,14 +34,12 @@ from .common import (
     preload_teardown,
     release_startup_memory,
     run_cli,
-    run_main,
-    run_scheduler_process,
     setup_logging,
 )
 
 logger = logging.getLogger("trioflow.cli")
 
-__all__ = ["main", "scheduler_main", "worker_main", "scheduler_command", "worker_command", "scheduler_config"]
+__all__ = ["main", "scheduler_main", "worker_main", "scheduler_command", "worker_command"]
 
 
 def _dashboard_address(address: str | None, port: int | None, host: str, default_port: int) -> str:
@@ -86,14 +83,7 @@ def _tls_options(f: Any) -> Any:
     help="Drop a worker silent for this many seconds [default: 10, more on large clusters]",
 )
 @click.version_option(__version__, "--version", prog_name="trioflow-scheduler")
-def scheduler_command(**options: Any) -> None:
-    """Start a trioflow scheduler."""
-    setup_logging()
-    run_scheduler_process(scheduler_config(**options))
-
-
-def scheduler_config(
-    *,
+def scheduler_command(
     host: str | None,
     port: int,
     interface: str | None,
@@ -114,13 +104,9 @@ def scheduler_config(
     preload: tuple[str, ...],
     idle_timeout: float | None,
     worker_ttl: float | None,
-) -> dict[str, Any]:
-    """Check the scheduler's options; the plain-data configuration
-    :func:`trioflow.daemon.run_scheduler_process` serves.
-
-    Raises:
-        click.BadParameter, UserError: an option is wrong (named).
-    """
+) -> None:
+    """Start a trioflow scheduler."""
+    setup_logging()
     if host and interface:
         raise click.BadParameter("use either --host or --interface, not both", param_hint="--interface")
     if interface:
@@ -131,26 +117,97 @@ def scheduler_config(
     if protocol == "tls" and security is None:
         raise click.BadParameter("tls needs --tls-ca-file, --tls-cert and --tls-key", param_hint="--protocol")
     if host and "://" in host:
-        listen = str(parse_address(host, default_port=port))
+        addr = parse_address(host, default_port=port)
+        listen = str(addr)
     else:
         listen = str(Address(protocol, host or "0.0.0.0", port))
-    for spec in preload:
-        check_preload(spec)
-    return {
-        "listen": listen,
-        "security": security.to_dict() if security is not None else None,
-        "dashboard": _dashboard_address(dashboard_address, dashboard_port, host or "", 8787) if dashboard else None,
-        "prefix": prefix,
-        "whitelist": list(whitelist),
-        "use_xheaders": use_xheaders,
-        "show": show,
-        "pid_file": pid_file,
-        "scheduler_file": scheduler_file,
-        "local_directory": local_directory,
-        "preload": list(preload),
-        "idle_timeout": idle_timeout,
-        "worker_ttl": worker_ttl,
-    }
+    if local_directory:
+        os.makedirs(local_directory, exist_ok=True)
+    modules = [load_preload(p) for p in preload]
+    from ..scheduler.server import Scheduler
+
+    dash = _dashboard_address(dashboard_address, dashboard_port, host or "", 8787) if dashboard else None
+    scheduler = Scheduler(
+        listen,
+        security=security,
+        scheduler_file=scheduler_file,
+        dashboard_address=dash,
+        dashboard_prefix=prefix,
+        dashboard_whitelist=list(whitelist),
+        use_xheaders=use_xheaders,
+        worker_ttl=worker_ttl,
+    )
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(close_on_signals, scheduler.close)
+            try:
+                await nursery.start(scheduler.serve)
+            except OSError as exc:
+                raise UserError(f"cannot listen on {listen}: {describe_exception(exc)}") from None
+            logger.info("  Scheduler at: %s", scheduler.address)
+            if "dashboard" in scheduler.services:
+                url = f"http://{_host_of(scheduler.address)}:{scheduler.services['dashboard']}{prefix.rstrip('/')}/status"
+                logger.info("  dashboard at: %s", url)
+                if show:
+                    nursery.start_soon(_open_browser, url)
+            await preload_setup(modules, scheduler)
+            release_startup_memory()
+            if idle_timeout:
+                nursery.start_soon(_idle_watch, scheduler, idle_timeout)
+            await scheduler._closed.wait()
+            await preload_teardown(modules, scheduler)
+            nursery.cancel_scope.cancel()
+        logger.info("End scheduler at %r", scheduler.address)
+
+    with PidFile(pid_file):
+        _run(main)
+
+
+async def _idle_watch(scheduler: Any, timeout: float) -> None:
+    idle_since = trio.current_time()
+    while True:
+        await trio.sleep(min(timeout / 4, 1.0))
+        if scheduler.state.clients:
+            idle_since = trio.current_time()
+        elif trio.current_time() - idle_since > timeout:
+            logger.info("no clients for %ss (--idle-timeout); closing", timeout)
+            scheduler.close()
+            return
+
+
+async def _open_browser(url: str) -> None:
+    import webbrowser  # only for --show: it loads shlex, subprocess helpers, ...
+
+    await trio.to_thread.run_sync(webbrowser.open, url)
+
+
+def _host_of(address: str) -> str:
+    a = parse_address(address)
+    return f"[{a.host}]" if ":" in a.host else a.host
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def _run(main: Any) -> None:
+    """``trio.run(main)``, turning user-caused failures into one-line errors."""
+    try:
+        trio.run(main)
+    except BaseException as exc:  # noqa: BLE001 - sorted out below
+        leaves = _leaves(exc)
+        if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            return
+        for leaf in leaves:
+            if isinstance(leaf, UserError):
+                raise UserError(str(leaf)) from None
+        for leaf in leaves:
+            if isinstance(leaf, (OSError, ValueError)):  # CommError, SecurityError, AddressError, ...
+                raise UserError(describe_exception(leaf)) from None
+        raise
 
 
 # ---------------------------------------------------------------- worker
@@ -367,7 +424,7 @@ def worker_command(
             raise UserError(failures[0])
 
     with PidFile(pid_file):
-        run_main(main)
+        _run(main)
 
 
 async def _start_node(nursery: trio.Nursery, node: Any, started: list[Any]) -> None:

@@ -31,8 +31,6 @@ from ..daemon import (
     preload_setup,
     preload_teardown,
     release_startup_memory,
-    run_main,
-    run_scheduler_process,
     run_worker_process,
     setup_logging,
 )
@@ -175,8 +173,6 @@ __all__ = [
     "preload_teardown",
     "release_startup_memory",
     "run_cli",
-    "run_main",
-    "run_scheduler_process",
     "run_worker_process",
     "setup_logging",
 ]

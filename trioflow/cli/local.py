@@ -9,8 +9,8 @@ from typing import Any
 import click
 import trio
 
-from . import group
-from .common import close_on_signals, default_nthreads, memory_limit_option, run_main, setup_logging
+from . import _run, group
+from .common import close_on_signals, default_nthreads, memory_limit_option, setup_logging
 
 logger = logging.getLogger("trioflow.cli")
 
@@ -61,7 +61,7 @@ def local_command(
                 nursery.cancel_scope.cancel()
         print("stopped; everything cleaned up", flush=True)
 
-    run_main(main)
+    _run(main)
 
 
 def _slow_square(x: int) -> int:
