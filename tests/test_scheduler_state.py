@@ -22,7 +22,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -59,6 +59,8 @@ from trioflow.scheduler.state import (
     ToWorker,
     UpdateDataEvent,
     UpdateGraphEvent,
+    pack_priority,
+    unpack_priority,
 )
 
 FUNC = b"function"
@@ -208,7 +210,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                         assert ws.address in ts.workers or ws.name in ts.workers, (ts, ws)
                     for name, need in ts.resources.items():
                         assert ws.resources.get(name, 0) >= need, (ts, ws)
-                    assert msg.priority == ts.priority
+                    assert msg.priority == unpack_priority(ts.priority)
                     for dep, holders in msg.who_has.items():
                         assert holders, (msg.key, dep)
                         assert msg.nbytes[dep] >= 0, (msg.key, dep)
@@ -894,6 +896,17 @@ def test_priority_travels_with_the_task_and_orders_sending() -> None:
     assert dict((m.key, m.priority) for m in sent)["high"] == (-10, 1, 2)
     out = sim.submit(spec("later", priority=10))
     assert computes(out) and sim.s.tasks["later"].priority > sim.s.tasks["high2"].priority
+
+
+@given(
+    a=st.tuples(st.integers(), st.integers(0, 2**40 - 1), st.integers(0, 2**40 - 1)),
+    b=st.tuples(st.integers(), st.integers(0, 2**40 - 1), st.integers(0, 2**40 - 1)),
+)
+def test_packed_priority_sorts_like_the_tuple_and_unpacks_to_it(a: tuple[int, int, int], b: tuple[int, int, int]) -> None:
+    pa, pb = pack_priority(*a), pack_priority(*b)
+    ta, tb = (-a[0], a[1], a[2]), (-b[0], b[1], b[2])
+    assert unpack_priority(pa) == ta and unpack_priority(pb) == tb
+    assert (pa < pb) == (ta < tb) and (pa == pb) == (ta == tb)
 
 
 @pytest.mark.slow  # a fresh interpreter

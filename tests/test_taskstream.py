@@ -58,11 +58,21 @@ def test_ring_tail_reports_what_is_new() -> None:
     assert n == 8 and [e[0] for e in items] == ["b5", "b6", "b7"]
 
 
-def test_nothing_is_allocated_until_first_append() -> None:
-    ts = TaskStream(capacity=100_000)
+def test_nothing_is_allocated_until_first_append_then_columns_double_up_to_capacity() -> None:
+    ts = TaskStream(capacity=1000)
     assert len(ts._keys) == 0
-    ts.append("x", "w", 0, 1, 0)
-    assert len(ts._keys) == 100_000 * ts.key_bytes
+    ts.append("k0", "w", 0, 1, 0)
+    assert len(ts._keys) == TaskStream.FIRST_SIZE * ts.key_bytes
+    for i in range(1, TaskStream.FIRST_SIZE + 1):
+        ts.append(f"k{i}", "w", i, i + 1, 0)
+    assert len(ts._start) == 2 * TaskStream.FIRST_SIZE
+    for i in range(TaskStream.FIRST_SIZE + 1, 2500):
+        ts.append(f"k{i}", "w", i, i + 1, i)
+    sizes = {len(c) for c in (ts._key_len, ts._start, ts._stop, ts._thread, ts._worker)}
+    assert sizes == {1000} and len(ts._keys) == 1000 * ts.key_bytes
+    newest = ts.newest(1000)
+    assert [e[0] for e in newest] == [f"k{i}" for i in range(1500, 2500)]
+    assert newest[-1] == ("k2499", "w", 2499.0, 2500.0, 2499)
 
 
 def test_bad_sizes_are_refused() -> None:

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
+from ..records import Record, record
 from .serialize import Serialized
 
 PROTOCOL_VERSION = 1
@@ -47,8 +48,9 @@ MESSAGES: dict[str, type[Message]] = {}
 _T = TypeVar("_T")
 
 
-class Message:
-    """Base of every message class."""
+class Message(Record):
+    """Base of every message class (``repr``, ``==`` and ``hash`` come from
+    :class:`~trioflow.records.Record`)."""
 
     __slots__ = ()
     op: ClassVar[str]
@@ -62,7 +64,7 @@ def message(op: str) -> Callable[[type[_T]], type[_T]]:
         if op in MESSAGES:
             raise ValueError(f"duplicate message op {op!r}")
         cls.op = op  # type: ignore[attr-defined]
-        new = attrs.frozen(kw_only=True, slots=True)(cls)
+        new = record(kw_only=True)(cls)
         MESSAGES[op] = new  # type: ignore[assignment]
         return new
 

@@ -10,6 +10,9 @@ a scheduler that once ran a large graph would keep most of that graph's peak
 memory for ever.  So :class:`TaskStream` stores an entry in flat, preallocated
 columns (the key's leading UTF-8 bytes, the times, the thread, an index into a
 small table of worker addresses) and builds tuples only when someone reads.
+The columns grow by doubling (from 256 entries) until they hold ``capacity``:
+a scheduler that has run a hundred tasks keeps a few KiB for them, not the
+1.2 MiB a full ring of 10,000 takes.
 """
 
 from __future__ import annotations
@@ -29,8 +32,11 @@ class TaskStream:
     ``total`` it last saw knows how many are new.  Keys longer than
     ``key_bytes`` UTF-8 bytes come back cut, ending in "…" (the page shows the
     first 80 characters of a key at most).  Nothing is allocated until the
-    first append.
+    first append; the columns then grow by doubling up to ``capacity``.
     """
+
+    #: Entries the columns hold after the first append.
+    FIRST_SIZE = 256
 
     #: Distinct worker addresses kept before the table is rebuilt from the
     #: entries still in the ring (workers come and go over a long life).
@@ -54,14 +60,14 @@ class TaskStream:
     def __len__(self) -> int:
         return min(self.total, self.capacity)
 
-    def _allocate(self) -> None:
-        n = self.capacity
-        self._keys = bytearray(n * self.key_bytes)
-        self._key_len = array("H", bytes(2 * n))
-        self._start = array("d", bytes(8 * n))
-        self._stop = array("d", bytes(8 * n))
-        self._thread = array("q", bytes(8 * n))
-        self._worker = array("I", bytes(4 * n))
+    def _grow(self) -> None:
+        """Extend every column (in place where the allocator can) to twice its
+        entries, at least :attr:`FIRST_SIZE`, at most ``capacity``."""
+        have = len(self._key_len)
+        add = min(self.capacity, max(self.FIRST_SIZE, 2 * have)) - have
+        self._keys.extend(bytes(add * self.key_bytes))
+        for column in (self._key_len, self._start, self._stop, self._thread, self._worker):
+            column.frombytes(bytes(add * column.itemsize))
 
     def _worker_id(self, worker: str) -> int:
         i = self._worker_index.get(worker)
@@ -81,9 +87,9 @@ class TaskStream:
             self._worker[i] = renumber[self._worker[i]]
 
     def append(self, key: str, worker: str, start: float, stop: float, thread: int) -> None:
-        if not self._key_len:
-            self._allocate()
         i = self.total % self.capacity
+        if i >= len(self._key_len):
+            self._grow()
         kb = self.key_bytes
         data = key.encode("utf-8", "surrogatepass")
         n = min(len(data), kb)

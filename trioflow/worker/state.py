@@ -62,8 +62,6 @@ import heapq
 from collections.abc import Iterable
 from typing import Any
 
-import attrs
-
 from ..keys import key_prefix
 from ..protocol.messages import (
     AddKeys,
@@ -77,6 +75,7 @@ from ..protocol.messages import (
     TaskFinished,
 )
 from ..protocol.serialize import Serialized
+from ..records import Record, record
 
 __all__ = ["WorkerState", "WorkerTask", "Execute", "GatherDep", "SendMsg", "DropData", "InvalidWorkerEvent"]
 
@@ -93,46 +92,46 @@ class InvalidWorkerEvent(ValueError):
 # ---------------------------------------------------------------- instructions
 
 
-@attrs.frozen(slots=True)
-class Execute:
+@record
+class Execute(Record):
     key: str
     function: bytes
     args: Serialized
     dependencies: tuple[str, ...]
 
 
-@attrs.frozen(slots=True)
-class GatherDep:
+@record
+class GatherDep(Record):
     worker: str
     keys: tuple[str, ...]
     nbytes: int
 
 
-@attrs.frozen(slots=True)
-class SendMsg:
+@record
+class SendMsg(Record):
     msg: Message
 
 
-@attrs.frozen(slots=True)
-class DropData:
+@record
+class DropData(Record):
     key: str
 
 
 # ---------------------------------------------------------------- events
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class ComputeTaskEvent:
+@record(kw_only=True)
+class ComputeTaskEvent(Record):
     msg: ComputeTask
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class FreeKeysEvent:
+@record(kw_only=True)
+class FreeKeysEvent(Record):
     keys: list[str]
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class ExecuteSuccess:
+@record(kw_only=True)
+class ExecuteSuccess(Record):
     key: str
     nbytes: int
     type_name: str
@@ -141,8 +140,8 @@ class ExecuteSuccess:
     thread: int = 0
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class ExecuteFailure:
+@record(kw_only=True)
+class ExecuteFailure(Record):
     key: str
     exception: Serialized | None
     exception_text: str
@@ -153,38 +152,38 @@ class ExecuteFailure:
     thread: int = 0
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class GatherDepDone:
+@record(kw_only=True)
+class GatherDepDone(Record):
     worker: str
     nbytes: dict[str, int]  # keys received, with sizes
     missing: list[str]  # keys the peer did not have
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class GatherDepFailed:
+@record(kw_only=True)
+class GatherDepFailed(Record):
     worker: str
     keys: list[str]
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class DataPut:
+@record(kw_only=True)
+class DataPut(Record):
     """Values put here directly (scatter); the client tells the scheduler."""
 
     nbytes: dict[str, int]
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class PauseEvent:
+@record(kw_only=True)
+class PauseEvent(Record):
     paused: bool
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class StealRequestEvent:
+@record(kw_only=True)
+class StealRequestEvent(Record):
     key: str
 
 
-@attrs.frozen(slots=True, kw_only=True)
-class AcquireReplicasEvent:
+@record(kw_only=True)
+class AcquireReplicasEvent(Record):
     who_has: dict[str, list[str]]
     nbytes: dict[str, int]
 
