@@ -51,6 +51,22 @@ def add(x: int, y: int) -> int:
     return x + y
 
 
+def echo_value(x: Any) -> Any:
+    return x.value if isinstance(x, _Recorder) else x
+
+
+class _Recorder:
+    """An argument that calls ``on_pickle`` when the client pickles it."""
+
+    def __init__(self, value: int, on_pickle: Callable[[], None]) -> None:
+        self.value = value
+        self.on_pickle = on_pickle
+
+    def __reduce__(self) -> Any:
+        self.on_pickle()
+        return (int, (self.value,))
+
+
 def total(*args: Any, **kwargs: Any) -> int:
     """Sum every number found in args and kwargs, at any depth."""
 
@@ -276,10 +292,72 @@ async def test_map_repeated_pure_arguments(c: AsyncClient) -> None:
         assert await c.gather(fs) == [2, 2, 3]
 
 
-async def test_map_batch_size(c: AsyncClient) -> None:
+async def test_map_batch_size(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
     with trio.fail_after(10):
+        before = cluster.scheduler.state.generation
         fs = await c.map(inc, range(7), batch_size=3)
         assert await c.gather(fs) == list(range(1, 8))
+        assert cluster.scheduler.state.generation - before == 3  # graphs of 3, 3 and 1
+
+
+def graphs_sent(c: AsyncClient, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the size of every graph ``c`` sends, in order."""
+    sent: list[int] = []
+    real_send = c._send
+
+    def counting_send(msg: m.Message) -> None:
+        if isinstance(msg, m.UpdateGraph):
+            sent.append(len(msg.tasks))
+        real_send(msg)
+
+    monkeypatch.setattr(c, "_send", counting_send)
+    return sent
+
+
+async def test_map_streams_its_tasks_in_graphs(cc: tuple[InProcessCluster, AsyncClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long map is sent in graphs of MAP_CHUNK_TASKS as it is prepared:
+    each graph goes out before the next task is pickled."""
+    from trioflow.client import core
+
+    cluster, c = cc
+    monkeypatch.setattr(core, "MAP_CHUNK_TASKS", 10)
+    sent = graphs_sent(c, monkeypatch)
+    graphs_sent_at_pickle: list[int] = []
+
+    def arg(i: int) -> _Recorder:
+        return _Recorder(i, lambda: graphs_sent_at_pickle.append(len(sent)))
+
+    with trio.fail_after(20):
+        before = cluster.scheduler.state.generation
+        fs = await c.map(echo_value, [arg(i) for i in range(35)])
+        assert await c.gather(fs) == list(range(35))
+    assert sent == [10, 10, 10, 5]
+    assert graphs_sent_at_pickle == [i // 10 for i in range(35)]
+    assert cluster.scheduler.state.generation - before == 4
+
+
+async def test_a_map_that_fails_midway_leaves_nothing_submitted(
+    cc: tuple[InProcessCluster, AsyncClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trioflow.client import core
+
+    cluster, c = cc
+    monkeypatch.setattr(core, "MAP_CHUNK_TASKS", 5)
+    state = cluster.scheduler.state
+    sent = graphs_sent(c, monkeypatch)
+    with trio.fail_after(20):
+        args: list[Any] = list(range(12)) + [threading.Lock()]
+        with pytest.raises(SerializationError, match="lock") as info:
+            await c.map(inc, args)
+        assert sent == [5, 5]  # the first graphs were sent...
+        gc.collect()
+        # ... and released again once map raised, though the exception (and
+        # with it map's frame) is still alive.
+        assert not [k for k in c._refcount if k.startswith("inc-")]
+        await wait_until(lambda: not any(k.startswith("inc-") for k in state.tasks), what="map's tasks released")
+        assert info.value is not None
+        assert await c.gather(await c.map(inc, range(3))) == [1, 2, 3]
 
 
 # ---------------------------------------------------------------- gather

@@ -32,6 +32,7 @@ from trioflow.protocol.messages import (
 )
 from trioflow.protocol.serialize import dumps
 from trioflow.worker.state import (
+    PREFETCH_MAX,
     AcquireReplicasEvent,
     ComputeTaskEvent,
     DataPut,
@@ -518,6 +519,26 @@ def test_prefetch_only_for_tasks_measured_short() -> None:
     assert w.n_executing == 2
     out = w.handle(success("t-2"))
     assert [e.key for e in of(out, Execute)] == ["t-4"]  # a thread is free
+
+
+@pytest.mark.parametrize(
+    ("nthreads", "duration", "in_executor"),
+    [
+        (1, 1e-5, 1 + PREFETCH_MAX),  # microseconds: as deep as allowed
+        (1, 2e-4, 1 + 10),  # 10 x 0.2 ms = PREFETCH_HORIZON
+        (1, 3e-3, 1 + 2),  # milliseconds: the usual two ahead
+        (2, 1e-3, 2 + 2 * 2),  # two per thread
+        (4, 4e-3, 4 + 4),  # one per thread
+        (1, 6e-3, 1),  # not short: none ahead
+    ],
+)
+def test_prefetch_depth_covers_a_horizon_of_work(nthreads: int, duration: float, in_executor: int) -> None:
+    w = worker(nthreads=nthreads)
+    w.durations["t"] = duration
+    out = []
+    for i in range(40):
+        out += w.handle(compute(f"t-{i}", priority=(0, 0, i)))
+    assert len(of(out, Execute)) == w.n_executing == in_executor
 
 
 def test_short_task_waits_behind_a_long_one_in_priority_order() -> None:

@@ -45,7 +45,8 @@ Executor slots: the executor runs ``nthreads`` tasks at once but is handed up
 to ``nthreads + prefetch`` of them, so a thread that finishes a task starts
 the next one without a round trip through the event loop (a thread hand-off
 per task costs more than a small task).  Only tasks whose prefix has been
-measured to run shorter than :data:`PREFETCH_BELOW` take a prefetch slot:
+measured to run shorter than :data:`PREFETCH_BELOW` take a prefetch slot,
+and only as many as :data:`PREFETCH_HORIZON` of their work:
 for longer ones the round trip is noise, and a task handed over early is
 committed to run before whatever arrives meanwhile, such as the dependent
 that would have consumed (and let go of) the last result.
@@ -81,8 +82,14 @@ __all__ = ["WorkerState", "WorkerTask", "Execute", "GatherDep", "SendMsg", "Drop
 
 WORKER_STATES = ("waiting", "ready", "executing", "memory", "error", "fetch", "flight")
 #: Tasks measured shorter than this (seconds, per key prefix) may be handed
-#: to the executor ahead of a free thread.
+#: to the executor ahead of a free thread ...
 PREFETCH_BELOW = 0.005
+#: ... as many as make this much work per thread (at least one per thread and
+#: two in all, at most PREFETCH_MAX per thread): microsecond tasks queue deep,
+#: so an executor thread runs a run of them per wake-up (a 20,000-task no-op
+#: map: worker CPU per task 50 -> 33 µs).
+PREFETCH_HORIZON = 0.002
+PREFETCH_MAX = 16
 
 
 class InvalidWorkerEvent(ValueError):
@@ -267,7 +274,7 @@ class WorkerState:
     ) -> None:
         self.address = address
         self.nthreads = nthreads
-        self.slots = nthreads + (prefetch if prefetch is not None else max(2, nthreads))
+        self.slots = nthreads + (prefetch if prefetch is not None else PREFETCH_MAX * nthreads)
         #: Run time per key prefix (moving average), for prefetching.
         self.durations: dict[str, float] = {}
         self.total_resources = dict(resources or {})
@@ -839,7 +846,10 @@ class WorkerState:
         if self.n_executing < self.nthreads:
             return True
         d = self.durations.get(key_prefix(ts.key))
-        return d is not None and d < PREFETCH_BELOW
+        if d is None or d >= PREFETCH_BELOW:
+            return False
+        per_thread = min(PREFETCH_MAX, max(1, int(PREFETCH_HORIZON / d))) if d > 0 else PREFETCH_MAX
+        return self.n_executing < self.nthreads + max(2, per_thread * self.nthreads)
 
     def _measured(self, key: str, start: float, stop: float) -> None:
         if stop <= start:
