@@ -337,6 +337,22 @@ async def test_map_streams_its_tasks_in_graphs(cc: tuple[InProcessCluster, Async
     assert cluster.scheduler.state.generation - before == 4
 
 
+async def test_an_impure_map_goes_as_one_graph(cc: tuple[InProcessCluster, AsyncClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """pure=False: tasks with effects, so all or nothing (nothing runs if a
+    late argument cannot be pickled)."""
+    from trioflow.client import core
+
+    cluster, c = cc
+    monkeypatch.setattr(core, "MAP_CHUNK_TASKS", 5)
+    sent = graphs_sent(c, monkeypatch)
+    with trio.fail_after(20):
+        with pytest.raises(SerializationError, match="lock"):
+            await c.map(inc, [*range(12), threading.Lock()], pure=False)
+        assert sent == []
+        assert await c.gather(await c.map(inc, range(12), pure=False)) == list(range(1, 13))
+        assert sent == [12]
+
+
 async def test_a_map_that_fails_midway_leaves_nothing_submitted(
     cc: tuple[InProcessCluster, AsyncClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:

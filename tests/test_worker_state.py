@@ -552,8 +552,25 @@ def test_short_task_waits_behind_a_long_one_in_priority_order() -> None:
         out += w.handle(compute(key, priority=(0, 0, i)))  # validates after each event
     assert [e.key for e in of(out, Execute)] == ["big-0"]
     out = w.handle(success("big-0"))
-    # big-1 gets the free thread; t-0, first in line now and short, the prefetch slot.
-    assert [e.key for e in of(out, Execute)] == ["big-1", "t-0"]
+    # big-1 gets the free thread; t-0, first in line now and short, still
+    # waits: big-1 may run long (one second last time).
+    assert [e.key for e in of(out, Execute)] == ["big-1"]
+    out = w.handle(success("big-1"))
+    assert [e.key for e in of(out, Execute)] == ["t-0"]
+
+
+def test_nothing_is_prefetched_behind_a_long_run() -> None:
+    """A task in the executor can no longer be stolen: tiny tasks queued
+    behind a minute-long run would wait the minute while other workers idle."""
+    w = worker(nthreads=1)
+    w.durations["long"] = 60.0
+    w.durations["t"] = 1e-5
+    out = w.handle(compute("long-0", priority=(0, 0, 0)))
+    for i in range(40):
+        out += w.handle(compute(f"t-{i}", priority=(0, 0, i + 1)))
+    assert [e.key for e in of(out, Execute)] == ["long-0"]
+    out = w.handle(ExecuteSuccess(key="long-0", nbytes=1, type_name="int", start=0.0, stop=60.0))
+    assert len(of(out, Execute)) == 1 + PREFETCH_MAX  # then as deep as they are short
 
 
 def test_invalid_events_change_nothing() -> None:

@@ -82,8 +82,10 @@ def release_startup_memory() -> None:
     about 0.4 MiB in a scheduler.  A daemon drops it; such a traceback then
     names the generated function without quoting its source.
     """
-    for name in [k for k in linecache.cache if k.startswith("<attrs generated")]:
-        del linecache.cache[name]
+    # list(): executor threads may be formatting a traceback meanwhile.
+    for name in list(linecache.cache):
+        if name.startswith("<attrs generated"):
+            linecache.cache.pop(name, None)
     trim_process_memory()
 
 

@@ -41,8 +41,8 @@ class Record:
         return tuple([getattr(self, a.name) for a in self.__attrs_attrs__])
 
     def __repr__(self) -> str:
-        fields = ", ".join([f"{a.name}={getattr(self, a.name)!r}" for a in self.__attrs_attrs__])
-        return f"{type(self).__name__}({fields})"
+        fields = ", ".join([f"{a.name}={getattr(self, a.name, attrs.NOTHING)!r}" for a in self.__attrs_attrs__])
+        return f"{type(self).__qualname__}({fields})"
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:

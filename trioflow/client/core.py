@@ -540,7 +540,11 @@ class AsyncClient:
         :data:`MAP_CHUNK_TASKS`), so the cluster starts on the first while
         the rest are pickled.  If preparing one fails (say an argument
         cannot be pickled), ``map`` raises and the tasks it had already
-        sent are released.
+        sent are released, though some may have run.  With ``pure=False``
+        and no ``batch_size`` everything goes as one graph, so nothing runs
+        unless everything could be prepared (dask's default for any map).
+        A task submitted while a long map is being sent may run before the
+        map's later graphs.
         """
         if not callable(func):
             raise TypeError(f"map() needs a callable, got {type(func).__name__}")
@@ -557,7 +561,9 @@ class AsyncClient:
         prefix = key if isinstance(key, str) else None
         fbytes = _function_bytes(func)
         fname = prefix or funcname(func)
-        step = batch_size or MAP_CHUNK_TASKS
+        # pure=False says the tasks have effects: then all or nothing, as one
+        # graph, unless the caller asked for batches.
+        step = batch_size or (MAP_CHUNK_TASKS if pure else max(len(arg_lists), 1))
         futures: list[Future] = []
         chunk: list[m.TaskSpec] = []
         try:

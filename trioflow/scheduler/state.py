@@ -192,6 +192,7 @@ def unpack_priority(priority: int) -> tuple[int, int, int]:
         priority & _PRIORITY_MASK,
     )
 
+
 #: The ``workers`` and ``resources`` of a task that names none (most tasks).
 #: ``resources`` is only ever replaced, never changed in place, so one empty
 #: dict serves them all.
@@ -745,16 +746,20 @@ class SchedulerState:
         touched: list[TaskState] = []
         # A map's tasks share one function, but each spec arrives with its own
         # copy of the bytes: keep one per graph (~90 bytes less per held task).
+        # Only small ones: hashing a 1 MB closure per task would cost more.
         functions: dict[bytes, bytes] = {}
+
+        def shared(fn: bytes) -> bytes:
+            return functions.setdefault(fn, fn) if len(fn) <= 4096 else fn
         for order, spec in enumerate(ev.tasks):
             ts = self.tasks.get(spec.key)
             if ts is None:
-                ts = TaskState(spec.key, functions.setdefault(spec.function, spec.function), spec.args)
+                ts = TaskState(spec.key, shared(spec.function), spec.args)
                 self.tasks[spec.key] = ts
                 self.task_counts["released"] += 1
                 self._prefix_count(ts.prefix, "released", 1)
             elif ts.state in ("released", "erred") and not ts.runnable:
-                ts.function, ts.args = functions.setdefault(spec.function, spec.function), spec.args
+                ts.function, ts.args = shared(spec.function), spec.args
             else:
                 continue  # already known: keep the running/held one
             ts.priority = pack_priority(spec.priority, gen, order)
@@ -1425,7 +1430,7 @@ class SchedulerState:
                     who_has=who_has,
                     nbytes=nbytes,
                     priority=unpack_priority(ts.priority),
-                    resources=ts.resources,
+                    resources=dict(ts.resources),  # never the shared NO_RESOURCES
                     duration=duration,
                 ),
             )

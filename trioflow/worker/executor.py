@@ -5,7 +5,8 @@ Theory of operation
 ``trio.to_thread.run_sync`` costs 130-165 µs per call on this class of
 machine: more than a small task.  So each worker keeps ``nthreads``
 long-lived threads that pull jobs from one queue.  The worker's state machine
-hands the executor a few more jobs than it has threads (see ``slots`` in
+hands the executor more jobs than it has threads when they are measured short
+(up to about 2 ms of work per thread; see ``_may_start`` in
 :mod:`trioflow.worker.state`), so a thread that finishes a task starts the
 next immediately, without waiting for the event loop.
 

@@ -46,10 +46,12 @@ to ``nthreads + prefetch`` of them, so a thread that finishes a task starts
 the next one without a round trip through the event loop (a thread hand-off
 per task costs more than a small task).  Only tasks whose prefix has been
 measured to run shorter than :data:`PREFETCH_BELOW` take a prefetch slot,
-and only as many as :data:`PREFETCH_HORIZON` of their work:
-for longer ones the round trip is noise, and a task handed over early is
-committed to run before whatever arrives meanwhile, such as the dependent
-that would have consumed (and let go of) the last result.
+only as many as :data:`PREFETCH_HORIZON` of their work, and only while
+everything already in the executor is measured short too (a task handed over
+cannot be stolen any more, so none may wait behind a long run).  For longer
+tasks the round trip is noise, and a task handed over early is committed to
+run before whatever arrives meanwhile, such as the dependent that would have
+consumed (and let go of) the last result.
 
 A key is dropped when the scheduler says so (:class:`FreeKeysEvent`) and no
 local task still needs it.  Transfers are grouped per peer, at most
@@ -60,6 +62,7 @@ once.
 from __future__ import annotations
 
 import heapq
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -228,11 +231,13 @@ class WorkerTask:
         "replica",
         "resources",
         "_hash",
+        "prefix",
     )
 
     def __init__(self, key: str) -> None:
         self.key = key
         self._hash = hash(key)
+        self.prefix = sys.intern(key_prefix(key))  # durations are kept per prefix
         self.state = "new"
         self.function: bytes | None = None
         self.args: Serialized | None = None
@@ -841,12 +846,29 @@ class WorkerState:
             self._drop(t)
         self._set_gone(dts)
 
-    def _may_start(self, ts: WorkerTask) -> bool:
-        """May ``ts`` be handed to the executor now (a slot being free)?"""
+    def _short(self, prefix: str) -> float | None:
+        """The measured run time of a key prefix if under PREFETCH_BELOW."""
+        d = self.durations.get(prefix)
+        return d if d is not None and d < PREFETCH_BELOW else None
+
+    def _runs_only_short(self) -> bool:
+        """Is every run in the executor (superseded ones too) measured short?"""
+        return all(self._short(t.prefix) is not None for t in self.executing) and all(
+            self._short(key_prefix(k)) is not None for k in self.superseded
+        )
+
+    def _may_start(self, ts: WorkerTask, only_short: bool | None = None) -> bool:
+        """May ``ts`` be handed to the executor now (a slot being free)?
+
+        Beyond one per thread, only a task measured short, and only while
+        everything in the executor is too: a task handed over can no longer
+        be stolen, so nothing queues behind a run that may take long.
+        ``only_short`` is :meth:`_runs_only_short`, if the caller knows it.
+        """
         if self.n_executing < self.nthreads:
             return True
-        d = self.durations.get(key_prefix(ts.key))
-        if d is None or d >= PREFETCH_BELOW:
+        d = self._short(ts.prefix)
+        if d is None or not (self._runs_only_short() if only_short is None else only_short):
             return False
         per_thread = min(PREFETCH_MAX, max(1, int(PREFETCH_HORIZON / d))) if d > 0 else PREFETCH_MAX
         return self.n_executing < self.nthreads + max(2, per_thread * self.nthreads)
@@ -864,13 +886,14 @@ class WorkerState:
     def _schedule(self) -> None:
         """Hand ready tasks to the executor and start transfers."""
         if not self.paused:
+            only_short = self._runs_only_short()
             while self.ready and self.n_executing < self.slots:
                 entry = self.ready[0]
                 ts = entry[2]
                 if ts.state != "ready":
                     heapq.heappop(self.ready)
                     continue
-                if not self._may_start(ts):
+                if not self._may_start(ts, only_short):
                     break  # no thread free, and not known to be short
                 heapq.heappop(self.ready)
                 if ts.resources and not self._take_resources(ts):
@@ -881,6 +904,7 @@ class WorkerState:
                     continue
                 ts.state = "executing"
                 self.executing.add(ts)
+                only_short = only_short and self._short(ts.prefix) is not None
                 assert ts.function is not None and ts.args is not None
                 self._out.append(Execute(ts.key, ts.function, ts.args, tuple(d.key for d in ts.dependencies)))
         while self.fetch_by_worker and len(self.in_flight_workers) < self.max_concurrent_fetches:
