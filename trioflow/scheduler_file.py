@@ -36,8 +36,10 @@ async def wait_for_scheduler_file(path: str, timeout: float) -> str:
     """
     try:
         with trio.fail_after(timeout):
+            delay = 0.005  # often at first: the scheduler is usually starting too
             while not os.path.exists(path):
-                await trio.sleep(0.05)
+                await trio.sleep(delay)
+                delay = min(delay * 1.5, 0.1)
     except trio.TooSlowError:
         raise FileNotFoundError(f"scheduler file {path!r} did not appear within {timeout}s") from None
     return read_scheduler_file(path)

@@ -961,12 +961,16 @@ class AsyncClient:
 
     async def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
         """Wait until at least ``n_workers`` workers are connected."""
+        # Asked often at first (a cluster starting up is usually a few
+        # milliseconds from ready), then every 0.1 s.
+        delay = 0.005
         with trio.fail_after(timeout if timeout is not None else float("inf")):
             while True:
                 ident = await self._rpc(m.IdentityRequest(), m.IdentityReply)
                 if len(ident.workers) >= n_workers:
                     return
-                await trio.sleep(0.05)
+                await trio.sleep(delay)
+                delay = min(delay * 1.5, 0.1)
 
     async def run(self, function: Callable[..., Any], *args: Any, workers: Any = None, **kwargs: Any) -> dict[str, Any]:
         """Run ``function(*args, **kwargs)`` once on each worker (outside the
