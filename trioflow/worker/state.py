@@ -492,7 +492,7 @@ class WorkerState:
         if ts is None or ts.state != "executing":
             raise InvalidWorkerEvent(f"execution result for {ev.key!r}, which is not executing")
         self._leave_executing(ts)
-        self._measured(ts.key, ev.start, ev.stop)
+        self._measured(ts.prefix, ev.start, ev.stop)
         ts.nbytes = ev.nbytes
         self.executed_count += 1
         self._release_deps_of(ts)
@@ -873,10 +873,9 @@ class WorkerState:
         per_thread = min(PREFETCH_MAX, max(1, int(PREFETCH_HORIZON / d))) if d > 0 else PREFETCH_MAX
         return self.n_executing < self.nthreads + max(2, per_thread * self.nthreads)
 
-    def _measured(self, key: str, start: float, stop: float) -> None:
+    def _measured(self, prefix: str, start: float, stop: float) -> None:
         if stop <= start:
             return  # no timing (or a clock step): learn nothing
-        prefix = key_prefix(key)
         old = self.durations.get(prefix)
         if old is None and len(self.durations) >= 10_000:
             self.durations.clear()  # keys without a shared prefix: keep it bounded
