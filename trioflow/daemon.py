@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from .comm import CommError
+from .errors import UserError
 from .memory import limit_malloc_arenas, trim_process_memory
 from .protocol import ProtocolError
 from .security import Security
@@ -42,10 +43,6 @@ __all__ = [
     "run_worker_process",
     "setup_logging",
 ]
-
-
-class UserError(Exception):
-    """A failure the user can fix; printed as one line, exit 1."""
 
 
 # ---------------------------------------------------------------- logging and errors

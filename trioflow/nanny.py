@@ -56,6 +56,7 @@ from typing import Any
 import trio
 
 from .comm import Comm, CommClosedError, listen
+from .errors import NannyStartError
 from .memory import MALLOC_ENV
 from .protocol import messages as m
 from .system import default_host, process_rss
@@ -67,10 +68,6 @@ __all__ = ["Nanny", "NannyStartError"]
 
 READY_TIMEOUT = 60.0
 MEMORY_TERMINATE_FRACTION = 0.95
-
-
-class NannyStartError(RuntimeError):
-    """The nanny's first worker process could not start; the message says why in one line."""
 
 
 class Nanny:

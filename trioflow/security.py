@@ -58,11 +58,9 @@ from typing import Any, NoReturn
 
 import attrs
 
+from .errors import SecurityError, _EncryptedKey
+
 __all__ = ["Security", "SecurityError", "describe_ssl_error"]
-
-
-class SecurityError(ValueError):
-    """A TLS configuration problem; the message names the option and the cause."""
 
 
 ROLES = frozenset({"scheduler", "worker", "nanny", "client"})
@@ -443,10 +441,6 @@ def _load_ca(ctx: ssl.SSLContext, value: str) -> None:
 def _refuse_password() -> NoReturn:
     # Without a callback OpenSSL would prompt on the terminal for a passphrase.
     raise _EncryptedKey
-
-
-class _EncryptedKey(Exception):
-    pass
 
 
 def _load_cert_chain(

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import trio
 
+from ..errors import CancelledError, FutureLostError, RemoteError, RemoteException
 from ..protocol.serialize import SerializationError, Serialized, loads
 
 if TYPE_CHECKING:
@@ -37,22 +38,6 @@ __all__ = ["fire_and_forget", "Future", "FutureState", "CancelledError", "Future
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
 ALL_COMPLETED = "ALL_COMPLETED"
-
-
-class CancelledError(Exception):
-    """The future was cancelled."""
-
-
-class FutureLostError(Exception):
-    """The scheduler was lost, or the data was lost and cannot be recomputed."""
-
-
-class RemoteException(Exception):
-    """A task raised an exception whose type cannot be rebuilt here."""
-
-    def __init__(self, type_name: str, text: str) -> None:
-        super().__init__(text)
-        self.type_name = type_name
 
 
 class FutureState:
@@ -153,7 +138,7 @@ class FutureState:
             if not isinstance(exc, BaseException):
                 exc = None
         if exc is None:
-            exc = RemoteException(self.type_name, self.exception_text)
+            exc = RemoteError(self.exception_text, type_name=self.type_name)
         if self.traceback_text and not getattr(exc, "_trioflow_noted", False):
             try:
                 exc.add_note("Remote traceback:\n" + self.traceback_text.rstrip())

@@ -44,6 +44,7 @@ import trio
 
 from ..comm import BatchedSend, Comm, CommClosedError, CommError, ConnectionPool, connect, listen
 from ..comm.addressing import Address, parse_address
+from ..errors import RegistrationRefused
 from ..memory import trim_process_memory
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
@@ -155,10 +156,6 @@ def _make_job(key: str, function: bytes, args: Serialized, deps: dict[str, Any])
         return ("ok", key, result, sizeof(result), _type_name(result), start, stop, index, serialized)
 
     return job
-
-
-class RegistrationRefused(CommError):
-    """The scheduler answered our registration with an error."""
 
 
 class Worker:
