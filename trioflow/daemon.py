@@ -23,7 +23,7 @@ from typing import Any
 import trio
 
 from .comm import CommError
-from .errors import UserError
+from .errors import UserError, find_leaf
 from .memory import limit_malloc_arenas, trim_process_memory
 from .protocol import ProtocolError
 from .security import Security
@@ -277,7 +277,7 @@ def run_worker_process(config: dict[str, Any], *, ready_fd: int = -1, watch_stdi
                 try:
                     await nursery.start(worker.serve)
                 except BaseException as exc:  # noqa: BLE001 - sorted out below
-                    leaf = _user_leaf(exc)
+                    leaf = find_leaf(exc, _USER_ERRORS)
                     if leaf is None:
                         raise
                     msg = f"worker failed to start: {describe_exception(leaf)}"
@@ -316,17 +316,9 @@ def run_worker_process(config: dict[str, Any], *, ready_fd: int = -1, watch_stdi
     return code
 
 
-def _user_leaf(exc: BaseException) -> BaseException | None:
-    """The failure a user can fix inside ``exc`` (maybe an exception group), or None."""
-    if isinstance(exc, BaseExceptionGroup):
-        for e in exc.exceptions:
-            leaf = _user_leaf(e)
-            if leaf is not None:
-                return leaf
-        return None
-    if isinstance(exc, (UserError, CommError, OSError, ValueError, ProtocolError, trio.TooSlowError)):
-        return exc
-    return None
+#: Start-up failures a user can fix: all reported alike, as "worker failed to
+#: start: ..." on the ready pipe, so one tier (the first found).
+_USER_ERRORS = (UserError, CommError, OSError, ValueError, ProtocolError, trio.TooSlowError)
 
 
 async def _watch_parent(worker: Any) -> None:

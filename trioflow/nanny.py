@@ -56,7 +56,7 @@ from typing import Any
 import trio
 
 from .comm import Comm, CommClosedError, listen
-from .errors import NannyStartError
+from .errors import NannyStartError, leaves
 from .memory import MALLOC_ENV
 from .protocol import messages as m
 from .system import default_host, process_rss
@@ -199,7 +199,7 @@ class Nanny:
             # Our own nursery wraps it; the caller should see the one reason.
             errors, rest = group.split(NannyStartError)
             if errors is not None and rest is None:
-                raise _first_leaf(errors) from None
+                raise leaves(errors)[0] from None
             raise
         finally:
             self.status = "closed"
@@ -438,12 +438,6 @@ class Nanny:
             else:
                 reply = m.ErrorReply(message=f"a nanny does not serve {msg.op!r} requests")
             await comm.send(reply)
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _describe_exit(code: int) -> str:

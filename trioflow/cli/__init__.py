@@ -17,6 +17,7 @@ import trio
 
 from .._version import __version__
 from ..comm.addressing import Address, parse_address
+from ..errors import NannyStartError, find_leaf, leaves
 from .common import (
     PidFile,
     UserError,
@@ -187,26 +188,18 @@ def _host_of(address: str) -> str:
     return f"[{a.host}]" if ":" in a.host else a.host
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
-    return [exc]
-
-
 def _run(main: Any) -> None:
     """``trio.run(main)``, turning user-caused failures into one-line errors."""
     try:
         trio.run(main)
     except BaseException as exc:  # noqa: BLE001 - sorted out below
-        leaves = _leaves(exc)
-        if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves(exc)):
             return
-        for leaf in leaves:
-            if isinstance(leaf, UserError):
-                raise UserError(str(leaf)) from None
-        for leaf in leaves:
-            if isinstance(leaf, (OSError, ValueError)):  # CommError, SecurityError, AddressError, ...
-                raise UserError(describe_exception(leaf)) from None
+        leaf = find_leaf(exc, UserError, (OSError, ValueError))  # CommError, SecurityError, AddressError, ...
+        if isinstance(leaf, UserError):
+            raise UserError(str(leaf)) from None
+        if leaf is not None:
+            raise UserError(describe_exception(leaf)) from None
         raise
 
 
@@ -395,7 +388,7 @@ def worker_command(
                         for node in nodes:
                             starters.start_soon(_start_node, nursery, node, started)
                 except BaseExceptionGroup as group:
-                    leaf = _user_leaf(group)
+                    leaf = find_leaf(group, (UserError, NannyStartError), (OSError, ValueError, trio.TooSlowError))
                     if leaf is None:
                         raise
                     await close_started()  # before reporting: no orphans
@@ -434,20 +427,6 @@ async def _start_node(nursery: trio.Nursery, node: Any, started: list[Any]) -> N
         logger.info("  Start worker at: %s (nanny %s)", node.worker_address, node.address)
     else:
         logger.info("  Start worker at: %s", node.address)
-
-
-def _user_leaf(exc: BaseException) -> BaseException | None:
-    """The one failure in ``exc`` a user can act on (UserError first)."""
-    from ..nanny import NannyStartError
-
-    leaves = _leaves(exc)
-    for leaf in leaves:
-        if isinstance(leaf, (UserError, NannyStartError)):
-            return leaf
-    for leaf in leaves:
-        if isinstance(leaf, (OSError, ValueError, trio.TooSlowError)):
-            return leaf
-    return None
 
 
 _taken: set[int] = set()

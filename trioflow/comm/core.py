@@ -64,7 +64,7 @@ from typing import Any
 import attrs
 import trio
 
-from ..errors import CommClosedError, CommError, HandshakeError
+from ..errors import CommClosedError, CommError, HandshakeError, find_leaf
 from ..protocol import codec
 from ..protocol.codec import DEFAULT_LIMITS, Limits, ProtocolError
 from ..protocol.messages import PROTOCOL_VERSION, HandshakeRejected, Hello, Message
@@ -660,18 +660,16 @@ def log_dropped(role: str, peer_address: str, exc: BaseException) -> None:
 def _connect_cause(exc: OSError) -> str:
     """The useful part of a failed ``open_tcp_stream``: trio reports "all
     attempts failed" with the real errors in an exception group under it."""
-    stack: list[BaseException] = [exc]
-    while stack:
-        e = stack.pop(0)
-        if isinstance(e, socket.gaierror) and e.strerror:
-            return e.strerror
-        if isinstance(e, OSError) and e.errno:
-            return os.strerror(e.errno)
-        if isinstance(e, BaseExceptionGroup):
-            stack.extend(e.exceptions)
-        if e.__cause__ is not None:
-            stack.append(e.__cause__)
+    e = find_leaf(exc, _says_why, chained=True)
+    if isinstance(e, socket.gaierror) and e.strerror:
+        return e.strerror
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno)
     return str(exc) or type(exc).__name__
+
+
+def _says_why(e: BaseException) -> bool:
+    return isinstance(e, socket.gaierror) and bool(e.strerror) or isinstance(e, OSError) and bool(e.errno)
 
 
 async def connect(
