@@ -388,6 +388,9 @@ def worker_command(
                         for node in nodes:
                             starters.start_soon(_start_node, nursery, node, started)
                 except BaseExceptionGroup as group:
+                    # Two tiers (the daemon's start-up report has one): a UserError or a
+                    # nanny's one-line reason is printed as it is, so it wins over an
+                    # OS-level error, which gets the "worker failed to start" prefix.
                     leaf = find_leaf(group, (UserError, NannyStartError), (OSError, ValueError, trio.TooSlowError))
                     if leaf is None:
                         raise
