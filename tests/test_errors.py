@@ -114,6 +114,7 @@ def test_cancelled_error_is_caught_as_dask_s_is_and_not_as_a_task_cancellation()
 def test_attributes_survive_pickling() -> None:
     kw = pickle.loads(pickle.dumps(errors.KilledWorker("k", ["tcp://a:1", "tcp://b:2"], 1)))
     assert (kw.key, kw.workers, kw.allowed_failures, kw.last_worker) == ("k", ["tcp://a:1", "tcp://b:2"], 1, "tcp://b:2")
+    assert kw.task == "k"  # dask's name for the key
     re = pickle.loads(pickle.dumps(errors.RemoteError("boom", type_name="Odd")))
     assert (str(re), re.type_name) == ("boom", "Odd")
     assert errors.RemoteError("boom").type_name == ""

@@ -81,7 +81,13 @@ class KilledWorker(TrioflowError):
         self.allowed_failures = allowed_failures
 
     @property
+    def task(self) -> str:
+        """The key, under dask's name for it."""
+        return self.key
+
+    @property
     def last_worker(self) -> str:
+        """The address of the last worker that died running it (dask gives its WorkerState)."""
         return self.workers[-1] if self.workers else ""
 
     def __str__(self) -> str:
