@@ -286,7 +286,7 @@ def worker_command(
     nthreads = nthreads or default_nthreads(nprocs)
     limit = memory_limit_option(memory_limit, nthreads, nprocs)
     if not nanny:
-        from ..memory import limit_malloc_arenas
+        from ..process.malloc import limit_malloc_arenas
 
         limit_malloc_arenas(nthreads * nprocs)  # the workers' threads are ours (see there)
     res = parse_resources(resources)
@@ -375,7 +375,7 @@ def worker_command(
                     dashboard_prefix=prefix,
                 )
                 if nanny:
-                    from ..nanny import Nanny
+                    from ..process.nanny import Nanny
 
                     node: Any = Nanny(
                         sched,
@@ -438,7 +438,7 @@ async def _start_node(nursery: trio.Nursery, node: Any, started: list[Any]) -> N
 
 def _user_leaf(exc: BaseException) -> BaseException | None:
     """The one failure in ``exc`` a user can act on (UserError first)."""
-    from ..nanny import NannyStartError
+    from ..process.nanny import NannyStartError
 
     leaves = _leaves(exc)
     for leaf in leaves:

@@ -6,7 +6,7 @@ turns runtime failures a user can cause (port in use, scheduler unreachable,
 bad certificate) into one line and exit 1.  No traceback for a user mistake.
 
 What a daemon does once its options are parsed (logging, signals, preload
-modules, the PID file, a nanny's worker process) is in :mod:`trioflow.daemon`,
+modules, the PID file, a nanny's worker process) is in :mod:`trioflow.process`,
 which does without click; its names are importable from here as well.
 """
 
@@ -21,7 +21,7 @@ import click
 
 from ..comm import CommError
 from ..comm.addressing import AddressError
-from ..daemon import (
+from ..process.daemon import (
     PidFile,
     UserError,
     check_preload,
@@ -34,10 +34,10 @@ from ..daemon import (
     run_worker_process,
     setup_logging,
 )
-from ..memory import parse_memory_limit
+from ..config import parse_memory_limit
 from ..protocol import ProtocolError
 from ..security import Security, SecurityError
-from ..system import psutil_module
+from ..process.system import psutil_module
 
 
 def run_cli(command: click.Command, prog: str, args: list[str] | None = None) -> None:

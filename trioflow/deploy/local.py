@@ -50,7 +50,7 @@ class InProcessCluster:
         name = opts.pop("name", None) or f"worker-{self._counter}"
         self._counter += 1
         if processes:
-            from ..nanny import Nanny
+            from ..process.nanny import Nanny
 
             node: Any = Nanny(self.scheduler.address, name=name, security=self.security, **opts)
         else:
@@ -100,7 +100,7 @@ async def open_cluster(
     ``protocol="inproc"`` skips sockets entirely (deterministic under
     ``autojump_clock``); ``"tls"`` needs ``security``.
     """
-    from ..memory import parse_memory_limit
+    from ..config import parse_memory_limit
 
     if n_workers < 0:
         raise ValueError(f"n_workers must not be negative, got {n_workers}")

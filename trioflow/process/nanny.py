@@ -7,7 +7,7 @@ Theory of operation
     Nanny nursery
      ├ listener (requests: NannyRestart, NannyKill)
      └ supervise loop
-          start worker process (python -m trioflow.nanny)  ── stdin: config, then kept open
+          start worker process (python -m trioflow.process.nanny)  ── stdin: config, then kept open
           read its status lines on a private pipe            (EOF on stdin = nanny gone)
             ALIVE            configured (start-up timeout ends here)
             READY <address>  registered with the scheduler
@@ -55,9 +55,9 @@ from typing import Any
 
 import trio
 
-from .comm import Comm, CommClosedError, listen
-from .memory import MALLOC_ENV
-from .protocol import messages as m
+from ..comm import Comm, CommClosedError, listen
+from .malloc import MALLOC_ENV
+from ..protocol import messages as m
 from .system import default_host, process_rss
 from .workspace import WORKSPACE_PREFIX, purge_stale_workspaces
 
@@ -230,7 +230,7 @@ class Nanny:
         config = {**self.config, "workspace": scratch}
         ready_r, ready_w = os.pipe()
         env = {**MALLOC_ENV, **os.environ, **self.env, "TRIOFLOW_NANNY_READY_FD": str(ready_w)}
-        cmd = [sys.executable, "-m", "trioflow.nanny"]
+        cmd = [sys.executable, "-m", "trioflow.process.nanny"]
         started = trio.current_time()
         try:
             proc = await trio.lowlevel.open_process(
@@ -462,7 +462,7 @@ def _describe_exit(code: int) -> str:
 
 
 def _child_main() -> None:
-    """Entry point of a nanny's worker process (``python -m trioflow.nanny``)."""
+    """Entry point of a nanny's worker process (``python -m trioflow.process.nanny``)."""
     line = sys.stdin.buffer.readline()
     if not line:
         sys.exit(0)

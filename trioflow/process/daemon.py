@@ -2,7 +2,7 @@
 preload modules, its PID file, and the whole of a nanny's worker process.
 
 No click here (the command-line parsing is :mod:`trioflow.cli`): a nanny's
-worker process (``python -m trioflow.nanny``) runs on this module alone.
+worker process (``python -m trioflow.process.nanny``) runs on this module alone.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from typing import Any
 
 import trio
 
-from .comm import CommError
-from .memory import limit_malloc_arenas, trim_process_memory
-from .protocol import ProtocolError
-from .security import Security
+from ..comm import CommError
+from .malloc import limit_malloc_arenas, trim_process_memory
+from ..protocol import ProtocolError
+from ..security import Security
 
 logger = logging.getLogger("trioflow.cli")
 
@@ -87,30 +87,6 @@ def release_startup_memory() -> None:
         if name.startswith("<attrs generated"):
             linecache.cache.pop(name, None)
     trim_process_memory()
-
-
-# ---------------------------------------------------------------- files
-
-
-class PidFile:
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-
-    def __enter__(self) -> PidFile:
-        if self.path:
-            try:
-                with open(self.path, "w") as f:
-                    f.write(f"{os.getpid()}\n")
-            except OSError as exc:
-                raise UserError(f"--pid-file: cannot write {self.path!r}: {exc.strerror}") from None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.path:
-            try:
-                os.remove(self.path)
-            except OSError:
-                pass
 
 
 # ---------------------------------------------------------------- preload
@@ -181,23 +157,6 @@ async def preload_teardown(modules: list[ModuleType], server: Any) -> None:
             logger.exception("--preload %s: trioflow_teardown failed", mod.__name__)
 
 
-# ---------------------------------------------------------------- signals
-
-
-async def close_on_signals(close: Callable[[], None], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Call ``close()`` on the first SIGINT/SIGTERM; a second one is fatal."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        task_status.started()
-        count = 0
-        async for signum in signals:
-            count += 1
-            if count == 1:
-                logger.info("received %s, closing", signal.Signals(signum).name)
-                close()
-            else:
-                raise KeyboardInterrupt
-
-
 # ---------------------------------------------------------------- worker process (nanny child)
 
 
@@ -231,7 +190,7 @@ def run_worker_process(config: dict[str, Any], *, ready_fd: int = -1, watch_stdi
             ready_fd = -1
 
     tell("ALIVE")
-    from .worker.server import Worker
+    from ..worker.server import Worker
 
     try:
         preload = [load_preload(p) for p in config.get("preload") or []]
