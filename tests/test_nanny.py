@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from trioflow import open_client, open_cluster
-from trioflow.nanny import Nanny, NannyStartError
+from trioflow.process.nanny import Nanny, NannyStartError
 
 pytestmark = pytest.mark.slow
 

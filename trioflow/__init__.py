@@ -26,6 +26,8 @@ _LAZY = {
     "CommError": "comm",
     "LocalCluster": "deploy",
     "open_cluster": "deploy",
+    "Nanny": "process.nanny",
+    "Status": "process.lifecycle",
     "progress": "progress",
     "ProtocolError": "protocol",
     "SerializationError": "protocol",
@@ -52,6 +54,8 @@ if TYPE_CHECKING:
     )
     from .comm import CommClosedError, CommError
     from .deploy import LocalCluster, open_cluster
+    from .process.lifecycle import Status
+    from .process.nanny import Nanny
     from .progress import progress
     from .protocol import ProtocolError, SerializationError
     from .scheduler import KilledWorker, Scheduler
@@ -84,11 +88,13 @@ __all__ = [
     "FutureLostError",
     "KilledWorker",
     "LocalCluster",
+    "Nanny",
     "ProtocolError",
     "Scheduler",
     "Security",
     "SecurityError",
     "SerializationError",
+    "Status",
     "Worker",
     "__version__",
     "as_completed",

@@ -1,8 +1,10 @@
-"""What a trioflow daemon process does besides serving: logging, signals,
-preload modules, its PID file, and the whole of a nanny's worker process.
+"""What a trioflow daemon process does besides serving: logging, one-line
+errors, preload modules, and :func:`run_servers`, the one start-up and
+shutdown path of every daemon (the command line's scheduler and workers, and
+a nanny's worker process).
 
 No click here (the command-line parsing is :mod:`trioflow.cli`): a nanny's
-worker process (``python -m trioflow.process.nanny``) runs on this module alone.
+worker process (``python -m trioflow.process.nanny``) runs without it.
 """
 
 from __future__ import annotations
@@ -13,33 +15,27 @@ import inspect
 import linecache
 import logging
 import os
-import shutil
-import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
 import trio
 
-from ..comm import CommError
-from .malloc import limit_malloc_arenas, trim_process_memory
-from ..protocol import ProtocolError
-from ..security import Security
+from .malloc import trim_process_memory
+from .signals import close_on_signals
 
 logger = logging.getLogger("trioflow.cli")
 
 __all__ = [
-    "PidFile",
     "UserError",
     "check_preload",
-    "close_on_signals",
     "describe_exception",
     "load_preload",
     "preload_setup",
     "preload_teardown",
     "release_startup_memory",
-    "run_worker_process",
+    "run_servers",
     "setup_logging",
 ]
 
@@ -157,161 +153,89 @@ async def preload_teardown(modules: list[ModuleType], server: Any) -> None:
             logger.exception("--preload %s: trioflow_teardown failed", mod.__name__)
 
 
-# ---------------------------------------------------------------- worker process (nanny child)
+# ---------------------------------------------------------------- start-up and shutdown
 
 
-def run_worker_process(config: dict[str, Any], *, ready_fd: int = -1, watch_stdin: bool = False) -> int:
-    """Run one worker in this process (the nanny's child); returns the exit code.
+async def run_servers(
+    servers: Sequence[Any],
+    preload: Sequence[ModuleType] = (),
+    *,
+    on_started: Callable[[Any], None] | None = None,
+    on_ready: Callable[[trio.Nursery], None] | None = None,
+) -> bool:
+    """The life of a daemon's servers, from start to close: the one path the
+    command line (scheduler, workers with or without nannies) and a nanny's
+    worker process share.
 
-    Talks to the nanny over ``ready_fd`` in lines: ``ALIVE`` once the
-    configuration is read (the nanny's start-up timeout stops there: waiting
-    for the scheduler may legitimately take long), then either
-    ``READY <address>`` once registered and preloaded, or ``ERROR <one line>``
-    when the worker cannot start (exit code 3: the nanny gives up rather than
-    restart a worker that cannot work).  Exit 0 means the worker meant to stop.
+    Starts every server (``await nursery.start(server.serve)``, all at once),
+    calls ``on_started(server)`` as each is up, runs the preload modules'
+    ``trioflow_setup(server)``, calls ``on_ready(nursery)`` (a nursery for
+    tasks that should live as long as the servers), gives back the memory
+    starting freed, and waits until every server is closed; then runs
+    ``trioflow_teardown(server)``.  The first SIGINT/SIGTERM closes the
+    servers politely (one still starting is cancelled); a second is fatal.
+
+    Whatever fails, the servers that did start are closed before the error
+    leaves: no orphans.
+
+    Returns:
+        False if a signal came during start-up (nothing was served), else True.
+
+    Raises:
+        BaseExceptionGroup: what a server's start raised (a port in use, no
+            scheduler within ``death_timeout``, ...), as the nursery groups it.
+        UserError: a preload module's ``trioflow_setup`` failed (inside a group).
     """
-    setup_logging()
-    limit_malloc_arenas(config["nthreads"])  # before any thread exists
+    started: list[Any] = []
+    startup = trio.CancelScope()
 
-    def tell(line: str) -> None:
-        nonlocal ready_fd
-        if ready_fd < 0:
-            return
-        try:
-            os.write(ready_fd, (line.replace("\n", " ") + "\n").encode())
-        except OSError:
-            pass
+    async def close_started() -> None:
+        with trio.CancelScope(shield=True):
+            for server in started:
+                await server.aclose()
 
-    def finish(line: str) -> None:
-        nonlocal ready_fd
-        tell(line)
-        if ready_fd >= 0:
-            os.close(ready_fd)
-            ready_fd = -1
+    async def start(nursery: trio.Nursery, server: Any) -> None:
+        await nursery.start(server.serve)
+        started.append(server)
+        if on_started is not None:
+            on_started(server)
 
-    tell("ALIVE")
-    from ..worker.server import Worker
+    async with trio.open_nursery() as nursery:
 
-    try:
-        preload = [load_preload(p) for p in config.get("preload") or []]
-    except UserError as exc:
-        logger.error("%s", exc)
-        finish(f"ERROR {exc}")
-        return 3
-    security = Security.from_dict(config["security"]) if config.get("security") else None
-    worker = Worker(
-        config["scheduler_address"],
-        nthreads=config["nthreads"],
-        name=config.get("name") or None,
-        memory_limit=config.get("memory_limit", 0),
-        resources=config.get("resources") or {},
-        listen_address=config.get("listen_address"),
-        contact_address=config.get("contact_address"),
-        security=security,
-        local_directory=config.get("local_directory"),
-        workspace=config.get("workspace"),
-        reconnect=config.get("reconnect", True),
-        death_timeout=config.get("death_timeout"),
-        nanny=config.get("nanny", ""),
-        dashboard_address=config.get("dashboard_address"),
-        dashboard_prefix=config.get("dashboard_prefix") or "",
-        **(config.get("options") or {}),
-    )
+        def close_all() -> None:
+            # Servers still starting (waiting for the scheduler) are
+            # cancelled; running ones close politely: a nanny stops its
+            # worker with the SIGTERM -> SIGKILL ladder, a worker
+            # unregisters from the scheduler.
+            startup.cancel()
+            for server in started:
+                nursery.start_soon(server.aclose)
 
-    async def main() -> int:
-        async with trio.open_nursery() as nursery:
-            startup = trio.CancelScope()
-            started = False
-
-            def on_signal() -> None:
-                # Before registration there is nothing to hand back: stop
-                # waiting for the scheduler.  After it, leave politely so the
-                # scheduler does not count running tasks as lost.
-                if started:
-                    nursery.start_soon(worker.aclose, "signal")
-                else:
-                    startup.cancel()
-
-            await nursery.start(close_on_signals, on_signal)
-            if watch_stdin:
-                nursery.start_soon(_watch_parent, worker)
-            with startup:
-                try:
-                    await nursery.start(worker.serve)
-                except BaseException as exc:  # noqa: BLE001 - sorted out below
-                    leaf = _user_leaf(exc)
-                    if leaf is None:
-                        raise
-                    msg = f"worker failed to start: {describe_exception(leaf)}"
-                    logger.error("%s", msg)
-                    finish(f"ERROR {msg}")
-                    nursery.cancel_scope.cancel()
-                    return 3
-                started = True
-            if not started:  # a signal during start-up
-                finish("ERROR worker stopped during start-up")
-                nursery.cancel_scope.cancel()
-                return 0
+        await nursery.start(close_on_signals, close_all)
+        with startup:
             try:
-                await preload_setup(preload, worker)
-            except UserError as exc:
-                logger.error("%s", exc)
-                finish(f"ERROR {exc}")
-                await worker.aclose(str(exc))
-                nursery.cancel_scope.cancel()
-                return 3
-            finish(f"READY {worker.address}")
-            release_startup_memory()
-            await worker._closed.wait()
-            await preload_teardown(preload, worker)
+                async with trio.open_nursery() as starters:
+                    for server in servers:
+                        starters.start_soon(start, nursery, server)
+            except BaseException:
+                await close_started()  # before reporting: no orphans
+                raise
+        if startup.cancelled_caught:
+            await close_started()
             nursery.cancel_scope.cancel()
-        return 0
-
-    code = 0
-    try:
-        code = trio.run(main)
-    except* KeyboardInterrupt:
-        pass
-    finally:
-        if ready_fd >= 0:  # died of a bug before saying why: EOF reads as a crash
-            os.close(ready_fd)
-    return code
-
-
-def _user_leaf(exc: BaseException) -> BaseException | None:
-    """The failure a user can fix inside ``exc`` (maybe an exception group), or None."""
-    if isinstance(exc, BaseExceptionGroup):
-        for e in exc.exceptions:
-            leaf = _user_leaf(e)
-            if leaf is not None:
-                return leaf
-        return None
-    if isinstance(exc, (UserError, CommError, OSError, ValueError, ProtocolError, trio.TooSlowError)):
-        return exc
-    return None
-
-
-async def _watch_parent(worker: Any) -> None:
-    """Close the worker when stdin (a pipe from the nanny) reaches EOF.
-
-    The nanny died (maybe by SIGKILL): nobody supervises this process any
-    more, so it must be gone within a second, even with a task stuck in a
-    thread.
-    """
-    stream = trio.lowlevel.FdStream(os.dup(0))
-    try:
-        while True:
-            data = await stream.receive_some(1024)
-            if not data:
-                break
-    finally:
-        await stream.aclose()
-    logger.warning("nanny went away; closing worker")
-    worker.close("nanny gone")
-    with trio.move_on_after(0.7):
-        await worker._closed.wait()
-        return
-    logger.warning("worker did not close in time; exiting now")
-    if worker.local_directory:
-        shutil.rmtree(worker.local_directory, ignore_errors=True)
-    os._exit(1)
+            return False
+        try:
+            for server in servers:
+                await preload_setup(list(preload), server)
+        except UserError:
+            await close_started()
+            raise
+        if on_ready is not None:
+            on_ready(nursery)
+        release_startup_memory()
+        for server in servers:
+            await server.wait_closed()
+        for server in servers:
+            await preload_teardown(list(preload), server)
+        nursery.cancel_scope.cancel()
+    return True

@@ -43,10 +43,10 @@ from ..comm.addressing import Address, parse_address
 from ..config import SchedulerConfig, build_config
 from ..process.lifecycle import FINAL, Status, ended_in_failure
 from ..process.malloc import trim_process_memory
+from ..process.system import default_host
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
-from ..process.system import default_host
 from . import state as ss
 from .taskstream import TaskStream
 

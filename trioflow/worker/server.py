@@ -47,6 +47,8 @@ from ..comm.addressing import Address, parse_address
 from ..config import WorkerConfig, build_config
 from ..process.lifecycle import FINAL, Status, ended_in_failure
 from ..process.malloc import trim_process_memory
+from ..process.system import ProcessMeter
+from ..process.workspace import WORKSPACE_PREFIX, claim_workspace, purge_stale_workspaces
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import (
@@ -58,8 +60,6 @@ from ..protocol.serialize import (
     loads_with_deps,
 )
 from ..sizeof import sizeof
-from ..process.system import ProcessMeter
-from ..process.workspace import WORKSPACE_PREFIX, claim_workspace, purge_stale_workspaces
 from . import state as ws
 from .executor import ThreadExecutor, thread_state
 from .memory import SpillBuffer
