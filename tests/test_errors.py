@@ -83,7 +83,7 @@ def test_old_import_paths_still_give_the_same_classes() -> None:
     from trioflow.client import CancelledError, FutureLostError
     from trioflow.client.futures import RemoteException
     from trioflow.comm import AddressError, CommClosedError, CommError, HandshakeError, RemoteError
-    from trioflow.nanny import NannyStartError
+    from trioflow.process.nanny import NannyStartError
     from trioflow.protocol import ProtocolError, SerializationError
     from trioflow.scheduler import KilledWorker
     from trioflow.scheduler.state import InvalidEvent, InvalidTransition

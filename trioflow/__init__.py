@@ -33,6 +33,8 @@ _LAZY = {
     "wait": "client",
     "LocalCluster": "deploy",
     "open_cluster": "deploy",
+    "Nanny": "process.nanny",
+    "Status": "process.lifecycle",
     "progress": "progress",
     "Scheduler": "scheduler",
     "Security": "security",
@@ -64,6 +66,8 @@ if TYPE_CHECKING:
         TimeoutError,
         TrioflowError,
     )
+    from .process.lifecycle import Status
+    from .process.nanny import Nanny
     from .progress import progress
     from .scheduler import Scheduler
     from .security import Security
@@ -95,6 +99,7 @@ __all__ = [
     "FutureLostError",
     "KilledWorker",
     "LocalCluster",
+    "Nanny",
     "ProtocolError",
     "Scheduler",
     "Security",
@@ -102,6 +107,7 @@ __all__ = [
     "SerializationError",
     "TimeoutError",
     "TrioflowError",
+    "Status",
     "Worker",
     "__version__",
     "as_completed",
