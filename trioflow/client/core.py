@@ -38,6 +38,7 @@ from ..comm import BatchedSend, CommClosedError, CommError, ConnectionPool, conn
 from ..protocol import messages as m
 from ..scheduler_file import wait_for_scheduler_file
 from .admin import AdminMixin
+from .bridge import run_in_portal
 from .data import DataMixin
 from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
@@ -70,7 +71,11 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin):
         self._batched: BatchedSend | None = None
         self._pool: ConnectionPool | None = None
         self._token: trio.lowlevel.TrioToken | None = None
-        self._portal: Any = None  # set by the blocking Client
+        #: Set when the client runs in a loop of its own (a portal thread).
+        self._portal: Any = None
+        #: False for the blocking Client: outside its loop, calls then block
+        #: instead of returning awaitables.
+        self.asynchronous = True
         self._nursery: trio.Nursery | None = None
         self._comm: Any = None
         self._done = trio.Event()
@@ -281,6 +286,46 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin):
     def _sync_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` in the client's loop from a blocking thread."""
         return self._portal.call(fn, *args)
+
+    # ------------------------------------------------------------ reaching the host loop (see .bridge)
+
+    def _in_own_loop(self) -> bool:
+        try:
+            return trio.lowlevel.current_trio_token() is self._token
+        except RuntimeError:
+            return False
+
+    def _blocking(self) -> bool:
+        """Whether a call made here blocks: a blocking client, called from
+        outside its loop (otherwise calls return awaitables)."""
+        return not self.asynchronous and not self._in_own_loop()
+
+    def _awaitable(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` (a coroutine function run in the client's loop) as
+        an awaitable for the calling loop, asyncio or Trio."""
+        if self._in_own_loop():
+            return fn(*args)
+        return self._across(fn, *args)
+
+    async def _across(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._in_own_loop():
+            return await fn(*args)
+        if self._portal is None:
+            raise RuntimeError("this client runs in another Trio loop; use it from that loop")
+        return await run_in_portal(self._portal, fn, *args)
+
+    def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run the plain function ``fn(*args)`` in the client's loop: now if
+        called there, else soon (in order with other handed-over work)."""
+        if self._in_own_loop():
+            fn(*args)
+            return
+        if self._token is None:
+            raise RuntimeError(f"client is {self.status}")
+        try:
+            self._token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            raise RuntimeError("client is closed") from None
 
     def refcount(self, key: str) -> int:
         with self._ref_lock:

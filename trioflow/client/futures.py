@@ -22,13 +22,16 @@ return an awaitable otherwise (the dask convention for asynchronous clients).
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import sniffio
 import trio
 
 from ..protocol.serialize import SerializationError, Serialized, loads
+from .bridge import in_trio
 
 if TYPE_CHECKING:
     from .core import AsyncClient
@@ -163,12 +166,15 @@ class FutureState:
         return exc
 
 
-def _in_trio() -> bool:
+_in_trio = in_trio
+
+
+def _in_async_loop() -> bool:
     try:
-        trio.lowlevel.current_task()
-        return True
-    except RuntimeError:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
         return False
+    return True
 
 
 class Future:
@@ -182,6 +188,8 @@ class Future:
         self._state = client._acquire(key, state)
 
     def __del__(self) -> None:
+        if sys.is_finalizing():  # the client's loop thread may be gone mid-call
+            return
         try:
             self.client._dec_ref(self.key)
         except Exception:  # noqa: BLE001 - interpreter shutdown, closed client
@@ -212,7 +220,7 @@ class Future:
         return self._state.status == "cancelled"
 
     def _blocking(self) -> bool:
-        return self.client._portal is not None and not _in_trio()
+        return self.client._blocking()
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's value; raises the task's exception if it failed.
@@ -223,7 +231,7 @@ class Future:
         """
         if self._blocking():
             return self.client._sync_call(self.client._result_async, self, timeout)
-        return self.client._result_async(self, timeout)
+        return self.client._awaitable(self.client._result_async, self, timeout)
 
     def exception(self, timeout: float | None = None) -> Any:
         """The task's exception, or None if it succeeded (waits like :meth:`result`)."""
@@ -240,7 +248,7 @@ class Future:
                 raise TimeoutError(f"future {self.key!r} not done after {timeout}s")
             return None if self._state.status == "finished" else self._state.make_exception()
 
-        return _exc()
+        return self.client._awaitable(_exc)
 
     def traceback(self) -> str | None:
         """The remote traceback text of a failed task, or None."""
@@ -250,7 +258,7 @@ class Future:
         """Cancel this future's task."""
         if self._blocking():
             return self.client._sync_call(self.client._cancel_async, [self])
-        return self.client._cancel_async([self])
+        return self.client._awaitable(self.client._cancel_async, [self])
 
     def add_done_callback(self, fn: Callable[[Future], None]) -> None:
         """Call ``fn(future)`` when done (in the client's event-loop thread)."""
@@ -260,7 +268,7 @@ class Future:
             # never be called.
             self.client._sync_call(self._add_done_callback, fn)
         else:
-            self._add_done_callback(fn)
+            self.client._call_soon(self._add_done_callback, fn)
 
     def _add_done_callback(self, fn: Callable[[Future], None]) -> None:
         if self.done():
@@ -269,7 +277,7 @@ class Future:
             self._state.callbacks.append(lambda: fn(self))
 
     def __await__(self) -> Any:
-        return self.client._result_async(self, None).__await__()
+        return self.client._awaitable(self.client._result_async, self, None).__await__()
 
 
 class DoneAndNotDone(NamedTuple):
@@ -321,11 +329,11 @@ def wait(fs: Any, timeout: float | None = None, return_when: str = ALL_COMPLETED
     """
     futures = _flatten_futures(fs)
     if not futures:
-        return DoneAndNotDone(set(), set()) if not _in_trio() else _completed(DoneAndNotDone(set(), set()))
+        return DoneAndNotDone(set(), set()) if not _in_async_loop() else _completed(DoneAndNotDone(set(), set()))
     client = futures[0].client
-    if client._portal is not None and not _in_trio():
+    if client._blocking():
         return client._sync_call(_wait_async, futures, timeout, return_when)
-    return _wait_async(futures, timeout, return_when)
+    return client._awaitable(_wait_async, futures, timeout, return_when)
 
 
 async def _completed(value: Any) -> Any:
@@ -402,6 +410,11 @@ class as_completed:
         return self
 
     async def __anext__(self) -> Any:
+        if self._client is None:
+            raise StopAsyncIteration
+        return await self._client._across(self._anext_in_loop)
+
+    async def _anext_in_loop(self) -> Any:
         while True:
             with self._lock:
                 if self._ready:
@@ -425,10 +438,10 @@ def fire_and_forget(futures: Any) -> None:
     if not flat:
         return
     client = flat[0].client
-    if client._portal is not None and not _in_trio():
+    if client._blocking():
         client._sync_call(client.fire_and_forget, flat)
         return
-    client._send(_ff_message([f.key for f in flat]))
+    client._call_soon(client._send, _ff_message([f.key for f in flat]))
 
 
 def _ff_message(keys: list[str]) -> Any:
