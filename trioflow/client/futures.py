@@ -36,7 +36,7 @@ from .bridge import in_trio
 if TYPE_CHECKING:
     from .core import AsyncClient
 
-__all__ = ["fire_and_forget", "Future", "FutureState", "CancelledError", "FutureLostError", "wait", "as_completed", "DoneAndNotDone", "RemoteException"]
+__all__ = ["futures_of", "fire_and_forget", "Future", "FutureState", "CancelledError", "FutureLostError", "wait", "as_completed", "DoneAndNotDone", "RemoteException"]
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
 ALL_COMPLETED = "ALL_COMPLETED"
@@ -285,16 +285,48 @@ class DoneAndNotDone(NamedTuple):
     not_done: set[Future]
 
 
+def _is_dask_collection(x: Any) -> bool:
+    return not isinstance(x, type) and callable(getattr(x, "__dask_graph__", None))
+
+
+def futures_of(obj: Any) -> list[Future]:
+    """The futures in ``obj``: a Future, nested lists, tuples, sets and dict
+    values, and dask collections (a persisted one holds a future per piece
+    in its graph: the graph is read, the collection never iterated)."""
+    out: list[Future] = []
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, Future):
+            if id(x) not in seen:
+                seen.add(id(x))
+                out.append(x)
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            stack.extend(reversed(list(x)) if isinstance(x, (list, tuple)) else x)
+        elif isinstance(x, dict):
+            stack.extend(reversed(list(x.values())))
+        elif _is_dask_collection(x):
+            graph = x.__dask_graph__()
+            if graph:
+                stack.extend(reversed(list(graph.values())))
+        elif type(x).__name__ == "DataNode":  # dask's task spec: a literal value
+            stack.append(getattr(x, "value", None))
+    return out
+
+
 def _flatten_futures(fs: Any) -> list[Future]:
     if isinstance(fs, Future):
         return [fs]
+    if _is_dask_collection(fs):
+        return futures_of(fs)
     if isinstance(fs, dict):
         fs = fs.values()
     out: list[Future] = []
     for f in fs:
         if isinstance(f, Future):
             out.append(f)
-        elif isinstance(f, (list, tuple, set, dict)):
+        elif isinstance(f, (list, tuple, set, dict)) or _is_dask_collection(f):
             out.extend(_flatten_futures(f))
     return out
 

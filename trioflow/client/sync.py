@@ -268,12 +268,12 @@ class Client:
     def scatter(self, data: Any, workers: Any = None, broadcast: bool = False, hash: bool = True) -> Any:
         return self._call(self._core.scatter, data, workers=workers, broadcast=broadcast, hash=hash)
 
-    def cancel(self, futures: Any) -> None:
-        self._call(self._core.cancel, futures)
+    def cancel(self, futures: Any) -> Any:
+        return self._call(self._core.cancel, futures)
 
-    def restart(self, timeout: float = 60) -> None:
+    def restart(self, timeout: float = 60) -> Any:
         """Forget all tasks and restart the workers (through their nannies)."""
-        self._call(self._core.restart, timeout)
+        return self._call(self._core.restart, timeout)
 
     def who_has(self, futures: Any = None) -> dict[str, list[str]]:
         return self._call(self._core.who_has, futures)  # type: ignore[no-any-return]
@@ -295,8 +295,8 @@ class Client:
     def retire_workers(self, workers: Any, timeout: float = 60) -> list[str]:
         return self._call(self._core.retire_workers, workers, timeout)  # type: ignore[no-any-return]
 
-    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
-        self._call(self._core.wait_for_workers, n_workers, timeout)
+    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> Any:
+        return self._call(self._core.wait_for_workers, n_workers, timeout)
 
     @property
     def dashboard_link(self) -> str | None:
