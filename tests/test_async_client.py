@@ -138,13 +138,45 @@ def test_servers_in_async_with(backend: str) -> None:
     from trioflow import Scheduler, Worker
 
     async def session() -> None:
-        async with ServerContext(Scheduler("tcp://127.0.0.1:0")) as s:
+        async with Scheduler("tcp://127.0.0.1:0") as s:
             assert s.address.startswith("tcp://")
-            async with ServerContext(Worker(s.address, nthreads=1)):
+            async with Worker(s.address, nthreads=1):
                 async with Client(s.address, asynchronous=True) as c:
                     await c.wait_for_workers(1)
                     assert await c.gather(await c.map(inc, range(3))) == [1, 2, 3]
         assert s.status == "closed"
+
+    run(backend, session)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_server_context_calls_into_the_servers_loop(backend: str) -> None:
+    from trioflow import Scheduler
+
+    async def session() -> None:
+        ctx = ServerContext(Scheduler("tcp://127.0.0.1:0"))
+        async with ctx as s:
+
+            async def workers() -> int:
+                return len(s.state.workers)
+
+            assert await ctx.call(workers) == 0
+        assert s.status == "closed"
+
+    run(backend, session)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_local_cluster_asynchronous(backend: str) -> None:
+    async def session() -> None:
+        async with LocalCluster(n_workers=1, asynchronous=True) as cluster:
+            assert cluster.scheduler_address.startswith("tcp://")
+            async with Client(cluster, asynchronous=True) as c:
+                assert await (await c.submit(inc, 1)) == 2
+                await cluster.scale(2)
+                await c.wait_for_workers(2)
+        cluster2 = await LocalCluster(n_workers=1, asynchronous=True)
+        await cluster2.close()
 
     run(backend, session)
 

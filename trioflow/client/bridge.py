@@ -43,6 +43,7 @@ from the caller, and calls into it must go through :meth:`ServerContext.call`).
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -52,7 +53,7 @@ import anyio.from_thread
 import sniffio
 import trio
 
-__all__ = ["ServerContext", "SystemTaskHost", "ThreadHost", "in_trio", "serving", "wait_concurrent"]
+__all__ = ["AsyncCluster", "ServerContext", "SystemTaskHost", "ThreadHost", "in_trio", "serving", "wait_concurrent"]
 
 
 def in_trio() -> bool:
@@ -261,3 +262,53 @@ class ServerContext:
         if self._thread_host is not None:
             thost, self._thread_host = self._thread_host, None
             await anyio.to_thread.run_sync(thost.close)
+
+
+class AsyncCluster:
+    """``LocalCluster(..., asynchronous=True)``: a blocking cluster class,
+    started and closed in a worker thread so the caller's loop (asyncio or
+    Trio) never blocks.
+
+    ``cluster = await LocalCluster(..., asynchronous=True)`` or ``async with``.
+    The cluster itself runs in a Trio loop of its own (as a blocking
+    ``LocalCluster`` always does); its attributes are read through this
+    object once started, and ``Client(cluster, asynchronous=True)`` accepts it.
+    """
+
+    def __init__(self, cls: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._factory = functools.partial(cls, *args, **kwargs)
+        self._cluster: Any = None
+        self.asynchronous = True
+
+    async def _start(self) -> AsyncCluster:
+        if self._cluster is None:
+            self._cluster = await anyio.to_thread.run_sync(self._factory)
+        return self
+
+    def __await__(self) -> Any:
+        return self._start().__await__()
+
+    async def __aenter__(self) -> AsyncCluster:
+        return await self._start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        cluster, self._cluster = self._cluster, None
+        if cluster is not None:
+            await anyio.to_thread.run_sync(cluster.close)
+
+    async def scale(self, n: int) -> None:
+        if self._cluster is None:
+            raise RuntimeError("cluster not started: await it first")
+        await anyio.to_thread.run_sync(self._cluster.scale, n)
+
+    def __getattr__(self, name: str) -> Any:
+        cluster = self.__dict__.get("_cluster")
+        if cluster is None:
+            raise AttributeError(f"{name!r}: the cluster is not started (await it first)")
+        return getattr(cluster, name)
+
+    def __repr__(self) -> str:
+        return repr(self._cluster) if self._cluster is not None else "<LocalCluster (asynchronous, not started)>"
