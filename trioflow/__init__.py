@@ -20,6 +20,7 @@ _LAZY = {
     "as_completed": "client",
     "default_client": "client",
     "fire_and_forget": "client",
+    "futures_of": "client",
     "open_client": "client",
     "wait": "client",
     "CommClosedError": "comm",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         as_completed,
         default_client,
         fire_and_forget,
+        futures_of,
         open_client,
         wait,
     )
@@ -94,6 +96,7 @@ __all__ = [
     "as_completed",
     "default_client",
     "fire_and_forget",
+    "futures_of",
     "get_worker",
     "open_client",
     "open_cluster",

@@ -348,15 +348,16 @@ class Client:
         The setting is process-wide, so with thread workers in this process
         a task's own ``.compute()`` lands here too; blocking on the cluster
         from the worker's thread could wait for that very thread (with one
-        thread, for ever).  A task computes its collection on dask's local
-        threaded scheduler instead.
+        thread, for ever).  A task computes its collection locally instead,
+        on dask's synchronous scheduler in the task's own thread (the task
+        already holds one of the worker's threads; no pool is started).
         """
         from ..worker.executor import thread_state
 
         if getattr(thread_state, "worker", None) is not None:
-            import dask.threaded
+            import dask.local
 
-            return dask.threaded.get(dsk, keys, **options)
+            return dask.local.get_sync(dsk, keys, **options)
         return self._portal.call(functools.partial(self._core.get, dsk, keys, **options))
 
     def _unset_dask_default(self) -> None:
