@@ -6,7 +6,8 @@ A :class:`Future` is a handle on one key of one client.  All futures of a key
 share a :class:`FutureState` that the client's receive loop updates (in the
 Trio thread) when the scheduler reports the key in memory, erred, cancelled
 or lost.  Waiting works from both worlds: Trio code awaits a ``trio.Event``;
-a thread using the blocking ``Client`` waits on a ``threading.Event``.
+a thread using the blocking ``Client`` waits on a ``threading.Event``;
+asyncio code waits through :mod:`.bridge`.
 
 Futures are reference counted per key: creating one increments the client's
 count, garbage collection decrements it (``__del__`` may run in any thread, so
@@ -14,9 +15,13 @@ the decrement is lock-protected and the release is handed to the Trio thread
 with ``run_sync_soon``).  When the count reaches zero the client tells the
 scheduler to release the key, which frees the memory on the workers.
 
-Methods that need IO (``result``, ``exception``) block when the future
-belongs to a blocking ``Client`` and are called outside the event loop, and
-return an awaitable otherwise (the dask convention for asynchronous clients).
+Methods that need IO (``result``, ``exception``, ``cancel``) block when the
+future belongs to a blocking ``Client`` and are called outside its event
+loop, and return an awaitable otherwise (the dask convention for
+asynchronous clients).  The awaitable works in the client's own Trio loop
+(a plain coroutine) and in any other loop, asyncio or Trio (it crosses into
+the client's loop through :mod:`.bridge`); ``async for`` over
+:class:`as_completed` does the same.
 """
 
 from __future__ import annotations

@@ -50,10 +50,20 @@ def default_client() -> Client:
 
 
 class Client:
-    """Connect to a trioflow scheduler (blocking API, dask-compatible).
+    """Connect to a trioflow scheduler (dask-compatible).
 
     ``Client("tcp://host:8786")``, ``Client(cluster)``, or
-    ``Client(scheduler_file="scheduler.json")``.
+    ``Client(scheduler_file="scheduler.json")``: every method blocks.
+
+    With ``asynchronous=True`` (in asyncio or Trio) every method returns an
+    awaitable instead, and the client connects when awaited::
+
+        async with Client(address, asynchronous=True) as client:
+            future = await client.submit(inc, 1)
+            assert await future == 2
+
+    An asynchronous client in asyncio is not installed as dask's scheduler
+    (``dask.compute`` would block the loop); use ``await client.compute(x)``.
     """
 
     def __init__(
