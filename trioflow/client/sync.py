@@ -62,8 +62,10 @@ class Client:
             future = await client.submit(inc, 1)
             assert await future == 2
 
-    An asynchronous client in asyncio is not installed as dask's scheduler
-    (``dask.compute`` would block the loop); use ``await client.compute(x)``.
+    In asyncio such a client still becomes dask's scheduler (``x.compute()``
+    works, but blocks the loop while it runs: prefer ``await
+    client.compute(x)``); in Trio it does not (it runs in the caller's own
+    loop, which a blocking ``compute`` would stall).
     """
 
     def __init__(
