@@ -18,6 +18,7 @@ from ..comm import CommError
 from ..comm.pool import RemoteError
 from ..protocol import messages as m
 from ..protocol.serialize import SerializationError, dumps, dumps_function, loads
+from ._parts import ClientParts
 from .futures import FutureState, _flatten_futures
 
 logger = logging.getLogger("trioflow.client")
@@ -25,7 +26,7 @@ logger = logging.getLogger("trioflow.client")
 __all__ = ["AdminMixin"]
 
 
-class AdminMixin:
+class AdminMixin(ClientParts):
     """Cluster administration (see the module docstring)."""
 
     # ------------------------------------------------------------ control

@@ -19,6 +19,7 @@ from ..comm import CommError
 from ..comm.pool import RemoteError
 from ..protocol import messages as m
 from ..protocol.serialize import SerializationError, Serialized, dumps, loads
+from ._parts import ClientParts
 from .futures import Future, FutureLostError, _flatten_futures
 from .submit import _ser_token, _tokenize
 
@@ -63,7 +64,7 @@ def _rebuild(structure: Any, data: dict[str, Any], skip: set[str]) -> Any:
     return structure
 
 
-class DataMixin:
+class DataMixin(ClientParts):
     """Results, gather, scatter (see the module docstring)."""
 
     # ------------------------------------------------------------ results

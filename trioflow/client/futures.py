@@ -186,8 +186,9 @@ class Future:
     """A remote result; see the module docstring."""
 
     __slots__ = ("key", "client", "_state", "__weakref__")
+    client: AsyncClient
 
-    def __init__(self, key: str, client: AsyncClient, state: FutureState | None = None) -> None:
+    def __init__(self, key: str, client: Any, state: FutureState | None = None) -> None:
         self.key = key
         self.client = client
         self._state = client._acquire(key, state)

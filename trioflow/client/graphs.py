@@ -11,13 +11,14 @@ from typing import Any
 
 import trio
 
+from ._parts import ClientParts
 from .futures import Future
 from .submit import _function_bytes
 
 __all__ = ["GraphMixin"]
 
 
-class GraphMixin:
+class GraphMixin(ClientParts):
     """get, compute, persist (see the module docstring)."""
 
     # ------------------------------------------------------------ dask graphs and collections

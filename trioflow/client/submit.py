@@ -23,6 +23,7 @@ import trio
 
 from ..protocol import messages as m
 from ..protocol.serialize import Serialized, dumps_function, dumps_with_deps
+from ._parts import ClientParts
 from .futures import Future, FutureLostError
 
 __all__ = ["SubmitMixin", "funcname"]
@@ -86,7 +87,7 @@ def _rekey(spec: m.TaskSpec, key: str) -> m.TaskSpec:
     return attrs.evolve(spec, key=key)
 
 
-class SubmitMixin:
+class SubmitMixin(ClientParts):
     """submit, map, update_graph (see the module docstring)."""
 
     # ------------------------------------------------------------ submitting
