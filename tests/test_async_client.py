@@ -8,6 +8,7 @@ of IPython's top-level ``await`` (its asyncio runner).
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -237,3 +238,34 @@ def test_awaiting_a_blocking_client_is_an_error(cluster: LocalCluster) -> None:
 
         with pytest.raises(TypeError, match="asynchronous=True"):
             anyio.run(attempt)
+
+
+def test_a_forgotten_close_in_trio_ends_with_the_run(cluster: LocalCluster) -> None:
+    """In Trio the client lives in a system task of the caller's run: a
+    client never closed is closed when the run ends, without errors."""
+    clients: list[Client] = []
+
+    async def session(address: str) -> None:
+        c = await Client(address, asynchronous=True)
+        clients.append(c)
+        assert await (await c.submit(inc, 1)) == 2
+
+    run("trio", session, cluster.scheduler_address)
+    assert clients[0].status == "closed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nanny_in_async_with(backend: str) -> None:
+    from trioflow import Scheduler
+    from trioflow.nanny import Nanny
+
+    async def session() -> None:
+        async with Scheduler("tcp://127.0.0.1:0") as s:
+            async with Nanny(s.address, nthreads=1):
+                async with Client(s.address, asynchronous=True) as c:
+                    await c.wait_for_workers(1, timeout=20)
+                    # (a worker process cannot import this test module)
+                    assert await (await c.submit(operator.add, 1, 1)) == 2
+
+    run(backend, session)
