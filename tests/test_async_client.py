@@ -42,7 +42,7 @@ def gated(x: int) -> int:
     return x
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def cluster() -> Iterator[LocalCluster]:
     with LocalCluster(n_workers=2, threads_per_worker=1) as c:
         yield c
@@ -90,6 +90,15 @@ def test_an_async_session(cluster: LocalCluster, backend: str) -> None:
                 await bad
             assert isinstance(await bad.exception(), ZeroDivisionError)
             assert address in repr(c)  # repr never awaits in the caller's loop
+            # dask collections
+            import dask.array as da
+
+            x = await c.persist(da.arange(1000, chunks=250))
+            done, _ = await wait(x)
+            assert len(done) == 4
+            total = await c.compute(x.sum())
+            assert isinstance(total, Future) and await total == sum(range(1000))
+            assert await c.compute(x.sum(), sync=True) == sum(range(1000))
         assert c.status == "closed"
 
     run(backend, session, cluster.scheduler_address)

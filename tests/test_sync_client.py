@@ -452,3 +452,16 @@ def test_a_forgotten_close_does_not_hang_the_exit(tmp_path: Any, scheduler: str)
         cluster.close()
     assert proc.returncode == 0, err
     assert "at exit: closed closed" in out, (out, err)
+
+
+def test_sync_runs_functions_in_the_clients_loop(client: Client) -> None:
+    import trio
+
+    async def double(x: int) -> int:
+        await trio.sleep(0)  # runs in the client's own Trio loop
+        return 2 * x
+
+    assert client.sync(double, 4) == 8
+    assert client.sync(lambda: 5) == 5
+    with pytest.raises(TimeoutError):
+        client.sync(trio.sleep_forever, callback_timeout=0.05)
