@@ -8,6 +8,7 @@ of IPython's top-level ``await`` (its asyncio runner).
 
 from __future__ import annotations
 
+import io
 import operator
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 
-from trioflow import Client, Future, LocalCluster, as_completed, wait
+from trioflow import Client, Future, LocalCluster, as_completed, progress, wait
 from trioflow.client.bridge import ServerContext, wait_concurrent
 
 BACKENDS = ["asyncio", "trio"]
@@ -82,6 +83,9 @@ def test_an_async_session(cluster: LocalCluster, backend: str) -> None:
             assert sorted(r for _, r in pairs) == [1, 2, 3]
             done, not_done = await wait(fs)
             assert len(done) == 10 and not not_done
+            out = io.StringIO()
+            await progress(fs, file=out)
+            assert "10/10" in out.getvalue() or "100%" in out.getvalue(), out.getvalue()
             assert await c.sync(_user_coroutine, 4) == 8
             assert len((await c.scheduler_info())["workers"]) == 2
             assert sum((await c.nthreads()).values()) == 2
