@@ -111,7 +111,11 @@ def test_an_async_session(cluster: LocalCluster, backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_await_client_then_close(cluster: LocalCluster, backend: str) -> None:
     async def session(address: str) -> None:
-        c = await Client(address, asynchronous=True)
+        c = Client(address, asynchronous=True)
+        assert c.status == "newly-created" and address in repr(c)
+        with pytest.raises(RuntimeError, match="not started"):
+            c.submit(inc, 1)
+        assert await c is c
         try:
             futures = await c.map(inc, range(5), key=[f"x-{i}" for i in range(5)])
             assert [await f for f in futures] == [1, 2, 3, 4, 5]

@@ -140,14 +140,18 @@ class Client:
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` in the client's loop: its result
         (blocking) or an awaitable of it (asynchronous)."""
-        core = getattr(self, "_core", None)
-        if core is None:
-            raise RuntimeError("client not started: await Client(..., asynchronous=True) first")
-        if core.status not in ("running",):
-            raise RuntimeError(f"client is {core.status}")
+        core = self._running_core()
         if self._asynchronous:
             return core._awaitable(functools.partial(fn, *args, **kwargs))
         return self._portal.call(functools.partial(fn, *args, **kwargs))
+
+    def _running_core(self) -> AsyncClient:
+        core: AsyncClient | None = getattr(self, "_core", None)
+        if core is None:
+            raise RuntimeError("client not started: await Client(..., asynchronous=True) first")
+        if core.status != "running":
+            raise RuntimeError(f"client is {core.status}")
+        return core
 
     def sync(self, func: Callable[..., Any], *args: Any, asynchronous: bool | None = None, callback_timeout: Any = None, **kwargs: Any) -> Any:
         """Call ``func(*args, **kwargs)`` the way this client is used: for an
@@ -169,11 +173,15 @@ class Client:
 
     @property
     def id(self) -> str:
-        return self._core.id
+        core = getattr(self, "_core", None)
+        return "" if core is None else core.id
 
     @property
     def scheduler_address(self) -> str:
-        return self._core.scheduler_address
+        core = getattr(self, "_core", None)
+        if core is not None:
+            return core.scheduler_address
+        return getattr(self.cluster, "scheduler_address", None) or str(self._open.args[0] or "")
 
     @property
     def asynchronous(self) -> bool:
@@ -260,14 +268,13 @@ class Client:
 
     def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """See :meth:`AsyncClient.submit` (asynchronous: an awaitable of the Future)."""
-        if self._core.status != "running":
-            raise RuntimeError(f"client is {self._core.status}")
+        core = self._running_core()
         if self._asynchronous:
-            if self._core._in_own_loop():
-                return self._core.submit(func, *args, **kwargs)
+            if core._in_own_loop():
+                return core.submit(func, *args, **kwargs)
             # Pickled here, handed to the client's loop without a round trip.
-            return _ready(self._core.submit_from_thread(func, *args, **kwargs))
-        return self._core.submit_from_thread(func, *args, **kwargs)
+            return _ready(core.submit_from_thread(func, *args, **kwargs))
+        return core.submit_from_thread(func, *args, **kwargs)
 
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> list[Future]:
         """See :meth:`AsyncClient.map`."""
