@@ -286,3 +286,20 @@ def test_nanny_in_async_with(backend: str) -> None:
                     assert await (await c.submit(operator.add, 1, 1)) == 2
 
     run(backend, session)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_as_completed_grows_while_iterated(cluster: LocalCluster, backend: str) -> None:
+    """A futures chain: each result finished adds the next task."""
+
+    async def session(address: str) -> list[int]:
+        async with Client(address, asynchronous=True) as c:
+            ac = as_completed([await c.submit(inc, 0)], with_results=True)
+            results = []
+            async for _, value in ac:
+                results.append(value)
+                if value < 5:
+                    ac.add(await c.submit(inc, value))
+            return results
+
+    assert run(backend, session, cluster.scheduler_address) == [1, 2, 3, 4, 5]
