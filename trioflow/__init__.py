@@ -29,6 +29,7 @@ _LAZY = {
     "as_completed": "client",
     "default_client": "client",
     "fire_and_forget": "client",
+    "futures_of": "client",
     "open_client": "client",
     "wait": "client",
     "LocalCluster": "deploy",
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
         as_completed,
         default_client,
         fire_and_forget,
+        futures_of,
         open_client,
         wait,
     )
@@ -113,6 +115,7 @@ __all__ = [
     "as_completed",
     "default_client",
     "fire_and_forget",
+    "futures_of",
     "get_worker",
     "open_client",
     "open_cluster",

@@ -194,8 +194,17 @@ class LocalCluster:
     """A local cluster for the blocking ``Client`` (dask-compatible arguments).
 
     ``LocalCluster(n_workers=4, threads_per_worker=1, processes=True,
-    memory_limit="2GB", dashboard_address=":8787")``.
+    memory_limit="2GB", dashboard_address=":8787")``.  With
+    ``asynchronous=True`` it is an awaitable, ``async with``-able
+    :class:`~trioflow.client.bridge.AsyncCluster` (asyncio or Trio).
     """
+
+    def __new__(cls, *args: Any, asynchronous: bool = False, **kwargs: Any) -> Any:
+        if asynchronous:
+            from ..client.bridge import AsyncCluster
+
+            return AsyncCluster(cls, args, kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -212,6 +221,7 @@ class LocalCluster:
         resources: dict[str, float] | None = None,
         **worker_options: Any,
     ) -> None:
+        worker_options.pop("asynchronous", None)  # handled by __new__
         self.security = security
         self._portal_cm = anyio.from_thread.start_blocking_portal("trio")
         self._portal = self._portal_cm.__enter__()

@@ -151,6 +151,16 @@ class Nanny:
         self._worker_ready = trio.Event()
         self._nursery: trio.Nursery | None = None
 
+    async def __aenter__(self) -> Nanny:
+        """``async with Nanny(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
+        from .client.bridge import ServerContext
+
+        self._context = ServerContext(self)
+        return await self._context.__aenter__()  # type: ignore[no-any-return]
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._context.__aexit__(*exc)
+
     def __repr__(self) -> str:
         pid = self.process.pid if self.process else None
         return f"<Nanny {self.address} worker={self.worker_address} pid={pid} status={self.status}>"

@@ -264,6 +264,16 @@ class Worker:
         self.memory_target_fraction = config.memory_target_fraction
         self.memory_pause_fraction = config.memory_pause_fraction
 
+    async def __aenter__(self) -> Worker:
+        """``async with Worker(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
+        from ..client.bridge import ServerContext
+
+        self._context = ServerContext(self)
+        return await self._context.__aenter__()  # type: ignore[no-any-return]
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._context.__aexit__(*exc)
+
     def __repr__(self) -> str:
         return f"<Worker {self.address or '(not started)'} name={self.name!r} status={self.status}>"
 
