@@ -14,15 +14,21 @@ Theory of operation
      └ one task per transfer from a peer (GatherDep)
 
 Every event goes through :meth:`Worker._handle`, which feeds the state
-machine and carries out what it returns.  Values live in ``self.data`` (a
-plain dict, or the spilling store once memory management lands); the state
-machine only ever sees keys and sizes.
+machine and carries out what it returns.  The shell decides nothing about
+tasks or the scheduler link: scheduler messages become events through
+``_FROM_SCHEDULER``, instructions are carried out through ``_INSTRUCTIONS``,
+peer requests are answered through ``_PEER_REQUESTS`` (tables at the end of
+this module); the liveness of the scheduler link is the state's
+(:class:`~trioflow.worker.state.SchedulerTimerEvent`), the shell only fires
+the timer and notes when it last heard the scheduler.  Values live in
+``self.data`` (a plain dict, or the spilling store of
+:mod:`trioflow.worker.spill` under a memory limit); the state machine only
+ever sees keys and sizes.
 
-Task functions and arguments are unpickled in the executor thread, not on the
-event loop, and a result is checked for picklability there (cheaply: known
-types are trusted, anything else is serialized once and the bytes cached for
-the transfer that will follow).  A result that cannot be pickled makes the
-task err with a message naming its type; the worker carries on.
+Task functions and arguments are unpickled in the executor thread, not on
+the event loop (:mod:`trioflow.worker.jobs`).  A result that cannot be
+pickled makes the task err with a message naming its type; the worker
+carries on.
 
 When the scheduler stream breaks, the worker either closes
 (``reconnect=False``) or keeps its data and registers again when a scheduler
@@ -54,21 +60,18 @@ from ..protocol.serialize import (
     dumps,
     loads,
     loads_function,
-    loads_with_deps,
 )
 from ..sizeof import sizeof
 from ..system import ProcessMeter
 from ..workspace import WORKSPACE_PREFIX, claim_workspace, purge_stale_workspaces
 from . import state as ws
 from .executor import ThreadExecutor, thread_state
-from .memory import SpillBuffer
+from .jobs import error_record, make_job
+from .spill import SpillBuffer
 
 logger = logging.getLogger("trioflow.worker")
 
 __all__ = ["Worker", "get_worker"]
-
-_TRUSTED_TYPES = (int, float, complex, bool, str, bytes, bytearray, type(None))
-
 
 def get_worker() -> Worker:
     """The worker running the current task.
@@ -80,82 +83,6 @@ def get_worker() -> Worker:
     if w is None:
         raise ValueError("get_worker() called outside of a task running on a worker")
     return w  # type: ignore[no-any-return]
-
-
-def _type_name(obj: object) -> str:
-    t = type(obj)
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
-
-
-def _trusted(result: Any) -> bool:
-    t = type(result)
-    if t in _TRUSTED_TYPES:
-        return True
-    mod = t.__module__
-    if mod.startswith(("numpy", "pandas")):
-        return t.__name__ != "object" and getattr(result, "dtype", None) != object  # noqa: E721 - numpy dtype equality
-    if t in (list, tuple) and len(result) <= 64:
-        return all(type(x) in _TRUSTED_TYPES for x in result)
-    if t is dict and len(result) <= 64:
-        return all(type(k) in _TRUSTED_TYPES and type(v) in _TRUSTED_TYPES for k, v in result.items())
-    return False
-
-
-def _error_record(key: str, exc: BaseException, start: float, stop: float, index: int) -> tuple[Any, ...]:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        ser: Serialized | None = dumps(exc)
-    except SerializationError:
-        ser = None
-    return ("err", key, ser, f"{type(exc).__name__}: {exc}", tb, type(exc).__name__, start, stop, index)
-
-
-def _load_task(function: bytes, args: Serialized, deps: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    """Unpickle a task's function and arguments.
-
-    Raises:
-        Exception: what unpickling raised (a module missing on this worker is
-            an ImportError the user can act on), not our SerializationError
-            around it.
-    """
-    try:
-        func = loads_function(function)
-        a, kw = loads_with_deps(args, deps)
-    except SerializationError as exc:
-        cause = exc.__cause__
-        if not isinstance(cause, Exception):
-            raise
-    else:
-        return func, a, kw
-    # Raised outside the except block: inside it, the cause would get the
-    # wrapper as its __context__, a cycle (the wrapper's __cause__ is the
-    # cause) that recursive exception picklers never finish (tblib's, which
-    # importing dask installs), and the error could not travel.
-    raise cause
-
-
-def _make_job(key: str, function: bytes, args: Serialized, deps: dict[str, Any]) -> Any:
-    def job() -> tuple[Any, ...]:
-        index = getattr(thread_state, "thread_index", 0)
-        start = time.time()
-        try:
-            func, a, kw = _load_task(function, args, deps)
-            thread_state.key = key
-            result = func(*a, **kw)
-        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
-            return _error_record(key, exc, start, time.time(), index)
-        finally:
-            thread_state.key = None
-        stop = time.time()
-        serialized = None
-        if not _trusted(result):
-            try:
-                serialized = dumps(result)
-            except SerializationError as exc:
-                return _error_record(key, exc, start, stop, index)
-        return ("ok", key, result, sizeof(result), _type_name(result), start, stop, index, serialized)
-
-    return job
 
 
 class RegistrationRefused(CommError):
@@ -570,9 +497,9 @@ class Worker:
             # a job that raises NameError instead would leave the task
             # 'executing' for ever.
             err = RuntimeError(f"dependency {exc} missing on {self.address}")
-            self.executor.submit(lambda: _error_record(inst.key, err, 0.0, 0.0, 0))
+            self.executor.submit(lambda: error_record(inst.key, err, 0.0, 0.0, 0))
             return
-        self.executor.submit(_make_job(inst.key, inst.function, inst.args, deps))
+        self.executor.submit(make_job(inst.key, inst.function, inst.args, deps))
 
     async def _executor_loop(self) -> None:
         assert self.executor is not None
