@@ -27,7 +27,7 @@ from __future__ import annotations
 import heapq
 
 from ...keys import key_prefix
-from ...protocol.messages import StealResponse, TaskErred, TaskFinished
+from ...protocol.messages import ComputeTask, StealResponse, TaskErred, TaskFinished
 from .entities import PREFETCH_BELOW, PREFETCH_HORIZON, PREFETCH_MAX, WorkerTask
 from .events import (
     ComputeTaskEvent,
@@ -54,58 +54,72 @@ class Execution(Fetching):
                 raise InvalidWorkerEvent(f"compute-task {msg.key!r}: negative size for {k!r}")
         ts = self.tasks.get(msg.key)
         if ts is not None:
-            if ts.state in ("memory",):
-                # Already have it (fetched earlier): report it as done.
-                self._out.append(SendMsg(TaskFinished(key=ts.key, nbytes=ts.nbytes, type_name="", start=0.0, stop=0.0)))
-                ts.wanted = True
+            if self._compute_again(ts):
                 return
-            # Sent to compute: the scheduler expects this run's outcome
-            # reported, not a copy fetched instead.
-            ts.replica = False
-            if ts.state in ("waiting", "ready", "executing") and not ts.cancelled:
-                # A duplicate, or wanted again after a free-keys that kept it
-                # only as a local dependency: it must be reported this time
-                # (left unwanted, it was dropped silently once that
-                # dependent went, and the scheduler waited for ever).
-                ts.wanted = True
-                return
-            if ts.state == "executing" and ts.cancelled:
-                ts.cancelled = False
-                ts.wanted = True
-                return
-            if ts.state in ("fetch", "flight"):
-                # The scheduler now wants us to compute it rather than fetch it.
-                self._forget_fetch(ts)
             if ts.state == "erred":
                 self._drop(ts)
                 ts = None
         held = self.superseded.pop(msg.key, None)
-        if held is not None:
-            # A run of this key still goes on here, superseded by a value
-            # put meanwhile (freed since): it becomes this task's run, with
-            # the resources it holds.  Starting a second run of the same key
-            # would leave two results that the shell cannot tell apart.
-            if ts is None:
-                ts = self.tasks[msg.key] = WorkerTask(msg.key)
-            ts.function = msg.function
-            ts.args = msg.args
-            ts.priority = msg.priority
-            ts.resources = held
-            ts.wanted = True
-            ts.cancelled = False
-            ts.waiting_for.clear()
-            ts.state = "executing"
-            self.executing.add(ts)
-            return
         if ts is None:
             ts = self.tasks[msg.key] = WorkerTask(msg.key)
         ts.function = msg.function
         ts.args = msg.args
         ts.priority = msg.priority
-        ts.resources = dict(msg.resources)
+        ts.resources = dict(msg.resources) if held is None else held
         ts.wanted = True
         ts.cancelled = False
         ts.waiting_for.clear()
+        if held is not None:
+            # A run of this key still goes on here, superseded by a value
+            # put meanwhile (freed since): it becomes this task's run, with
+            # the resources it holds.  Starting a second run of the same key
+            # would leave two results that the shell cannot tell apart.
+            ts.state = "executing"
+            self.executing.add(ts)
+            return
+        to_fetch = self._add_dependencies(ts, msg) if msg.who_has else ()
+        if ts.waiting_for:
+            ts.state = "waiting"
+        else:
+            self._make_ready(ts)
+        # Queue the fetches only now that the task is 'waiting': a dependency
+        # with no holder but us (the scheduler thinks we still have it) makes
+        # _missing reschedule its waiting dependents.  Queued from inside the
+        # loop, the task was not waiting yet, so it lost the dependency
+        # instead and ran without it.
+        for dts in to_fetch:
+            if dts.state == "fetch" and self.tasks.get(dts.key) is dts:
+                self._queue_fetch(dts)
+
+    def _compute_again(self, ts: WorkerTask) -> bool:
+        """A key known here is sent to compute: True if that is all done
+        (reported, or the run or wait already under way will report)."""
+        if ts.state == "memory":
+            # Already have it (fetched earlier): report it as done.
+            self._out.append(SendMsg(TaskFinished(key=ts.key, nbytes=ts.nbytes, type_name="", start=0.0, stop=0.0)))
+            ts.wanted = True
+            return True
+        # Sent to compute: the scheduler expects this run's outcome
+        # reported, not a copy fetched instead.
+        ts.replica = False
+        if ts.state in ("waiting", "ready", "executing") and not ts.cancelled:
+            # A duplicate, or wanted again after a free-keys that kept it
+            # only as a local dependency: it must be reported this time
+            # (left unwanted, it was dropped silently once that
+            # dependent went, and the scheduler waited for ever).
+            ts.wanted = True
+            return True
+        if ts.state == "executing" and ts.cancelled:
+            ts.cancelled = False
+            ts.wanted = True
+            return True
+        if ts.state in ("fetch", "flight"):
+            # The scheduler now wants us to compute it rather than fetch it.
+            self._forget_fetch(ts)
+        return False
+
+    def _add_dependencies(self, ts: WorkerTask, msg: ComputeTask) -> list[WorkerTask]:
+        """Link ``ts`` to its dependencies; return those to fetch."""
         to_fetch: list[WorkerTask] = []
         for dep_key, holders in msg.who_has.items():
             dts = self.tasks.get(dep_key)
@@ -131,19 +145,7 @@ class Execution(Fetching):
                     dts.state = "fetch"
                     dts.who_has = [w for w in holders if w != self.address]
                     to_fetch.append(dts)
-        if ts.waiting_for:
-            ts.state = "waiting"
-        else:
-            self._make_ready(ts)
-        # Queue the fetches only now that the task is 'waiting': a dependency
-        # with no holder but us (the scheduler thinks we still have it) makes
-        # _missing reschedule its waiting dependents.  Queued from inside the
-        # loop, the task was not waiting yet, so it lost the dependency
-        # instead and ran without it.
-        for dts in to_fetch:
-            if dts.state == "fetch" and self.tasks.get(dts.key) is dts:
-                self._queue_fetch(dts)
-
+        return to_fetch
 
     def _execute_success(self, ev: ExecuteSuccessEvent) -> None:
         if self._superseded_returned(ev.key):
