@@ -54,8 +54,10 @@ from trioflow.worker.state import (
     GatherDepFailedEvent,
     HeartbeatAckEvent,
     InvalidWorkerEvent,
+    MemorySampleEvent,
     PauseEvent,
     RegisteredEvent,
+    ReportPause,
     SchedulerTimerEvent,
     SendMsg,
     StealRequestEvent,
@@ -958,4 +960,15 @@ def test_state_after_scheduler_lost_keeps_only_data_and_settings() -> None:
     assert {k: (t.state, t.nbytes) for k, t in new.tasks.items()} == {"x": ("memory", 7)}
     assert new.nbytes_in_memory == 7 and new.available_resources == {"GPU": 1} and not new.executing
     assert (new.heartbeat_interval, new.scheduler_ttl, new.validate_after_each) == (0.5, 3.0, True)
+
+
+def test_memory_pauses_over_the_threshold_and_resumes_well_under_it() -> None:
+    w = worker(nthreads=1, prefetch=0)
+    assert w.handle(MemorySampleEvent(rss=100, pause_at=100.0)) == []  # at it: not over
+    assert w.handle(MemorySampleEvent(rss=101, pause_at=100.0)) == [ReportPause(True, 101)] and w.paused
+    assert not of(w.handle(compute("x")), Execute)  # paused: nothing starts
+    assert w.handle(MemorySampleEvent(rss=150, pause_at=100.0)) == []  # told once
+    assert w.handle(MemorySampleEvent(rss=95, pause_at=100.0)) == []  # under, not well under
+    out = w.handle(MemorySampleEvent(rss=89, pause_at=100.0))
+    assert out[0] == ReportPause(False, 89) and [e.key for e in of(out, Execute)] == ["x"] and not w.paused
 

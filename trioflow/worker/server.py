@@ -594,28 +594,27 @@ class Worker:
         over the pause threshold; spill to get back under it."""
         assert self.memory_pause_fraction is not None
         pause_at = self.memory_limit * self.memory_pause_fraction
-        resume_at = pause_at * 0.9
         while True:
             await trio.sleep(0.1)
             rss = self._proc.rss()
             if rss is None:
                 continue
-            assert self.state is not None
             if rss > pause_at and isinstance(self.data, SpillBuffer) and self.data.fast:
-                self.data.spill_lru(int(rss - resume_at))
+                self.data.spill_lru(int(rss - pause_at * ws.MEMORY_RESUME_FRACTION))
                 if trim_process_memory():
                     rss = self._proc.rss() or rss
-            if rss > pause_at and not self.state.paused:
-                logger.warning(
-                    "worker %s is using %d MB, over %d%% of its %d MB limit: pausing",
-                    self.address, rss // 2**20, int(self.memory_pause_fraction * 100), self.memory_limit // 2**20,
-                )
-                self._handle(ws.PauseEvent(paused=True))
-                self._send(self._heartbeat())
-            elif rss < resume_at and self.state.paused:
-                logger.info("worker %s is using %d MB again: resuming", self.address, rss // 2**20)
-                self._handle(ws.PauseEvent(paused=False))
-                self._send(self._heartbeat())
+            self._handle(ws.MemorySampleEvent(rss=rss, pause_at=pause_at))  # the state decides
+
+    def _report_pause(self, inst: ws.ReportPause) -> None:
+        assert self.memory_pause_fraction is not None
+        if inst.paused:
+            logger.warning(
+                "worker %s is using %d MB, over %d%% of its %d MB limit: pausing",
+                self.address, inst.rss // 2**20, int(self.memory_pause_fraction * 100), self.memory_limit // 2**20,
+            )
+        else:
+            logger.info("worker %s is using %d MB again: resuming", self.address, inst.rss // 2**20)
+        self._send(self._heartbeat())
 
     async def _heartbeat_loop(self) -> None:
         self._proc.cpu_percent()
@@ -749,6 +748,7 @@ _INSTRUCTIONS: dict[type, Callable[[Worker, Any], None]] = {
     ws.SendMsg: Worker._send_msg,
     ws.GatherDep: Worker._start_gather,
     ws.DropData: Worker._drop_data,
+    ws.ReportPause: Worker._report_pause,
     ws.DisconnectScheduler: Worker._disconnect_scheduler,
 }
 

@@ -50,6 +50,7 @@ Where things are
 """
 
 from .entities import (
+    MEMORY_RESUME_FRACTION,
     PREFETCH_BELOW,
     PREFETCH_HORIZON,
     PREFETCH_MAX,
@@ -70,17 +71,27 @@ from .events import (
     GatherDepFailedEvent,
     HeartbeatAckEvent,
     InvalidWorkerEvent,
+    MemorySampleEvent,
     PauseEvent,
     RegisteredEvent,
     SchedulerTimerEvent,
     StealRequestEvent,
 )
-from .instructions import DisconnectScheduler, DropData, Execute, GatherDep, Instruction, SendMsg
+from .instructions import (
+    DisconnectScheduler,
+    DropData,
+    Execute,
+    GatherDep,
+    Instruction,
+    ReportPause,
+    SendMsg,
+)
 from .machine import WorkerState
 from .transitions import HANDLERS
 
 __all__ = [
     "HANDLERS",
+    "MEMORY_RESUME_FRACTION",
     "PREFETCH_BELOW",
     "PREFETCH_HORIZON",
     "PREFETCH_MAX",
@@ -101,8 +112,10 @@ __all__ = [
     "HeartbeatAckEvent",
     "Instruction",
     "InvalidWorkerEvent",
+    "MemorySampleEvent",
     "PauseEvent",
     "RegisteredEvent",
+    "ReportPause",
     "SchedulerTimerEvent",
     "SendMsg",
     "StealRequestEvent",

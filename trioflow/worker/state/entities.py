@@ -18,6 +18,7 @@ from .instructions import Instruction
 __all__ = [
     "PREFETCH_BELOW",
     "PREFETCH_HORIZON",
+    "MEMORY_RESUME_FRACTION",
     "PREFETCH_MAX",
     "WORKER_STATES",
     "ReadyEntry",
@@ -44,6 +45,9 @@ PREFETCH_BELOW = 0.005
 #: map: worker CPU per task 50 -> 33 µs).
 PREFETCH_HORIZON = 0.002
 PREFETCH_MAX = 16
+#: Paused for memory, the worker resumes below this fraction of its pause
+#: threshold (hysteresis: no flapping around the threshold).
+MEMORY_RESUME_FRACTION = 0.9
 
 
 class WorkerTask:

@@ -5,7 +5,7 @@ the scheduler (:class:`ComputeTaskEvent`, :class:`FreeKeysEvent`, ...), from
 the executor (:class:`ExecuteSuccessEvent`, :class:`ExecuteFailureEvent`),
 from transfers (:class:`GatherDepDoneEvent`, :class:`GatherDepFailedEvent`),
 from clients (:class:`DataPutEvent`), from the memory monitor
-(:class:`PauseEvent`) and from the clock (:class:`SchedulerTimerEvent`).
+(:class:`MemorySampleEvent`; :class:`PauseEvent` directly) and from the clock (:class:`SchedulerTimerEvent`).
 Times are the shell's: the machine never reads a clock.
 
 :class:`InvalidWorkerEvent` (defined here) is what
@@ -31,6 +31,7 @@ __all__ = [
     "GatherDepFailedEvent",
     "HeartbeatAckEvent",
     "InvalidWorkerEvent",
+    "MemorySampleEvent",
     "PauseEvent",
     "RegisteredEvent",
     "SchedulerTimerEvent",
@@ -114,6 +115,15 @@ class PauseEvent(Record):
 
 
 @record(kw_only=True)
+class MemorySampleEvent(Record):
+    """The memory monitor measured the process at ``rss`` bytes; it pauses
+    at ``pause_at`` bytes (the worker's setting)."""
+
+    rss: int
+    pause_at: float
+
+
+@record(kw_only=True)
 class StealRequestEvent(Record):
     """The scheduler wants to move a task elsewhere, if it has not started."""
 
@@ -164,6 +174,7 @@ Event = (
     | GatherDepFailedEvent
     | DataPutEvent
     | PauseEvent
+    | MemorySampleEvent
     | StealRequestEvent
     | AcquireReplicasEvent
     | RegisteredEvent

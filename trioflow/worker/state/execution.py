@@ -28,18 +28,25 @@ import heapq
 
 from ...keys import key_prefix
 from ...protocol.messages import ComputeTask, StealResponse, TaskErred, TaskFinished
-from .entities import PREFETCH_BELOW, PREFETCH_HORIZON, PREFETCH_MAX, WorkerTask
+from .entities import (
+    MEMORY_RESUME_FRACTION,
+    PREFETCH_BELOW,
+    PREFETCH_HORIZON,
+    PREFETCH_MAX,
+    WorkerTask,
+)
 from .events import (
     ComputeTaskEvent,
     DataPutEvent,
     ExecuteFailureEvent,
     ExecuteSuccessEvent,
     InvalidWorkerEvent,
+    MemorySampleEvent,
     PauseEvent,
     StealRequestEvent,
 )
 from .fetching import Fetching
-from .instructions import DropData, Execute, SendMsg
+from .instructions import DropData, Execute, ReportPause, SendMsg
 
 __all__ = ["Execution"]
 
@@ -283,6 +290,16 @@ class Execution(Fetching):
 
     def _pause(self, ev: PauseEvent) -> None:
         self.paused = ev.paused
+
+    def _memory_sample(self, ev: MemorySampleEvent) -> None:
+        # Over the threshold: start nothing new (the shell has spilled what
+        # it could first).  Resume only well under it.
+        if ev.rss > ev.pause_at and not self.paused:
+            self.paused = True
+            self._out.append(ReportPause(True, ev.rss))
+        elif ev.rss < ev.pause_at * MEMORY_RESUME_FRACTION and self.paused:
+            self.paused = False
+            self._out.append(ReportPause(False, ev.rss))
 
 
     def _leave_executing(self, ts: WorkerTask) -> None:

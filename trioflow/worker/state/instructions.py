@@ -6,7 +6,7 @@ from ...protocol.messages import Message
 from ...protocol.serialize import Serialized
 from ...records import Record, record
 
-__all__ = ["DisconnectScheduler", "DropData", "Execute", "GatherDep", "Instruction", "SendMsg"]
+__all__ = ["DisconnectScheduler", "DropData", "Execute", "GatherDep", "Instruction", "ReportPause", "SendMsg"]
 
 
 @record
@@ -44,6 +44,15 @@ class DropData(Record):
 
 
 @record
+class ReportPause(Record):
+    """Memory made the worker pause (``paused``) or resume, at ``rss``
+    bytes: log it and tell the scheduler now (a heartbeat)."""
+
+    paused: bool
+    rss: int
+
+
+@record
 class DisconnectScheduler(Record):
     """Give the scheduler connection up as lost (then reconnect or close,
     as configured): it has been silent too long."""
@@ -51,4 +60,4 @@ class DisconnectScheduler(Record):
     reason: str
 
 
-Instruction = Execute | GatherDep | SendMsg | DropData | DisconnectScheduler
+Instruction = Execute | GatherDep | SendMsg | DropData | ReportPause | DisconnectScheduler

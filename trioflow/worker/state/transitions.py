@@ -23,6 +23,7 @@ from .events import (
     GatherDepDoneEvent,
     GatherDepFailedEvent,
     HeartbeatAckEvent,
+    MemorySampleEvent,
     PauseEvent,
     RegisteredEvent,
     SchedulerTimerEvent,
@@ -53,5 +54,6 @@ HANDLERS: Final[dict[type, Callable[[Any, Any], None]]] = {
     # from clients, the memory monitor, the clock
     DataPutEvent: Execution._data_put,
     PauseEvent: Execution._pause,
+    MemorySampleEvent: Execution._memory_sample,
     SchedulerTimerEvent: SchedulerLink._scheduler_timer,
 }
