@@ -972,3 +972,11 @@ def test_memory_pauses_over_the_threshold_and_resumes_well_under_it() -> None:
     out = w.handle(MemorySampleEvent(rss=89, pause_at=100.0))
     assert out[0] == ReportPause(False, 89) and [e.key for e in of(out, Execute)] == ["x"] and not w.paused
 
+
+
+def test_fetched_value_does_not_replace_a_put_one() -> None:
+    w = worker()
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    assert w.takes_fetched_value("x")  # in flight
+    w.handle(DataPutEvent(nbytes={"x": 3}))
+    assert not w.takes_fetched_value("x") and w.takes_fetched_value("unknown")

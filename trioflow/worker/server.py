@@ -73,6 +73,7 @@ logger = logging.getLogger("trioflow.worker")
 
 __all__ = ["Worker", "get_worker"]
 
+
 def get_worker() -> Worker:
     """The worker running the current task.
 
@@ -561,9 +562,8 @@ class Worker:
         for key, ser in reply.data.items():
             if key not in inst.keys:
                 continue
-            t = self.state.tasks.get(key) if self.state is not None else None
-            if t is not None and t.state == "memory":
-                continue  # put here (scattered) meanwhile: that value wins
+            if self.state is not None and not self.state.takes_fetched_value(key):
+                continue
             try:
                 value = loads(ser)
             except SerializationError as exc:

@@ -207,6 +207,13 @@ class WorkerStateRecord:
         ts = self.tasks.get(key)
         return ts is not None and ts.state == "executing"
 
+    def takes_fetched_value(self, key: str) -> bool:
+        """Whether the shell is to store a value of ``key`` that a transfer
+        brought: not over a value in memory here (put here meanwhile, it
+        wins)."""
+        ts = self.tasks.get(key)
+        return ts is None or ts.state != "memory"
+
     @property
     def n_executing(self) -> int:
         """Runs holding an executor slot, superseded ones included."""
