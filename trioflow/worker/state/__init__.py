@@ -6,9 +6,12 @@ Theory of operation
 finished, a fetch from a peer came back) through :meth:`WorkerState.handle`
 and returns instructions for the shell in :mod:`trioflow.worker.server`:
 :class:`Execute` a task, :class:`GatherDep` from a peer, :class:`SendMsg` to
-the scheduler, :class:`DropData` from the local store.  It holds keys and
-sizes, never the values: the shell owns the data store, the threads and the
-sockets.  No trio import, no clock reads.
+the scheduler, :class:`DropData` from the local store, :class:`ReportPause`
+(memory), :class:`DisconnectScheduler` (silent too long).  It holds keys
+and sizes, never the values: the shell owns the data store, the threads and
+the sockets.  No trio import, no clock reads: events that need the time
+carry it (:class:`RegisteredEvent`, :class:`SchedulerTimerEvent`).  Every
+decision is made here; the shell measures, moves bytes and carries out.
 
 Task states on a worker:
 

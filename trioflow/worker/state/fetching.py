@@ -9,7 +9,10 @@ makes its waiting dependents go back to the scheduler (Reschedule).
 A key is dropped when the scheduler says so (:class:`FreeKeysEvent`) and no
 local task still needs it.  A copy asked for by the scheduler
 (:class:`AcquireReplicasEvent`: its only holder is retiring) is fetched, and
-announced once here.
+announced once here.  The scheduler has the key in memory elsewhere, so a
+compute of it here is stale: one not started yet gives way to the fetch; a
+run already going on is let finish and its result reported, and should it
+fail, the key is fetched after all.
 
 The helpers that move a task in and out of memory and drop it live here
 too, as every other part of the machine uses them.
