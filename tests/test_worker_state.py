@@ -200,6 +200,8 @@ class WorkerMachine(RuleBasedStateMachine):
             elif isinstance(ins, DropData):
                 assert ins.key in self.store, ins
                 self.store.discard(ins.key)
+            elif isinstance(ins, ReportPause):
+                assert ins.paused == w.paused, ins
             else:
                 msg = ins.msg
                 if isinstance(msg, (TaskFinished, TaskErred)):
@@ -264,6 +266,8 @@ class WorkerMachine(RuleBasedStateMachine):
                 assert any(t in g for g in w.fetch_by_worker.values()), f"{t!r} is never fetched"
             if t.state == "ready":
                 assert any(r is t for _, _, r in w.ready + w.constrained), t
+            # Reported, then forgotten: the scheduler never frees it here.
+            assert t.state != "erred", t
 
     # ------------------------------------------------------------ the scheduler
 
@@ -316,6 +320,10 @@ class WorkerMachine(RuleBasedStateMachine):
     @rule(paused=st.booleans())
     def pause(self, paused: bool) -> None:
         self.handle(PauseEvent(paused=paused))
+
+    @rule(rss=st.integers(0, 150))
+    def memory_sample(self, rss: int) -> None:
+        self.handle(MemorySampleEvent(rss=rss, pause_at=100.0))
 
     # ------------------------------------------------------------ the executor
 
