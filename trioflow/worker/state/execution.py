@@ -155,15 +155,11 @@ class Execution(Fetching):
         return to_fetch
 
     def _execute_success(self, ev: ExecuteSuccessEvent) -> None:
-        if self._superseded_returned(ev.key):
+        ts = self._run_returned(ev.key)
+        if ts is None:
             return
-        ts = self.tasks.get(ev.key)
-        if ts is None or ts.state != "executing":
-            raise InvalidWorkerEvent(f"execution result for {ev.key!r}, which is not executing")
-        self._leave_executing(ts)
         self._measured(ts.prefix, ev.start, ev.stop)
         ts.nbytes = ev.nbytes
-        self.executed_count += 1
         self._release_deps_of(ts)
         if ts.cancelled:
             ts.cancelled = False
@@ -186,25 +182,34 @@ class Execution(Fetching):
         # for ever.
         self._wake_dependents(ts)
 
-    def _superseded_returned(self, key: str) -> bool:
-        """A superseded run of ``key`` returned: give back its slot and
-        resources; its result (which the shell did not store) or error is
-        of no use, the key has a put value.  False if there is none."""
+    def _run_returned(self, key: str) -> WorkerTask | None:
+        """A run of ``key`` returned: give back its slot and resources.
+
+        Returns:
+            The task, out of 'executing'; None for a superseded run (its
+            result, which the shell did not store, or error is of no use:
+            the key has a put value).
+
+        Raises:
+            InvalidWorkerEvent: no run of ``key`` goes on; nothing changed.
+        """
         held = self.superseded.pop(key, None)
-        if held is None:
-            return False
+        if held is not None:
+            self.executed_count += 1
+            self._give_back(held)
+            return None
+        ts = self.tasks.get(key)
+        if ts is None or ts.state != "executing":
+            raise InvalidWorkerEvent(f"execution result for {key!r}, which is not executing")
+        self.executing.discard(ts)
+        self._give_back(ts.resources)
         self.executed_count += 1
-        self._give_back(held)
-        return True
+        return ts
 
     def _execute_failure(self, ev: ExecuteFailureEvent) -> None:
-        if self._superseded_returned(ev.key):
+        ts = self._run_returned(ev.key)
+        if ts is None:
             return
-        ts = self.tasks.get(ev.key)
-        if ts is None or ts.state != "executing":
-            raise InvalidWorkerEvent(f"execution result for {ev.key!r}, which is not executing")
-        self._leave_executing(ts)
-        self.executed_count += 1
         # (Dependencies were not released for a cancelled run before: they
         # stayed in memory, unwanted, for ever.)
         self._release_deps_of(ts)
@@ -301,10 +306,6 @@ class Execution(Fetching):
             self.paused = False
             self._out.append(ReportPause(False, ev.rss))
 
-
-    def _leave_executing(self, ts: WorkerTask) -> None:
-        self.executing.discard(ts)
-        self._give_back(ts.resources)
 
     def _give_back(self, resources: dict[str, float]) -> None:
         for name, need in resources.items():

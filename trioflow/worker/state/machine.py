@@ -45,6 +45,7 @@ class WorkerState(SchedulerLink):
         HANDLERS[type(event)](self, event)
         self._start_runs()
         self._start_transfers()
+        # (_flush_pending, inline: this runs once per task.)
         if self._pending_add_keys:
             self._out.append(SendMsg(AddKeys(nbytes=self._pending_add_keys)))
             self._pending_add_keys = {}
@@ -71,14 +72,8 @@ class WorkerState(SchedulerLink):
         except BaseException:
             self._erred_now.clear()
             raise
-        self._start_runs()
-        self._start_transfers()
-        if self._pending_add_keys:
-            self._out.append(SendMsg(AddKeys(nbytes=self._pending_add_keys)))
-            self._pending_add_keys = {}
-        if self._pending_release:
-            self._out.append(SendMsg(ReleaseWorkerData(keys=self._pending_release)))
-            self._pending_release = []
+        self._schedule()
+        self._flush_pending()
         if self._erred_now:
             self._forget_erred()
         out, self._out = self._out, []
@@ -109,6 +104,10 @@ class WorkerState(SchedulerLink):
             self.validate()
         self._free_keys(FreeKeysEvent(keys=erred))
         self._schedule()
+        self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        """The messages that gather a whole event's changes, now due."""
         if self._pending_add_keys:
             self._out.append(SendMsg(AddKeys(nbytes=self._pending_add_keys)))
             self._pending_add_keys = {}
