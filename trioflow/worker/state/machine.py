@@ -44,8 +44,8 @@ class WorkerState(SchedulerLink):
         """
         HANDLERS[type(event)](self, event)
         self._start_runs()
-        self._start_transfers()
-        # (_flush_pending, inline: this runs once per task.)
+        if self.fetch_by_worker:  # (_schedule and _flush_pending inline: once per task)
+            self._start_transfers()
         if self._pending_add_keys:
             self._out.append(SendMsg(AddKeys(nbytes=self._pending_add_keys)))
             self._pending_add_keys = {}
@@ -84,7 +84,8 @@ class WorkerState(SchedulerLink):
     def _schedule(self) -> None:
         """Hand ready tasks to the executor and start transfers."""
         self._start_runs()
-        self._start_transfers()
+        if self.fetch_by_worker:
+            self._start_transfers()
 
     def _forget_erred(self) -> None:
         """Forget the tasks that erred in this event, once reported.
