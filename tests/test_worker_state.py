@@ -958,7 +958,7 @@ def test_silent_scheduler_is_given_up_after_its_ttl_and_two_heartbeats() -> None
 
 
 def test_state_after_scheduler_lost_keeps_only_data_and_settings() -> None:
-    w = worker(nthreads=2, resources={"GPU": 1})
+    w = worker(nthreads=2, resources={"GPU": 1}, prefetch=1, max_concurrent_fetches=2)
     w.handle(RegisteredEvent(now=1.0, heartbeat_interval=0.5, worker_ttl=3.0, forget=[]))
     w.handle(DataPutEvent(nbytes={"x": 7}))
     w.handle(compute("y", {"z": ["tcp://p0"]}))
@@ -968,6 +968,7 @@ def test_state_after_scheduler_lost_keeps_only_data_and_settings() -> None:
     assert {k: (t.state, t.nbytes) for k, t in new.tasks.items()} == {"x": ("memory", 7)}
     assert new.nbytes_in_memory == 7 and new.available_resources == {"GPU": 1} and not new.executing
     assert (new.heartbeat_interval, new.scheduler_ttl, new.validate_after_each) == (0.5, 3.0, True)
+    assert (new.slots, new.max_concurrent_fetches, new.max_transfer_bytes) == (3, 2, w.max_transfer_bytes)
 
 
 def test_memory_pauses_over_the_threshold_and_resumes_well_under_it() -> None:

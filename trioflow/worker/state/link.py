@@ -55,13 +55,16 @@ class SchedulerLink(Execution):
         return min(self.scheduler_silence_limit - silent, self.heartbeat_interval) + 0.01
 
     def after_scheduler_lost(self) -> Self:
-        """A new state to register with a new scheduler: the keys held in
-        memory here, nothing else (runs still going finish into the void,
-        their keys unknown to the new state)."""
+        """A new state to register with a new scheduler: the same settings,
+        the keys held in memory here, nothing else (runs still going finish
+        into the void, their keys unknown to the new state)."""
         new = type(self)(
             address=self.address,
             nthreads=self.nthreads,
             resources=self.total_resources,
+            prefetch=self.slots - self.nthreads,
+            max_transfer_bytes=self.max_transfer_bytes,
+            max_concurrent_fetches=self.max_concurrent_fetches,
             validate=self.validate_after_each,
         )
         # The last scheduler's settings hold until the next one's come.
