@@ -40,6 +40,7 @@ from trioflow.protocol.serialize import dumps
 from trioflow.worker.state import (
     HANDLERS,
     PREFETCH_MAX,
+    TRANSITIONS,
     AcquireReplicasEvent,
     ComputeTaskEvent,
     DataPutEvent,
@@ -62,8 +63,44 @@ from trioflow.worker.state import (
     SendMsg,
     StealRequestEvent,
     WorkerState,
+    WorkerTask,
 )
 from trioflow.worker.state import events as events_module
+
+_STATE_SLOT = WorkerTask.state  # the slot under the checked property below
+
+
+class CheckedTask(WorkerTask):
+    """A WorkerTask whose every change of state is checked against the
+    transition table (installed for every test of this module)."""
+
+    __slots__ = ()
+
+    @property  # type: ignore[override]
+    def state(self) -> str:
+        return _STATE_SLOT.__get__(self)  # type: ignore[no-any-return]
+
+    @state.setter
+    def state(self, new: str) -> None:
+        try:
+            old = _STATE_SLOT.__get__(self)
+        except AttributeError:  # being made
+            old = None
+        if old is not None and new != old:
+            assert new in TRANSITIONS[old], f"{self.key!r}: {old} -> {new} is not in TRANSITIONS"
+        _STATE_SLOT.__set__(self, new)
+
+
+@pytest.fixture(autouse=True)
+def _checked_transitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trioflow.worker.state.execution
+    import trioflow.worker.state.fetching
+    import trioflow.worker.state.link
+
+    for module in (trioflow.worker.state.execution, trioflow.worker.state.fetching, trioflow.worker.state.link):
+        if hasattr(module, "WorkerTask"):
+            monkeypatch.setattr(module, "WorkerTask", CheckedTask)
+
 
 ME = "tcp://me"
 PEERS = ["tcp://p0", "tcp://p1", "tcp://p2"]
@@ -989,3 +1026,12 @@ def test_fetched_value_does_not_replace_a_put_one() -> None:
     assert w.takes_fetched_value("x")  # in flight
     w.handle(DataPutEvent(nbytes={"x": 3}))
     assert not w.takes_fetched_value("x") and w.takes_fetched_value("unknown")
+
+
+def test_state_changes_are_checked_against_the_transition_table() -> None:
+    w = worker()
+    w.handle(DataPutEvent(nbytes={"x": 1}))
+    assert type(w.tasks["x"]) is CheckedTask
+    with pytest.raises(AssertionError, match="memory -> executing"):
+        w.tasks["x"].state = "executing"
+

@@ -43,7 +43,7 @@ Where things are
 :mod:`.events`         the inputs (every name ends in ``Event``) and
                        :class:`InvalidWorkerEvent`
 :mod:`.instructions`   the outputs
-:mod:`.transitions`    the table: event type -> handler
+:mod:`.transitions`    the tables: event type -> handler, state -> next
 :mod:`.fetching`       holding, dropping, fetching and gathering keys
 :mod:`.execution`      tasks to compute, runs, resources, prefetch
 :mod:`.link`           registration, scheduler settings and liveness
@@ -90,10 +90,11 @@ from .instructions import (
     SendMsg,
 )
 from .machine import WorkerState
-from .transitions import HANDLERS
+from .transitions import HANDLERS, TRANSITIONS
 
 __all__ = [
     "HANDLERS",
+    "TRANSITIONS",
     "MEMORY_RESUME_FRACTION",
     "PREFETCH_BELOW",
     "PREFETCH_HORIZON",
