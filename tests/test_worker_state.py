@@ -980,6 +980,7 @@ def test_registration_sets_the_link_and_drops_unwanted_keys() -> None:
     assert (w.heartbeat_interval, w.scheduler_ttl, w.scheduler_heard_at) == (0.5, 3.0, 5.0)
     w.handle(HeartbeatAckEvent(heartbeat_interval=0.25, worker_ttl=2.0))
     assert (w.heartbeat_interval, w.scheduler_ttl) == (0.25, 2.0)
+    assert w.rejoin_deadline(10.0) == 10.0 + 2 * 2.0 + 5
 
 
 def test_silent_scheduler_is_given_up_after_its_ttl_and_two_heartbeats() -> None:

@@ -423,7 +423,7 @@ class Worker:
         the address (or name) as taken; it drops the old entry within its
         worker TTL, so keep asking for twice that long."""
         assert self.state is not None
-        give_up = trio.current_time() + 2 * self.state.scheduler_ttl + 5
+        give_up = self.state.rejoin_deadline(trio.current_time())
         while True:
             comm = await self._connect_scheduler(initial=False)
             try:

@@ -54,6 +54,13 @@ class SchedulerLink(Execution):
         silent = now - self.scheduler_heard_at
         return min(self.scheduler_silence_limit - silent, self.heartbeat_interval) + 0.01
 
+    def rejoin_deadline(self, now: float) -> float:
+        """Until when to ask again a scheduler that refuses our registration
+        (at ``now``): one that has not yet noticed our old stream is gone
+        refuses the address (or name) as taken, and drops the old entry
+        within its worker TTL; so twice that, and 5 s more."""
+        return now + 2 * self.scheduler_ttl + 5
+
     def after_scheduler_lost(self) -> Self:
         """A new state to register with a new scheduler: the same settings,
         the keys held in memory here, nothing else (runs still going finish
