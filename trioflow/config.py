@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 
 import attrs
 
-
 __all__ = [
     "NannyConfig",
     "SchedulerConfig",

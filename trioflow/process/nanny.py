@@ -153,7 +153,7 @@ class Nanny:
 
     async def __aenter__(self) -> Nanny:
         """``async with Nanny(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
-        from .client.bridge import ServerContext
+        from ..client.bridge import ServerContext
 
         self._context = ServerContext(self)
         return await self._context.__aenter__()  # type: ignore[no-any-return]
