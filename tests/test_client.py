@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import trio
+from support import wait_until
 
 from trioflow import (
     CancelledError,
@@ -171,14 +172,6 @@ async def cc() -> AsyncIterator[tuple[InProcessCluster, AsyncClient]]:
 @pytest.fixture
 async def c(cc: tuple[InProcessCluster, AsyncClient]) -> AsyncClient:
     return cc[1]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5, what: str = "condition") -> None:
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
-        return
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def processing_keys(cluster: InProcessCluster) -> set[str]:
@@ -872,9 +865,9 @@ async def test_resources() -> None:
             assert f"{token}/{plain.name}" not in _concurrency
             # nobody has enough: it waits, and runs once a worker that can joins
             big = await c.submit(inc, 1, resources={"GPU": 2})
-            await trio.sleep(0.1)
+            tasks = cluster.scheduler.state.tasks
+            await wait_until(lambda: big.key in tasks and tasks[big.key].state == "no-worker", what="the task to wait for a worker")
             assert not big.done()
-            assert cluster.scheduler.state.tasks[big.key].state == "no-worker"
             big_worker = await cluster.start_worker(name="big-gpu", resources={"GPU": 2})
             assert await big == 2
             assert (await c.who_has([big]))[big.key] == [big_worker.address]
@@ -900,9 +893,9 @@ async def test_workers_restriction(cc: tuple[InProcessCluster, AsyncClient]) -> 
         assert {r[1] for r in await c.gather(by_name)} == {w0.address}
         # nobody matches: the task waits
         nowhere = await c.submit(inc, 1, workers=["no-such-worker"])
-        await trio.sleep(0.1)
+        tasks = cluster.scheduler.state.tasks
+        await wait_until(lambda: nowhere.key in tasks and tasks[nowhere.key].state == "no-worker", what="the task to wait for its worker")
         assert not nowhere.done()
-        assert cluster.scheduler.state.tasks[nowhere.key].state == "no-worker"
         late = await cluster.start_worker(name="no-such-worker")
         assert await nowhere == 2
         assert (await c.who_has([nowhere]))[nowhere.key] == [late.address]

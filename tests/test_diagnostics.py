@@ -25,6 +25,7 @@ import trio
 import trio_websocket
 import wsproto
 import wsproto.events
+from support import wait_until
 from trio_websocket import open_websocket_url
 
 from trioflow import open_client, open_cluster
@@ -152,12 +153,6 @@ async def dashboard(server: Any, config: DashboardConfig | None = None) -> Async
 async def receive_json(ws: trio_websocket.WebSocketConnection, timeout: float = 5) -> dict[str, Any]:
     with trio.fail_after(timeout):
         return json.loads(await ws.get_message())  # type: ignore[no-any-return]
-
-
-async def wait_until(predicate: Any, timeout: float = 10, step: float = 0.02) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(step)
 
 
 class RawViewer:

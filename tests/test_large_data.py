@@ -12,6 +12,7 @@ import gc
 import numpy as np
 import pytest
 import trio
+from support import wait_until
 
 from trioflow import Client, LocalCluster, open_client, open_cluster
 
@@ -33,9 +34,7 @@ def shift(a: np.ndarray) -> np.ndarray:
 
 
 async def _wait_freed(cluster) -> None:
-    with trio.fail_after(10):
-        while cluster.scheduler.state.tasks or any(w.data for w in cluster.workers):
-            await trio.sleep(0.01)
+    await wait_until(lambda: not cluster.scheduler.state.tasks and not any(w.data for w in cluster.workers), 10, "the data to be freed")
 
 
 async def test_scatter_100mb() -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import cloudpickle
 import pytest
 import trio
+from support import wait_until
 
 import trioflow
 import trioflow.protocol.serialize
@@ -62,14 +63,6 @@ def _die() -> None:
 def _sleep(t: float) -> float:
     time.sleep(t)
     return t
-
-
-async def _wait_until(predicate, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def _tree_sum(client: trioflow.AsyncClient, futures: list) -> trioflow.Future:  # type: ignore[type-arg]
@@ -130,7 +123,7 @@ async def test_chaos_kill_random_workers_graph_result_exact() -> None:
                 done_at = trio.current_time() - t0
                 # Kills keep coming until the fourth, then the cluster must
                 # still be healthy.
-                await _wait_until(lambda: len(kills) >= 4, "four kills", timeout=30)
+                await wait_until(lambda: len(kills) >= 4, what="four kills", timeout=30)
                 nursery.cancel_scope.cancel()
             assert result == sum(range(1, n + 1))
             # At least three workers died while the graph was running.
@@ -161,9 +154,10 @@ async def test_lost_result_is_recomputed_from_lineage() -> None:
             dead_addr, dead_pid = a.worker_address, a.pid
             assert dead_pid is not None
             os.kill(dead_pid, signal.SIGKILL)
-            await _wait_until(
+            await wait_until(
                 lambda: dead_addr not in cluster.scheduler.state.workers,
-                "the scheduler to drop the killed worker",
+                what="the scheduler to drop the killed worker",
+                timeout=20,
             )
             # x lived only on the dead worker; its future still wants it.
             assert await x == 42
@@ -223,9 +217,10 @@ async def test_lost_scattered_data_errs_dependents_with_clear_message() -> None:
             data = await client.scatter(10, workers=[addr])
             assert (await client.who_has(data))[data.key] == [addr]
             os.kill(pid, signal.SIGKILL)
-            await _wait_until(
+            await wait_until(
                 lambda: addr not in cluster.scheduler.state.workers,
-                "the scheduler to drop the killed worker",
+                what="the scheduler to drop the killed worker",
+                timeout=20,
             )
             dependent = await client.submit(_inc, data)
             with pytest.raises(Exception, match="scattered data .* lost") as info:
@@ -244,8 +239,8 @@ async def test_scheduler_loss_errs_pending_futures_promptly() -> None:
         async with open_cluster(1) as cluster, open_client(cluster) as client:
             long = await client.submit(_sleep, 1.0, pure=False)
             queued = await client.submit(_inc, long)
-            await _wait_until(
-                lambda: long.key in cluster.scheduler.state.tasks, "the scheduler to know the task"
+            await wait_until(
+                lambda: long.key in cluster.scheduler.state.tasks, what="the scheduler to know the task", timeout=20
             )
             t0 = trio.current_time()
             cluster.scheduler.close()
@@ -266,8 +261,8 @@ async def test_abrupt_scheduler_loss_errs_pending_futures_promptly() -> None:
         async with open_cluster(1) as cluster, open_client(cluster) as client:
             long = await client.submit(_sleep, 1.0, pure=False)
             queued = await client.submit(_inc, long)
-            await _wait_until(
-                lambda: long.key in cluster.scheduler.state.tasks, "the scheduler to know the task"
+            await wait_until(
+                lambda: long.key in cluster.scheduler.state.tasks, what="the scheduler to know the task", timeout=20
             )
             t0 = trio.current_time()
             assert cluster.scheduler._nursery is not None
@@ -497,8 +492,8 @@ async def test_protocol_fuzz_every_listening_port() -> None:
             msgs = _random_messages(300)
             for role, address in ports.items():
                 await _send_random_messages(address, msgs, register=role == "scheduler")
-            await _wait_until(
-                lambda: set(sched.state.workers) == expected_workers, "the fake workers to be gone"
+            await wait_until(
+                lambda: set(sched.state.workers) == expected_workers, what="the fake workers to be gone", timeout=20
             )
 
             # 2. Well-formed messages with wrong contents.
@@ -579,9 +574,10 @@ async def test_protocol_fuzz_every_listening_port() -> None:
                 assert "no-such-key" not in sched.state.tasks
             finally:
                 await fake.aclose()
-            await _wait_until(
+            await wait_until(
                 lambda: "tcp://127.0.0.1:3" not in sched.state.workers,
-                "the fake worker to be removed",
+                what="the fake worker to be removed",
+                timeout=20,
             )
 
             # An UpdateGraph whose task depends on an unknown key: the future errs.
@@ -653,14 +649,14 @@ async def test_no_task_state_leak_over_rounds() -> None:
                 assert results == [i + r for i in range(2000)]
                 del futures, results
                 gc.collect()
-                await _wait_until(
+                await wait_until(
                     lambda: not state.tasks,
-                    f"the scheduler to forget round {r}'s tasks",
+                    what=f"the scheduler to forget round {r}'s tasks",
                     timeout=10,
                 )
-                await _wait_until(
+                await wait_until(
                     lambda: all(not w.data and not w.state.tasks for w in cluster.workers),
-                    f"the workers to forget round {r}'s tasks",
+                    what=f"the workers to forget round {r}'s tasks",
                     timeout=10,
                 )
                 gc.collect()
@@ -724,7 +720,7 @@ async def test_worker_gives_up_on_a_silent_scheduler_and_registers_again() -> No
     worker registers again with the data it holds.  Real clock: a worker's
     executor threads and a MockClock do not mix.  (The real cut, across
     network namespaces, is in test_netcut.py.)"""
-    from comm_helpers import start
+    from support import start
 
     from trioflow import Worker
 
@@ -791,7 +787,7 @@ def test_scheduler_process_memory_levels_off_over_rounds(tmp_path: Any) -> None:
     import statistics
 
     import psutil
-    from process_helpers import daemons, start_scheduler, start_worker, wait_for
+    from support import daemons, start_scheduler, start_worker
 
     from trioflow import Client
 
@@ -810,7 +806,7 @@ def test_scheduler_process_memory_levels_off_over_rounds(tmp_path: Any) -> None:
                 assert sum(client.gather(futures)) == sum(range(r * n + 1, (r + 1) * n + 1))
                 held.append(proc.memory_info().rss / 2**20)
                 del futures
-                wait_for(lambda: not client.who_has(), 20, f"the scheduler to drop round {r}'s keys")
+                wait_until(lambda: not client.who_has(), 20, f"the scheduler to drop round {r}'s keys")
             client.shutdown()
     growth = statistics.median(held[5:8]) - statistics.median(held[1:4])
     assert growth < 8, (growth, held)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 import trio
+from support import wait_until
 
 from trioflow import get_worker, open_client, open_cluster
 from trioflow.protocol import messages as m
@@ -78,9 +79,9 @@ async def test_resources_wait_for_a_worker_with_capacity() -> None:
         async with open_cluster(n_workers=1) as cluster:
             async with open_client(cluster) as client:
                 f = await client.submit(_where, resources={"GPU": 1}, pure=False)
-                await trio.sleep(0.2)
+                tasks = cluster.scheduler.state.tasks
+                await wait_until(lambda: f.key in tasks and tasks[f.key].state == "no-worker", what="the task to wait for a GPU")
                 assert f.status == "pending"  # waits, never fails, for lack of a GPU
-                assert cluster.scheduler.state.tasks[f.key].state == "no-worker"
                 gpu = await cluster.start_worker(resources={"GPU": 2})
                 assert await f == gpu.address
 
