@@ -14,7 +14,8 @@ import pytest
 import trio
 from support import wait_until
 
-from trioflow import Client, LocalCluster, open_client, open_cluster
+from trioflow import AsyncClient, Client, LocalCluster
+from trioflow.deploy import InProcessCluster
 
 pytestmark = pytest.mark.slow
 
@@ -37,38 +38,39 @@ async def _wait_freed(cluster) -> None:
     await wait_until(lambda: not cluster.scheduler.state.tasks and not any(w.data for w in cluster.workers), 10, "the data to be freed")
 
 
-async def test_scatter_100mb() -> None:
+@pytest.mark.trioflow_cluster(validate=False)
+async def test_scatter_100mb(trioflow_cluster: InProcessCluster, trioflow_client: AsyncClient) -> None:
+    cluster, c = trioflow_cluster, trioflow_client
     data = np.random.default_rng(0).random(N)
     with trio.fail_after(30):
-        async with open_cluster(n_workers=2) as cluster, open_client(cluster) as c:
-            f = await c.scatter(data)
-            (holder,) = (await c.who_has([f]))[f.key]
-            stored = next(w for w in cluster.workers if w.address == holder).data[f.key]
-            assert stored.nbytes == data.nbytes
-            assert np.shares_memory(stored, data) is False
-            assert await (await c.submit(total, f)) == pytest.approx(data.sum())
-            back = await f
-            assert back.dtype == data.dtype and np.array_equal(back, data)
-            del f, back, stored
-            gc.collect()
-            await _wait_freed(cluster)
+        f = await c.scatter(data)
+        (holder,) = (await c.who_has([f]))[f.key]
+        stored = next(w for w in cluster.workers if w.address == holder).data[f.key]
+        assert stored.nbytes == data.nbytes
+        assert np.shares_memory(stored, data) is False
+        assert await (await c.submit(total, f)) == pytest.approx(data.sum())
+        back = await f
+        assert back.dtype == data.dtype and np.array_equal(back, data)
+        del f, back, stored
+        gc.collect()
+        await _wait_freed(cluster)
 
 
-async def test_result_100mb_moves_between_workers() -> None:
+async def test_result_100mb_moves_between_workers(trioflow_cluster: InProcessCluster, trioflow_client: AsyncClient) -> None:
+    cluster, c = trioflow_cluster, trioflow_client
     with trio.fail_after(30):
-        async with open_cluster(n_workers=2) as cluster, open_client(cluster) as c:
-            w0, w1 = cluster.workers
-            big = await c.submit(make, N, workers=[w0.address])
-            # computing on the other worker fetches the 100 MB from w0
-            moved = await c.submit(shift, big, workers=[w1.address])
-            result = await moved
-            assert result.nbytes == N * 8
-            assert result[0] == 1.0 and result[-1] == float(N)
-            assert set((await c.who_has([big]))[big.key]) == {w0.address, w1.address}
-            assert any(t["bytes"] >= N * 8 for t in w1.transfer_log)
-            del big, moved, result
-            gc.collect()
-            await _wait_freed(cluster)
+        w0, w1 = cluster.workers
+        big = await c.submit(make, N, workers=[w0.address])
+        # computing on the other worker fetches the 100 MB from w0
+        moved = await c.submit(shift, big, workers=[w1.address])
+        result = await moved
+        assert result.nbytes == N * 8
+        assert result[0] == 1.0 and result[-1] == float(N)
+        assert set((await c.who_has([big]))[big.key]) == {w0.address, w1.address}
+        assert any(t["bytes"] >= N * 8 for t in w1.transfer_log)
+        del big, moved, result
+        gc.collect()
+        await _wait_freed(cluster)
 
 
 def test_sync_client_100mb_round_trip() -> None:

@@ -23,9 +23,10 @@ from support import wait_until
 
 import trioflow
 import trioflow.protocol.serialize
-from trioflow import FutureLostError, KilledWorker, open_client, open_cluster
+from trioflow import AsyncClient, FutureLostError, KilledWorker, open_client
 from trioflow.comm import CommClosedError, connect
 from trioflow.comm.addressing import parse_address
+from trioflow.deploy import InProcessCluster
 from trioflow.protocol import messages as m
 from trioflow.scheduler import state as ss
 from trioflow.worker import state as ws
@@ -81,109 +82,106 @@ async def _tree_sum(client: trioflow.AsyncClient, futures: list) -> trioflow.Fut
 
 
 @pytest.mark.slow
-async def test_chaos_kill_random_workers_graph_result_exact() -> None:
+@pytest.mark.trioflow_cluster(n_workers=3, processes=True, scheduler_options={"allowed_failures": 10}, validate=False)
+async def test_chaos_kill_random_workers_graph_result_exact(trioflow_cluster: InProcessCluster, trioflow_client: AsyncClient) -> None:
+    cluster, client = trioflow_cluster, trioflow_client
     rng = random.Random(0)
     n = 2501  # + 2,500 additions: a 5,001-task graph
     with trio.fail_after(80):
-        async with (
-            open_cluster(3, processes=True, scheduler_options={"allowed_failures": 10}) as cluster,
-            open_client(cluster) as client,
-        ):
-            kills: list[int] = []
-            kills_at: list[float] = []
-            t0 = trio.current_time()
+        kills: list[int] = []
+        kills_at: list[float] = []
+        t0 = trio.current_time()
 
-            async def killer() -> None:
-                # The first kill early, so that three land while the graph runs.
-                await trio.sleep(0.75)
-                while len(kills) < 4:
-                    alive = [
-                        nanny
-                        for nanny in cluster.workers
-                        if nanny.status == "running" and nanny.pid
-                    ]
-                    if not alive:
-                        await trio.sleep(0.1)
-                        continue
-                    victim = rng.choice(sorted(alive, key=lambda nanny: nanny.name))
-                    try:
-                        os.kill(victim.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        await trio.sleep(0.1)
-                        continue
-                    kills.append(victim.pid)
-                    kills_at.append(trio.current_time() - t0)
-                    await trio.sleep(1.5)
+        async def killer() -> None:
+            # The first kill early, so that three land while the graph runs.
+            await trio.sleep(0.75)
+            while len(kills) < 4:
+                alive = [
+                    nanny
+                    for nanny in cluster.workers
+                    if nanny.status == "running" and nanny.pid
+                ]
+                if not alive:
+                    await trio.sleep(0.1)
+                    continue
+                victim = rng.choice(sorted(alive, key=lambda nanny: nanny.name))
+                try:
+                    os.kill(victim.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    await trio.sleep(0.1)
+                    continue
+                kills.append(victim.pid)
+                kills_at.append(trio.current_time() - t0)
+                await trio.sleep(1.5)
 
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(killer)
-                mapped = await client.map(_inc_slow, range(n))
-                total = await _tree_sum(client, mapped)
-                result = await client.gather(total)
-                done_at = trio.current_time() - t0
-                # Kills keep coming until the fourth, then the cluster must
-                # still be healthy.
-                await wait_until(lambda: len(kills) >= 4, what="four kills", timeout=30)
-                nursery.cancel_scope.cancel()
-            assert result == sum(range(1, n + 1))
-            # At least three workers died while the graph was running.
-            assert len([t for t in kills_at if t < done_at]) >= 3, (kills_at, done_at)
-            # Nothing was lost for good: a fresh task still runs.
-            await client.wait_for_workers(3, timeout=20)
-            assert await (await client.submit(_inc, 1, pure=False)) == 2
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(killer)
+            mapped = await client.map(_inc_slow, range(n))
+            total = await _tree_sum(client, mapped)
+            result = await client.gather(total)
+            done_at = trio.current_time() - t0
+            # Kills keep coming until the fourth, then the cluster must
+            # still be healthy.
+            await wait_until(lambda: len(kills) >= 4, what="four kills", timeout=30)
+            nursery.cancel_scope.cancel()
+        assert result == sum(range(1, n + 1))
+        # At least three workers died while the graph was running.
+        assert len([t for t in kills_at if t < done_at]) >= 3, (kills_at, done_at)
+        # Nothing was lost for good: a fresh task still runs.
+        await client.wait_for_workers(3, timeout=20)
+        assert await (await client.submit(_inc, 1, pure=False)) == 2
 
 
 # ---------------------------------------------------------------- lineage
 
 
 @pytest.mark.slow
-async def test_lost_result_is_recomputed_from_lineage() -> None:
+@pytest.mark.trioflow_cluster(n_workers=2, processes=True)
+async def test_lost_result_is_recomputed_from_lineage(trioflow_cluster: InProcessCluster, trioflow_client: AsyncClient) -> None:
+    cluster, client = trioflow_cluster, trioflow_client
     with trio.fail_after(60):
-        async with open_cluster(2, processes=True) as cluster, open_client(cluster) as client:
-            a = cluster.workers[0]
-            # Both on A (a dependent elsewhere would copy x there and it would
-            # not be lost); loose restrictions so that the recomputation may
-            # run anywhere.
-            x = await client.submit(_answer, workers=[a.worker_address], allow_other_workers=True)
-            y = await client.submit(
-                _double, x, workers=[a.worker_address], allow_other_workers=True
-            )
-            assert await y == 84
-            assert (await client.who_has(x))[x.key] == [a.worker_address]
-            assert (await client.who_has(y))[y.key] == [a.worker_address]
-            dead_addr, dead_pid = a.worker_address, a.pid
-            assert dead_pid is not None
-            os.kill(dead_pid, signal.SIGKILL)
-            await wait_until(
-                lambda: dead_addr not in cluster.scheduler.state.workers,
-                what="the scheduler to drop the killed worker",
-                timeout=20,
-            )
-            # x lived only on the dead worker; its future still wants it.
-            assert await x == 42
-            holders = (await client.who_has(x))[x.key]
-            assert holders and dead_addr not in holders
-            assert await y == 84
-            assert dead_addr not in (await client.who_has(y))[y.key]
+        a = cluster.workers[0]
+        # Both on A (a dependent elsewhere would copy x there and it would
+        # not be lost); loose restrictions so that the recomputation may
+        # run anywhere.
+        x = await client.submit(_answer, workers=[a.worker_address], allow_other_workers=True)
+        y = await client.submit(
+            _double, x, workers=[a.worker_address], allow_other_workers=True
+        )
+        assert await y == 84
+        assert (await client.who_has(x))[x.key] == [a.worker_address]
+        assert (await client.who_has(y))[y.key] == [a.worker_address]
+        dead_addr, dead_pid = a.worker_address, a.pid
+        assert dead_pid is not None
+        os.kill(dead_pid, signal.SIGKILL)
+        await wait_until(
+            lambda: dead_addr not in cluster.scheduler.state.workers,
+            what="the scheduler to drop the killed worker",
+            timeout=20,
+        )
+        # x lived only on the dead worker; its future still wants it.
+        assert await x == 42
+        holders = (await client.who_has(x))[x.key]
+        assert holders and dead_addr not in holders
+        assert await y == 84
+        assert dead_addr not in (await client.who_has(y))[y.key]
 
 
 @pytest.mark.slow
-async def test_task_that_kills_its_worker_errs_with_killed_worker() -> None:
+@pytest.mark.trioflow_cluster(n_workers=2, processes=True, scheduler_options={"allowed_failures": 1})
+async def test_task_that_kills_its_worker_errs_with_killed_worker(trioflow_cluster: InProcessCluster, trioflow_client: AsyncClient) -> None:
+    cluster, client = trioflow_cluster, trioflow_client
     with trio.fail_after(60):
-        async with (
-            open_cluster(2, processes=True, scheduler_options={"allowed_failures": 1}) as cluster,
-            open_client(cluster) as client,
-        ):
-            bad = await client.submit(_die, key="suicidal-task")
-            with pytest.raises(KilledWorker) as info:
-                await bad
-            assert "suicidal-task" in str(info.value)
-            assert info.value.key == "suicidal-task"
-            # The cluster carries on.
-            await client.wait_for_workers(2, timeout=30)
-            futures = await client.map(_inc, range(20))
-            assert await client.gather(futures) == list(range(1, 21))
-            assert len(cluster.scheduler.state.workers) == 2
+        bad = await client.submit(_die, key="suicidal-task")
+        with pytest.raises(KilledWorker) as info:
+            await bad
+        assert "suicidal-task" in str(info.value)
+        assert info.value.key == "suicidal-task"
+        # The cluster carries on.
+        await client.wait_for_workers(2, timeout=30)
+        futures = await client.map(_inc, range(20))
+        assert await client.gather(futures) == list(range(1, 21))
+        assert len(cluster.scheduler.state.workers) == 2
 
 
 def test_killed_worker_message_names_every_worker_it_died_on() -> None:
@@ -208,74 +206,77 @@ def test_killed_worker_message_names_every_worker_it_died_on() -> None:
 
 
 @pytest.mark.slow
-async def test_lost_scattered_data_errs_dependents_with_clear_message() -> None:
+@pytest.mark.trioflow_cluster(n_workers=2, processes=True)
+async def test_lost_scattered_data_errs_dependents_with_clear_message(trioflow_cluster: InProcessCluster, trioflow_client: AsyncClient) -> None:
+    cluster, client = trioflow_cluster, trioflow_client
     with trio.fail_after(60):
-        async with open_cluster(2, processes=True) as cluster, open_client(cluster) as client:
-            victim = cluster.workers[0]
-            addr, pid = victim.worker_address, victim.pid
-            assert pid is not None
-            data = await client.scatter(10, workers=[addr])
-            assert (await client.who_has(data))[data.key] == [addr]
-            os.kill(pid, signal.SIGKILL)
-            await wait_until(
-                lambda: addr not in cluster.scheduler.state.workers,
-                what="the scheduler to drop the killed worker",
-                timeout=20,
-            )
-            dependent = await client.submit(_inc, data)
-            with pytest.raises(Exception, match="scattered data .* lost") as info:
-                await dependent
-            assert data.key in str(info.value)
-            with pytest.raises(Exception, match="scattered data .* lost"):
-                await data
+        victim = cluster.workers[0]
+        addr, pid = victim.worker_address, victim.pid
+        assert pid is not None
+        data = await client.scatter(10, workers=[addr])
+        assert (await client.who_has(data))[data.key] == [addr]
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(
+            lambda: addr not in cluster.scheduler.state.workers,
+            what="the scheduler to drop the killed worker",
+            timeout=20,
+        )
+        dependent = await client.submit(_inc, data)
+        with pytest.raises(Exception, match="scattered data .* lost") as info:
+            await dependent
+        assert data.key in str(info.value)
+        with pytest.raises(Exception, match="scattered data .* lost"):
+            await data
 
 
 # ---------------------------------------------------------------- scheduler loss
 
 
 @pytest.mark.slow
-async def test_scheduler_loss_errs_pending_futures_promptly() -> None:
+@pytest.mark.trioflow_cluster(n_workers=1)
+async def test_scheduler_loss_errs_pending_futures_promptly(trioflow_cluster: InProcessCluster, trioflow_client: AsyncClient) -> None:
+    cluster, client = trioflow_cluster, trioflow_client
     with trio.fail_after(30):
-        async with open_cluster(1) as cluster, open_client(cluster) as client:
-            long = await client.submit(_sleep, 1.0, pure=False)
-            queued = await client.submit(_inc, long)
-            await wait_until(
-                lambda: long.key in cluster.scheduler.state.tasks, what="the scheduler to know the task", timeout=20
-            )
-            t0 = trio.current_time()
-            cluster.scheduler.close()
-            for fut in (long, queued):
-                with pytest.raises(FutureLostError, match="scheduler") as info:
-                    with trio.fail_after(5):
-                        await fut
-                assert "scheduler" in str(info.value)
-            assert trio.current_time() - t0 < 5
-            assert client.status == "lost"
+        long = await client.submit(_sleep, 1.0, pure=False)
+        queued = await client.submit(_inc, long)
+        await wait_until(
+            lambda: long.key in cluster.scheduler.state.tasks, what="the scheduler to know the task", timeout=20
+        )
+        t0 = trio.current_time()
+        cluster.scheduler.close()
+        for fut in (long, queued):
+            with pytest.raises(FutureLostError, match="scheduler") as info:
+                with trio.fail_after(5):
+                    await fut
+            assert "scheduler" in str(info.value)
+        assert trio.current_time() - t0 < 5
+        assert client.status == "lost"
 
 
 @pytest.mark.slow
-async def test_abrupt_scheduler_loss_errs_pending_futures_promptly() -> None:
+@pytest.mark.trioflow_cluster(n_workers=1)
+async def test_abrupt_scheduler_loss_errs_pending_futures_promptly(trioflow_cluster: InProcessCluster, trioflow_client: AsyncClient) -> None:
+    cluster, client = trioflow_cluster, trioflow_client
     # No goodbye this time: the scheduler's tasks are cancelled and its
     # sockets closed under the client, as when its process dies.
     with trio.fail_after(30):
-        async with open_cluster(1) as cluster, open_client(cluster) as client:
-            long = await client.submit(_sleep, 1.0, pure=False)
-            queued = await client.submit(_inc, long)
-            await wait_until(
-                lambda: long.key in cluster.scheduler.state.tasks, what="the scheduler to know the task", timeout=20
-            )
-            t0 = trio.current_time()
-            assert cluster.scheduler._nursery is not None
-            cluster.scheduler._nursery.cancel_scope.cancel()
-            for fut in (long, queued):
-                with pytest.raises(FutureLostError, match="scheduler"):
-                    with trio.fail_after(5):
-                        await fut
-            assert trio.current_time() - t0 < 5
-            assert client.status == "lost"
-            # New work is refused at once with the same clear error, not queued forever.
-            with pytest.raises(FutureLostError):
-                await client.submit(_inc, 1)
+        long = await client.submit(_sleep, 1.0, pure=False)
+        queued = await client.submit(_inc, long)
+        await wait_until(
+            lambda: long.key in cluster.scheduler.state.tasks, what="the scheduler to know the task", timeout=20
+        )
+        t0 = trio.current_time()
+        assert cluster.scheduler._nursery is not None
+        cluster.scheduler._nursery.cancel_scope.cancel()
+        for fut in (long, queued):
+            with pytest.raises(FutureLostError, match="scheduler"):
+                with trio.fail_after(5):
+                    await fut
+        assert trio.current_time() - t0 < 5
+        assert client.status == "lost"
+        # New work is refused at once with the same clear error, not queued forever.
+        with pytest.raises(FutureLostError):
+            await client.submit(_inc, 1)
 
 
 # ---------------------------------------------------------------- protocol fuzz
@@ -467,155 +468,153 @@ async def _send_random_messages(
 
 
 @pytest.mark.slow
-async def test_protocol_fuzz_every_listening_port() -> None:
+@pytest.mark.trioflow_cluster(n_workers=2, processes=True, validate=True)
+async def test_protocol_fuzz_every_listening_port(trioflow_cluster: InProcessCluster, trioflow_client: AsyncClient) -> None:
+    cluster, client = trioflow_cluster, trioflow_client
     rng = random.Random(1234)
     with trio.fail_after(60):
         # validate=True: the scheduler checks its state's invariants after every event.
-        async with (
-            open_cluster(2, processes=True, validate=True) as cluster,
-            open_client(cluster) as client,
-        ):
-            sched = cluster.scheduler
-            nanny = cluster.workers[0]
-            worker_addr = nanny.worker_address
-            expected_workers = {n.worker_address for n in cluster.workers}
-            ports = {"scheduler": sched.address, "worker": worker_addr, "nanny": nanny.address}
+        sched = cluster.scheduler
+        nanny = cluster.workers[0]
+        worker_addr = nanny.worker_address
+        expected_workers = {n.worker_address for n in cluster.workers}
+        ports = {"scheduler": sched.address, "worker": worker_addr, "nanny": nanny.address}
 
-            # 1. Random bytes on every port.
-            for role, address in ports.items():
-                outcomes = await _random_bytes_at(address, rng)
-                assert len(outcomes) == 30, (role, outcomes)
-                assert set(outcomes) <= {"closed", "reset"}, (role, outcomes)
+        # 1. Random bytes on every port.
+        for role, address in ports.items():
+            outcomes = await _random_bytes_at(address, rng)
+            assert len(outcomes) == 30, (role, outcomes)
+            assert set(outcomes) <= {"closed", "reset"}, (role, outcomes)
 
-            # 1b. Well-formed messages of every kind with random contents,
-            # some as the first message of a connection.
-            msgs = _random_messages(300)
-            for role, address in ports.items():
-                await _send_random_messages(address, msgs, register=role == "scheduler")
-            await wait_until(
-                lambda: set(sched.state.workers) == expected_workers, what="the fake workers to be gone", timeout=20
-            )
+        # 1b. Well-formed messages of every kind with random contents,
+        # some as the first message of a connection.
+        msgs = _random_messages(300)
+        for role, address in ports.items():
+            await _send_random_messages(address, msgs, register=role == "scheduler")
+        await wait_until(
+            lambda: set(sched.state.workers) == expected_workers, what="the fake workers to be gone", timeout=20
+        )
 
-            # 2. Well-formed messages with wrong contents.
-            # Duplicate registration, by address and by name.
-            existing = sched.state.workers[worker_addr]
-            reply = await _rpc(
-                sched.address,
-                m.RegisterWorker(address=worker_addr, name="dup", nthreads=1, memory_limit=0),
-            )
-            assert isinstance(reply, m.ErrorReply) and "already registered" in reply.message
-            reply = await _rpc(
-                sched.address,
+        # 2. Well-formed messages with wrong contents.
+        # Duplicate registration, by address and by name.
+        existing = sched.state.workers[worker_addr]
+        reply = await _rpc(
+            sched.address,
+            m.RegisterWorker(address=worker_addr, name="dup", nthreads=1, memory_limit=0),
+        )
+        assert isinstance(reply, m.ErrorReply) and "already registered" in reply.message
+        reply = await _rpc(
+            sched.address,
+            m.RegisterWorker(
+                address="tcp://127.0.0.1:1", name=existing.name, nthreads=1, memory_limit=0
+            ),
+        )
+        assert isinstance(reply, m.ErrorReply) and "already registered" in reply.message
+        # Nonsense registrations.
+        reply = await _rpc(
+            sched.address,
+            m.RegisterWorker(address="not an address", name="x", nthreads=1, memory_limit=0),
+        )
+        assert isinstance(reply, m.ErrorReply)
+        reply = await _rpc(
+            sched.address,
+            m.RegisterWorker(address="tcp://127.0.0.1:2", name="y", nthreads=0, memory_limit=0),
+        )
+        assert isinstance(reply, m.ErrorReply) and "nthreads" in reply.message
+        reply = await _rpc(
+            sched.address,
+            m.RegisterWorker(
+                address="tcp://127.0.0.1:2",
+                name="y",
+                nthreads=1,
+                memory_limit=0,
+                nbytes={"k": -5},
+            ),
+        )
+        assert isinstance(reply, m.ErrorReply) and "negative" in reply.message
+        # Requests a peer does not serve.
+        reply = await _rpc(sched.address, m.GetData(keys=["x"]))
+        assert isinstance(reply, m.ErrorReply)
+        reply = await _rpc(nanny.address, m.GetData(keys=["x"]))
+        assert isinstance(reply, m.ErrorReply)
+
+        # A registered fake worker reporting negative sizes and unknown keys:
+        # logged and ignored, the connection and the state intact.
+        fake = await connect(sched.address, timeout=5)
+        try:
+            await fake.send(
                 m.RegisterWorker(
-                    address="tcp://127.0.0.1:1", name=existing.name, nthreads=1, memory_limit=0
-                ),
-            )
-            assert isinstance(reply, m.ErrorReply) and "already registered" in reply.message
-            # Nonsense registrations.
-            reply = await _rpc(
-                sched.address,
-                m.RegisterWorker(address="not an address", name="x", nthreads=1, memory_limit=0),
-            )
-            assert isinstance(reply, m.ErrorReply)
-            reply = await _rpc(
-                sched.address,
-                m.RegisterWorker(address="tcp://127.0.0.1:2", name="y", nthreads=0, memory_limit=0),
-            )
-            assert isinstance(reply, m.ErrorReply) and "nthreads" in reply.message
-            reply = await _rpc(
-                sched.address,
-                m.RegisterWorker(
-                    address="tcp://127.0.0.1:2",
-                    name="y",
-                    nthreads=1,
-                    memory_limit=0,
-                    nbytes={"k": -5},
-                ),
-            )
-            assert isinstance(reply, m.ErrorReply) and "negative" in reply.message
-            # Requests a peer does not serve.
-            reply = await _rpc(sched.address, m.GetData(keys=["x"]))
-            assert isinstance(reply, m.ErrorReply)
-            reply = await _rpc(nanny.address, m.GetData(keys=["x"]))
-            assert isinstance(reply, m.ErrorReply)
-
-            # A registered fake worker reporting negative sizes and unknown keys:
-            # logged and ignored, the connection and the state intact.
-            fake = await connect(sched.address, timeout=5)
-            try:
-                await fake.send(
-                    m.RegisterWorker(
-                        address="tcp://127.0.0.1:3", name="fake", nthreads=1, memory_limit=0
-                    )
+                    address="tcp://127.0.0.1:3", name="fake", nthreads=1, memory_limit=0
                 )
-                with trio.fail_after(5):
-                    assert isinstance(await fake.recv(), m.WorkerRegistered)
-                await fake.send(m.AddKeys(nbytes={"no-such-key": -1}))
-                await fake.send(
-                    m.TaskFinished(
-                        key="no-such-key", nbytes=-10, type_name="int", start=0.0, stop=0.0
-                    )
+            )
+            with trio.fail_after(5):
+                assert isinstance(await fake.recv(), m.WorkerRegistered)
+            await fake.send(m.AddKeys(nbytes={"no-such-key": -1}))
+            await fake.send(
+                m.TaskFinished(
+                    key="no-such-key", nbytes=-10, type_name="int", start=0.0, stop=0.0
                 )
-                await fake.send(m.MissingData(key="no-such-key", worker="tcp://127.0.0.1:9"))
-                await fake.send(
-                    m.Heartbeat(
-                        memory=-1,
-                        managed=-1,
-                        spilled=-1,
-                        cpu=-5.0,
-                        executing=-1,
-                        ready=-1,
-                        in_memory=-1,
-                        bandwidth=-1.0,
-                    )
+            )
+            await fake.send(m.MissingData(key="no-such-key", worker="tcp://127.0.0.1:9"))
+            await fake.send(
+                m.Heartbeat(
+                    memory=-1,
+                    managed=-1,
+                    spilled=-1,
+                    cpu=-5.0,
+                    executing=-1,
+                    ready=-1,
+                    in_memory=-1,
+                    bandwidth=-1.0,
                 )
-                await trio.sleep(0.2)
-                assert "tcp://127.0.0.1:3" in sched.state.workers
-                assert "no-such-key" not in sched.state.tasks
-            finally:
-                await fake.aclose()
-            await wait_until(
-                lambda: "tcp://127.0.0.1:3" not in sched.state.workers,
-                what="the fake worker to be removed",
-                timeout=20,
             )
+            await trio.sleep(0.2)
+            assert "tcp://127.0.0.1:3" in sched.state.workers
+            assert "no-such-key" not in sched.state.tasks
+        finally:
+            await fake.aclose()
+        await wait_until(
+            lambda: "tcp://127.0.0.1:3" not in sched.state.workers,
+            what="the fake worker to be removed",
+            timeout=20,
+        )
 
-            # An UpdateGraph whose task depends on an unknown key: the future errs.
-            spec = client._make_spec(
-                _inc,
-                (1,),
-                {},
-                key="orphan",
-                pure=True,
-                workers=None,
-                resources=None,
-                priority=0,
-                retries=0,
-                allow_other_workers=False,
-            )
-            spec = m.TaskSpec(
-                key=spec.key,
-                function=spec.function,
-                args=spec.args,
-                dependencies=["never-heard-of-it"],
-            )
-            (orphan,) = await client.update_graph([spec], ["orphan"])
-            with pytest.raises(ValueError, match="unknown key"):
-                await orphan
-            assert "orphan" not in sched.state.tasks
+        # An UpdateGraph whose task depends on an unknown key: the future errs.
+        spec = client._make_spec(
+            _inc,
+            (1,),
+            {},
+            key="orphan",
+            pure=True,
+            workers=None,
+            resources=None,
+            priority=0,
+            retries=0,
+            allow_other_workers=False,
+        )
+        spec = m.TaskSpec(
+            key=spec.key,
+            function=spec.function,
+            args=spec.args,
+            dependencies=["never-heard-of-it"],
+        )
+        (orphan,) = await client.update_graph([spec], ["orphan"])
+        with pytest.raises(ValueError, match="unknown key"):
+            await orphan
+        assert "orphan" not in sched.state.tasks
 
-            # GetData for keys the worker does not hold.
-            reply = await _rpc(worker_addr, m.GetData(keys=["missing-a", "missing-b"]))
-            assert isinstance(reply, m.DataReply)
-            assert sorted(reply.missing) == ["missing-a", "missing-b"] and not reply.data
+        # GetData for keys the worker does not hold.
+        reply = await _rpc(worker_addr, m.GetData(keys=["missing-a", "missing-b"]))
+        assert isinstance(reply, m.DataReply)
+        assert sorted(reply.missing) == ["missing-a", "missing-b"] and not reply.data
 
-            # 3. The cluster still computes correctly, with the right workers.
-            assert set(sched.state.workers) == expected_workers
-            assert all(n.status == "running" for n in cluster.workers)
-            mapped = await client.map(_inc, range(100))
-            total = await _tree_sum(client, mapped)
-            assert await total == sum(range(1, 101))
-            assert set(sched.state.workers) == expected_workers
+        # 3. The cluster still computes correctly, with the right workers.
+        assert set(sched.state.workers) == expected_workers
+        assert all(n.status == "running" for n in cluster.workers)
+        mapped = await client.map(_inc, range(100))
+        total = await _tree_sum(client, mapped)
+        assert await total == sum(range(1, 101))
+        assert set(sched.state.workers) == expected_workers
 
 
 # ---------------------------------------------------------------- no leak
@@ -636,47 +635,48 @@ def _count_task_states() -> tuple[int, int]:
 
 
 @pytest.mark.slow
-async def test_no_task_state_leak_over_rounds() -> None:
+@pytest.mark.trioflow_cluster(validate=False)  # 20,000 tasks: validation after every step would take minutes
+async def test_no_task_state_leak_over_rounds(trioflow_cluster: InProcessCluster, trioflow_client: AsyncClient) -> None:
+    cluster, client = trioflow_cluster, trioflow_client
     with trio.fail_after(80):
-        async with open_cluster(2) as cluster, open_client(cluster) as client:
-            sched = cluster.scheduler
-            state = sched.state
-            counts = []
-            objects = []
-            for r in range(10):
-                futures = await client.map(_add, range(2000), [r] * 2000)
-                results = await client.gather(futures)
-                assert results == [i + r for i in range(2000)]
-                del futures, results
-                gc.collect()
-                await wait_until(
-                    lambda: not state.tasks,
-                    what=f"the scheduler to forget round {r}'s tasks",
-                    timeout=10,
-                )
-                await wait_until(
-                    lambda: all(not w.data and not w.state.tasks for w in cluster.workers),
-                    what=f"the workers to forget round {r}'s tasks",
-                    timeout=10,
-                )
-                gc.collect()
-                counts.append(_count_task_states())
-                objects.append(len(gc.get_objects()))
-                assert not state.queued and not state.stealing
-                assert all(
-                    not ws.processing and not ws.has_what and ws.nbytes == 0
-                    for ws in state.workers.values()
-                )
-                assert all(not cs.wants_what for cs in state.clients.values())
-                assert not client._states and not client._refcount
-            # None on the scheduler; on the workers at most the one each
-            # executor loop still names in a local variable, never more.
+        sched = cluster.scheduler
+        state = sched.state
+        counts = []
+        objects = []
+        for r in range(10):
+            futures = await client.map(_add, range(2000), [r] * 2000)
+            results = await client.gather(futures)
+            assert results == [i + r for i in range(2000)]
+            del futures, results
+            gc.collect()
+            await wait_until(
+                lambda: not state.tasks,
+                what=f"the scheduler to forget round {r}'s tasks",
+                timeout=10,
+            )
+            await wait_until(
+                lambda: all(not w.data and not w.state.tasks for w in cluster.workers),
+                what=f"the workers to forget round {r}'s tasks",
+                timeout=10,
+            )
+            gc.collect()
+            counts.append(_count_task_states())
+            objects.append(len(gc.get_objects()))
+            assert not state.queued and not state.stealing
             assert all(
-                sched_n == 0 and work_n <= len(cluster.workers) for sched_n, work_n in counts
-            ), counts
-            assert counts[-1] == counts[0], counts
-            # Python objects overall stay flat after the warm-up rounds.
-            assert objects[-1] < objects[2] * 1.02, objects
+                not ws.processing and not ws.has_what and ws.nbytes == 0
+                for ws in state.workers.values()
+            )
+            assert all(not cs.wants_what for cs in state.clients.values())
+            assert not client._states and not client._refcount
+        # None on the scheduler; on the workers at most the one each
+        # executor loop still names in a local variable, never more.
+        assert all(
+            sched_n == 0 and work_n <= len(cluster.workers) for sched_n, work_n in counts
+        ), counts
+        assert counts[-1] == counts[0], counts
+        # Python objects overall stay flat after the warm-up rounds.
+        assert objects[-1] < objects[2] * 1.02, objects
 
 
 async def test_client_reconnects_when_a_scheduler_is_back() -> None:
