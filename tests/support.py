@@ -2,8 +2,8 @@
 processes (a daemon with its output in a file, stopped with a SIGTERM ->
 SIGKILL ladder together with everything it started).
 
-Import it as ``from support import ...`` (the tests directory is on
-``sys.path``: pytest puts it there for the test modules in it).
+Import it as ``from support import ...`` (``tests/conftest.py`` puts the
+tests directory on ``sys.path``).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from trioflow.diagnostics.sources import _Tail
 pytestmark = pytest.mark.trioflow_cluster(dashboard_address="127.0.0.1:0")
 
 
-STATIC = Path(__file__).resolve().parent.parent / "trioflow" / "diagnostics" / "static"
+STATIC = Path(__file__).resolve().parents[2] / "trioflow" / "diagnostics" / "static"
 
 # ---------------------------------------------------------------- task functions
 
