@@ -16,7 +16,7 @@ import trio
 from support import wait_until
 
 from trioflow import open_client, open_cluster
-from trioflow.nanny import Nanny, NannyStartError
+from trioflow.process.nanny import Nanny, NannyStartError
 
 pytestmark = pytest.mark.slow
 
@@ -71,4 +71,5 @@ async def test_nanny_start_error_is_one_line() -> None:
         with pytest.raises(NannyStartError, match="death-timeout") as info:
             await nanny.serve()
     assert "\n" not in str(info.value)
-    assert nanny.status == "closed" and nanny.process is not None and nanny.process.returncode == 3
+    # It never served: failed, not closed.
+    assert nanny.status == "failed" and nanny.process is not None and nanny.process.returncode == 3

@@ -51,6 +51,7 @@ from typing import Any
 
 import attrs
 
+from ..errors import InvalidEvent, InvalidTransition, KilledWorker, LostData
 from ..keys import key_prefix
 from ..protocol.messages import (
     ComputeTask,
@@ -94,38 +95,6 @@ QUEUE_SHORT_MAX = 100
 #: Placement and stealing look at all workers up to this many, and at a
 #: rotating window of this many (plus the holders of a task's inputs) above.
 SAMPLE = 32
-
-
-class InvalidTransition(RuntimeError):
-    """An internal transition not in the table was asked for (a bug)."""
-
-
-class InvalidEvent(ValueError):
-    """An event from a peer does not fit the current state (bad input)."""
-
-
-class KilledWorker(Exception):
-    """A task was running on workers that died too many times."""
-
-    def __init__(self, key: str, workers: list[str], allowed_failures: int) -> None:
-        super().__init__(key, workers, allowed_failures)
-        self.key = key
-        self.workers = list(workers)
-        self.allowed_failures = allowed_failures
-
-    @property
-    def last_worker(self) -> str:
-        return self.workers[-1] if self.workers else ""
-
-    def __str__(self) -> str:
-        return (
-            f"task {self.key!r} was running on workers that died {len(self.workers)} times "
-            f"({', '.join(self.workers)}); it may be what kills them"
-        )
-
-
-class LostData(Exception):
-    """Scattered data was lost with the worker that held it."""
 
 
 # ---------------------------------------------------------------- instructions
