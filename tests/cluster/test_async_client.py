@@ -274,9 +274,8 @@ def test_a_forgotten_close_in_trio_ends_with_the_run(cluster: LocalCluster) -> N
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nanny_in_async_with(backend: str) -> None:
-    from trioflow.nanny import Nanny
-
     from trioflow import Scheduler
+    from trioflow.process.nanny import Nanny
 
     async def session() -> None:
         async with Scheduler("tcp://127.0.0.1:0") as s:
