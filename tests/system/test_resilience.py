@@ -91,38 +91,38 @@ async def test_chaos_kill_random_workers_graph_result_exact(trioflow_cluster: In
         kills: list[int] = []
         kills_at: list[float] = []
         t0 = trio.current_time()
+        running: dict[str, list[trioflow.Future]] = {}
+
+        def results_done() -> int:
+            return sum(f.done() for f in running.get("mapped", ()))
+
+        def alive() -> list[Any]:
+            return [nanny for nanny in cluster.workers if nanny.status == "running" and nanny.pid]
 
         async def killer() -> None:
-            # The first kill early, so that three land while the graph runs.
-            await trio.sleep(0.75)
-            while len(kills) < 4:
-                alive = [
-                    nanny
-                    for nanny in cluster.workers
-                    if nanny.status == "running" and nanny.pid
-                ]
-                if not alive:
-                    await trio.sleep(0.1)
-                    continue
-                victim = rng.choice(sorted(alive, key=lambda nanny: nanny.name))
-                try:
-                    os.kill(victim.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    await trio.sleep(0.1)
-                    continue
+            # A kill at each of these counts of the map's finished results
+            # (of 2,501): all four land while the graph runs, whatever the
+            # machine's speed, about 1.4 s apart on the 2-core box.
+            for mark in (250, 850, 1450, 2050):
+                await wait_until(lambda: results_done() >= mark, 60, f"{mark} of the map's results", interval=0.05)  # noqa: B023
+                while True:
+                    victims = await wait_until(alive, 30, "a running worker process")
+                    victim = rng.choice(sorted(victims, key=lambda nanny: nanny.name))
+                    try:
+                        os.kill(victim.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        continue  # it died between the look and the kill: pick again
+                    break
                 kills.append(victim.pid)
                 kills_at.append(trio.current_time() - t0)
-                await trio.sleep(1.5)
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(killer)
-            mapped = await client.map(_inc_slow, range(n))
+            mapped = running["mapped"] = await client.map(_inc_slow, range(n))
             total = await _tree_sum(client, mapped)
             result = await client.gather(total)
             done_at = trio.current_time() - t0
-            # Kills keep coming until the fourth, then the cluster must
-            # still be healthy.
-            await wait_until(lambda: len(kills) >= 4, what="four kills", timeout=30)
+            await wait_until(lambda: len(kills) >= 4, 30, "four kills")
             nursery.cancel_scope.cancel()
         assert result == sum(range(1, n + 1))
         # At least three workers died while the graph was running.
