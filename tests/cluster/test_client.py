@@ -227,6 +227,14 @@ async def test_impure_keys_differ(c: AsyncClient) -> None:
         assert await c.gather([a, b]) == [2, 2]
 
 
+
+@pytest.mark.parametrize("trioflow_cluster", [{"n_workers": 1}, {"n_workers": 3, "threads_per_worker": 2}], indirect=True)
+async def test_shipped_fixture_takes_an_indirect_parameter(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    info = (await c.scheduler_info())["workers"]
+    assert len(info) == len(cluster.workers) in (1, 3)
+    assert {w.nthreads for w in cluster.workers} == ({1} if len(info) == 1 else {2})
+
 async def test_explicit_key(cc: tuple[InProcessCluster, AsyncClient]) -> None:
     cluster, c = cc
     with trio.fail_after(10):
