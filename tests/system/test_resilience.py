@@ -778,11 +778,12 @@ def test_scheduler_process_memory_levels_off_over_rounds(tmp_path: Any) -> None:
     machine and lives on as ``python -m benchmarks.scheduler_rounds``.
 
     The limit: the median of rounds 5-7 at most 8 MiB above the median of
-    rounds 1-3, 40 times the measured spread.  A leak of a task's whole
-    scheduler state (~1.6 kB a task, the held RSS minus idle over 5,000
-    tasks) adds ~8 MiB a round, ~32 MiB between the two medians, which are
-    four rounds apart; the limit catches any leak of ~400 bytes a task or
-    more.  Medians: one odd reading on each side changes nothing.
+    rounds 1-3, 40 times the measured spread.  The two medians are four
+    rounds apart, so the limit catches a leak of 2 MiB a round, ~420 bytes a
+    task, or more.  Keeping every round's futures (the scheduler then keeps
+    all its tasks, ~1.2 kB each) measured 5-7 MiB a round and +22.8 MiB
+    between the medians.  Medians: one odd reading on each side changes
+    nothing.
     """
     import statistics
 
