@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-from comm_helpers import Handler, echo, echo_once, start, warnings_from  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import Handler, echo, echo_once, start, warnings_from  # noqa: E402
 
 from trioflow.comm import (
     BatchedSend,

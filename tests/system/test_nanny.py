@@ -13,6 +13,7 @@ import sys
 import cloudpickle
 import pytest
 import trio
+from support import wait_until
 
 from trioflow import open_client, open_cluster
 from trioflow.process.nanny import Nanny, NannyStartError
@@ -25,14 +26,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 def _pid() -> int:
     return os.getpid()
-
-
-async def _wait_until(predicate, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
-        return
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def test_open_cluster_processes_kill_and_restart() -> None:
@@ -53,9 +46,9 @@ async def test_open_cluster_processes_kill_and_restart() -> None:
             old_pid, old_addr = victim.pid, victim.worker_address
             assert old_pid is not None
             os.kill(old_pid, signal.SIGKILL)
-            await _wait_until(lambda: victim.pid != old_pid and victim.status == "running", "the killed worker to be replaced")
+            await wait_until(lambda: victim.pid != old_pid and victim.status == "running", what="the killed worker to be replaced", timeout=20)
             assert victim.restarts == 1
-            await _wait_until(lambda: old_addr not in cluster.scheduler.state.workers and len(cluster.scheduler.state.workers) == 2, "the scheduler to see the new worker")
+            await wait_until(lambda: old_addr not in cluster.scheduler.state.workers and len(cluster.scheduler.state.workers) == 2, what="the scheduler to see the new worker", timeout=20)
             fut = await client.submit(_pid, workers=[victim.worker_address], pure=False)
             assert await fut == victim.pid
 
@@ -65,7 +58,7 @@ async def test_open_cluster_processes_kill_and_restart() -> None:
             await other.restart(timeout=20)
             assert other.pid != old_pid and other.status == "running"
             assert other.restarts == 0
-            await _wait_until(lambda: len(cluster.scheduler.state.workers) == 2, "the restarted worker to register")
+            await wait_until(lambda: len(cluster.scheduler.state.workers) == 2, what="the restarted worker to register", timeout=20)
             fut = await client.submit(_pid, workers=[other.worker_address], pure=False)
             assert await fut == other.pid
         assert all(n.status == "closed" for n in nannies)

@@ -9,7 +9,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pytest
-from process_helpers import daemons, start_scheduler, start_worker, wait_for  # noqa: E402
+from support import daemons, start_scheduler, start_worker, wait_until  # noqa: E402
 
 from trioflow.config import format_bytes, parse_bytes, parse_memory_limit
 from trioflow.worker.spill import SpillBuffer
@@ -163,7 +163,7 @@ def test_worker_process_holds_a_gigabyte_in_300mb_and_leaves_no_files(tmp_path) 
             (state,) = client.run(_spill_state).values()
             assert state["files"] > 0, state
             os.kill(state["pid"], signal.SIGKILL)
-            wait_for(lambda: not os.path.exists(state["directory"]), 20, "the dead worker's spill directory to go")
+            wait_until(lambda: not os.path.exists(state["directory"]), 20, "the dead worker's spill directory to go")
             client.cancel(more)
             del more
         worker.stop()

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import trio
+from support import wait_until
 
 from trioflow import (
     CancelledError,
@@ -163,22 +164,19 @@ async def cluster_client(**options: Any) -> AsyncIterator[tuple[InProcessCluster
 
 
 @pytest.fixture
-async def cc() -> AsyncIterator[tuple[InProcessCluster, AsyncClient]]:
-    async with cluster_client() as pair:
-        yield pair
+async def cc(trioflow_cluster: InProcessCluster, trioflow_client: AsyncClient) -> AsyncIterator[tuple[InProcessCluster, AsyncClient]]:
+    """The shipped fixtures (options from ``@pytest.mark.trioflow_cluster``) as
+    one pair, opening the gate before they close so the workers' threads can
+    finish."""
+    try:
+        yield trioflow_cluster, trioflow_client
+    finally:
+        _gate.set()
 
 
 @pytest.fixture
 async def c(cc: tuple[InProcessCluster, AsyncClient]) -> AsyncClient:
     return cc[1]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = 5, what: str = "condition") -> None:
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(0.005)
-        return
-    raise AssertionError(f"{what} not reached within {timeout}s")
 
 
 def processing_keys(cluster: InProcessCluster) -> set[str]:
@@ -228,6 +226,14 @@ async def test_impure_keys_differ(c: AsyncClient) -> None:
         assert a.key.startswith("inc-") and b.key.startswith("inc-")
         assert await c.gather([a, b]) == [2, 2]
 
+
+
+@pytest.mark.parametrize("trioflow_cluster", [{"n_workers": 1}, {"n_workers": 3, "threads_per_worker": 2}], indirect=True)
+async def test_shipped_fixture_takes_an_indirect_parameter(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
+    info = (await c.scheduler_info())["workers"]
+    assert len(info) == len(cluster.workers) in (1, 3)
+    assert {w.nthreads for w in cluster.workers} == ({1} if len(info) == 1 else {2})
 
 async def test_explicit_key(cc: tuple[InProcessCluster, AsyncClient]) -> None:
     cluster, c = cc
@@ -541,20 +547,21 @@ async def test_who_has_has_what_nthreads(cc: tuple[InProcessCluster, AsyncClient
         assert await c.nthreads() == {w0.address: 1, w1.address: 1}
 
 
-async def test_scheduler_info() -> None:
+@pytest.mark.trioflow_cluster(n_workers=2, threads_per_worker=2, memory_limit="1GB", resources={"GPU": 2})
+async def test_scheduler_info(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
     with trio.fail_after(10):
-        async with cluster_client(n_workers=2, threads_per_worker=2, memory_limit="1GB", resources={"GPU": 2}) as (cluster, c):
-            info = await c.scheduler_info()
-            assert info["address"] == cluster.scheduler_address
-            assert info["id"] == cluster.scheduler.id
-            assert set(info["workers"]) == {w.address for w in cluster.workers}
-            for w in cluster.workers:
-                wi = info["workers"][w.address]
-                assert wi["name"] == w.name
-                assert wi["nthreads"] == 2
-                assert wi["memory_limit"] == 1_000_000_000
-                assert wi["resources"] == {"GPU": 2}
-            assert await c.nthreads() == {w.address: 2 for w in cluster.workers}
+        info = await c.scheduler_info()
+        assert info["address"] == cluster.scheduler_address
+        assert info["id"] == cluster.scheduler.id
+        assert set(info["workers"]) == {w.address for w in cluster.workers}
+        for w in cluster.workers:
+            wi = info["workers"][w.address]
+            assert wi["name"] == w.name
+            assert wi["nthreads"] == 2
+            assert wi["memory_limit"] == 1_000_000_000
+            assert wi["resources"] == {"GPU": 2}
+        assert await c.nthreads() == {w.address: 2 for w in cluster.workers}
 
 
 async def test_run_on_workers(cc: tuple[InProcessCluster, AsyncClient]) -> None:
@@ -858,36 +865,38 @@ async def test_retries(c: AsyncClient) -> None:
             await (await c.submit(flaky, token, 2, retries=1))
 
 
-async def test_resources() -> None:
+@pytest.mark.trioflow_cluster(n_workers=1, threads_per_worker=2)
+async def test_resources(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
     token = f"res-{time.time_ns()}"
     with trio.fail_after(10):
-        async with cluster_client(n_workers=1, threads_per_worker=2) as (cluster, c):
-            plain = cluster.workers[0]
-            gpu = await cluster.start_worker(name="gpu-worker", nthreads=3, resources={"GPU": 1})
-            fs = await c.map(count_concurrent, [token] * 6, range(6), resources={"GPU": 1})
-            assert await c.gather(fs) == list(range(6))
-            assert all(v == [gpu.address] for v in (await c.who_has(fs)).values())
-            # one unit of GPU: never two of these at once, though it has three threads
-            assert _concurrency[f"{token}/gpu-worker"][1] == 1
-            assert f"{token}/{plain.name}" not in _concurrency
-            # nobody has enough: it waits, and runs once a worker that can joins
-            big = await c.submit(inc, 1, resources={"GPU": 2})
-            await trio.sleep(0.1)
-            assert not big.done()
-            assert cluster.scheduler.state.tasks[big.key].state == "no-worker"
-            big_worker = await cluster.start_worker(name="big-gpu", resources={"GPU": 2})
-            assert await big == 2
-            assert (await c.who_has([big]))[big.key] == [big_worker.address]
+        plain = cluster.workers[0]
+        gpu = await cluster.start_worker(name="gpu-worker", nthreads=3, resources={"GPU": 1})
+        fs = await c.map(count_concurrent, [token] * 6, range(6), resources={"GPU": 1})
+        assert await c.gather(fs) == list(range(6))
+        assert all(v == [gpu.address] for v in (await c.who_has(fs)).values())
+        # one unit of GPU: never two of these at once, though it has three threads
+        assert _concurrency[f"{token}/gpu-worker"][1] == 1
+        assert f"{token}/{plain.name}" not in _concurrency
+        # nobody has enough: it waits, and runs once a worker that can joins
+        big = await c.submit(inc, 1, resources={"GPU": 2})
+        tasks = cluster.scheduler.state.tasks
+        await wait_until(lambda: big.key in tasks and tasks[big.key].state == "no-worker", what="the task to wait for a worker")
+        assert not big.done()
+        big_worker = await cluster.start_worker(name="big-gpu", resources={"GPU": 2})
+        assert await big == 2
+        assert (await c.who_has([big]))[big.key] == [big_worker.address]
 
 
-async def test_resources_from_open_cluster() -> None:
+@pytest.mark.trioflow_cluster(n_workers=2, threads_per_worker=2, resources={"slot": 1})
+async def test_resources_from_open_cluster(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
     token = f"res-{time.time_ns()}"
     with trio.fail_after(10):
-        async with cluster_client(n_workers=2, threads_per_worker=2, resources={"slot": 1}) as (cluster, c):
-            fs = await c.map(count_concurrent, [token] * 8, range(8), resources={"slot": 1})
-            assert await c.gather(fs) == list(range(8))
-            for w in cluster.workers:
-                assert _concurrency.get(f"{token}/{w.name}", [0, 1])[1] == 1
+        fs = await c.map(count_concurrent, [token] * 8, range(8), resources={"slot": 1})
+        assert await c.gather(fs) == list(range(8))
+        for w in cluster.workers:
+            assert _concurrency.get(f"{token}/{w.name}", [0, 1])[1] == 1
 
 
 async def test_workers_restriction(cc: tuple[InProcessCluster, AsyncClient]) -> None:
@@ -900,9 +909,9 @@ async def test_workers_restriction(cc: tuple[InProcessCluster, AsyncClient]) -> 
         assert {r[1] for r in await c.gather(by_name)} == {w0.address}
         # nobody matches: the task waits
         nowhere = await c.submit(inc, 1, workers=["no-such-worker"])
-        await trio.sleep(0.1)
+        tasks = cluster.scheduler.state.tasks
+        await wait_until(lambda: nowhere.key in tasks and tasks[nowhere.key].state == "no-worker", what="the task to wait for its worker")
         assert not nowhere.done()
-        assert cluster.scheduler.state.tasks[nowhere.key].state == "no-worker"
         late = await cluster.start_worker(name="no-such-worker")
         assert await nowhere == 2
         assert (await c.who_has([nowhere]))[nowhere.key] == [late.address]
@@ -1120,14 +1129,15 @@ async def test_lost_scattered_data_errs(cc: tuple[InProcessCluster, AsyncClient]
             await (await c.submit(inc, s))
 
 
-async def test_no_workers_yet() -> None:
+@pytest.mark.trioflow_cluster(n_workers=0)
+async def test_no_workers_yet(cc: tuple[InProcessCluster, AsyncClient]) -> None:
+    cluster, c = cc
     with trio.fail_after(10):
-        async with cluster_client(n_workers=0) as (cluster, c):
-            f = await c.submit(inc, 1)
-            await trio.sleep(0.05)
-            assert not f.done()
-            await cluster.start_worker()
-            assert await f == 2
+        f = await c.submit(inc, 1)
+        await trio.sleep(0.05)
+        assert not f.done()
+        await cluster.start_worker()
+        assert await f == 2
 
 
 async def test_invalid_graph_errs_the_futures(c: AsyncClient) -> None:
@@ -1194,7 +1204,9 @@ async def test_concurrent_awaits(c: AsyncClient) -> None:
 
 
 @pytest.mark.slow
-async def test_module_missing_on_a_subprocess_worker(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.trioflow_cluster(n_workers=0)
+async def test_module_missing_on_a_subprocess_worker(cc: tuple[InProcessCluster, AsyncClient], tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster, c = cc
     """The real thing: the module exists only where the client runs."""
     import os
     import signal
@@ -1206,27 +1218,26 @@ async def test_module_missing_on_a_subprocess_worker(tmp_path: Any, monkeypatch:
     mod = __import__(modname)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     with trio.fail_after(30):
-        async with cluster_client(n_workers=0) as (cluster, c):
-            proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "trioflow.worker", cluster.scheduler_address, "--no-nanny", "--no-dashboard", "--nthreads", "1", "--name", "sub", "--memory-limit", "0"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            try:
-                await c.wait_for_workers(1, timeout=20)
-                f = await c.submit(mod.triple, 2)
-                with pytest.raises(ModuleNotFoundError, match=modname):
-                    await f
-                assert "Remote traceback" in "\n".join((await f.exception()).__notes__)
-                assert await (await c.submit(abs, -4)) == 4  # and it carries on
-            finally:
-                with trio.move_on_after(10) as scope:
-                    proc.send_signal(signal.SIGTERM)
-                    assert await proc.wait() == 0
-                if scope.cancelled_caught:
-                    proc.kill()
-                    await proc.wait()
+        proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "trioflow.worker", cluster.scheduler_address, "--no-nanny", "--no-dashboard", "--nthreads", "1", "--name", "sub", "--memory-limit", "0"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            await c.wait_for_workers(1, timeout=20)
+            f = await c.submit(mod.triple, 2)
+            with pytest.raises(ModuleNotFoundError, match=modname):
+                await f
+            assert "Remote traceback" in "\n".join((await f.exception()).__notes__)
+            assert await (await c.submit(abs, -4)) == 4  # and it carries on
+        finally:
+            with trio.move_on_after(10) as scope:
+                proc.send_signal(signal.SIGTERM)
+                assert await proc.wait() == 0
+            if scope.cancelled_caught:
+                proc.kill()
+                await proc.wait()
 
 
 async def test_value_missing_from_worker_store_errs(cc: tuple[InProcessCluster, AsyncClient]) -> None:
@@ -1322,18 +1333,18 @@ async def test_scheduler_goes_away() -> None:
                 await c.submit(inc, 1)
 
 
-async def test_large_graphs_go_in_pieces_under_the_header_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.trioflow_cluster(validate=False)  # 620 tasks: validation after every step takes seconds
+async def test_large_graphs_go_in_pieces_under_the_header_cap(trioflow_client: AsyncClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = trioflow_client
     import trioflow.client.submit as core
 
     monkeypatch.setattr(core, "GRAPH_PIECE_TASKS", 50)
     with trio.fail_after(30):
-        async with open_cluster(n_workers=2) as cluster:
-            async with open_client(cluster) as c:
-                futures = await c.map(inc, range(500))
-                assert sum(await c.gather(futures)) == sum(range(1, 501))
-                # A chain across piece boundaries: dependencies are sent first.
-                prev = None
-                for _ in range(120):
-                    f = await c.submit(add, prev if prev is not None else 0, 1, pure=False)
-                    prev = f
-                assert await prev == 120
+        futures = await c.map(inc, range(500))
+        assert sum(await c.gather(futures)) == sum(range(1, 501))
+        # A chain across piece boundaries: dependencies are sent first.
+        prev = None
+        for _ in range(120):
+            f = await c.submit(add, prev if prev is not None else 0, 1, pure=False)
+            prev = f
+        assert await prev == 120

@@ -27,7 +27,7 @@ from pathlib import Path
 import cloudpickle
 import psutil
 import pytest
-from process_helpers import (  # noqa: E402
+from support import (  # noqa: E402
     BIN,
     LOCAL,
     SCHEDULER,
@@ -37,7 +37,7 @@ from process_helpers import (  # noqa: E402
     read_scheduler_file,
     start_scheduler,
     start_worker,
-    wait_for,
+    wait_until,
 )
 
 import trioflow
@@ -220,8 +220,8 @@ def test_scheduler_files_preload_and_sigterm(tmp_path: Path) -> None:
         assert re.search(r"Scheduler at:\s+" + re.escape(address), sched.text())
         info = json.loads(sfile.read_text())
         assert info["address"] == address and "services" in info
-        wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() == str(sched.pid), 5, "pid file")
-        wait_for(lambda: (marks / f"setup-Scheduler-{sched.pid}").exists(), 5, "the scheduler preload's setup")
+        wait_until(lambda: pid_file.exists() and pid_file.read_text().strip() == str(sched.pid), 5, "pid file")
+        wait_until(lambda: (marks / f"setup-Scheduler-{sched.pid}").exists(), 5, "the scheduler preload's setup")
         assert (marks / f"setup-Scheduler-{sched.pid}").read_text() == address
         # Client(scheduler_file=...) reads the same file.
         with Client(scheduler_file=str(sfile), timeout=10) as client:
@@ -255,7 +255,7 @@ def test_scheduler_reexecs_on_system_malloc(tmp_path: Path, monkeypatch: pytest.
     probe.write_text(PROBE.format(out=str(out)))
     with daemons() as start:
         sched, address, _ = start_scheduler(start, tmp_path, "--preload", str(probe), "--worker-ttl", "7.5")
-        wait_for(out.exists, 10, "the probe's report")
+        wait_until(out.exists, 10, "the probe's report")
         seen = json.loads(out.read_text())
         with Client(address, timeout=10) as client:
             assert client.scheduler_info()["address"] == address
@@ -381,7 +381,7 @@ def test_kill_worker_process_is_restarted(tmp_path: Path) -> None:
             child.kill()
             w.wait_for_text(r"died \(killed by SIGKILL\); restarting")
             w.wait_for_text(r"Registered to:", count=2)
-            wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, 10, "the restarted worker")
+            wait_until(lambda: len(client.scheduler_info()["workers"]) == 1, 10, "the restarted worker")
             (new,) = w.children()
             assert new.pid != child.pid
             assert client.submit(_pid, pure=False).result(timeout=10) == new.pid
@@ -398,11 +398,11 @@ def test_kill_nanny_takes_its_worker_down(tmp_path: Path) -> None:
             client.wait_for_workers(1, timeout=10)
             marker = tmp_path / "running"
             client.submit(_sleep_after_touch, str(marker), 30, pure=False)
-            wait_for(marker.exists, 10, "the task to start")
+            wait_until(marker.exists, 10, "the task to start")
             w.proc.kill()
             w.proc.wait(5)
             gone = time.monotonic()
-            wait_for(lambda: not _alive(child.pid), 3, "the orphaned worker process to exit")
+            wait_until(lambda: not _alive(child.pid), 3, "the orphaned worker process to exit")
             assert time.monotonic() - gone < 1.0
 
 
@@ -424,7 +424,7 @@ def test_memory_limit_restarts_worker_and_counts_towards_killed_worker(tmp_path:
             text = w.text()
             assert len(re.findall(r"over 95% of its \d+ MB memory limit; restarting", text)) == 4, text
             # The nanny is still there, with a fresh worker.
-            wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, 10, "a fresh worker")
+            wait_until(lambda: len(client.scheduler_info()["workers"]) == 1, 10, "a fresh worker")
             assert client.submit(_inc, 1).result(timeout=10) == 2
         assert "Traceback" not in sched.text()
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from process_helpers import BIN, Daemon, daemons, read_scheduler_file, wait_for  # noqa: E402
+from support import BIN, Daemon, daemons, read_scheduler_file, wait_until  # noqa: E402
 
 import trioflow
 from trioflow import Client
@@ -206,7 +206,7 @@ def test_worker_cut_off_mid_graph_is_dropped_and_rejoins(lan: VirtualLAN, tmp_pa
             # About 4 s of work on three workers, then a tree over it.
             leaves = client.map(_slow_inc, range(300))
             total = _tree_sum(client, leaves)
-            wait_for(lambda: sum(f.done() for f in leaves) >= 40, 20, "the graph to get going")
+            wait_until(lambda: sum(f.done() for f in leaves) >= 40, 20, "the graph to get going")
             assert not total.done()
             lan.cut(victim_host)
             cut_at = time.monotonic()

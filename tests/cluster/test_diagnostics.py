@@ -25,6 +25,7 @@ import trio
 import trio_websocket
 import wsproto
 import wsproto.events
+from support import wait_until
 from trio_websocket import open_websocket_url
 
 from trioflow import open_client, open_cluster
@@ -36,7 +37,11 @@ from trioflow.diagnostics import (
 )
 from trioflow.diagnostics.sources import _Tail
 
-STATIC = Path(__file__).resolve().parent.parent / "trioflow" / "diagnostics" / "static"
+#: Every ``trioflow_cluster`` in this file serves its dashboard on a free port.
+pytestmark = pytest.mark.trioflow_cluster(dashboard_address="127.0.0.1:0")
+
+
+STATIC = Path(__file__).resolve().parents[2] / "trioflow" / "diagnostics" / "static"
 
 # ---------------------------------------------------------------- task functions
 
@@ -154,12 +159,6 @@ async def receive_json(ws: trio_websocket.WebSocketConnection, timeout: float = 
         return json.loads(await ws.get_message())  # type: ignore[no-any-return]
 
 
-async def wait_until(predicate: Any, timeout: float = 10, step: float = 0.02) -> None:
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(step)
-
-
 class RawViewer:
     """A websocket client on wsproto (sans-IO): full control, closes its socket."""
 
@@ -202,9 +201,10 @@ async def raw_viewer(port: int) -> AsyncIterator[RawViewer]:
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[Any]:
-    async with open_cluster(n_workers=2, dashboard_address="127.0.0.1:0") as c:
-        yield c
+async def cluster(trioflow_cluster: Any) -> Any:
+    """The shipped ``trioflow_cluster`` with its dashboard on a free port
+    (``pytestmark`` above)."""
+    return trioflow_cluster
 
 
 def port_of(cluster: Any) -> int:
@@ -344,24 +344,25 @@ async def test_static_files_are_self_contained() -> None:
 # ---------------------------------------------------------------- flags
 
 
-async def test_prefix() -> None:
-    async with open_cluster(n_workers=1, dashboard_address="127.0.0.1:0", scheduler_options={"dashboard_prefix": "/dash/"}) as c:
-        port = port_of(c)
-        assert (await fetch(port, "/dash/health"))[:3:2] == (200, b"ok")
-        assert (await fetch(port, "/health"))[0] == 404
-        assert (await fetch(port, "/metrics"))[0] == 404
-        for path in ("/", "/dash"):
-            status, headers, _ = await fetch(port, path)
-            assert status == 302 and headers["location"] == "/dash/"
-        for path in ("/dash/", "/dash/status", "/dash/workers", "/dash/metrics", "/dash/json/identity.json", "/dash/static/dashboard.js"):
-            assert (await fetch(port, path))[0] == 200, path
-        status, _, body = await fetch(port, "/dash/workers")
-        assert b'href="/dash/static/dashboard.css"' in body
-        async with open_websocket_url(f"ws://127.0.0.1:{port}/dash/ws") as ws:
-            assert (await receive_json(ws))["type"] == "history"
-            assert (await receive_json(ws))["type"] == "snapshot"
-        assert await ws_status(port, "/ws") == 404
-        assert await ws_status(port, "/dash/ws") == 101
+@pytest.mark.trioflow_cluster(n_workers=1, dashboard_address="127.0.0.1:0", scheduler_options={"dashboard_prefix": "/dash/"})
+async def test_prefix(trioflow_cluster: Any) -> None:
+    c = trioflow_cluster
+    port = port_of(c)
+    assert (await fetch(port, "/dash/health"))[:3:2] == (200, b"ok")
+    assert (await fetch(port, "/health"))[0] == 404
+    assert (await fetch(port, "/metrics"))[0] == 404
+    for path in ("/", "/dash"):
+        status, headers, _ = await fetch(port, path)
+        assert status == 302 and headers["location"] == "/dash/"
+    for path in ("/dash/", "/dash/status", "/dash/workers", "/dash/metrics", "/dash/json/identity.json", "/dash/static/dashboard.js"):
+        assert (await fetch(port, path))[0] == 200, path
+    status, _, body = await fetch(port, "/dash/workers")
+    assert b'href="/dash/static/dashboard.css"' in body
+    async with open_websocket_url(f"ws://127.0.0.1:{port}/dash/ws") as ws:
+        assert (await receive_json(ws))["type"] == "history"
+        assert (await receive_json(ws))["type"] == "snapshot"
+    assert await ws_status(port, "/ws") == 404
+    assert await ws_status(port, "/dash/ws") == 101
 
 
 @pytest.mark.parametrize(
@@ -415,38 +416,39 @@ async def test_scheduler_port_in_use_is_an_error() -> None:
                 pass  # pragma: no cover
 
 
-async def test_worker_dashboard_and_port_fallback(caplog: pytest.LogCaptureFixture) -> None:
-    async with open_cluster(n_workers=1) as c, open_client(c) as client:
-        worker = c.workers[0]
-        with socket.socket() as busy:
-            busy.bind(("127.0.0.1", 0))
-            busy.listen()
-            taken = busy.getsockname()[1]
-            async with trio.open_nursery() as nursery:
-                port = await nursery.start(serve_dashboard, worker, f"127.0.0.1:{taken}")
-                assert port != taken
-                assert f"dashboard port {taken} is in use; serving this worker's dashboard on port {port} instead" in caplog.text
+@pytest.mark.trioflow_cluster(n_workers=1)
+async def test_worker_dashboard_and_port_fallback(trioflow_cluster: Any, trioflow_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    c, client = trioflow_cluster, trioflow_client
+    worker = c.workers[0]
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve_dashboard, worker, f"127.0.0.1:{taken}")
+            assert port != taken
+            assert f"dashboard port {taken} is in use; serving this worker's dashboard on port {port} instead" in caplog.text
 
-                futures = await client.map(slow_inc, range(5))
-                assert await client.gather(futures) == [1, 2, 3, 4, 5]
-                assert (await fetch(port, "/health"))[:3:2] == (200, b"ok")
-                status, _, body = await fetch(port, "/")
-                assert status == 200 and b"dashboard.js" in body
-                ident = json.loads((await fetch(port, "/json/identity.json"))[2])
-                assert ident["type"] == "Worker" and ident["address"] == worker.address
-                metrics = (await fetch(port, "/metrics"))[2].decode()
-                assert "trioflow_threads 1" in metrics
-                assert 'trioflow_worker_tasks{state="memory"} 5' in metrics
-                assert "trioflow_bytes_transferred_total 0" in metrics
-                assert "trioflow_tasks_executed_total 5" in metrics
-                async with open_websocket_url(f"ws://127.0.0.1:{port}/ws") as ws:
-                    history = await receive_json(ws)
-                    assert [e[0] for e in history["stream"]][-5:] and history["type"] == "history"
-                    snap = await receive_json(ws)
-                    assert snap["kind"] == "worker"
-                    assert snap["workers"][0]["address"] == worker.address
-                    assert snap["prefixes"][0]["name"] == "slow_inc" and snap["prefixes"][0]["memory"] == 5
-                nursery.cancel_scope.cancel()
+            futures = await client.map(slow_inc, range(5))
+            assert await client.gather(futures) == [1, 2, 3, 4, 5]
+            assert (await fetch(port, "/health"))[:3:2] == (200, b"ok")
+            status, _, body = await fetch(port, "/")
+            assert status == 200 and b"dashboard.js" in body
+            ident = json.loads((await fetch(port, "/json/identity.json"))[2])
+            assert ident["type"] == "Worker" and ident["address"] == worker.address
+            metrics = (await fetch(port, "/metrics"))[2].decode()
+            assert "trioflow_threads 1" in metrics
+            assert 'trioflow_worker_tasks{state="memory"} 5' in metrics
+            assert "trioflow_bytes_transferred_total 0" in metrics
+            assert "trioflow_tasks_executed_total 5" in metrics
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/ws") as ws:
+                history = await receive_json(ws)
+                assert [e[0] for e in history["stream"]][-5:] and history["type"] == "history"
+                snap = await receive_json(ws)
+                assert snap["kind"] == "worker"
+                assert snap["workers"][0]["address"] == worker.address
+                assert snap["prefixes"][0]["name"] == "slow_inc" and snap["prefixes"][0]["memory"] == 5
+            nursery.cancel_scope.cancel()
 
 
 # ---------------------------------------------------------------- the stream

@@ -1,35 +1,114 @@
-"""Real processes for tests: a daemon with its output in a file, stopped
-with a SIGTERM -> SIGKILL ladder together with everything it started."""
+"""What the tests share: waiting on a condition, comm test servers, and real
+processes (a daemon with its output in a file, stopped with a SIGTERM ->
+SIGKILL ladder together with everything it started).
+
+Import it as ``from support import ...`` (``tests/conftest.py`` puts the
+tests directory on ``sys.path``).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
+import trio
 
-BIN = Path(sys.executable).parent
-SCHEDULER = str(BIN / "trioflow-scheduler")
-WORKER = str(BIN / "trioflow-worker")
-LOCAL = ["--host", "127.0.0.1"]
+from trioflow.comm import Comm, CommClosedError, Listener, listen
+from trioflow.protocol import messages as m
+
+# ---------------------------------------------------------------- waiting
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 10, what: str | None = None, interval: float = 0.01) -> Any:
+    """Wait until ``predicate()`` is true and return its value; fail the test
+    with "timed out after {timeout}s waiting for {what}" otherwise.
+
+    One helper for both kinds of test: inside Trio it returns an awaitable
+    (``await wait_until(...)``, polling with ``trio.sleep``); in plain code it
+    blocks (``wait_until(...)``, polling with ``time.sleep``).  A predicate
+    may raise to fail at once (a process that exited, say).
+    """
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return _wait_blocking(predicate, timeout, what, interval)
+    return _wait_trio(predicate, timeout, what, interval)
+
+
+def _timed_out(predicate: Callable[[], Any], timeout: float, what: str | None) -> AssertionError:
+    name = what or getattr(predicate, "__qualname__", repr(predicate))
+    return AssertionError(f"timed out after {timeout}s waiting for {name}")
+
+
+def _wait_blocking(predicate: Callable[[], Any], timeout: float, what: str | None, interval: float) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise _timed_out(predicate, timeout, what)
         time.sleep(interval)
+
+
+async def _wait_trio(predicate: Callable[[], Any], timeout: float, what: str | None, interval: float) -> Any:
+    with trio.move_on_after(timeout):
+        while True:
+            value = predicate()
+            if value:
+                return value
+            await trio.sleep(interval)
+    raise _timed_out(predicate, timeout, what)
+
+
+# ---------------------------------------------------------------- comms (plain and TLS)
+
+Handler = Callable[[Comm], Awaitable[None]]
+
+
+async def echo(comm: Comm) -> None:
+    while True:
+        try:
+            msg = await comm.recv()
+        except CommClosedError as exc:
+            if exc.clean:
+                return  # hung up between messages: fine
+            raise  # cut short: let listen() log it
+        await comm.send(msg)
+
+
+async def start(nursery: trio.Nursery, address: str, handler: Handler = echo, **kwargs: Any) -> Listener:
+    kwargs.setdefault("role", "scheduler")
+    kwargs.setdefault("name", "sched")
+    return await nursery.start(functools.partial(listen, address, handler, **kwargs))
+
+
+def warnings_from(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("trioflow")]
+
+
+async def echo_once(comm: Comm, msg: m.Message) -> m.Message:
+    await comm.send(msg)
+    return await comm.recv()
+
+
+# ---------------------------------------------------------------- real processes
+
+BIN = Path(sys.executable).parent
+SCHEDULER = str(BIN / "trioflow-scheduler")
+WORKER = str(BIN / "trioflow-worker")
+LOCAL = ["--host", "127.0.0.1"]
 
 
 def _alive(pid: int) -> bool:
@@ -73,7 +152,7 @@ class Daemon:
             return None
 
         try:
-            return wait_for(found, timeout, f"{pattern!r} in the output of {' '.join(self.args)}")  # type: ignore[no-any-return]
+            return _wait_blocking(found, timeout, f"{pattern!r} in the output of {' '.join(self.args)}", 0.05)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n--- output:\n{self.text()}") from None
 
@@ -132,7 +211,7 @@ def read_scheduler_file(path: Path, timeout: float = 20) -> dict[str, Any]:
         except (OSError, ValueError):
             return None
 
-    return wait_for(load, timeout, f"scheduler file {path}")  # type: ignore[no-any-return]
+    return _wait_blocking(load, timeout, f"scheduler file {path}", 0.05)
 
 
 def start_scheduler(start: Callable[..., Daemon], tmp: Path, *extra: str, port: int = 0, name: str = "scheduler") -> tuple[Daemon, str, Path]:

@@ -28,7 +28,7 @@ from trioflow import open_client, open_cluster
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = ROOT / "docs" / "_static" / "dashboard.png"
 CHROMIUM_ARGS = [

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import trio
 import trustme
-from comm_helpers import echo, echo_once, start, warnings_from  # noqa: E402
+from support import echo, echo_once, start, warnings_from  # noqa: E402
 
 from trioflow.comm import (
     Comm,

@@ -913,7 +913,7 @@ def test_packed_priority_sorts_like_the_tuple_and_unpacks_to_it(a: tuple[int, in
 def test_state_modules_import_no_trio() -> None:
     # trioflow/__init__ imports the servers (and so trio): load the two state
     # modules under empty stand-in packages instead.
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     code = textwrap.dedent(
         f"""
         import sys, types

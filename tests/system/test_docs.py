@@ -43,7 +43,7 @@ import pytest
 
 import trioflow
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 EXAMPLE_TIMEOUT = 150.0
 
 #: Examples that fail because of a known trioflow bug: test id -> (a line of

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support import wait_until
 
 from trioflow import (
     CancelledError,
@@ -61,14 +62,6 @@ _gate = threading.Event()
 def blocked(x: Any = None) -> Any:
     _gate.wait(10)
     return x
-
-
-def wait_until(predicate: Any, timeout: float = 5, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s")
-        time.sleep(0.005)
 
 
 @pytest.fixture
