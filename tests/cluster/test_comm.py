@@ -41,7 +41,8 @@ from trioflow.comm import (
     listen,
 )
 from trioflow.comm.addressing import parse_address
-from trioflow.comm.core import HANDSHAKE_LIMITS, StreamComm, client_handshake
+from trioflow.comm.connect import client_handshake
+from trioflow.comm.core import HANDSHAKE_LIMITS, StreamComm
 from trioflow.comm.inproc import connect_inproc, new_inproc_name
 from trioflow.protocol import messages as m
 from trioflow.protocol.codec import Limits
