@@ -37,9 +37,9 @@ from trioflow.protocol.messages import (
 )
 from trioflow.protocol.serialize import dumps, loads
 from trioflow.scheduler.state import (
-    AddClient,
+    AddClientEvent,
     AddKeysEvent,
-    AddWorker,
+    AddWorkerEvent,
     CancelKeysEvent,
     HeartbeatEvent,
     InvalidEvent,
@@ -48,8 +48,8 @@ from trioflow.scheduler.state import (
     MissingDataEvent,
     ReleaseKeysEvent,
     ReleaseWorkerDataEvent,
-    RemoveClient,
-    RemoveWorker,
+    RemoveClientEvent,
+    RemoveWorkerEvent,
     RescheduleEvent,
     SchedulerState,
     StealResponseEvent,
@@ -176,11 +176,11 @@ class SchedulerMachine(RuleBasedStateMachine):
         # Start with a client and some workers, so that steps go to work;
         # a low saturation queues root tasks early, inf turns queuing off.
         self.s = SchedulerState(allowed_failures=1, worker_saturation=saturation)
-        self.handle(AddClient(client=CLIENTS[0]))
+        self.handle(AddClientEvent(client=CLIENTS[0]))
         self.wants[CLIENTS[0]] = set()
         for name in NAMES[:workers]:
             self.assigned[addr(name)] = set()
-            self.handle(AddWorker(address=addr(name), name=name, nthreads=1, memory_limit=10**9))
+            self.handle(AddWorkerEvent(address=addr(name), name=name, nthreads=1, memory_limit=10**9))
 
     # ------------------------------------------------------------ plumbing
 
@@ -274,15 +274,15 @@ class SchedulerMachine(RuleBasedStateMachine):
     def add_client(self, i: int) -> None:
         c = CLIENTS[i]
         if c in self.s.clients:
-            expect_invalid(self.s, AddClient(client=c))
+            expect_invalid(self.s, AddClientEvent(client=c))
             return
-        self.handle(AddClient(client=c))
+        self.handle(AddClientEvent(client=c))
         self.wants[c] = set()
 
     @rule(i=st.integers(0, len(CLIENTS) - 1))
     def remove_client(self, i: int) -> None:
         c = CLIENTS[i]
-        self.handle(RemoveClient(client=c))
+        self.handle(RemoveClientEvent(client=c))
         self.wants.pop(c, None)
 
     @precondition(lambda self: self.s.clients)
@@ -396,8 +396,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         s = self.s
         name = NAMES[i]
         if addr(name) in s.workers:
-            expect_invalid(s, AddWorker(address=addr(name), name=name + "-other", nthreads=1, memory_limit=0))
-            expect_invalid(s, AddWorker(address=addr(name) + ":2", name=name, nthreads=1, memory_limit=0))
+            expect_invalid(s, AddWorkerEvent(address=addr(name), name=name + "-other", nthreads=1, memory_limit=0))
+            expect_invalid(s, AddWorkerEvent(address=addr(name) + ":2", name=name, nthreads=1, memory_limit=0))
             return
         # A worker that reconnects may say it already holds some keys.
         held = {}
@@ -407,16 +407,16 @@ class SchedulerMachine(RuleBasedStateMachine):
         held["unknown-key"] = 1
         resources = {"GPU": float(gpu)} if gpu else {}
         self.assigned[addr(name)] = set()
-        self.handle(AddWorker(address=addr(name), name=name, nthreads=nthreads, memory_limit=10**9, resources=resources, nbytes=held))
+        self.handle(AddWorkerEvent(address=addr(name), name=name, nthreads=nthreads, memory_limit=10**9, resources=resources, nbytes=held))
 
     @precondition(lambda self: self.s.workers)
     @rule(data=st.data(), safe=st.booleans())
     def remove_worker(self, data: st.DataObject, safe: bool) -> None:
         a = data.draw(st.sampled_from(sorted(self.s.workers)), label="worker")
-        self.handle(RemoveWorker(address=a, safe=safe, reason="test"))
+        self.handle(RemoveWorkerEvent(address=a, safe=safe, reason="test"))
         self.assigned.pop(a, None)
         # Removal is idempotent.
-        assert self.handle(RemoveWorker(address=a)) == []
+        assert self.handle(RemoveWorkerEvent(address=a)) == []
 
     @precondition(lambda self: self.s.workers)
     @rule(data=st.data(), paused=st.booleans())
@@ -527,8 +527,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             TaskErredEvent(worker="tcp://nowhere", key="k", exception=None, exception_text="", traceback_text="", type_name=""),
             HeartbeatEvent(worker="tcp://nowhere", metrics={}),
             AddKeysEvent(worker="tcp://nowhere", nbytes={"k": 1}),
-            AddWorker(address="tcp://bad", name="bad", nthreads=0, memory_limit=0),
-            AddWorker(address="tcp://bad", name="bad", nthreads=1, memory_limit=0, nbytes={"k": -1}),
+            AddWorkerEvent(address="tcp://bad", name="bad", nthreads=0, memory_limit=0),
+            AddWorkerEvent(address="tcp://bad", name="bad", nthreads=1, memory_limit=0, nbytes={"k": -1}),
         ]
         if s.clients:
             c = sorted(s.clients)[0]
@@ -565,7 +565,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         assert snapshot(early) == snapshot(s)
         # ... and dropping every client right now, mid-flight, forgets everything.
         for c in list(early.clients):
-            early.handle(RemoveClient(client=c), self.now + 1)
+            early.handle(RemoveClientEvent(client=c), self.now + 1)
         early.validate()
         assert not early.tasks, early.tasks
 
@@ -574,12 +574,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         for name in NAMES:
             ws = s.workers.get(addr(name))
             if ws is not None and ws.resources.get("GPU", 0) < MAX_GPU:
-                self.handle(RemoveWorker(address=ws.address, safe=True))
+                self.handle(RemoveWorkerEvent(address=ws.address, safe=True))
                 self.assigned.pop(ws.address, None)
                 ws = None
             if ws is None:
                 self.assigned[addr(name)] = set()
-                self.handle(AddWorker(address=addr(name), name=name, nthreads=2, memory_limit=10**9, resources={"GPU": MAX_GPU}))
+                self.handle(AddWorkerEvent(address=addr(name), name=name, nthreads=2, memory_limit=10**9, resources={"GPU": MAX_GPU}))
         for a in list(s.workers):
             self.handle(HeartbeatEvent(worker=a, metrics={"paused": False}))
         for _ in range(10 * len(s.tasks) + 10):
@@ -598,7 +598,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.clients_told_the_outcome()
 
         for c in list(s.clients):
-            self.handle(RemoveClient(client=c))
+            self.handle(RemoveClientEvent(client=c))
         s.validate()
         assert not s.tasks, s.tasks
         assert all(not ws.has_what and not ws.processing and ws.nbytes == 0 for ws in s.workers.values())
@@ -628,7 +628,7 @@ class Sim:
         self.s = SchedulerState(allowed_failures=allowed_failures, validate=True, worker_saturation=worker_saturation)
         self.now = 0.0
         self.client = client
-        self.handle(AddClient(client=client))
+        self.handle(AddClientEvent(client=client))
 
     def handle(self, ev) -> list:
         self.now += 1
@@ -637,7 +637,7 @@ class Sim:
         return out
 
     def worker(self, name: str, nthreads: int = 1, **kw) -> list:
-        return self.handle(AddWorker(address=addr(name), name=name, nthreads=nthreads, memory_limit=0, **kw))
+        return self.handle(AddWorkerEvent(address=addr(name), name=name, nthreads=nthreads, memory_limit=0, **kw))
 
     def submit(self, *specs: TaskSpec, keys: list[str] | None = None) -> list:
         return self.handle(UpdateGraphEvent(client=self.client, tasks=list(specs), keys=[sp.key for sp in specs] if keys is None else keys))
@@ -703,7 +703,7 @@ def test_illegal_transition_raises_and_changes_nothing() -> None:
     with pytest.raises(InvalidTransition, match="no holder"):
         s._transitions({s.tasks["r"]: "memory"})
     assert snapshot(s) == before
-    s.handle(RemoveWorker(address=addr("a")), sim.now + 1)  # x lost, to run again
+    s.handle(RemoveWorkerEvent(address=addr("a")), sim.now + 1)  # x lost, to run again
     assert sim.state("x") == "no-worker" and not s.tasks["x"].who_has
     before = snapshot(s)
     with pytest.raises(InvalidTransition, match="no holder"):
@@ -724,11 +724,11 @@ def _populated() -> Sim:
 
 
 INVALID_EVENTS = {
-    "duplicate worker address": AddWorker(address=addr("a"), name="other", nthreads=1, memory_limit=0),
-    "duplicate worker name": AddWorker(address="tcp://elsewhere", name="a", nthreads=1, memory_limit=0),
-    "no threads": AddWorker(address="tcp://new", name="new", nthreads=0, memory_limit=0),
-    "negative worker resource": AddWorker(address="tcp://new", name="new", nthreads=1, memory_limit=0, resources={"GPU": -1}),
-    "worker holds negative size": AddWorker(address="tcp://new", name="new", nthreads=1, memory_limit=0, nbytes={"x": -1}),
+    "duplicate worker address": AddWorkerEvent(address=addr("a"), name="other", nthreads=1, memory_limit=0),
+    "duplicate worker name": AddWorkerEvent(address="tcp://elsewhere", name="a", nthreads=1, memory_limit=0),
+    "no threads": AddWorkerEvent(address="tcp://new", name="new", nthreads=0, memory_limit=0),
+    "negative worker resource": AddWorkerEvent(address="tcp://new", name="new", nthreads=1, memory_limit=0, resources={"GPU": -1}),
+    "worker holds negative size": AddWorkerEvent(address="tcp://new", name="new", nthreads=1, memory_limit=0, nbytes={"x": -1}),
     "unknown dependency": UpdateGraphEvent(client="c", tasks=[spec("n", ["nope"])], keys=["n"]),
     "unknown wanted key": UpdateGraphEvent(client="c", tasks=[spec("n")], keys=["n", "nope"]),
     "cycle": UpdateGraphEvent(client="c", tasks=[spec("n1", ["n3"]), spec("n2", ["n1"]), spec("n3", ["n2"])], keys=["n1"]),
@@ -738,7 +738,7 @@ INVALID_EVENTS = {
     "negative task resource": UpdateGraphEvent(client="c", tasks=[spec("n", resources={"GPU": -1})], keys=["n"]),
     "unknown client graph": UpdateGraphEvent(client="nobody", tasks=[spec("n")], keys=["n"]),
     "unknown client scatter": UpdateDataEvent(client="nobody", who_has={"n": [addr("a")]}, nbytes={"n": 1}),
-    "duplicate client": AddClient(client="c"),
+    "duplicate client": AddClientEvent(client="c"),
     "negative result size": TaskFinishedEvent(worker=addr("a"), key="y", nbytes=-1),
     "report from unknown worker": TaskFinishedEvent(worker="tcp://ghost", key="y", nbytes=1),
     "error from unknown worker": TaskErredEvent(worker="tcp://ghost", key="y", exception=None, exception_text="", traceback_text="", type_name=""),
@@ -766,7 +766,7 @@ def test_cycle_through_known_scattered_key_is_invalid() -> None:
     sim.worker("a")
     sim.handle(UpdateDataEvent(client="c", who_has={"s": [addr("a")]}, nbytes={"s": 1}))
     sim.submit(spec("t", ["s"]))
-    sim.handle(RemoveWorker(address=addr("a")))
+    sim.handle(RemoveWorkerEvent(address=addr("a")))
     assert (sim.state("s"), sim.state("t")) == ("erred", "erred")
     expect_invalid(sim.s, UpdateGraphEvent(client="c", tasks=[spec("s", ["t"])], keys=[]))
     expect_invalid(sim.s, UpdateGraphEvent(client="c", tasks=[spec("u", ["t"]), spec("s", ["u"])], keys=[]))
@@ -778,7 +778,7 @@ def test_killed_worker_after_allowed_failures() -> None:
     for i in range(3):
         sim.worker(f"w{i}")
         assert sim.state("x") == "processing"
-        out = sim.handle(RemoveWorker(address=addr(f"w{i}"), safe=False))
+        out = sim.handle(RemoveWorkerEvent(address=addr(f"w{i}"), safe=False))
     assert sim.state("x") == "erred"
     err = to_client(out, KeyErred)["x"]
     assert err.type_name == "KilledWorker"
@@ -792,7 +792,7 @@ def test_safe_removals_are_not_held_against_a_task() -> None:
     sim.submit(spec("x"))
     for i in range(3):
         sim.worker(f"w{i}")
-        sim.handle(RemoveWorker(address=addr(f"w{i}"), safe=True))
+        sim.handle(RemoveWorkerEvent(address=addr(f"w{i}"), safe=True))
     sim.worker("last")
     assert sim.state("x") == "processing"
 
@@ -823,7 +823,7 @@ def test_lost_data_is_recomputed_from_lineage() -> None:
     sim.finish("x")
     assert sim.state("y") == "processing"
     sim.worker("b")
-    out = sim.handle(RemoveWorker(address=addr("a")))
+    out = sim.handle(RemoveWorkerEvent(address=addr("a")))
     # x had no other holder and y still needs it: x runs again, once, on b.
     assert computes(out) == [(addr("b"), "x")]
     assert sim.state("y") == "waiting" and sim.s.tasks["y"].waiting_on == {sim.s.tasks["x"]}
@@ -846,7 +846,7 @@ def test_lost_scattered_data_errs_saying_so() -> None:
     sim.finish("t")
     sim.submit(spec("u", ["s"], workers=["b"]))  # still needs s
     assert sim.state("u") == "processing"
-    out = sim.handle(RemoveWorker(address=addr("a")))
+    out = sim.handle(RemoveWorkerEvent(address=addr("a")))
     errs = to_client(out, KeyErred)
     assert sim.state("s") == "erred" and sim.state("u") == "erred"
     assert sim.state("t") == "memory"  # computed already: unaffected
@@ -930,6 +930,22 @@ def test_state_modules_import_no_trio() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_scheduler_state_imports_no_io_through_the_real_packages() -> None:
+    # No stand-ins: trioflow/__init__ and trioflow/scheduler/__init__ load
+    # their names lazily, so the state machine alone pulls in no IO.
+    code = textwrap.dedent(
+        """
+        import sys
+        import trioflow.scheduler.state
+        from trioflow.scheduler.state import SchedulerState, AddWorkerEvent
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("trio", "ssl", "socket", "anyio", "sniffio", "_ssl", "_socket"))
+        assert not bad, bad
+        assert "trioflow.scheduler.server" not in sys.modules
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 # ---------------------------------------------------------------- regressions
 
 
@@ -944,7 +960,7 @@ def test_same_events_same_decisions() -> None:
         out = sim.submit(*[spec(f"a-{i}") for i in range(20)], *[spec(f"b-{i}", [f"a-{i}", f"a-{(i + 1) % 20}"]) for i in range(20)])
         for i in range(20):
             out += sim.finish(f"a-{i}", nbytes=i)
-        out += sim.handle(RemoveWorker(address=addr("w1")))
+        out += sim.handle(RemoveWorkerEvent(address=addr("w1")))
         junk = [[object() for _ in range(i)] for i in range(50)]  # move the allocator on
         return out + [len(junk)]
 
@@ -955,7 +971,7 @@ def test_invalid_event_does_not_move_the_clock() -> None:
     sim = Sim()
     before = sim.s.now
     with pytest.raises(InvalidEvent):
-        sim.s.handle(AddClient(client="c"), before + 100)
+        sim.s.handle(AddClientEvent(client="c"), before + 100)
     assert sim.s.now == before
 
 
@@ -995,9 +1011,9 @@ def test_unwanted_dependency_is_released_whatever_its_state() -> None:
     # memory (waiting, no-worker, processing) stayed so for ever.
     sim = Sim()
     sim.submit(spec("x"), spec("y", ["x"]))
-    sim.handle(RemoveClient(client="c"))
+    sim.handle(RemoveClientEvent(client="c"))
     assert not sim.s.tasks
-    sim.handle(AddClient(client="c"))
+    sim.handle(AddClientEvent(client="c"))
     sim.worker("a")
     sim.submit(spec("p"), spec("q", ["p"]), keys=["q"])
     assert sim.state("p") == "processing"
@@ -1048,7 +1064,7 @@ def test_releasing_a_task_frees_resources_without_starting_a_released_one() -> N
     sim = Sim()
     sim.worker("a", resources={"GPU": 2})
     sim.submit(spec("g1", resources={"GPU": 1}), spec("g2", resources={"GPU": 2}))
-    out = sim.handle(RemoveClient(client="c"))
+    out = sim.handle(RemoveClientEvent(client="c"))
     assert not computes(out) and not sim.s.tasks
 
 
@@ -1081,7 +1097,7 @@ def test_dependency_of_a_task_on_a_lost_worker_runs_once() -> None:
     sim.submit(spec("x"), spec("y", ["x"]), keys=["y"])
     sim.finish("x")
     sim.worker("b", nthreads=1)
-    out = sim.handle(RemoveWorker(address=addr("a"), safe=True))
+    out = sim.handle(RemoveWorkerEvent(address=addr("a"), safe=True))
     assert computes(out) == [(addr("b"), "x")]
 
 
@@ -1299,7 +1315,7 @@ def test_queued_tasks_go_to_the_worker_now_on_an_address() -> None:
     # address, queued tasks went to the removed object and were lost.
     sim = Sim(worker_saturation=1.1)
     sim.worker("a")
-    sim.handle(RemoveWorker(address=addr("a")))
+    sim.handle(RemoveWorkerEvent(address=addr("a")))
     sim.worker("a")
     out = sim.submit(*[spec(f"r-{i}") for i in range(5)])
     a = sim.s.workers[addr("a")]
@@ -1319,6 +1335,6 @@ def test_killed_worker_drops_a_pending_steal() -> None:
     out = sim.worker("b")
     [steal] = [i for i in out if isinstance(i.msg, StealRequest)]
     assert steal.address == addr("a")
-    sim.handle(RemoveWorker(address=addr("a"), safe=False))
+    sim.handle(RemoveWorkerEvent(address=addr("a"), safe=False))
     assert not sim.s.stealing
     assert sim.state(steal.msg.key) == "erred"

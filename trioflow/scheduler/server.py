@@ -237,7 +237,7 @@ class Scheduler:
     def _fire_and_forget(self, keys: list[str]) -> None:
         """Keep ``keys`` wanted by a pseudo-client until they finish."""
         if FIRE_AND_FORGET not in self.state.clients:
-            self._handle(ss.AddClient(client=FIRE_AND_FORGET))
+            self._handle(ss.AddClientEvent(client=FIRE_AND_FORGET))
         known = [k for k in keys if k in self.state.tasks]
         if known:
             self._handle(ss.UpdateGraphEvent(client=FIRE_AND_FORGET, tasks=[], keys=known))
@@ -284,7 +284,7 @@ class Scheduler:
         except ValueError as exc:
             await comm.send(m.ErrorReply(message=f"bad worker address: {exc}"))
             return
-        event = ss.AddWorker(
+        event = ss.AddWorkerEvent(
             address=address,
             name=reg.name,
             nthreads=reg.nthreads,
@@ -373,7 +373,7 @@ class Scheduler:
                 safe = safe or address in self._closing_workers
                 self._closing_workers.discard(address)
                 if self.status == "running" or self.status == "closing":
-                    self._handle(ss.RemoveWorker(address=address, reason="connection closed", safe=safe))
+                    self._handle(ss.RemoveWorkerEvent(address=address, reason="connection closed", safe=safe))
                 logger.info("Remove worker %s", address)
 
     def _log_transfer(self, worker: str, peer: str, nbytes: int, start: float, stop: float, nkeys: int) -> None:
@@ -386,7 +386,7 @@ class Scheduler:
     async def _client_stream(self, comm: Comm, reg: m.RegisterClient) -> None:
         cid = reg.client_id
         try:
-            self._handle(ss.AddClient(client=cid))
+            self._handle(ss.AddClientEvent(client=cid))
         except ss.InvalidEvent as exc:
             await comm.send(m.ErrorReply(message=str(exc)))
             return
@@ -427,7 +427,7 @@ class Scheduler:
         finally:
             if self.client_streams.get(cid) is batched:
                 del self.client_streams[cid]
-                self._handle(ss.RemoveClient(client=cid))
+                self._handle(ss.RemoveClientEvent(client=cid))
                 logger.info("Remove client %s", cid)
 
     def _update_graph(self, cid: str, msg: m.UpdateGraph) -> None:
@@ -657,7 +657,7 @@ class Scheduler:
                     if address in self.state.workers:
                         self.worker_streams.pop(address, None)
                         self.worker_comms.pop(address, None)
-                        self._handle(ss.RemoveWorker(address=address, reason="silent"))
+                        self._handle(ss.RemoveWorkerEvent(address=address, reason="silent"))
 
 
 async def _run_batched(batched: BatchedSend, scope: trio.CancelScope) -> None:
