@@ -51,20 +51,24 @@ The package's modules are its parts, each a layer of :class:`SchedulerState`
 extra): :mod:`.entities` (what is known), :mod:`.events` (what comes in and
 what goes out), :mod:`.core` (the tables and shared bookkeeping),
 :mod:`.placement`, :mod:`.queuing` (the root-task queue),
-:mod:`.transitions`, :mod:`.stealing`, :mod:`.validation`, and
-:mod:`.machine` (``handle`` and the event handlers).  Its exceptions are all
+:mod:`.transitions`, :mod:`.stealing`, :mod:`.validation`,
+:mod:`.membership` (workers and clients coming and going: registration,
+liveness, retirement, restart, fire-and-forget) and :mod:`.machine`
+(``handle`` and the other event handlers).  Its exceptions are all
 defined in :mod:`.exceptions`.
 """
 
 from __future__ import annotations
 
-from .core import DEFAULT_BANDWIDTH, DEFAULT_DURATION
+from .core import DEFAULT_BANDWIDTH, DEFAULT_DURATION, FIRE_AND_FORGET
 from .entities import (
     ALL_STATES,
     NO_RESOURCES,
     NO_TASKS,
     NO_WORKERS,
     ClientState,
+    Restart,
+    Retirement,
     TaskState,
     TaskStateName,
     TransientStateName,
@@ -78,18 +82,27 @@ from .events import (
     AddKeysEvent,
     AddWorkerEvent,
     CancelKeysEvent,
+    DropWorker,
     Event,
+    FireAndForgetEvent,
     HeartbeatEvent,
     Instruction,
     MissingDataEvent,
+    NannyRestartedEvent,
     ReleaseKeysEvent,
     ReleaseWorkerDataEvent,
     RemoveClientEvent,
     RemoveWorkerEvent,
     RescheduleEvent,
+    RestartDone,
+    RestartEvent,
+    RestartNanny,
+    RetirementDone,
+    RetireWorkersEvent,
     StealResponseEvent,
     TaskErredEvent,
     TaskFinishedEvent,
+    TickEvent,
     ToClient,
     ToWorker,
     UpdateDataEvent,
@@ -109,6 +122,18 @@ AddClient = AddClientEvent
 RemoveClient = RemoveClientEvent
 
 __all__ = [
+    "Retirement",
+    "Restart",
+    "FIRE_AND_FORGET",
+    "TickEvent",
+    "RetireWorkersEvent",
+    "RetirementDone",
+    "RestartNanny",
+    "RestartEvent",
+    "RestartDone",
+    "NannyRestartedEvent",
+    "FireAndForgetEvent",
+    "DropWorker",
     "ALL_STATES",
     "DEFAULT_BANDWIDTH",
     "DEFAULT_DURATION",

@@ -16,10 +16,12 @@ from collections.abc import Iterable
 
 from ...protocol.messages import KeyErred, KeyInMemory
 from ...protocol.serialize import dumps
-from .entities import ALL_STATES, ClientState, TaskState, WorkerState
+from .entities import ALL_STATES, ClientState, Restart, Retirement, TaskState, WorkerState
 from .events import Instruction, ToClient
 from .exceptions import InvalidEvent
 
+#: The client id that stands for fire-and-forget wants (in messages: none).
+FIRE_AND_FORGET = "fire-and-forget"
 DEFAULT_DURATION = 0.5
 DEFAULT_BANDWIDTH = 100e6
 
@@ -40,6 +42,8 @@ class StateCore:
         bandwidth: float = DEFAULT_BANDWIDTH,
         validate: bool = False,
         worker_saturation: float = 1.1,
+        scheduler_id: str = "",
+        worker_ttl: float | None = None,
     ) -> None:
         if not worker_saturation > 0:
             raise ValueError(f"worker_saturation must be positive, got {worker_saturation}")
@@ -79,6 +83,31 @@ class StateCore:
         self._to_run: set[TaskState] = set()
         # Per-prefix task counts by state, for progress displays.
         self.prefix_counts: dict[str, dict[str, int]] = {}
+        #: The id the workers are told at registration.
+        self.scheduler_id = scheduler_id
+        #: Seconds of silence after which a worker is removed (None: ten
+        #: heartbeat intervals, at least 10 s; see :meth:`worker_ttl_now`).
+        self.worker_ttl = worker_ttl
+        #: The wants of fire-and-forget keys.  Not a connected client (not
+        #: in ``clients``, never told anything): a key it wants is kept until
+        #: it is in memory, erred or cancelled, and then released.
+        self.fire_and_forget = ClientState(FIRE_AND_FORGET)
+        #: Workers told to close (retired, or restarted without a nanny):
+        #: their removal is a clean one (their tasks are not suspicious).
+        self.closing: set[str] = set()
+        #: Retirements under way, by request.
+        self.retirements: dict[str, Retirement] = {}
+        #: Restarts under way, by request.
+        self.restarts: dict[str, Restart] = {}
+
+    def heartbeat_interval(self) -> float:
+        """Seconds between a worker's heartbeats: slower in a large cluster."""
+        return min(max(len(self.workers) / 200, 0.5), 5.0)
+
+    def worker_ttl_now(self) -> float:
+        """Seconds of silence after which a worker is removed."""
+        ttl = self.worker_ttl
+        return ttl if ttl is not None else max(10.0, 10 * self.heartbeat_interval())
 
     def _client(self, client: str) -> ClientState:
         try:
@@ -135,6 +164,13 @@ class StateCore:
                 recs[ts] = "forgotten"
         else:
             recs[ts] = "released"
+
+    def _fire_and_forget_done(self, ts: TaskState) -> None:
+        """``ts`` finished: a fire-and-forget want of it is over."""
+        ff = self.fire_and_forget
+        if ff in ts.who_wants:
+            ts.who_wants.discard(ff)
+            ff.wants_what.discard(ts)
 
     def _report_erred(self, ts: TaskState, clients: Iterable[ClientState]) -> None:
         blame = ts.exception_blame or ts

@@ -25,6 +25,8 @@ __all__ = [
     "NO_RESOURCES",
     "NO_TASKS",
     "NO_WORKERS",
+    "Restart",
+    "Retirement",
     "TaskState",
     "TaskStateName",
     "WorkerState",
@@ -311,3 +313,41 @@ class ClientState:
 
     def __repr__(self) -> str:
         return f"<ClientState {self.client_id} wants={len(self.wants_what)}>"
+
+
+class Retirement:
+    """A retirement under way: the workers leaving, and the data only they
+    hold that is being copied to the others."""
+
+    __slots__ = ("request", "addresses", "pending", "deadline")
+
+    def __init__(self, request: str, addresses: list[str], deadline: float) -> None:
+        #: The request to answer when it is over.
+        self.request = request
+        #: The retiring workers, in the order asked.
+        self.addresses = addresses
+        #: Tasks in memory only on retiring workers, being copied elsewhere.
+        self.pending: dict[TaskState, None] = {}
+        #: Scheduler time after which the workers still holding the only copy
+        #: of some data are not retired.
+        self.deadline = deadline
+
+
+class Restart:
+    """A restart under way: the nannies asked to restart their workers."""
+
+    __slots__ = ("request", "nannies", "answered", "failed", "deadline", "timeout")
+
+    def __init__(self, request: str, nannies: list[str], deadline: float) -> None:
+        #: The request to answer when it is over.
+        self.request = request
+        #: Nannies asked to restart their workers.
+        self.nannies = nannies
+        #: Nannies that answered (successfully or not).
+        self.answered: set[str] = set()
+        #: "nanny: error" for each nanny that failed.
+        self.failed: list[str] = []
+        #: Scheduler time by which the workers must be back.
+        self.deadline = deadline
+        #: The time allowed, for the error message.
+        self.timeout = 0.0

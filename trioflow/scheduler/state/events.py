@@ -34,7 +34,43 @@ class ToClient(Record):
     msg: Message
 
 
-Instruction = ToWorker | ToClient
+@record
+class DropWorker(Record):
+    """The worker at ``address`` has been removed (``reason``): close its
+    connection without reporting the removal back."""
+
+    address: str
+    reason: str
+
+
+@record
+class RestartNanny(Record):
+    """Ask the nanny at ``nanny`` to restart its worker, then report the
+    outcome with a :class:`NannyRestartedEvent` for ``request``."""
+
+    request: str
+    nanny: str
+
+
+@record
+class RetirementDone(Record):
+    """Retirement ``request`` is over: ``retired`` were told to close;
+    ``stuck`` (address -> keys) kept data only they held and stay."""
+
+    request: str
+    retired: list[str]
+    stuck: dict[str, list[str]]
+
+
+@record
+class RestartDone(Record):
+    """Restart ``request`` is over; ``error`` says why it failed ("" if not)."""
+
+    request: str
+    error: str
+
+
+Instruction = ToWorker | ToClient | DropWorker | RestartNanny | RetirementDone | RestartDone
 
 # ---------------------------------------------------------------- events
 
@@ -154,6 +190,52 @@ class StealResponseEvent(Record):
     stolen: bool
 
 
+@record(kw_only=True)
+class TickEvent(Record):
+    """Time passed (the time is the ``now`` that ``handle`` takes).
+
+    The server feeds one every second or so, and when a retirement or a
+    restart reaches its deadline.  Workers silent for longer than the
+    worker TTL are removed (and a :class:`DropWorker` returned for each);
+    retirements and restarts past their deadline end.
+    """
+
+
+@record(kw_only=True)
+class FireAndForgetEvent(Record):
+    """Keep ``keys`` wanted until they are in memory, erred or cancelled."""
+
+    keys: list[str]
+
+
+@record(kw_only=True)
+class RetireWorkersEvent(Record):
+    """Retire ``workers`` (addresses or names): copy the data only they hold
+    elsewhere, then close them; answer ``request`` with :class:`RetirementDone`."""
+
+    request: str
+    workers: list[str]
+    timeout: float
+
+
+@record(kw_only=True)
+class RestartEvent(Record):
+    """Forget every task, restart the nannied workers and close the others;
+    answer ``request`` with :class:`RestartDone` once they are back."""
+
+    request: str
+    timeout: float
+
+
+@record(kw_only=True)
+class NannyRestartedEvent(Record):
+    """A nanny answered (or failed: ``error``) a :class:`RestartNanny`."""
+
+    request: str
+    nanny: str
+    error: str = ""
+
+
 Event = (
     AddWorkerEvent
     | RemoveWorkerEvent
@@ -171,4 +253,9 @@ Event = (
     | RescheduleEvent
     | HeartbeatEvent
     | StealResponseEvent
+    | TickEvent
+    | FireAndForgetEvent
+    | RetireWorkersEvent
+    | RestartEvent
+    | NannyRestartedEvent
 )

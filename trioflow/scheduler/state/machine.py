@@ -13,14 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from ...protocol.messages import FreeKeys, KeyCancelled, TaskSpec
+from ...protocol.messages import FreeKeys, TaskSpec
 from .core import _key_in_memory
 from .entities import (
     NO_RESOURCES,
     NO_WORKERS,
-    ClientState,
     TaskState,
-    WorkerState,
     _add,
     pack_priority,
 )
@@ -30,27 +28,32 @@ from .events import (
     AddWorkerEvent,
     CancelKeysEvent,
     Event,
+    FireAndForgetEvent,
     HeartbeatEvent,
     Instruction,
     MissingDataEvent,
+    NannyRestartedEvent,
     ReleaseKeysEvent,
     ReleaseWorkerDataEvent,
     RemoveClientEvent,
     RemoveWorkerEvent,
     RescheduleEvent,
+    RestartEvent,
+    RetireWorkersEvent,
     StealResponseEvent,
     TaskErredEvent,
     TaskFinishedEvent,
+    TickEvent,
     ToClient,
     ToWorker,
     UpdateDataEvent,
     UpdateGraphEvent,
 )
-from .exceptions import InvalidEvent, KilledWorker, LostData
-from .validation import ValidationLayer
+from .exceptions import InvalidEvent, LostData
+from .membership import MembershipLayer
 
 
-class SchedulerState(ValidationLayer):
+class SchedulerState(MembershipLayer):
     """The scheduler's state machine (see the package docstring)."""
 
     def handle(self, event: Event, now: float) -> list[Instruction]:
@@ -67,6 +70,8 @@ class SchedulerState(ValidationLayer):
         except InvalidEvent:
             self.now = before
             raise
+        if self.retirements or self.restarts:
+            self._progress_requests()
         if self._idle_candidates:
             self._steal_for_idle()
         out, self._out = self._out, []
@@ -79,133 +84,6 @@ class SchedulerState(ValidationLayer):
         for ev in events:
             out.extend(self.handle(ev, now))
         return out
-
-    def _add_worker(self, ev: AddWorkerEvent) -> None:
-        if ev.address in self.workers:
-            raise InvalidEvent(f"worker {ev.address} is already registered")
-        if ev.name in self.names:
-            raise InvalidEvent(f"a worker named {ev.name!r} is already registered ({self.names[ev.name]})")
-        if ev.nthreads < 1:
-            raise InvalidEvent(f"worker {ev.address}: nthreads must be at least 1, got {ev.nthreads}")
-        if ev.memory_limit < 0:
-            raise InvalidEvent(f"worker {ev.address}: memory_limit must not be negative")
-        for k, v in ev.resources.items():
-            if v < 0:
-                raise InvalidEvent(f"worker {ev.address}: resource {k!r} must not be negative")
-        for k, v in ev.nbytes.items():
-            if v < 0:
-                raise InvalidEvent(f"worker {ev.address}: negative size for key {k!r}")
-        ws = WorkerState(ev.address, ev.name, ev.nthreads, ev.memory_limit, ev.resources)
-        ws.nanny = ev.nanny
-        ws.pid = ev.pid
-        ws.local_directory = ev.local_directory
-        ws.services = dict(ev.services)
-        ws.last_seen = self.now
-        self.workers[ev.address] = ws
-        self._worker_list = None
-        self.names[ev.name] = ev.address
-        recs: dict[TaskState, str] = {}
-        forget: list[str] = []
-        for key, nbytes in ev.nbytes.items():
-            ts = self.tasks.get(key)
-            if ts is not None and ts.state in ("memory", "waiting", "no-worker", "released") and (ts.who_wants or ts.waiters):
-                self._add_replica(ts, ws, nbytes)
-                if ts.state != "memory":
-                    recs[ts] = "memory"
-            else:
-                forget.append(key)
-        if forget:
-            self._out.append(ToWorker(ws.address, FreeKeys(keys=forget)))
-        # Take in the data first: a task waiting to run may not be needed
-        # any more once a dependent's result is in memory.
-        self._transitions(recs)
-        for ts in sorted(self.unrunnable, key=lambda t: t.priority):
-            if ts.state == "no-worker" and self._valid_workers_now(ts, [ws]):
-                recs[ts] = "processing"
-        self._to_fill.add(ws)
-        self._idle_candidates.add(ws)
-        self._transitions(recs)
-
-    def _remove_worker(self, ev: RemoveWorkerEvent) -> None:
-        ws = self.workers.get(ev.address)
-        if ws is None:
-            return  # already gone; removal is idempotent
-        del self.workers[ws.address]
-        self._worker_list = None
-        self._to_fill.discard(ws)
-        self._idle_candidates.discard(ws)
-        if self.names.get(ws.name) == ws.address:
-            del self.names[ws.name]
-        recs: dict[TaskState, str] = {}
-        for ts in list(ws.processing):
-            if not ev.safe:
-                ts.suspicious += 1
-                ts.died_on += (ws.address,)
-            ts.processing_on = None
-            # _leave_processing will not see this task (no processing_on
-            # any more): forget its steal here, or a KilledWorker leaves a
-            # stale entry for an erred task.
-            self.stealing.pop(ts, None)
-            self._release_resources(ts, ws)
-            if ts.suspicious > self.allowed_failures:
-                self._set_exception(
-                    ts,
-                    KilledWorker(ts.key, list(ts.died_on), self.allowed_failures),
-                    worker=ws.address,
-                )
-                ts.state = "processing-lost"
-                recs[ts] = "erred"
-            else:
-                ts.state = "processing-lost"
-                recs[ts] = "released"
-        ws.processing.clear()
-        ws.occupancy = 0.0
-        for ts in list(ws.has_what):
-            ts.who_has.discard(ws)
-            if not ts.who_has:
-                if ts.runnable:
-                    recs[ts] = "released"
-                else:
-                    self._set_exception(
-                        ts,
-                        LostData(f"scattered data {ts.key!r} was lost with worker {ws.address} and cannot be recomputed"),
-                        worker=ws.address,
-                    )
-                    recs[ts] = "erred"
-        ws.has_what.clear()
-        ws.nbytes = 0
-        self._transitions(recs)
-
-    def _heartbeat(self, ev: HeartbeatEvent) -> None:
-        ws = self.workers.get(ev.worker)
-        if ws is None:
-            raise InvalidEvent(f"heartbeat from unknown worker {ev.worker}")
-        ws.metrics = dict(ev.metrics)
-        ws.last_seen = self.now
-        paused = bool(ev.metrics.get("paused"))
-        if paused and ws.status == "running":
-            ws.status = "paused"
-        elif not paused and ws.status == "paused":
-            ws.status = "running"
-            recs = {ts: "processing" for ts in self.unrunnable if ts.state == "no-worker"}
-            self._to_fill.add(ws)
-            self._transitions(recs)
-
-    def _add_client(self, ev: AddClientEvent) -> None:
-        if ev.client in self.clients:
-            raise InvalidEvent(f"client {ev.client} is already registered")
-        self.clients[ev.client] = ClientState(ev.client)
-
-    def _remove_client(self, ev: RemoveClientEvent) -> None:
-        cs = self.clients.pop(ev.client, None)
-        if cs is None:
-            return
-        recs: dict[TaskState, str] = {}
-        for ts in cs.wants_what:
-            ts.who_wants.discard(cs)
-            self._maybe_release(ts, recs)
-        cs.wants_what.clear()
-        self._transitions(recs)
 
     def _update_graph(self, ev: UpdateGraphEvent) -> None:
         cs = self._client(ev.client)
@@ -336,51 +214,8 @@ class SchedulerState(ValidationLayer):
         self._transitions(recs)
 
     def _cancel_keys(self, ev: CancelKeysEvent) -> None:
-        cs = self.clients.get(ev.client)
-        if cs is None:
-            return
-        orders: list[list[TaskState]] = []
-        seen: set[TaskState] = set()
-        for key in ev.keys:
-            ts = self.tasks.get(key)
-            if ts is None:
-                continue
-            # Cancelling drops every client's claim on it and on what depends
-            # on it.  The walk lists dependents before their dependencies so
-            # that they are released first: releasing a dependency while a
-            # dependent still waits for it would only send it to run again.
-            order: list[TaskState] = []
-            stack: list[tuple[TaskState, bool]] = [(ts, False)]
-            while stack:
-                t, finished = stack.pop()
-                if finished:
-                    order.append(t)
-                    continue
-                if t in seen:
-                    continue
-                seen.add(t)
-                for c in list(t.who_wants):
-                    t.who_wants.discard(c)
-                    c.wants_what.discard(t)
-                    self._out.append(ToClient(c.client_id, KeyCancelled(key=t.key, reason="cancelled")))
-                stack.append((t, True))
-                if t.state not in ("memory",):
-                    stack.extend((d, False) for d in t.dependents if d not in seen)
-            orders.append(order)
-        # One cascade for all the keys, so that nothing a later key releases
-        # gets started in between.  _transitions pops the most recent
-        # recommendation first: queue dependencies first so dependents go
-        # first.  A result still needed outside the cancelled set stays
-        # (_maybe_release checks the waiters).
-        recs: dict[TaskState, str] = {}
-        for order in reversed(orders):
-            for t in reversed(order):
-                self._maybe_release(t, recs)
-        self._transitions(recs)
-        for ts in list(self.tasks.values()):
-            if ts.state == "released" and not ts.who_wants and not ts.waiters and not ts.dependents:
-                recs[ts] = "forgotten"
-        self._transitions(recs)
+        if ev.client in self.clients:
+            self._cancel(ev.keys)
 
     def _update_data(self, ev: UpdateDataEvent) -> None:
         cs = self._client(ev.client)
@@ -566,4 +401,9 @@ SchedulerState._handlers = {
     HeartbeatEvent: SchedulerState._heartbeat,
     RescheduleEvent: SchedulerState._reschedule,
     StealResponseEvent: SchedulerState._steal_response,
+    TickEvent: SchedulerState._tick,
+    FireAndForgetEvent: SchedulerState._fire_and_forget_keys,
+    RetireWorkersEvent: SchedulerState._retire_workers,
+    RestartEvent: SchedulerState._restart,
+    NannyRestartedEvent: SchedulerState._nanny_restarted,
 }

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...protocol.messages import FreeKeys
+from ...protocol.messages import FreeKeys, KeyCancelled
 from .core import _key_in_memory
 from .entities import NO_TASKS, TaskState, WorkerState, _add
 from .events import ToClient, ToWorker
@@ -126,6 +126,8 @@ class TransitionsLayer(QueuingLayer):
                 recs[dts] = "processing"
         for dts in ts.dependencies:
             self._drop_waiter(dts, ts, recs)
+        if self.fire_and_forget.wants_what:
+            self._fire_and_forget_done(ts)
         for cs in ts.who_wants:
             self._out.append(ToClient(cs.client_id, _key_in_memory(ts)))
         if not ts.who_wants and not ts.waiters:
@@ -167,6 +169,8 @@ class TransitionsLayer(QueuingLayer):
             self._remove_replica(ts, ws)
             self._out.append(ToWorker(ws.address, FreeKeys(keys=[ts.key])))
         ts.state = "erred"
+        if self.fire_and_forget.wants_what:
+            self._fire_and_forget_done(ts)
         blame = ts.exception_blame or ts
         for dts in ts.dependents:
             if dts.state in ("waiting", "no-worker", "processing", "released") and (dts.who_wants or dts.waiters or dts.state != "released"):
@@ -350,6 +354,53 @@ class TransitionsLayer(QueuingLayer):
         self.unrunnable.discard(ts)
         ts.state = "forgotten"
         del self.tasks[ts.key]
+
+    def _cancel(self, keys: list[str]) -> None:
+        """Drop every client's claim on ``keys`` and on what depends on them
+        (telling each client), and release what is then unwanted."""
+        orders: list[list[TaskState]] = []
+        seen: set[TaskState] = set()
+        for key in keys:
+            ts = self.tasks.get(key)
+            if ts is None:
+                continue
+            # Cancelling drops every client's claim on it and on what depends
+            # on it.  The walk lists dependents before their dependencies so
+            # that they are released first: releasing a dependency while a
+            # dependent still waits for it would only send it to run again.
+            order: list[TaskState] = []
+            stack: list[tuple[TaskState, bool]] = [(ts, False)]
+            while stack:
+                t, finished = stack.pop()
+                if finished:
+                    order.append(t)
+                    continue
+                if t in seen:
+                    continue
+                seen.add(t)
+                for c in list(t.who_wants):
+                    t.who_wants.discard(c)
+                    c.wants_what.discard(t)
+                    if c is not self.fire_and_forget:
+                        self._out.append(ToClient(c.client_id, KeyCancelled(key=t.key, reason="cancelled")))
+                stack.append((t, True))
+                if t.state not in ("memory",):
+                    stack.extend((d, False) for d in t.dependents if d not in seen)
+            orders.append(order)
+        # One cascade for all the keys, so that nothing a later key releases
+        # gets started in between.  _transitions pops the most recent
+        # recommendation first: queue dependencies first so dependents go
+        # first.  A result still needed outside the cancelled set stays
+        # (_maybe_release checks the waiters).
+        recs: dict[TaskState, str] = {}
+        for order in reversed(orders):
+            for t in reversed(order):
+                self._maybe_release(t, recs)
+        self._transitions(recs)
+        for ts in list(self.tasks.values()):
+            if ts.state == "released" and not ts.who_wants and not ts.waiters and not ts.dependents:
+                recs[ts] = "forgotten"
+        self._transitions(recs)
 
 
 T = TransitionsLayer

@@ -22,7 +22,9 @@ class ValidationLayer(StealingLayer):
                 assert ts in dts.dependencies
             for cs in ts.who_wants:
                 assert ts in cs.wants_what, (ts, cs)
-                assert cs.client_id in self.clients, (ts, cs)
+                assert self.clients.get(cs.client_id) is cs or cs is self.fire_and_forget, (ts, cs)
+                if cs is self.fire_and_forget:
+                    assert ts.state not in ("memory", "erred"), f"{ts!r} finished but still fire-and-forget"
             for ws in ts.who_has:
                 assert ts in ws.has_what, (ts, ws)
                 assert self.workers.get(ws.address) is ws, f"{ts!r} held by removed {ws!r}"
@@ -87,6 +89,6 @@ class ValidationLayer(StealingLayer):
             for name, used in ws.used_resources.items():
                 assert used >= -1e-9, (ws, name, used)
                 assert used <= ws.resources.get(name, 0) + 1e-9, (ws, name, used)
-        for cs in self.clients.values():
+        for cs in [*self.clients.values(), self.fire_and_forget]:
             for ts in cs.wants_what:
                 assert cs in ts.who_wants and ts.key in self.tasks, (cs, ts)
