@@ -27,13 +27,17 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from trioflow.protocol.messages import (
+    AcquireReplicas,
+    CloseWorker,
     ComputeTask,
     FreeKeys,
+    HeartbeatAck,
     KeyCancelled,
     KeyErred,
     KeyInMemory,
     StealRequest,
     TaskSpec,
+    WorkerRegistered,
 )
 from trioflow.protocol.serialize import dumps, loads
 from trioflow.scheduler.state import (
@@ -41,20 +45,29 @@ from trioflow.scheduler.state import (
     AddKeysEvent,
     AddWorkerEvent,
     CancelKeysEvent,
+    DropWorker,
+    FireAndForgetEvent,
     HeartbeatEvent,
     InvalidEvent,
     InvalidTransition,
     KilledWorker,
     MissingDataEvent,
+    NannyRestartedEvent,
     ReleaseKeysEvent,
     ReleaseWorkerDataEvent,
     RemoveClientEvent,
     RemoveWorkerEvent,
     RescheduleEvent,
+    RestartDone,
+    RestartEvent,
+    RestartNanny,
+    RetirementDone,
+    RetireWorkersEvent,
     SchedulerState,
     StealResponseEvent,
     TaskErredEvent,
     TaskFinishedEvent,
+    TickEvent,
     ToClient,
     ToWorker,
     UpdateDataEvent,
@@ -1338,3 +1351,193 @@ def test_killed_worker_drops_a_pending_steal() -> None:
     sim.handle(RemoveWorkerEvent(address=addr("a"), safe=False))
     assert not sim.s.stealing
     assert sim.state(steal.msg.key) == "erred"
+
+
+# ---------------------------------------------------------------- membership decisions
+
+
+def test_event_classes_all_end_in_event() -> None:
+    from trioflow.scheduler.state import events
+
+    names = [n for n, v in vars(events).items() if isinstance(v, type) and v.__module__ == events.__name__]
+    instructions = {"ToWorker", "ToClient", "DropWorker", "RestartNanny", "RetirementDone", "RestartDone"}
+    assert {n for n in names if not n.endswith("Event")} == instructions
+    assert set(SchedulerState._handlers) == {v for n, v in vars(events).items() if n.endswith("Event") and isinstance(v, type)}
+
+
+def test_registration_lists_unwanted_held_keys_in_the_welcome() -> None:
+    sim = Sim()
+    sim.s.scheduler_id = "sched-1"
+    sim.submit(spec("x"))
+    out = sim.worker("a", nbytes={"stale": 3, "x": 8})
+    assert isinstance(out[0], ToWorker) and out[0].address == addr("a")
+    welcome = out[0].msg
+    assert isinstance(welcome, WorkerRegistered)
+    assert (welcome.scheduler_id, welcome.forget) == ("sched-1", ["stale"])
+    assert welcome.worker_ttl == sim.s.worker_ttl_now() and welcome.heartbeat_interval == sim.s.heartbeat_interval()
+    assert not frees(out)  # folded into the welcome, not a FreeKeys after it
+    assert sim.state("x") == "memory"
+
+
+def test_heartbeats_are_acknowledged_with_the_pace() -> None:
+    sim = Sim()
+    sim.s.worker_ttl = 7.0
+    sim.worker("a")
+    out = sim.handle(HeartbeatEvent(worker=addr("a"), metrics={}))
+    [ack] = [i.msg for i in out if isinstance(i, ToWorker) and isinstance(i.msg, HeartbeatAck)]
+    assert ack.worker_ttl == 7.0 and ack.heartbeat_interval == sim.s.heartbeat_interval()
+
+
+def test_tick_removes_the_workers_silent_longer_than_the_ttl() -> None:
+    sim = Sim()
+    sim.s.worker_ttl = 5.0
+    sim.worker("a")
+    sim.worker("b")
+    sim.submit(spec("x", workers=[addr("a")], allow_other_workers=True))
+    assert sim.s.tasks["x"].processing_on.address == addr("a")
+    sim.now = 5.0
+    sim.handle(HeartbeatEvent(worker=addr("b"), metrics={}))  # b seen at 6, a at 2 (its registration)
+    sim.now = 6.0
+    assert [i for i in sim.handle(TickEvent()) if isinstance(i, DropWorker)] == []  # at 7: a silent 5 s, not more
+    sim.now = 10.0
+    out = sim.handle(TickEvent())  # at 11: a silent 9 s, b 5 s
+    assert [(i.address, "silent" in i.reason) for i in out if isinstance(i, DropWorker)] == [(addr("a"), True)]
+    assert set(sim.s.workers) == {addr("b")}
+    ts = sim.s.tasks["x"]
+    assert ts.processing_on.address == addr("b") and ts.suspicious == 1  # not a clean removal
+    assert computes(out) == [(addr("b"), "x")]
+
+
+def test_fire_and_forget_keeps_a_key_until_it_finishes() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"), spec("y", ["x"]))
+    out = sim.handle(FireAndForgetEvent(keys=["y", "unknown"]))
+    assert out == []
+    sim.handle(ReleaseKeysEvent(client="c", keys=["x", "y"]))
+    assert sim.state("x") == "processing"  # y still needs it: y is wanted
+    sim.finish("x")
+    assert sim.state("y") == "processing"
+    out = sim.finish("y")
+    assert [i for i in out if isinstance(i, ToClient)] == []  # nobody to tell
+    assert sim.s.tasks == {} and not sim.s.fire_and_forget.wants_what
+    assert "fire-and-forget" not in sim.s.clients
+
+
+def test_fire_and_forget_lets_an_error_go_and_leaves_finished_keys_alone() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"), spec("m"))
+    sim.finish("m")
+    sim.handle(FireAndForgetEvent(keys=["x", "m"]))
+    assert sim.s.fire_and_forget.wants_what == {sim.s.tasks["x"]}
+    sim.handle(ReleaseKeysEvent(client="c", keys=["x", "m"]))
+    assert sim.state("m") == "forgotten" and sim.state("x") == "processing"
+    sim.err("x")
+    assert sim.s.tasks == {} and not sim.s.fire_and_forget.wants_what
+
+
+def test_a_client_may_not_pose_as_fire_and_forget_wants() -> None:
+    # The fire-and-forget wants are not a client: a client with that id is
+    # an ordinary client, and dropping it keeps the fire-and-forget keys.
+    sim = Sim(client="fire-and-forget")
+    sim.worker("a")
+    sim.submit(spec("x"))
+    sim.handle(FireAndForgetEvent(keys=["x"]))
+    sim.handle(RemoveClientEvent(client="fire-and-forget"))
+    assert sim.state("x") == "processing"
+    sim.finish("x")
+    assert sim.s.tasks == {}
+
+
+def test_retiring_worker_gets_no_new_tasks_and_closes_once_its_data_is_copied() -> None:
+    sim = Sim(worker_saturation=1.1)
+    sim.worker("a", nthreads=2)
+    sim.worker("b", nthreads=1)
+    sim.submit(spec("x", workers=[addr("a")]), spec("shared", workers=[addr("a")]))
+    sim.finish("x", nbytes=100)
+    sim.finish("shared", nbytes=5)
+    sim.handle(AddKeysEvent(worker=addr("b"), nbytes={"shared": 5}))
+    out = sim.handle(RetireWorkersEvent(request="r1", workers=["a"], timeout=5))  # by name
+    # Only what nobody else holds is copied, to a worker that stays.
+    [acq] = [i for i in out if isinstance(i, ToWorker) and isinstance(i.msg, AcquireReplicas)]
+    assert acq.address == addr("b") and acq.msg.who_has == {"x": [addr("a")]} and acq.msg.nbytes == {"x": 100}
+    assert sim.s.workers[addr("a")].status == "retiring"
+    assert not [i for i in out if isinstance(i, (RetirementDone, ToWorker)) and not isinstance(getattr(i, "msg", None), AcquireReplicas)]
+    out = sim.submit(*[spec(f"r-{i}") for i in range(3)])
+    assert {w for w, _ in computes(out)} == {addr("b")}  # a has room but is leaving
+    out = sim.handle(AddKeysEvent(worker=addr("b"), nbytes={"x": 100}))
+    closes = [i.address for i in out if isinstance(i, ToWorker) and isinstance(i.msg, CloseWorker)]
+    assert closes == [addr("a")]
+    assert [i for i in out if isinstance(i, RetirementDone)] == [RetirementDone("r1", [addr("a")], {})]
+    assert not sim.s.retirements and addr("a") in sim.s.closing
+    # Its connection then closes without a goodbye: still a clean removal.
+    sim.handle(RemoveWorkerEvent(address=addr("a"), safe=False))
+    assert not sim.s.closing and sim.state("x") == "memory"
+
+
+def test_retirement_keeps_a_worker_whose_data_was_not_copied_by_the_deadline() -> None:
+    sim = Sim()
+    sim.s.worker_ttl = 100.0
+    sim.worker("a")
+    sim.worker("b")
+    sim.submit(spec("x", workers=[addr("a")]), spec("pinned", workers=[addr("a")]))
+    sim.finish("x")
+    assert sim.state("pinned") == "processing"
+    sim.handle(RetireWorkersEvent(request="r1", workers=[addr("a"), "nobody"], timeout=5))
+    out = sim.handle(TickEvent())  # before the deadline: nothing yet
+    assert not [i for i in out if isinstance(i, RetirementDone)]
+    sim.now += 5
+    out = sim.handle(TickEvent())
+    assert [i for i in out if isinstance(i, RetirementDone)] == [RetirementDone("r1", [], {addr("a"): ["x"]})]
+    assert not [i for i in out if isinstance(i, ToWorker) and isinstance(i.msg, CloseWorker)]
+    assert sim.s.workers[addr("a")].status == "running" and not sim.s.closing
+
+
+def test_retiring_every_worker_closes_them_all() -> None:
+    # Nowhere to copy to: nothing is waited for (as before the machine decided).
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"))
+    sim.finish("x")
+    out = sim.handle(RetireWorkersEvent(request="r1", workers=[addr("a")], timeout=5))
+    assert [i for i in out if isinstance(i, RetirementDone)] == [RetirementDone("r1", [addr("a")], {})]
+
+
+def test_restart_cancels_everything_and_waits_for_the_nannied_workers() -> None:
+    sim = Sim()
+    sim.worker("a", nanny="tcp://nanny-a")
+    sim.worker("b")
+    sim.submit(spec("x"), spec("y", ["x"]))
+    sim.handle(FireAndForgetEvent(keys=["y"]))
+    out = sim.handle(RestartEvent(request="r1", timeout=10))
+    assert set(to_client(out, KeyCancelled)) == {"x", "y"}
+    assert [i.address for i in out if isinstance(i, ToWorker) and isinstance(i.msg, CloseWorker)] == [addr("b")]
+    assert [i for i in out if isinstance(i, RestartNanny)] == [RestartNanny("r1", "tcp://nanny-a")]
+    assert sim.s.tasks == {} and not sim.s.fire_and_forget.wants_what
+    sim.handle(RemoveWorkerEvent(address=addr("a")))
+    sim.handle(RemoveWorkerEvent(address=addr("b")))
+    out = sim.handle(NannyRestartedEvent(request="r1", nanny="tcp://nanny-a"))
+    assert not [i for i in out if isinstance(i, RestartDone)]  # its worker is not back yet
+    out = sim.handle(AddWorkerEvent(address=addr("a2"), name="a2", nthreads=1, memory_limit=0, nanny="tcp://nanny-a"))
+    assert [i for i in out if isinstance(i, RestartDone)] == [RestartDone("r1", "")]
+    assert not sim.s.restarts
+
+
+def test_restart_reports_failed_nannies_and_workers_not_back_in_time() -> None:
+    sim = Sim()
+    sim.worker("a", nanny="tcp://nanny-a")
+    sim.worker("b", nanny="tcp://nanny-b")
+    sim.handle(RestartEvent(request="r1", timeout=10))
+    sim.handle(NannyRestartedEvent(request="r1", nanny="tcp://nanny-a", error="refused"))
+    out = sim.handle(NannyRestartedEvent(request="r1", nanny="tcp://nanny-b"))
+    [done] = [i for i in out if isinstance(i, RestartDone)]
+    assert done.error == "restart failed for tcp://nanny-a: refused"
+    # A late answer to a finished restart is ignored.
+    assert sim.handle(NannyRestartedEvent(request="r1", nanny="tcp://nanny-b")) == []
+
+    sim.handle(RestartEvent(request="r2", timeout=10))
+    sim.now += 10
+    out = sim.handle(TickEvent())
+    [done] = [i for i in out if isinstance(i, RestartDone)]
+    assert done.error == "restart: workers did not come back within 10s"
