@@ -183,6 +183,10 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.told: dict[tuple[str, str], str] = {}
         self.events: list = []  # accepted events, to replay
         self.steal_requests: set[tuple[str, str]] = set()  # (victim, key) not answered yet
+        self.open_requests: set[str] = set()  # retirements and restarts not answered yet
+        self.closing: set[str] = set()  # workers told to close
+        self.acquires: list[tuple[str, dict[str, int]]] = []  # AcquireReplicas not carried out yet
+        self.nanny_calls: set[tuple[str, str]] = set()  # (request, nanny) not answered yet
 
     @initialize(saturation=st.sampled_from([1.1, 0.5, float("inf")]), workers=st.integers(1, 3))
     def setup(self, saturation: float, workers: int) -> None:
@@ -216,6 +220,8 @@ class SchedulerMachine(RuleBasedStateMachine):
                 assert ins.address in s.workers, ins
                 msg = ins.msg
                 if isinstance(msg, ComputeTask):
+                    # Paused and retiring workers get no new tasks.
+                    assert s.workers[ins.address].status == "running", ins
                     sent.add((ins.address, msg.key))
                     ts = s.tasks[msg.key]
                     ws = s.workers[ins.address]
@@ -236,6 +242,26 @@ class SchedulerMachine(RuleBasedStateMachine):
                     # Sending a task and taking it back in one go is wasted work.
                     assert not sent & {(ins.address, k) for k in msg.keys}, (out, sent)
                     self.assigned.get(ins.address, set()).difference_update(msg.keys)
+                elif isinstance(msg, AcquireReplicas):
+                    assert s.workers[ins.address].status == "running", ins
+                    self.acquires.append((ins.address, dict(msg.nbytes)))
+                elif isinstance(msg, CloseWorker):
+                    assert ins.address in s.told_to_close and s.workers[ins.address].status == "closing", ins
+                    self.closing.add(ins.address)
+                elif isinstance(msg, WorkerRegistered):
+                    for k in msg.forget:
+                        ts = s.tasks.get(k)
+                        assert ts is None or s.workers[ins.address] not in ts.who_has, (ins, ts)
+            elif isinstance(ins, DropWorker):
+                assert ins.address not in s.workers, ins
+                self.assigned.pop(ins.address, None)
+            elif isinstance(ins, RestartNanny):
+                self.nanny_calls.add((ins.request, ins.nanny))
+            elif isinstance(ins, (RetirementDone, RestartDone)):
+                assert ins.request in self.open_requests, ins
+                self.open_requests.discard(ins.request)
+                if isinstance(ins, RetirementDone):
+                    assert not set(ins.retired) & set(ins.stuck), ins
             else:
                 assert isinstance(ins, ToClient)
                 assert ins.client in s.clients, ins
@@ -419,8 +445,78 @@ class SchedulerMachine(RuleBasedStateMachine):
                 held[k] = data.draw(st.integers(0, 1000))
         held["unknown-key"] = 1
         resources = {"GPU": float(gpu)} if gpu else {}
+        nanny = f"tcp://nanny-{name}" if data.draw(st.booleans(), label="nanny") else ""
         self.assigned[addr(name)] = set()
-        self.handle(AddWorkerEvent(address=addr(name), name=name, nthreads=nthreads, memory_limit=10**9, resources=resources, nbytes=held))
+        self.handle(
+            AddWorkerEvent(address=addr(name), name=name, nthreads=nthreads, memory_limit=10**9, resources=resources, nbytes=held, nanny=nanny)
+        )
+
+    @rule(jump=st.sampled_from([0.0, 4.0, 12.0]))
+    def tick(self, jump: float) -> None:
+        s = self.s
+        self.now += jump
+        ttl = s.worker_ttl_now()
+        silent = {a for a, ws in s.workers.items() if self.now + 1 - ws.last_seen > ttl}
+        out = self.handle(TickEvent())
+        assert {i.address for i in out if isinstance(i, DropWorker)} == silent
+        assert not silent & set(s.workers)
+
+    @precondition(lambda self: self.s.workers)
+    @rule(data=st.data(), timeout=st.sampled_from([0.0, 5.0]))
+    def retire(self, data: st.DataObject, timeout: float) -> None:
+        s = self.s
+        names = sorted(s.workers) + [ws.name for ws in s.workers.values()] + ["nobody"]
+        workers = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=2), label="retire")
+        request = self.fresh("retire")
+        self.open_requests.add(request)
+        self.handle(RetireWorkersEvent(request=request, workers=workers, timeout=timeout))
+
+    @precondition(lambda self: self.acquires)
+    @rule(data=st.data())
+    def acquire_replicas(self, data: st.DataObject) -> None:
+        # A worker asked for copies gets them (those whose holders are still there).
+        s = self.s
+        target, nbytes = self.acquires.pop(data.draw(st.integers(0, len(self.acquires) - 1), label="acquire"))
+        got = {k: n for k, n in nbytes.items() if k in s.tasks and s.tasks[k].who_has and s.tasks[k].nbytes == n}
+        if target in s.workers and got:
+            self.handle(AddKeysEvent(worker=target, nbytes=got))
+
+    @precondition(lambda self: self.closing & set(self.s.workers))
+    @rule(data=st.data())
+    def worker_closes(self, data: st.DataObject) -> None:
+        # A worker told to close goes (its connection just drops: still clean).
+        a = data.draw(st.sampled_from(sorted(self.closing & set(self.s.workers))), label="closing")
+        tasks = list(self.s.workers[a].processing)
+        suspicious = {t.key: t.suspicious for t in tasks}
+        self.handle(RemoveWorkerEvent(address=a))
+        self.assigned.pop(a, None)
+        assert all(t.suspicious == suspicious[t.key] for t in tasks)
+
+    @rule()
+    def restart(self) -> None:
+        request = self.fresh("restart")
+        self.open_requests.add(request)
+        self.handle(RestartEvent(request=request, timeout=5.0))
+        self.sync_wants()
+        assert all(not cs.wants_what for cs in self.s.clients.values())
+
+    @precondition(lambda self: self.nanny_calls)
+    @rule(data=st.data(), ok=st.booleans())
+    def nanny_answers(self, data: st.DataObject, ok: bool) -> None:
+        call = data.draw(st.sampled_from(sorted(self.nanny_calls)), label="nanny call")
+        self.nanny_calls.discard(call)
+        self.handle(NannyRestartedEvent(request=call[0], nanny=call[1], error="" if ok else "refused"))
+
+    @precondition(lambda self: self.s.tasks)
+    @rule(data=st.data())
+    def fire_and_forget(self, data: st.DataObject) -> None:
+        s = self.s
+        keys = data.draw(st.lists(st.sampled_from(sorted(s.tasks) + ["never-heard-of"]), min_size=1, max_size=3, unique=True))
+        self.handle(FireAndForgetEvent(keys=keys))
+        for k in keys:
+            ts = s.tasks.get(k)
+            if ts is not None and ts.state not in ("memory", "erred"):
+                assert ts in s.fire_and_forget.wants_what, ts
 
     @precondition(lambda self: self.s.workers)
     @rule(data=st.data(), safe=st.booleans())
@@ -428,8 +524,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         a = data.draw(st.sampled_from(sorted(self.s.workers)), label="worker")
         self.handle(RemoveWorkerEvent(address=a, safe=safe, reason="test"))
         self.assigned.pop(a, None)
-        # Removal is idempotent.
-        assert self.handle(RemoveWorkerEvent(address=a)) == []
+        # Removal is idempotent (a request past its deadline may end on any event).
+        assert [i for i in self.handle(RemoveWorkerEvent(address=a)) if not isinstance(i, (RetirementDone, RestartDone))] == []
 
     @precondition(lambda self: self.s.workers)
     @rule(data=st.data(), paused=st.booleans())
@@ -576,11 +672,31 @@ class SchedulerMachine(RuleBasedStateMachine):
         for ev, now in self.events:
             early.handle(ev, now)
         assert snapshot(early) == snapshot(s)
-        # ... and dropping every client right now, mid-flight, forgets everything.
+        # ... and dropping every client right now, mid-flight, forgets
+        # everything but the fire-and-forget keys and what they need.
         for c in list(early.clients):
             early.handle(RemoveClientEvent(client=c), self.now + 1)
         early.validate()
-        assert not early.tasks, early.tasks
+        needed: set[str] = set()
+        stack = list(early.fire_and_forget.wants_what)
+        while stack:
+            t = stack.pop()
+            if t.key not in needed:
+                needed.add(t.key)
+                stack.extend(t.dependencies)
+        assert set(early.tasks) <= needed, early.tasks
+
+        # Let the retirements and restarts under way end (their deadlines
+        # pass), and the workers told to close go.
+        for a in list(s.workers):
+            self.handle(HeartbeatEvent(worker=a, metrics={}))
+        self.now += 6.0
+        self.handle(TickEvent())
+        assert not s.retirements and not s.restarts and not self.open_requests
+        for a in sorted(self.closing & set(s.workers)):
+            self.handle(RemoveWorkerEvent(address=a))
+            self.assigned.pop(a, None)
+        assert not s.told_to_close and all(ws.status in ("running", "paused") for ws in s.workers.values())
 
         # Give every restriction a worker that can run it, unpause the rest,
         # then let the workers finish all they are given.
@@ -1470,10 +1586,10 @@ def test_retiring_worker_gets_no_new_tasks_and_closes_once_its_data_is_copied() 
     closes = [i.address for i in out if isinstance(i, ToWorker) and isinstance(i.msg, CloseWorker)]
     assert closes == [addr("a")]
     assert [i for i in out if isinstance(i, RetirementDone)] == [RetirementDone("r1", [addr("a")], {})]
-    assert not sim.s.retirements and addr("a") in sim.s.closing
+    assert not sim.s.retirements and addr("a") in sim.s.told_to_close
     # Its connection then closes without a goodbye: still a clean removal.
     sim.handle(RemoveWorkerEvent(address=addr("a"), safe=False))
-    assert not sim.s.closing and sim.state("x") == "memory"
+    assert not sim.s.told_to_close and sim.state("x") == "memory"
 
 
 def test_retirement_keeps_a_worker_whose_data_was_not_copied_by_the_deadline() -> None:
@@ -1491,7 +1607,7 @@ def test_retirement_keeps_a_worker_whose_data_was_not_copied_by_the_deadline() -
     out = sim.handle(TickEvent())
     assert [i for i in out if isinstance(i, RetirementDone)] == [RetirementDone("r1", [], {addr("a"): ["x"]})]
     assert not [i for i in out if isinstance(i, ToWorker) and isinstance(i.msg, CloseWorker)]
-    assert sim.s.workers[addr("a")].status == "running" and not sim.s.closing
+    assert sim.s.workers[addr("a")].status == "running" and not sim.s.told_to_close
 
 
 def test_retiring_every_worker_closes_them_all() -> None:

@@ -94,7 +94,7 @@ class StateCore:
         self.fire_and_forget = ClientState(FIRE_AND_FORGET)
         #: Workers told to close (retired, or restarted without a nanny):
         #: their removal is a clean one (their tasks are not suspicious).
-        self.closing: set[str] = set()
+        self.told_to_close: set[str] = set()
         #: Retirements under way, by request.
         self.retirements: dict[str, Retirement] = {}
         #: Restarts under way, by request.

@@ -52,9 +52,11 @@ TransientStateName = Literal["processing-lost"]
 
 ALL_STATES: tuple[TaskStateName, ...] = get_args(TaskStateName)
 
-#: A worker's scheduling status: 'paused' workers (memory pressure) and
-#: 'retiring' ones (their data is being copied away) get no new tasks.
-WorkerStatus = Literal["running", "paused", "retiring"]
+#: A worker's scheduling status.  Only 'running' workers get new tasks:
+#: 'paused' ones are under memory pressure (their heartbeats say so and
+#: undo it), 'retiring' ones have their data copied away, and 'closing'
+#: ones were told to close or are being removed.
+WorkerStatus = Literal["running", "paused", "retiring", "closing"]
 
 
 class _NoTasks(frozenset):  # type: ignore[type-arg]
@@ -286,7 +288,7 @@ class WorkerState:
         self.metrics: dict[str, Any] = {}
         #: Scheduler time of its last message (registration or heartbeat).
         self.last_seen = 0.0
-        #: 'running', 'paused' or 'retiring' (see :data:`WorkerStatus`).
+        #: 'running', 'paused', 'retiring' or 'closing' (see :data:`WorkerStatus`).
         self.status: WorkerStatus = "running"
 
     def __hash__(self) -> int:

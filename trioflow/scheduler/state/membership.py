@@ -21,7 +21,10 @@ the instructions:
   until they finish.
 
 A worker told to close (retired, restarted without a nanny) is listed in
-``closing``: its removal is a clean one.
+``told_to_close``: its removal is a clean one.  It, and a silent worker
+about to be removed, have the status 'closing': no new task goes to it (a
+tick that removes several workers does not send the first one's tasks to
+the next one).
 """
 
 from __future__ import annotations
@@ -124,8 +127,8 @@ class MembershipLayer(ValidationLayer):
             del self.names[ws.name]
         # A worker we told to close leaves cleanly, whatever its connection says.
         safe = ev.safe
-        if ws.address in self.closing:
-            self.closing.discard(ws.address)
+        if ws.address in self.told_to_close:
+            self.told_to_close.discard(ws.address)
             safe = True
         recs: dict[TaskState, str] = {}
         for ts in list(ws.processing):
@@ -203,12 +206,13 @@ class MembershipLayer(ValidationLayer):
     def _tick(self, ev: TickEvent) -> None:
         ttl = self.worker_ttl_now()
         now = self.now
-        for address, ws in list(self.workers.items()):
-            silent = now - ws.last_seen
-            if silent > ttl:
-                reason = f"silent for {silent:.1f}s (ttl {ttl:.1f}s)"
-                self._remove_worker(RemoveWorkerEvent(address=address, reason=reason))
-                self._out.append(DropWorker(address, reason))
+        silent = [ws for ws in self.workers.values() if now - ws.last_seen > ttl]
+        for ws in silent:
+            ws.status = "closing"  # gets none of the tasks of the others
+        for ws in silent:
+            reason = f"silent for {now - ws.last_seen:.1f}s (ttl {ttl:.1f}s)"
+            self._remove_worker(RemoveWorkerEvent(address=ws.address, reason=reason))
+            self._out.append(DropWorker(ws.address, reason))
 
     def _fire_and_forget_keys(self, ev: FireAndForgetEvent) -> None:
         ff = self.fire_and_forget
@@ -241,6 +245,8 @@ class MembershipLayer(ValidationLayer):
         staying = [w for a, w in self.workers.items() if a not in leaving and w.status == "running"]
         for a in addresses:
             ws = self.workers[a]
+            if ws.status == "closing":
+                continue  # on its way out already
             ws.status = "retiring"
             self._to_fill.discard(ws)
             self._idle_candidates.discard(ws)
@@ -309,7 +315,8 @@ class MembershipLayer(ValidationLayer):
                         self._idle_candidates.add(ws)
                         wake = True
                 continue
-            self.closing.add(a)
+            self.told_to_close.add(a)
+            ws.status = "closing"
             self._out.append(ToWorker(a, CloseWorker(reason="retired")))
             retired.append(a)
         self._out.append(RetirementDone(r.request, retired, stuck))
@@ -328,7 +335,8 @@ class MembershipLayer(ValidationLayer):
         nannies = [w.nanny for w in self.workers.values() if w.nanny]
         for address, ws in self.workers.items():
             if not ws.nanny:
-                self.closing.add(address)
+                self.told_to_close.add(address)
+                ws.status = "closing"
                 self._out.append(ToWorker(address, CloseWorker(reason="restart (no nanny to restart it)")))
         rs = Restart(ev.request, nannies, self.now + ev.timeout)
         rs.timeout = ev.timeout
