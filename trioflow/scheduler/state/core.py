@@ -16,7 +16,15 @@ from collections.abc import Iterable
 
 from ...protocol.messages import KeyErred, KeyInMemory
 from ...protocol.serialize import dumps
-from .entities import ALL_STATES, ClientState, Restart, Retirement, TaskState, WorkerState
+from .entities import (
+    ALL_STATES,
+    ClientState,
+    Recommendations,
+    Restart,
+    Retirement,
+    TaskState,
+    WorkerState,
+)
 from .events import Instruction, ToClient
 from .exceptions import InvalidEvent
 
@@ -151,7 +159,7 @@ class StateCore:
         ts.type_name = type(exc).__name__
         ts.erred_by = worker
 
-    def _maybe_release(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _maybe_release(self, ts: TaskState, recs: Recommendations) -> None:
         if ts.who_wants or ts.waiters:
             return
         if ts.state in ("released",):

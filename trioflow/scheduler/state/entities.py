@@ -25,6 +25,7 @@ __all__ = [
     "NO_RESOURCES",
     "NO_TASKS",
     "NO_WORKERS",
+    "Recommendations",
     "Restart",
     "Retirement",
     "TaskState",
@@ -353,3 +354,8 @@ class Restart:
         self.deadline = deadline
         #: The time allowed, for the error message.
         self.timeout = 0.0
+
+
+#: What the transitions of one event are still to do: task -> the state it
+#: should move to next.
+Recommendations = dict[TaskState, TaskStateName]

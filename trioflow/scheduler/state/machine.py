@@ -18,6 +18,7 @@ from .core import _key_in_memory
 from .entities import (
     NO_RESOURCES,
     NO_WORKERS,
+    Recommendations,
     TaskState,
     _add,
     pack_priority,
@@ -144,7 +145,7 @@ class SchedulerState(MembershipLayer):
                 _add(ts, "dependencies", dts)
                 _add(dts, "dependents", ts)
 
-        recs: dict[TaskState, str] = {}
+        recs: Recommendations = {}
         for key in ev.keys:
             ts = self.tasks[key]
             if cs not in ts.who_wants:
@@ -203,7 +204,7 @@ class SchedulerState(MembershipLayer):
         cs = self.clients.get(ev.client)
         if cs is None:
             return
-        recs: dict[TaskState, str] = {}
+        recs: Recommendations = {}
         for key in ev.keys:
             ts = self.tasks.get(key)
             if ts is None or cs not in ts.who_wants:
@@ -230,7 +231,7 @@ class SchedulerState(MembershipLayer):
         for key, n in ev.nbytes.items():
             if n < 0:
                 raise InvalidEvent(f"scattered key {key!r} has negative size {n}")
-        recs: dict[TaskState, str] = {}
+        recs: Recommendations = {}
         for key, addrs in ev.who_has.items():
             ts = self.tasks.get(key)
             if ts is None:
@@ -306,7 +307,7 @@ class SchedulerState(MembershipLayer):
             if n < 0:
                 raise InvalidEvent(f"add-keys: negative size for {k!r}")
         forget = []
-        recs: dict[TaskState, str] = {}
+        recs: Recommendations = {}
         for key, n in ev.nbytes.items():
             ts = self.tasks.get(key)
             if ts is not None and ts.state == "memory":
@@ -328,7 +329,7 @@ class SchedulerState(MembershipLayer):
         ws = self.workers.get(ev.worker)
         if ws is None:
             return
-        recs: dict[TaskState, str] = {}
+        recs: Recommendations = {}
         for key in ev.keys:
             ts = self.tasks.get(key)
             if ts is None or ws not in ts.who_has:

@@ -35,7 +35,7 @@ from ...protocol.messages import (
     HeartbeatAck,
     WorkerRegistered,
 )
-from .entities import ClientState, Restart, Retirement, TaskState, WorkerState
+from .entities import ClientState, Recommendations, Restart, Retirement, TaskState, WorkerState
 from .events import (
     AddClientEvent,
     AddWorkerEvent,
@@ -82,7 +82,7 @@ class MembershipLayer(ValidationLayer):
         self.workers[ev.address] = ws
         self._worker_list = None
         self.names[ev.name] = ev.address
-        recs: dict[TaskState, str] = {}
+        recs: Recommendations = {}
         forget: list[str] = []
         for key, nbytes in ev.nbytes.items():
             ts = self.tasks.get(key)
@@ -130,7 +130,7 @@ class MembershipLayer(ValidationLayer):
         if ws.address in self.told_to_close:
             self.told_to_close.discard(ws.address)
             safe = True
-        recs: dict[TaskState, str] = {}
+        recs: Recommendations = {}
         for ts in list(ws.processing):
             if not safe:
                 ts.suspicious += 1
@@ -181,7 +181,7 @@ class MembershipLayer(ValidationLayer):
             ws.status = "paused"
         elif not paused and ws.status == "paused":
             ws.status = "running"
-            recs = {ts: "processing" for ts in self.unrunnable if ts.state == "no-worker"}
+            recs: Recommendations = {ts: "processing" for ts in self.unrunnable if ts.state == "no-worker"}
             self._to_fill.add(ws)
             self._transitions(recs)
         self._out.append(ToWorker(ws.address, HeartbeatAck(heartbeat_interval=self.heartbeat_interval(), worker_ttl=self.worker_ttl_now())))
@@ -195,7 +195,7 @@ class MembershipLayer(ValidationLayer):
         cs = self.clients.pop(ev.client, None)
         if cs is None:
             return
-        recs: dict[TaskState, str] = {}
+        recs: Recommendations = {}
         for ts in cs.wants_what:
             ts.who_wants.discard(cs)
             self._maybe_release(ts, recs)
@@ -216,7 +216,7 @@ class MembershipLayer(ValidationLayer):
 
     def _fire_and_forget_keys(self, ev: FireAndForgetEvent) -> None:
         ff = self.fire_and_forget
-        recs: dict[TaskState, str] = {}
+        recs: Recommendations = {}
         for key in ev.keys:
             ts = self.tasks.get(key)
             if ts is None or ts.state in ("memory", "erred", "forgotten") or ff in ts.who_wants:

@@ -17,18 +17,27 @@ with ``_count_move``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...protocol.messages import FreeKeys, KeyCancelled
 from .core import _key_in_memory
-from .entities import NO_TASKS, TaskState, WorkerState, _add
+from .entities import (
+    NO_TASKS,
+    Recommendations,
+    TaskState,
+    TaskStateName,
+    TransientStateName,
+    WorkerState,
+    _add,
+)
 from .events import ToClient, ToWorker
 from .exceptions import InvalidTransition, LostData
 from .queuing import QueuingLayer
 
 
 class TransitionsLayer(QueuingLayer):
-    def _transitions(self, recs: dict[TaskState, str]) -> None:
+    def _transitions(self, recs: Recommendations) -> None:
         """Run ``recs`` and everything they lead to, until nothing is left.
 
         Two kinds of decision wait until the cascade is quiet, because a
@@ -64,7 +73,7 @@ class TransitionsLayer(QueuingLayer):
                 if ts.state in ("waiting", "no-worker") and not ts.waiting_on:
                     self._transition(ts, "processing", recs, deferred=False)
 
-    def _transition(self, ts: TaskState, finish: str, recs: dict[TaskState, str], deferred: bool = True) -> None:
+    def _transition(self, ts: TaskState, finish: TaskStateName, recs: Recommendations, deferred: bool = True) -> None:
         start = ts.state
         if start == finish:
             return
@@ -89,7 +98,7 @@ class TransitionsLayer(QueuingLayer):
             start = "processing"
         self._count_move(ts, start, end)
 
-    def _flush_unrunnable(self, recs: dict[TaskState, str]) -> None:
+    def _flush_unrunnable(self, recs: Recommendations) -> None:
         if self._pending_unrunnable:
             for t in self._pending_unrunnable:
                 # setdefault: a task already headed elsewhere in this event
@@ -117,7 +126,7 @@ class TransitionsLayer(QueuingLayer):
                         self._pending_unrunnable.add(t)
         return ws
 
-    def _became_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _became_memory(self, ts: TaskState, recs: Recommendations) -> None:
         for dts in ts.dependents:
             dts.waiting_on.discard(ts)
             # A dependent whose own result arrived in the same event is
@@ -133,7 +142,7 @@ class TransitionsLayer(QueuingLayer):
         if not ts.who_wants and not ts.waiters:
             recs[ts] = "released"
 
-    def _drop_waiter(self, dts: TaskState, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _drop_waiter(self, dts: TaskState, ts: TaskState, recs: Recommendations) -> None:
         """``ts`` no longer needs its dependency ``dts``.
 
         Once nothing waits for ``dts`` and no client wants it, it is released
@@ -151,7 +160,7 @@ class TransitionsLayer(QueuingLayer):
         if not dts.waiters:
             self._maybe_unwanted.add(dts)
 
-    def _to_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _to_released(self, ts: TaskState, recs: Recommendations) -> None:
         for dts in ts.dependencies:
             self._drop_waiter(dts, ts, recs)
         ts.waiting_on = NO_TASKS
@@ -161,7 +170,7 @@ class TransitionsLayer(QueuingLayer):
         elif not ts.dependents:
             recs[ts] = "forgotten"
 
-    def _to_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _to_erred(self, ts: TaskState, recs: Recommendations) -> None:
         for dts in ts.dependencies:
             self._drop_waiter(dts, ts, recs)
         ts.waiting_on = NO_TASKS
@@ -180,7 +189,7 @@ class TransitionsLayer(QueuingLayer):
         if not ts.who_wants and not ts.waiters and not ts.dependents:
             recs[ts] = "forgotten"
 
-    def _t_released_waiting(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_released_waiting(self, ts: TaskState, recs: Recommendations) -> None:
         if not ts.runnable:
             raise InvalidTransition(f"{ts.key!r} has no run spec and cannot be computed")
         ts.state = "waiting"
@@ -209,7 +218,7 @@ class TransitionsLayer(QueuingLayer):
         if not ts.waiting_on and ts not in recs:
             recs[ts] = "processing"
 
-    def _t_waiting_processing(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_waiting_processing(self, ts: TaskState, recs: Recommendations) -> None:
         ws = self.decide_worker(ts)
         if ws is None:
             ts.state = "no-worker"
@@ -222,18 +231,18 @@ class TransitionsLayer(QueuingLayer):
             return
         self._send_to_worker(ts, ws)
 
-    def _t_queued_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_queued_released(self, ts: TaskState, recs: Recommendations) -> None:
         self._dequeue(ts)
         self._to_released(ts, recs)
 
-    def _t_noworker_processing(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_noworker_processing(self, ts: TaskState, recs: Recommendations) -> None:
         ws = self.decide_worker(ts)
         if ws is None:
             return
         self.unrunnable.discard(ts)
         self._send_to_worker(ts, ws)
 
-    def _t_processing_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_processing_memory(self, ts: TaskState, recs: Recommendations) -> None:
         self._leave_processing(ts)
         ts.state = "memory"
         ts.exception_blame = None
@@ -241,7 +250,7 @@ class TransitionsLayer(QueuingLayer):
         ts.died_on = ()
         self._became_memory(ts, recs)
 
-    def _t_waiting_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_waiting_memory(self, ts: TaskState, recs: Recommendations) -> None:
         # A result arrived for a task we were (re)waiting on: accept it.
         if not ts.who_has:
             raise InvalidTransition(f"{ts.key!r} cannot be in memory with no holder")
@@ -252,13 +261,13 @@ class TransitionsLayer(QueuingLayer):
         ts.state = "memory"
         self._became_memory(ts, recs)
 
-    def _t_released_memory(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_released_memory(self, ts: TaskState, recs: Recommendations) -> None:
         if not ts.who_has:
             raise InvalidTransition(f"{ts.key!r} cannot be in memory with no holder")
         ts.state = "memory"
         self._became_memory(ts, recs)
 
-    def _t_memory_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_memory_released(self, ts: TaskState, recs: Recommendations) -> None:
         if ts.who_has and (ts.who_wants or ts.waiters):
             # A stale recommendation: the task was unwanted when it was made,
             # but a later transition in the same event made a task wait for
@@ -290,40 +299,40 @@ class TransitionsLayer(QueuingLayer):
         elif not ts.dependents:
             recs[ts] = "forgotten"
 
-    def _t_processing_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_processing_released(self, ts: TaskState, recs: Recommendations) -> None:
         ws = self._leave_processing(ts)
         if ws is not None and ts.state == "processing":
             self._out.append(ToWorker(ws.address, FreeKeys(keys=[ts.key])))
         self._to_released(ts, recs)
 
-    def _t_waiting_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_waiting_released(self, ts: TaskState, recs: Recommendations) -> None:
         self._to_released(ts, recs)
 
-    def _t_noworker_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_noworker_released(self, ts: TaskState, recs: Recommendations) -> None:
         self.unrunnable.discard(ts)
         self._to_released(ts, recs)
 
-    def _t_processing_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_processing_erred(self, ts: TaskState, recs: Recommendations) -> None:
         ws = self._leave_processing(ts)
         if ws is not None and ws.address in self.workers:
             # The scheduler keeps the exception; the worker can forget the task.
             self._out.append(ToWorker(ws.address, FreeKeys(keys=[ts.key])))
         self._to_erred(ts, recs)
 
-    def _t_waiting_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_waiting_erred(self, ts: TaskState, recs: Recommendations) -> None:
         self._to_erred(ts, recs)
 
-    def _t_noworker_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_noworker_erred(self, ts: TaskState, recs: Recommendations) -> None:
         self.unrunnable.discard(ts)
         self._to_erred(ts, recs)
 
-    def _t_released_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_released_erred(self, ts: TaskState, recs: Recommendations) -> None:
         self._to_erred(ts, recs)
 
-    def _t_memory_erred(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_memory_erred(self, ts: TaskState, recs: Recommendations) -> None:
         self._to_erred(ts, recs)
 
-    def _t_erred_released(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_erred_released(self, ts: TaskState, recs: Recommendations) -> None:
         root = ts.exception_blame or ts
         ts.exception = None
         ts.exception_text = ts.traceback_text = ts.type_name = ""
@@ -342,7 +351,7 @@ class TransitionsLayer(QueuingLayer):
         elif not ts.dependents:
             recs[ts] = "forgotten"
 
-    def _t_to_forgotten(self, ts: TaskState, recs: dict[TaskState, str]) -> None:
+    def _t_to_forgotten(self, ts: TaskState, recs: Recommendations) -> None:
         if ts.who_wants or ts.waiters or ts.dependents:
             raise InvalidTransition(f"{ts.key!r} is still needed and cannot be forgotten")
         for dts in ts.dependencies:
@@ -392,7 +401,7 @@ class TransitionsLayer(QueuingLayer):
         # recommendation first: queue dependencies first so dependents go
         # first.  A result still needed outside the cancelled set stays
         # (_maybe_release checks the waiters).
-        recs: dict[TaskState, str] = {}
+        recs: Recommendations = {}
         for order in reversed(orders):
             for t in reversed(order):
                 self._maybe_release(t, recs)
@@ -405,7 +414,7 @@ class TransitionsLayer(QueuingLayer):
 
 T = TransitionsLayer
 #: (start, finish) -> the function that makes that move.
-TRANSITIONS: dict[tuple[str, str], Any] = {
+TRANSITIONS: dict[tuple[TaskStateName | TransientStateName, TaskStateName], Callable[[Any, TaskState, Recommendations], None]] = {
     ("released", "waiting"): T._t_released_waiting,
     ("released", "memory"): T._t_released_memory,
     ("released", "erred"): T._t_released_erred,
