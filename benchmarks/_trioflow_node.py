@@ -57,16 +57,8 @@ async def _main(args: argparse.Namespace) -> None:
             await nursery.start(worker.serve)
             print(f"Start worker at: {worker.address}", file=sys.stderr, flush=True)
         # serve() returns when the node closes (e.g. scheduler shutdown).
-        await _wait_closed(node if args.role == "scheduler" else worker)
+        await (node if args.role == "scheduler" else worker).wait_closed()
         nursery.cancel_scope.cancel()
-
-
-async def _wait_closed(node: object) -> None:
-    closed = getattr(node, "_closed", None)
-    if closed is not None:
-        await closed.wait()
-    else:  # pragma: no cover
-        await trio.sleep_forever()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -337,9 +337,9 @@ def test_worker_nprocs_names_files_and_sigterm(tmp_path: Path) -> None:
 
 
 def _arena_limit() -> int | None:
-    import trioflow.memory
+    import trioflow.process.malloc
 
-    return trioflow.memory.arena_limit
+    return trioflow.process.malloc.arena_limit
 
 
 def test_resources_steer_tasks_and_no_nanny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -523,7 +523,7 @@ _START_DAEMONS = textwrap.dedent(
     import trio
 
     from trioflow.cli import scheduler_main, worker_main  # what the console scripts load
-    from trioflow.nanny import Nanny  # noqa: F401
+    from trioflow.process.nanny import Nanny  # noqa: F401
     from trioflow.scheduler.server import Scheduler
     from trioflow.worker.server import Worker
 
@@ -552,6 +552,6 @@ def test_daemons_start_without_heavy_modules() -> None:
 
 
 def test_nanny_worker_process_does_without_click() -> None:
-    # `python -m trioflow.nanny` runs on trioflow.daemon: no option parsing there.
-    code = "import sys, trioflow.nanny, trioflow.daemon; assert 'click' not in sys.modules, 'click imported'"
+    # `python -m trioflow.process.nanny` runs without option parsing.
+    code = "import sys, trioflow.process.nanny, trioflow.process.daemon; assert 'click' not in sys.modules, 'click imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

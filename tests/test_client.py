@@ -318,7 +318,7 @@ def graphs_sent(c: AsyncClient, monkeypatch: pytest.MonkeyPatch) -> list[int]:
 async def test_map_streams_its_tasks_in_graphs(cc: tuple[InProcessCluster, AsyncClient], monkeypatch: pytest.MonkeyPatch) -> None:
     """A long map is sent in graphs of MAP_CHUNK_TASKS as it is prepared:
     each graph goes out before the next task is pickled."""
-    from trioflow.client import core
+    from trioflow.client import submit as core
 
     cluster, c = cc
     monkeypatch.setattr(core, "MAP_CHUNK_TASKS", 10)
@@ -340,7 +340,7 @@ async def test_map_streams_its_tasks_in_graphs(cc: tuple[InProcessCluster, Async
 async def test_an_impure_map_goes_as_one_graph(cc: tuple[InProcessCluster, AsyncClient], monkeypatch: pytest.MonkeyPatch) -> None:
     """pure=False: tasks with effects, so all or nothing (nothing runs if a
     late argument cannot be pickled)."""
-    from trioflow.client import core
+    from trioflow.client import submit as core
 
     cluster, c = cc
     monkeypatch.setattr(core, "MAP_CHUNK_TASKS", 5)
@@ -356,7 +356,7 @@ async def test_an_impure_map_goes_as_one_graph(cc: tuple[InProcessCluster, Async
 async def test_a_map_that_fails_midway_leaves_nothing_submitted(
     cc: tuple[InProcessCluster, AsyncClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from trioflow.client import core
+    from trioflow.client import submit as core
 
     cluster, c = cc
     monkeypatch.setattr(core, "MAP_CHUNK_TASKS", 5)
@@ -1323,7 +1323,7 @@ async def test_scheduler_goes_away() -> None:
 
 
 async def test_large_graphs_go_in_pieces_under_the_header_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    import trioflow.client.core as core
+    import trioflow.client.submit as core
 
     monkeypatch.setattr(core, "GRAPH_PIECE_TASKS", 50)
     with trio.fail_after(30):

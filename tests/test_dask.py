@@ -77,5 +77,36 @@ def test_delayed_get_compute_persist(client: Client) -> None:
 def test_set_as_default_ends_with_the_client() -> None:
     with LocalCluster(n_workers=1) as cluster:
         with Client(cluster) as c:
-            assert dask.config.get("scheduler") == c.get
-        assert dask.config.get("scheduler", None) != c.get
+            assert dask.config.get("scheduler") == c._dask_get  # client.get, or dask locally inside a task
+        assert dask.config.get("scheduler", None) != c._dask_get
+
+
+def test_wait_on_a_persisted_collection_waits_for_its_pieces(client: Client) -> None:
+    """wait() reads the futures out of the collection's graph; it never
+    iterates the collection (element by element: 2**20 getitems for this one)."""
+    from trioflow import futures_of, wait
+
+    x = da.arange(2**20, chunks=2**18).persist()
+    assert len(futures_of(x)) == 4
+    done, not_done = wait(x, timeout=20)
+    assert len(done) == 4 and not not_done
+    y = (x + 1).persist()
+    done, not_done = wait([x, {"y": y}], timeout=20)
+    assert len(done) == 8 and not not_done
+    assert int(y.sum().compute()) == sync((da.arange(2**20, chunks=2**18) + 1).sum())
+
+
+def _compute_inside_a_task(n: int) -> int:
+    import dask.array as da
+
+    return int(da.arange(n, chunks=max(n // 4, 1)).sum().compute())
+
+
+def test_a_task_on_a_thread_worker_can_compute_a_collection() -> None:
+    """The client installs itself as dask's scheduler process-wide; a task on
+    the only thread of an in-process worker computing a collection must not
+    wait for that thread (it runs on dask's local synchronous scheduler)."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster, Client(cluster) as c:
+        assert c.submit(_compute_inside_a_task, 100).result(timeout=20) == sum(range(100))
+        # The client itself still computes through the cluster.
+        assert int(da.arange(10, chunks=5).sum().compute()) == 45

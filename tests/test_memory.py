@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from process_helpers import daemons, start_scheduler, start_worker, wait_for  # noqa: E402
 
-from trioflow.memory import format_bytes, parse_bytes, parse_memory_limit
+from trioflow.config import format_bytes, parse_bytes, parse_memory_limit
 from trioflow.worker.memory import SpillBuffer
 
 # Task functions travel by value: worker processes cannot import this file.
@@ -194,7 +194,7 @@ def test_directory_of_a_killed_worker_without_nanny_is_removed_by_the_next(tmp_p
 
 
 def test_arena_limit_leaves_a_users_setting_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    from trioflow import memory
+    from trioflow.process import malloc as memory
 
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     monkeypatch.setattr(memory, "arena_limit", None)

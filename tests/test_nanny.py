@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from trioflow import open_client, open_cluster
-from trioflow.nanny import Nanny, NannyStartError
+from trioflow.process.nanny import Nanny, NannyStartError
 
 pytestmark = pytest.mark.slow
 
@@ -78,4 +78,5 @@ async def test_nanny_start_error_is_one_line() -> None:
         with pytest.raises(NannyStartError, match="death-timeout") as info:
             await nanny.serve()
     assert "\n" not in str(info.value)
-    assert nanny.status == "closed" and nanny.process is not None and nanny.process.returncode == 3
+    # It never served: failed, not closed.
+    assert nanny.status == "failed" and nanny.process is not None and nanny.process.returncode == 3

@@ -8,7 +8,7 @@ import pickle
 import attrs
 import pytest
 
-from trioflow.daemon import release_startup_memory
+from trioflow.process.daemon import release_startup_memory
 from trioflow.protocol import messages as m
 from trioflow.records import Record, record
 from trioflow.scheduler.state import ToWorker

@@ -772,7 +772,7 @@ def test_scheduler_process_memory_levels_off_over_rounds(tmp_path: Any) -> None:
     level after every release: less than 10% above where the first round
     left it, and less than a quarter above idle (measured: 30.6 idle, 34.0,
     then 34.2-34.4).  Under CPython's own allocator the same run ends ~25 MB
-    higher (survivors pin arenas; see trioflow/_launch.py); without the
+    higher (survivors pin arenas; see trioflow/process/launch.py); without the
     collection before the trim it creeps up ~0.7 MB a round; a leak of a
     task's state (~2 kB) would add ~20 MB per round."""
     import psutil

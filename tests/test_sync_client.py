@@ -386,3 +386,82 @@ def test_client_that_cannot_connect() -> None:
     with pytest.raises(CommError, match="could not connect"):
         Client("tcp://127.0.0.1:1", timeout=2)
     # and its portal thread is gone (the autouse leak check)
+
+
+# ---------------------------------------------------------------- exit without close
+
+_EXIT_SCRIPT = """
+import atexit, sys
+
+def report():
+    # Registered before trioflow is imported, so it runs after trioflow's own
+    # exit handler (atexit runs handlers last-registered first).
+    print("at exit:", c1.status, c2.status, flush=True)
+
+atexit.register(report)
+
+from trioflow import Client
+
+def inc(x):
+    return x + 1
+
+c1 = Client(sys.argv[1])
+c1.close()
+c2 = Client(sys.argv[1])
+done = c2.submit(inc, 1)
+assert done.result(timeout=10) == 2
+pending = c2.submit(inc, 2, workers=["nowhere"])  # never runs
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["alive", "gone"])
+def test_a_forgotten_close_does_not_hang_the_exit(tmp_path: Any, scheduler: str) -> None:
+    """Two clients, the first closed, the second left open holding futures
+    (one finished, one pending): the interpreter exits promptly, closing the
+    second client on the way, whether the scheduler is still there or not."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "forgot_close.py"
+    script.write_text(_EXIT_SCRIPT)
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(script), cluster.scheduler_address],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().strip() == "ready"
+            if scheduler == "gone":
+                cluster.close()
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    finally:
+        cluster.close()
+    assert proc.returncode == 0, err
+    assert "at exit: closed closed" in out, (out, err)
+
+
+def test_sync_runs_functions_in_the_clients_loop(client: Client) -> None:
+    import trio
+
+    async def double(x: int) -> int:
+        await trio.sleep(0)  # runs in the client's own Trio loop
+        return 2 * x
+
+    assert client.sync(double, 4) == 8
+    assert client.sync(lambda: 5) == 5
+    with pytest.raises(TimeoutError):
+        client.sync(trio.sleep_forever, callback_timeout=0.05)

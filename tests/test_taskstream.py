@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from trioflow import _launch
 from trioflow.diagnostics.sources import _RingTail
+from trioflow.process import launch as _launch
 from trioflow.scheduler.taskstream import TaskStream
 
 pytestmark = pytest.mark.timeout(30)

@@ -12,27 +12,33 @@ from ._version import __version__
 # client, the local-cluster code or anyio, which keeps its start-up time and
 # memory down.
 _LAZY = {
+    # Every exception is in trioflow.errors, which imports no trio.
+    "CancelledError": "errors",
+    "CommClosedError": "errors",
+    "CommError": "errors",
+    "FutureLostError": "errors",
+    "KilledWorker": "errors",
+    "ProtocolError": "errors",
+    "SecurityError": "errors",
+    "SerializationError": "errors",
+    "TimeoutError": "errors",
+    "TrioflowError": "errors",
     "AsyncClient": "client",
-    "CancelledError": "client",
     "Client": "client",
     "Future": "client",
-    "FutureLostError": "client",
     "as_completed": "client",
     "default_client": "client",
     "fire_and_forget": "client",
+    "futures_of": "client",
     "open_client": "client",
     "wait": "client",
-    "CommClosedError": "comm",
-    "CommError": "comm",
     "LocalCluster": "deploy",
     "open_cluster": "deploy",
+    "Nanny": "process.nanny",
+    "Status": "process.lifecycle",
     "progress": "progress",
-    "ProtocolError": "protocol",
-    "SerializationError": "protocol",
-    "KilledWorker": "scheduler",
     "Scheduler": "scheduler",
     "Security": "security",
-    "SecurityError": "security",
     "Worker": "worker",
     "get_worker": "worker",
 }
@@ -40,22 +46,33 @@ _LAZY = {
 if TYPE_CHECKING:
     from .client import (
         AsyncClient,
-        CancelledError,
         Client,
         Future,
-        FutureLostError,
         as_completed,
         default_client,
         fire_and_forget,
+        futures_of,
         open_client,
         wait,
     )
-    from .comm import CommClosedError, CommError
     from .deploy import LocalCluster, open_cluster
+    from .errors import (
+        CancelledError,
+        CommClosedError,
+        CommError,
+        FutureLostError,
+        KilledWorker,
+        ProtocolError,
+        SecurityError,
+        SerializationError,
+        TimeoutError,
+        TrioflowError,
+    )
+    from .process.lifecycle import Status
+    from .process.nanny import Nanny
     from .progress import progress
-    from .protocol import ProtocolError, SerializationError
-    from .scheduler import KilledWorker, Scheduler
-    from .security import Security, SecurityError
+    from .scheduler import Scheduler
+    from .security import Security
     from .worker import Worker, get_worker
 
 
@@ -84,16 +101,21 @@ __all__ = [
     "FutureLostError",
     "KilledWorker",
     "LocalCluster",
+    "Nanny",
     "ProtocolError",
     "Scheduler",
     "Security",
     "SecurityError",
     "SerializationError",
+    "TimeoutError",
+    "TrioflowError",
+    "Status",
     "Worker",
     "__version__",
     "as_completed",
     "default_client",
     "fire_and_forget",
+    "futures_of",
     "get_worker",
     "open_client",
     "open_cluster",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from typing import Any
 
 import trio
 
-from .client.futures import Future, _flatten_futures, _in_trio
+from .client.futures import Future, _flatten_futures
 
 __all__ = ["progress", "progress_async"]
 
@@ -40,14 +41,14 @@ async def progress_async(futures: Any, *, interval: float = 0.1, file: Any = Non
 
 def progress(futures: Any, *, interval: float = 0.1, file: Any = None) -> Any:
     """Show progress of futures: a live bar in Jupyter, a text bar in a
-    terminal.  Blocks until done for blocking clients; in Trio code returns
-    an awaitable."""
+    terminal.  Blocks until done for blocking clients; for asynchronous ones
+    (asyncio or Trio) returns an awaitable."""
     flat: list[Future] = _flatten_futures(futures)
     if not flat:
         return None
     client = flat[0].client
-    if _in_trio() or client._portal is None:
-        return progress_async(flat, interval=interval, file=file)
+    if not client._blocking():
+        return client._awaitable(functools.partial(progress_async, flat, interval=interval, file=file))
     if file is None and _in_notebook():
         return _notebook_progress(flat, client, interval)
     return client._sync_call(lambda: progress_async(flat, interval=interval, file=file))

@@ -58,11 +58,9 @@ from typing import Any, NoReturn
 
 import attrs
 
+from .errors import SecurityError, _EncryptedKey, find_leaf
+
 __all__ = ["Security", "SecurityError", "describe_ssl_error"]
-
-
-class SecurityError(ValueError):
-    """A TLS configuration problem; the message names the option and the cause."""
 
 
 ROLES = frozenset({"scheduler", "worker", "nanny", "client"})
@@ -445,10 +443,6 @@ def _refuse_password() -> NoReturn:
     raise _EncryptedKey
 
 
-class _EncryptedKey(Exception):
-    pass
-
-
 def _load_cert_chain(
     ctx: ssl.SSLContext, cert_option: str, cert: str, key_option: str, key: str | None
 ) -> None:
@@ -679,24 +673,6 @@ _REASONS = {
 }
 
 
-def _find_ssl_error(exc: BaseException) -> ssl.SSLError | None:
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, ssl.SSLError):
-            return e
-        if isinstance(e, BaseExceptionGroup):
-            stack.extend(reversed(e.exceptions))
-        for linked in (e.__context__, e.__cause__):
-            if linked is not None:
-                stack.append(linked)
-    return None
-
-
 def describe_ssl_error(exc: BaseException) -> str:
     """A short human cause for a failed TLS connection.
 
@@ -710,8 +686,8 @@ def describe_ssl_error(exc: BaseException) -> str:
         e.g. ``"certificate verify failed: certificate has expired"`` or
         ``"peer did not speak TLS (plaintext to a TLS port?)"``.
     """
-    err = _find_ssl_error(exc)
-    if err is None:
+    err = find_leaf(exc, ssl.SSLError, chained=True)
+    if not isinstance(err, ssl.SSLError):
         if isinstance(exc, ConnectionResetError):
             return "connection reset by peer"
         text = str(exc)

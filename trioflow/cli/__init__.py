@@ -12,16 +12,17 @@ import logging
 import os
 from typing import Any
 
+import attrs
 import click
 import trio
 
 from .._version import __version__
 from ..comm.addressing import Address, parse_address
+from ..errors import NannyStartError, find_leaf, leaves
 from .common import (
     PidFile,
     UserError,
     check_preload,
-    close_on_signals,
     default_nthreads,
     describe_exception,
     interface_address,
@@ -30,10 +31,8 @@ from .common import (
     memory_limit_option,
     parse_port_range,
     parse_resources,
-    preload_setup,
-    preload_teardown,
-    release_startup_memory,
     run_cli,
+    run_servers,
     setup_logging,
 )
 
@@ -124,40 +123,51 @@ def scheduler_command(
     if local_directory:
         os.makedirs(local_directory, exist_ok=True)
     modules = [load_preload(p) for p in preload]
+    from ..config import SchedulerConfig
     from ..scheduler.server import Scheduler
 
     dash = _dashboard_address(dashboard_address, dashboard_port, host or "", 8787) if dashboard else None
-    scheduler = Scheduler(
-        listen,
-        security=security,
-        scheduler_file=scheduler_file,
-        dashboard_address=dash,
-        dashboard_prefix=prefix,
-        dashboard_whitelist=list(whitelist),
-        use_xheaders=use_xheaders,
-        worker_ttl=worker_ttl,
-    )
+    try:
+        config = SchedulerConfig(
+            address=listen,
+            scheduler_file=scheduler_file,
+            dashboard_address=dash,
+            dashboard_prefix=prefix,
+            dashboard_whitelist=whitelist,
+            use_xheaders=use_xheaders,
+            worker_ttl=worker_ttl,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    scheduler = Scheduler(config=config, security=security)
+
+    url = ""
+    up = False
+
+    def started(scheduler: Any) -> None:
+        nonlocal url, up
+        up = True
+        logger.info("  Scheduler at: %s", scheduler.address)
+        if "dashboard" in scheduler.services:
+            url = f"http://{_host_of(scheduler.address)}:{scheduler.services['dashboard']}{prefix.rstrip('/')}/status"
+            logger.info("  dashboard at: %s", url)
+
+    def ready(nursery: trio.Nursery) -> None:
+        if url and show:
+            nursery.start_soon(_open_browser, url)
+        if idle_timeout:
+            nursery.start_soon(_idle_watch, scheduler, idle_timeout)
 
     async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(close_on_signals, scheduler.close)
-            try:
-                await nursery.start(scheduler.serve)
-            except OSError as exc:
-                raise UserError(f"cannot listen on {listen}: {describe_exception(exc)}") from None
-            logger.info("  Scheduler at: %s", scheduler.address)
-            if "dashboard" in scheduler.services:
-                url = f"http://{_host_of(scheduler.address)}:{scheduler.services['dashboard']}{prefix.rstrip('/')}/status"
-                logger.info("  dashboard at: %s", url)
-                if show:
-                    nursery.start_soon(_open_browser, url)
-            await preload_setup(modules, scheduler)
-            release_startup_memory()
-            if idle_timeout:
-                nursery.start_soon(_idle_watch, scheduler, idle_timeout)
-            await scheduler._closed.wait()
-            await preload_teardown(modules, scheduler)
-            nursery.cancel_scope.cancel()
+        try:
+            await run_servers([scheduler], modules, on_started=started, on_ready=ready)
+        except BaseExceptionGroup as group:
+            found = leaves(group)
+            if not up and not any(isinstance(e, UserError) for e in found):
+                for leaf in found:
+                    if isinstance(leaf, OSError):
+                        raise UserError(f"cannot listen on {listen}: {describe_exception(leaf)}") from None
+            raise
         logger.info("End scheduler at %r", scheduler.address)
 
     with PidFile(pid_file):
@@ -187,26 +197,18 @@ def _host_of(address: str) -> str:
     return f"[{a.host}]" if ":" in a.host else a.host
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
-    return [exc]
-
-
 def _run(main: Any) -> None:
     """``trio.run(main)``, turning user-caused failures into one-line errors."""
     try:
         trio.run(main)
     except BaseException as exc:  # noqa: BLE001 - sorted out below
-        leaves = _leaves(exc)
-        if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+        if all(isinstance(leaf, KeyboardInterrupt) for leaf in leaves(exc)):
             return
-        for leaf in leaves:
-            if isinstance(leaf, UserError):
-                raise UserError(str(leaf)) from None
-        for leaf in leaves:
-            if isinstance(leaf, (OSError, ValueError)):  # CommError, SecurityError, AddressError, ...
-                raise UserError(describe_exception(leaf)) from None
+        leaf = find_leaf(exc, UserError, (OSError, ValueError))  # CommError, SecurityError, AddressError, ...
+        if isinstance(leaf, UserError):
+            raise UserError(str(leaf)) from None
+        if leaf is not None:
+            raise UserError(describe_exception(leaf)) from None
         raise
 
 
@@ -286,7 +288,7 @@ def worker_command(
     nthreads = nthreads or default_nthreads(nprocs)
     limit = memory_limit_option(memory_limit, nthreads, nprocs)
     if not nanny:
-        from ..memory import limit_malloc_arenas
+        from ..process.malloc import limit_malloc_arenas
 
         limit_malloc_arenas(nthreads * nprocs)  # the workers' threads are ours (see there)
     res = parse_resources(resources)
@@ -326,6 +328,26 @@ def worker_command(
     bind_host = host or "0.0.0.0"
     dash = _dashboard_address(dashboard_address, dashboard_port, host or "", 8789) if dashboard else None
     modules = nanny_modules if nanny else worker_modules
+    from ..config import WorkerConfig
+
+    # The workers' configuration, built once; each process gets its name and
+    # listener (and the scheduler's address, once known) by ``evolve``.
+    try:
+        template = WorkerConfig(
+            scheduler_address=scheduler or "",
+            nthreads=nthreads,
+            memory_limit=limit,
+            resources=res,
+            contact_address=contact_address,
+            local_directory=local_directory,
+            reconnect=reconnect,
+            death_timeout=death_timeout,
+            dashboard_address=dash,
+            dashboard_prefix=prefix,
+            preload=list(preload) if nanny else [],
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
     async def main() -> None:
         sched = scheduler
@@ -338,87 +360,37 @@ def worker_command(
             except (OSError, ValueError) as exc:
                 raise UserError(f"--scheduler-file: {describe_exception(exc)}") from None
         nodes: list[Any] = []
-        startup = trio.CancelScope()
-        started: list[Any] = []
+        for i in range(nprocs):
+            node_name = (f"{name}-{i}" if nprocs > 1 else name) if name else ""
+            wconfig = attrs.evolve(
+                template,
+                scheduler_address=sched,
+                name=node_name,
+                listen_address=listen_address or _pick_listen(protocol, bind_host, worker_ports, i, nprocs),
+            )
+            if nanny:
+                from ..config import NannyConfig
+                from ..process.nanny import Nanny
 
-        async with trio.open_nursery() as nursery:
+                nconfig = NannyConfig(worker=wconfig, listen_address=_pick_listen(protocol, bind_host, nanny_ports, i, nprocs))
+                node: Any = Nanny(config=nconfig, security=security)
+            else:
+                from ..worker.server import Worker
 
-            def close_all() -> None:
-                # Nodes still starting (waiting for the scheduler) are
-                # cancelled; running ones close politely: a nanny stops its
-                # worker with the SIGTERM -> SIGKILL ladder, a worker
-                # unregisters from the scheduler.
-                startup.cancel()
-                for n in started:
-                    nursery.start_soon(n.aclose)
-
-            async def close_started() -> None:
-                with trio.CancelScope(shield=True):
-                    for n in started:
-                        await n.aclose()
-
-            await nursery.start(close_on_signals, close_all)
-            for i in range(nprocs):
-                node_name = (f"{name}-{i}" if nprocs > 1 else name) if name else None
-                wlisten = listen_address or _pick_listen(protocol, bind_host, worker_ports, i, nprocs)
-                common: dict[str, Any] = dict(
-                    name=node_name,
-                    nthreads=nthreads,
-                    memory_limit=limit,
-                    resources=res,
-                    security=security,
-                    contact_address=contact_address,
-                    local_directory=local_directory,
-                    reconnect=reconnect,
-                    death_timeout=death_timeout,
-                    dashboard_address=dash,
-                    dashboard_prefix=prefix,
-                )
-                if nanny:
-                    from ..nanny import Nanny
-
-                    node: Any = Nanny(
-                        sched,
-                        listen_address=_pick_listen(protocol, bind_host, nanny_ports, i, nprocs),
-                        worker_listen_address=wlisten,
-                        preload=list(preload),
-                        **common,
-                    )
-                else:
-                    from ..worker.server import Worker
-
-                    node = Worker(sched, listen_address=wlisten, **common)
-                nodes.append(node)
-            with startup:
-                try:
-                    async with trio.open_nursery() as starters:
-                        for node in nodes:
-                            starters.start_soon(_start_node, nursery, node, started)
-                except BaseExceptionGroup as group:
-                    leaf = _user_leaf(group)
-                    if leaf is None:
-                        raise
-                    await close_started()  # before reporting: no orphans
-                    if not isinstance(leaf, (OSError, ValueError, trio.TooSlowError)):
-                        raise UserError(str(leaf)) from None
-                    raise UserError(f"worker failed to start: {describe_exception(leaf)}") from None
-            if startup.cancelled_caught:
-                # A signal during start-up: close what did start, then leave.
-                await close_started()
-                nursery.cancel_scope.cancel()
-                return
-            try:
-                for node in nodes:
-                    await preload_setup(modules, node)
-            except UserError:
-                await close_started()
+                node = Worker(config=wconfig, security=security)
+            nodes.append(node)
+        try:
+            await run_servers(nodes, modules, on_started=_log_started)
+        except BaseExceptionGroup as group:
+            # Two tiers (the daemon's start-up report has one): a UserError or a
+            # nanny's one-line reason is printed as it is, so it wins over an
+            # OS-level error, which gets the "worker failed to start" prefix.
+            leaf = find_leaf(group, (UserError, NannyStartError), (OSError, ValueError, trio.TooSlowError))
+            if leaf is None:
                 raise
-            release_startup_memory()
-            for node in nodes:
-                await node._closed.wait()
-            for node in nodes:
-                await preload_teardown(modules, node)
-            nursery.cancel_scope.cancel()
+            if not isinstance(leaf, (OSError, ValueError, trio.TooSlowError)):
+                raise UserError(str(leaf)) from None
+            raise UserError(f"worker failed to start: {describe_exception(leaf)}") from None
         failures = [n.failure for n in nodes if getattr(n, "failure", None)]
         if failures:
             raise UserError(failures[0])
@@ -427,27 +399,11 @@ def worker_command(
         _run(main)
 
 
-async def _start_node(nursery: trio.Nursery, node: Any, started: list[Any]) -> None:
-    await nursery.start(node.serve)
-    started.append(node)
+def _log_started(node: Any) -> None:
     if hasattr(node, "worker_address"):
         logger.info("  Start worker at: %s (nanny %s)", node.worker_address, node.address)
     else:
         logger.info("  Start worker at: %s", node.address)
-
-
-def _user_leaf(exc: BaseException) -> BaseException | None:
-    """The one failure in ``exc`` a user can act on (UserError first)."""
-    from ..nanny import NannyStartError
-
-    leaves = _leaves(exc)
-    for leaf in leaves:
-        if isinstance(leaf, (UserError, NannyStartError)):
-            return leaf
-    for leaf in leaves:
-        if isinstance(leaf, (OSError, ValueError, trio.TooSlowError)):
-            return leaf
-    return None
 
 
 _taken: set[int] = set()

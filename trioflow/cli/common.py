@@ -6,8 +6,9 @@ turns runtime failures a user can cause (port in use, scheduler unreachable,
 bad certificate) into one line and exit 1.  No traceback for a user mistake.
 
 What a daemon does once its options are parsed (logging, signals, preload
-modules, the PID file, a nanny's worker process) is in :mod:`trioflow.daemon`,
-which does without click; its names are importable from here as well.
+modules, the PID file, start-up and shutdown) is in :mod:`trioflow.process`,
+which does without click; the names the commands use are importable from
+here as well.
 """
 
 from __future__ import annotations
@@ -21,23 +22,20 @@ import click
 
 from ..comm import CommError
 from ..comm.addressing import AddressError
-from ..daemon import (
-    PidFile,
+from ..config import parse_memory_limit
+from ..process.daemon import (
     UserError,
     check_preload,
-    close_on_signals,
     describe_exception,
     load_preload,
-    preload_setup,
-    preload_teardown,
-    release_startup_memory,
-    run_worker_process,
+    run_servers,
     setup_logging,
 )
-from ..memory import parse_memory_limit
+from ..process.pidfile import PidFile
+from ..process.signals import close_on_signals
+from ..process.system import psutil_module
 from ..protocol import ProtocolError
 from ..security import Security, SecurityError
-from ..system import psutil_module
 
 
 def run_cli(command: click.Command, prog: str, args: list[str] | None = None) -> None:
@@ -169,10 +167,7 @@ __all__ = [
     "memory_limit_option",
     "parse_port_range",
     "parse_resources",
-    "preload_setup",
-    "preload_teardown",
-    "release_startup_memory",
     "run_cli",
-    "run_worker_process",
+    "run_servers",
     "setup_logging",
 ]

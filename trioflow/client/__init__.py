@@ -1,7 +1,15 @@
 """Clients: the Trio ``open_client`` / ``AsyncClient`` and the blocking ``Client``."""
 
 from .core import AsyncClient, open_client
-from .futures import CancelledError, Future, FutureLostError, as_completed, fire_and_forget, wait
+from .futures import (
+    CancelledError,
+    Future,
+    FutureLostError,
+    as_completed,
+    fire_and_forget,
+    futures_of,
+    wait,
+)
 from .sync import Client, default_client
 
-__all__ = ["AsyncClient", "CancelledError", "Client", "Future", "FutureLostError", "as_completed", "default_client", "fire_and_forget", "open_client", "wait"]
+__all__ = ["AsyncClient", "CancelledError", "Client", "Future", "FutureLostError", "as_completed", "default_client", "fire_and_forget", "futures_of", "open_client", "wait"]

@@ -6,7 +6,8 @@ A :class:`Future` is a handle on one key of one client.  All futures of a key
 share a :class:`FutureState` that the client's receive loop updates (in the
 Trio thread) when the scheduler reports the key in memory, erred, cancelled
 or lost.  Waiting works from both worlds: Trio code awaits a ``trio.Event``;
-a thread using the blocking ``Client`` waits on a ``threading.Event``.
+a thread using the blocking ``Client`` waits on a ``threading.Event``;
+asyncio code waits through :mod:`.bridge`.
 
 Futures are reference counted per key: creating one increments the client's
 count, garbage collection decrements it (``__del__`` may run in any thread, so
@@ -14,45 +15,37 @@ the decrement is lock-protected and the release is handed to the Trio thread
 with ``run_sync_soon``).  When the count reaches zero the client tells the
 scheduler to release the key, which frees the memory on the workers.
 
-Methods that need IO (``result``, ``exception``) block when the future
-belongs to a blocking ``Client`` and are called outside the event loop, and
-return an awaitable otherwise (the dask convention for asynchronous clients).
+Methods that need IO (``result``, ``exception``, ``cancel``) block when the
+future belongs to a blocking ``Client`` and are called outside its event
+loop, and return an awaitable otherwise (the dask convention for
+asynchronous clients).  The awaitable works in the client's own Trio loop
+(a plain coroutine) and in any other loop, asyncio or Trio (it crosses into
+the client's loop through :mod:`.bridge`); ``async for`` over
+:class:`as_completed` does the same.
 """
 
 from __future__ import annotations
 
 import collections
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import sniffio
 import trio
 
+from ..errors import CancelledError, FutureLostError, RemoteError, RemoteException
 from ..protocol.serialize import SerializationError, Serialized, loads
+from .bridge import in_trio
 
 if TYPE_CHECKING:
     from .core import AsyncClient
 
-__all__ = ["fire_and_forget", "Future", "FutureState", "CancelledError", "FutureLostError", "wait", "as_completed", "DoneAndNotDone", "RemoteException"]
+__all__ = ["futures_of", "fire_and_forget", "Future", "FutureState", "CancelledError", "FutureLostError", "wait", "as_completed", "DoneAndNotDone", "RemoteException"]
 
 FIRST_COMPLETED = "FIRST_COMPLETED"
 ALL_COMPLETED = "ALL_COMPLETED"
-
-
-class CancelledError(Exception):
-    """The future was cancelled."""
-
-
-class FutureLostError(Exception):
-    """The scheduler was lost, or the data was lost and cannot be recomputed."""
-
-
-class RemoteException(Exception):
-    """A task raised an exception whose type cannot be rebuilt here."""
-
-    def __init__(self, type_name: str, text: str) -> None:
-        super().__init__(text)
-        self.type_name = type_name
 
 
 class FutureState:
@@ -153,7 +146,7 @@ class FutureState:
             if not isinstance(exc, BaseException):
                 exc = None
         if exc is None:
-            exc = RemoteException(self.type_name, self.exception_text)
+            exc = RemoteError(self.exception_text, type_name=self.type_name)
         if self.traceback_text and not getattr(exc, "_trioflow_noted", False):
             try:
                 exc.add_note("Remote traceback:\n" + self.traceback_text.rstrip())
@@ -163,25 +156,31 @@ class FutureState:
         return exc
 
 
-def _in_trio() -> bool:
+_in_trio = in_trio
+
+
+def _in_async_loop() -> bool:
     try:
-        trio.lowlevel.current_task()
-        return True
-    except RuntimeError:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
         return False
+    return True
 
 
 class Future:
     """A remote result; see the module docstring."""
 
     __slots__ = ("key", "client", "_state", "__weakref__")
+    client: AsyncClient
 
-    def __init__(self, key: str, client: AsyncClient, state: FutureState | None = None) -> None:
+    def __init__(self, key: str, client: Any, state: FutureState | None = None) -> None:
         self.key = key
         self.client = client
         self._state = client._acquire(key, state)
 
     def __del__(self) -> None:
+        if sys.is_finalizing():  # the client's loop thread may be gone mid-call
+            return
         try:
             self.client._dec_ref(self.key)
         except Exception:  # noqa: BLE001 - interpreter shutdown, closed client
@@ -212,7 +211,7 @@ class Future:
         return self._state.status == "cancelled"
 
     def _blocking(self) -> bool:
-        return self.client._portal is not None and not _in_trio()
+        return self.client._blocking()
 
     def result(self, timeout: float | None = None) -> Any:
         """The task's value; raises the task's exception if it failed.
@@ -223,7 +222,7 @@ class Future:
         """
         if self._blocking():
             return self.client._sync_call(self.client._result_async, self, timeout)
-        return self.client._result_async(self, timeout)
+        return self.client._awaitable(self.client._result_async, self, timeout)
 
     def exception(self, timeout: float | None = None) -> Any:
         """The task's exception, or None if it succeeded (waits like :meth:`result`)."""
@@ -240,7 +239,7 @@ class Future:
                 raise TimeoutError(f"future {self.key!r} not done after {timeout}s")
             return None if self._state.status == "finished" else self._state.make_exception()
 
-        return _exc()
+        return self.client._awaitable(_exc)
 
     def traceback(self) -> str | None:
         """The remote traceback text of a failed task, or None."""
@@ -250,7 +249,7 @@ class Future:
         """Cancel this future's task."""
         if self._blocking():
             return self.client._sync_call(self.client._cancel_async, [self])
-        return self.client._cancel_async([self])
+        return self.client._awaitable(self.client._cancel_async, [self])
 
     def add_done_callback(self, fn: Callable[[Future], None]) -> None:
         """Call ``fn(future)`` when done (in the client's event-loop thread)."""
@@ -260,7 +259,7 @@ class Future:
             # never be called.
             self.client._sync_call(self._add_done_callback, fn)
         else:
-            self._add_done_callback(fn)
+            self.client._call_soon(self._add_done_callback, fn)
 
     def _add_done_callback(self, fn: Callable[[Future], None]) -> None:
         if self.done():
@@ -269,7 +268,7 @@ class Future:
             self._state.callbacks.append(lambda: fn(self))
 
     def __await__(self) -> Any:
-        return self.client._result_async(self, None).__await__()
+        return self.client._awaitable(self.client._result_async, self, None).__await__()
 
 
 class DoneAndNotDone(NamedTuple):
@@ -277,16 +276,48 @@ class DoneAndNotDone(NamedTuple):
     not_done: set[Future]
 
 
+def _is_dask_collection(x: Any) -> bool:
+    return not isinstance(x, type) and callable(getattr(x, "__dask_graph__", None))
+
+
+def futures_of(obj: Any) -> list[Future]:
+    """The futures in ``obj``: a Future, nested lists, tuples, sets and dict
+    values, and dask collections (a persisted one holds a future per piece
+    in its graph: the graph is read, the collection never iterated)."""
+    out: list[Future] = []
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, Future):
+            if id(x) not in seen:
+                seen.add(id(x))
+                out.append(x)
+        elif isinstance(x, (list, tuple, set, frozenset)):
+            stack.extend(reversed(list(x)) if isinstance(x, (list, tuple)) else x)
+        elif isinstance(x, dict):
+            stack.extend(reversed(list(x.values())))
+        elif _is_dask_collection(x):
+            graph = x.__dask_graph__()
+            if graph:
+                stack.extend(reversed(list(graph.values())))
+        elif type(x).__name__ == "DataNode":  # dask's task spec: a literal value
+            stack.append(getattr(x, "value", None))
+    return out
+
+
 def _flatten_futures(fs: Any) -> list[Future]:
     if isinstance(fs, Future):
         return [fs]
+    if _is_dask_collection(fs):
+        return futures_of(fs)
     if isinstance(fs, dict):
         fs = fs.values()
     out: list[Future] = []
     for f in fs:
         if isinstance(f, Future):
             out.append(f)
-        elif isinstance(f, (list, tuple, set, dict)):
+        elif isinstance(f, (list, tuple, set, dict)) or _is_dask_collection(f):
             out.extend(_flatten_futures(f))
     return out
 
@@ -321,11 +352,11 @@ def wait(fs: Any, timeout: float | None = None, return_when: str = ALL_COMPLETED
     """
     futures = _flatten_futures(fs)
     if not futures:
-        return DoneAndNotDone(set(), set()) if not _in_trio() else _completed(DoneAndNotDone(set(), set()))
+        return DoneAndNotDone(set(), set()) if not _in_async_loop() else _completed(DoneAndNotDone(set(), set()))
     client = futures[0].client
-    if client._portal is not None and not _in_trio():
+    if client._blocking():
         return client._sync_call(_wait_async, futures, timeout, return_when)
-    return _wait_async(futures, timeout, return_when)
+    return client._awaitable(_wait_async, futures, timeout, return_when)
 
 
 async def _completed(value: Any) -> Any:
@@ -402,6 +433,11 @@ class as_completed:
         return self
 
     async def __anext__(self) -> Any:
+        if self._client is None:
+            raise StopAsyncIteration
+        return await self._client._across(self._anext_in_loop)
+
+    async def _anext_in_loop(self) -> Any:
         while True:
             with self._lock:
                 if self._ready:
@@ -425,10 +461,10 @@ def fire_and_forget(futures: Any) -> None:
     if not flat:
         return
     client = flat[0].client
-    if client._portal is not None and not _in_trio():
+    if client._blocking():
         client._sync_call(client.fire_and_forget, flat)
         return
-    client._send(_ff_message([f.key for f in flat]))
+    client._call_soon(client._send, _ff_message([f.key for f in flat]))
 
 
 def _ff_message(keys: list[str]) -> Any:

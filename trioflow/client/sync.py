@@ -1,22 +1,40 @@
-"""The blocking ``Client``: the Trio client run in a portal thread.
+"""``Client``: the dask-compatible facade, blocking or asynchronous.
 
-The :class:`AsyncClient` lives in a Trio loop that anyio's blocking portal
-runs in a background thread; every method here is one ``portal.call`` into
-it.  Futures made through this client block in ``result()``.  The portal and
-its thread end in :meth:`Client.close` (also on ``with`` exit); no task is
-left behind in the portal.
+A thin facade over :class:`~trioflow.client.core.AsyncClient`: every method
+is one call through :meth:`Client._call`, which either blocks (the default)
+or returns an awaitable (``asynchronous=True``), so both modes share every
+line below.
+
+Blocking: the :class:`AsyncClient` lives in a Trio loop that anyio's
+blocking portal runs in a background thread (:class:`~.bridge.ThreadHost`);
+futures made through this client block in ``result()``.  The portal and its
+thread end in :meth:`Client.close` (also on ``with`` exit, and at interpreter
+exit for a client nobody closed); no task is left behind in the portal.
+
+Asynchronous (``await Client(address, asynchronous=True)`` or ``async with``):
+in Trio the client runs in the caller's loop; in asyncio (Jupyter, IPython's
+autoawait, FastAPI) in a Trio loop of its own in a thread.  See
+:mod:`.bridge` for how one code path serves both.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
+import logging
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import anyio.from_thread
+import anyio
+import anyio.lowlevel
+import sniffio
 
+from .bridge import SystemTaskHost, ThreadHost
 from .core import AsyncClient, open_client
 from .futures import Future
+
+logger = logging.getLogger("trioflow.client")
 
 __all__ = ["Client", "default_client"]
 
@@ -32,10 +50,22 @@ def default_client() -> Client:
 
 
 class Client:
-    """Connect to a trioflow scheduler (blocking API, dask-compatible).
+    """Connect to a trioflow scheduler (dask-compatible).
 
     ``Client("tcp://host:8786")``, ``Client(cluster)``, or
-    ``Client(scheduler_file="scheduler.json")``.
+    ``Client(scheduler_file="scheduler.json")``: every method blocks.
+
+    With ``asynchronous=True`` (in asyncio or Trio) every method returns an
+    awaitable instead, and the client connects when awaited::
+
+        async with Client(address, asynchronous=True) as client:
+            future = await client.submit(inc, 1)
+            assert await future == 2
+
+    In asyncio such a client still becomes dask's scheduler (``x.compute()``
+    works, but blocks the loop while it runs: prefer ``await
+    client.compute(x)``); in Trio it does not (it runs in the caller's own
+    loop, which a blocking ``compute`` would stall).
     """
 
     def __init__(
@@ -47,54 +77,127 @@ class Client:
         name: str | None = None,
         scheduler_file: str | None = None,
         set_as_default: bool = True,
+        asynchronous: bool = False,
     ) -> None:
         self.cluster = None if isinstance(address, str) or address is None else address
         if security is None and self.cluster is not None:
             security = getattr(self.cluster, "security", None)
-        self._portal_cm = anyio.from_thread.start_blocking_portal("trio")
-        self._portal = self._portal_cm.__enter__()
-        try:
-            self._client_cm = self._portal.wrap_async_context_manager(
-                open_client(address, security=security, name=name, timeout=timeout, scheduler_file=scheduler_file)
-            )
-            self._core: AsyncClient = self._client_cm.__enter__()
-        except BaseException:
-            self._portal_cm.__exit__(None, None, None)
-            raise
-        self._core._portal = self._portal
+        self._asynchronous = asynchronous
+        self._set_as_default = set_as_default
         self._dask_config: Any = None
+        self._closed = False
+        self._thread_host: ThreadHost | None = None
+        self._trio_host: SystemTaskHost | None = None
+        self._open = functools.partial(open_client, address, security=security, name=name, timeout=timeout, scheduler_file=scheduler_file)
+        if not asynchronous:
+            self._start_in_thread()
+            self._started()
+
+    def _start_in_thread(self) -> None:
+        host = ThreadHost(self._open())
+        self._core: AsyncClient = host.start()
+        self._thread_host = host
+        self._portal = host.portal
+        self._core._portal = self._portal
+        self._core.asynchronous = self._asynchronous
+
+    def _started(self) -> None:
         _current.append(self)
-        if set_as_default:
+        # A client in the caller's own Trio loop cannot serve dask's blocking
+        # compute() from that loop: only thread-hosted clients become dask's.
+        if self._set_as_default and self._thread_host is not None:
             self._set_dask_default()
+
+    async def _start_async(self) -> Client:
+        """Connect (``await Client(..., asynchronous=True)``)."""
+        if self._closed:
+            raise RuntimeError("client is closed")
+        if getattr(self, "_core", None) is not None:
+            return self
+        if sniffio.current_async_library() == "trio":
+            host = SystemTaskHost(self._open())
+            self._core = await host.start()
+            self._trio_host = host
+            self._portal = None
+        else:
+            await anyio.to_thread.run_sync(self._start_in_thread)
+        self._started()
+        return self
+
+    def __await__(self) -> Any:
+        if not self._asynchronous:
+            raise TypeError("only Client(..., asynchronous=True) can be awaited")
+        return self._start_async().__await__()
+
+    async def __aenter__(self) -> Client:
+        return await self._start_async()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
 
     # ------------------------------------------------------------ plumbing
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self._core.status not in ("running",):
-            raise RuntimeError(f"client is {self._core.status}")
+        """``fn(*args, **kwargs)`` in the client's loop: its result
+        (blocking) or an awaitable of it (asynchronous)."""
+        core = self._running_core()
+        if self._asynchronous:
+            return core._awaitable(functools.partial(fn, *args, **kwargs))
         return self._portal.call(functools.partial(fn, *args, **kwargs))
+
+    def _running_core(self) -> AsyncClient:
+        core: AsyncClient | None = getattr(self, "_core", None)
+        if core is None:
+            raise RuntimeError("client not started: await Client(..., asynchronous=True) first")
+        if core.status != "running":
+            raise RuntimeError(f"client is {core.status}")
+        return core
+
+    def sync(self, func: Callable[..., Any], *args: Any, asynchronous: bool | None = None, callback_timeout: Any = None, **kwargs: Any) -> Any:
+        """Call ``func(*args, **kwargs)`` the way this client is used: for an
+        asynchronous client return it as is (an awaitable for the caller's
+        loop); for a blocking one run it in the client's loop and return its
+        result (awaited if it is a coroutine function)."""
+        asyn = self._asynchronous if asynchronous is None else asynchronous
+        if asyn:
+            return func(*args, **kwargs)
+        call = functools.partial(func, *args, **kwargs)
+        if callback_timeout is not None:
+            return self._portal.call(_with_timeout, call, float(callback_timeout))
+        return self._portal.call(call)
 
     @property
     def status(self) -> str:
-        return self._core.status
+        core = getattr(self, "_core", None)
+        return "newly-created" if core is None else core.status
 
     @property
     def id(self) -> str:
-        return self._core.id
+        core = getattr(self, "_core", None)
+        return "" if core is None else core.id
 
     @property
     def scheduler_address(self) -> str:
-        return self._core.scheduler_address
+        core = getattr(self, "_core", None)
+        if core is not None:
+            return core.scheduler_address
+        return getattr(self.cluster, "scheduler_address", None) or str(self._open.args[0] or "")
 
     @property
     def asynchronous(self) -> bool:
-        return False
+        return self._asynchronous
+
+    def _info_now(self) -> dict[str, Any] | None:
+        """scheduler_info() if it can be had without awaiting, else None."""
+        if self.status != "running" or self._portal is None:
+            return None
+        try:
+            return self._portal.call(self._core.scheduler_info)  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001
+            return None
 
     def __repr__(self) -> str:
-        try:
-            info = self.scheduler_info() if self.status == "running" else None
-        except Exception:  # noqa: BLE001
-            info = None
+        info = self._info_now()
         if info is None:
             return f"<Client: {self.scheduler_address} status={self.status}>"
         n = len(info["workers"])
@@ -113,34 +216,65 @@ class Client:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def close(self) -> None:
-        """Disconnect; the scheduler releases everything this client held."""
-        if getattr(self, "_closed", False):
+    def close(self) -> Any:
+        """Disconnect; the scheduler releases everything this client held.
+        (An awaitable for an asynchronous client.)"""
+        if self._asynchronous:
+            return self._close_async()
+        self._close_sync()
+        return None
+
+    def _close_sync(self) -> None:
+        if self._closed:
             return
         self._closed = True
         self._unset_dask_default()
         try:
-            self._client_cm.__exit__(None, None, None)
+            if self._thread_host is not None:
+                self._thread_host.close()
         finally:
-            self._portal_cm.__exit__(None, None, None)
             if self in _current:
                 _current.remove(self)
 
-    def shutdown(self) -> None:
-        """Close the scheduler and its workers, then this client."""
+    async def _close_async(self) -> None:
+        if self._trio_host is not None:
+            if self._closed:
+                return
+            self._closed = True
+            if self in _current:
+                _current.remove(self)
+            await self._trio_host.aclose()
+        else:
+            await anyio.to_thread.run_sync(self._close_sync)
+
+    def shutdown(self) -> Any:
+        """Close the scheduler and its workers, then this client.
+        (An awaitable for an asynchronous client.)"""
+        if self._asynchronous:
+            return self._shutdown_async()
         if self._core.status == "running":
             self._portal.call(self._core.shutdown)
         if self.cluster is not None and hasattr(self.cluster, "close"):
             self.cluster.close()
         self.close()
+        return None
+
+    async def _shutdown_async(self) -> None:
+        if self._core.status == "running":
+            await self._core._awaitable(self._core.shutdown)
+        await self.close()
 
     # ------------------------------------------------------------ API
 
-    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        """See :meth:`AsyncClient.submit`."""
-        if self._core.status != "running":
-            raise RuntimeError(f"client is {self._core.status}")
-        return self._core.submit_from_thread(func, *args, **kwargs)
+    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """See :meth:`AsyncClient.submit` (asynchronous: an awaitable of the Future)."""
+        core = self._running_core()
+        if self._asynchronous:
+            if core._in_own_loop():
+                return core.submit(func, *args, **kwargs)
+            # Pickled here, handed to the client's loop without a round trip.
+            return _ready(core.submit_from_thread(func, *args, **kwargs))
+        return core.submit_from_thread(func, *args, **kwargs)
 
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> list[Future]:
         """See :meth:`AsyncClient.map`."""
@@ -153,12 +287,12 @@ class Client:
     def scatter(self, data: Any, workers: Any = None, broadcast: bool = False, hash: bool = True) -> Any:
         return self._call(self._core.scatter, data, workers=workers, broadcast=broadcast, hash=hash)
 
-    def cancel(self, futures: Any) -> None:
-        self._call(self._core.cancel, futures)
+    def cancel(self, futures: Any) -> Any:
+        return self._call(self._core.cancel, futures)
 
-    def restart(self, timeout: float = 60) -> None:
+    def restart(self, timeout: float = 60) -> Any:
         """Forget all tasks and restart the workers (through their nannies)."""
-        self._call(self._core.restart, timeout)
+        return self._call(self._core.restart, timeout)
 
     def who_has(self, futures: Any = None) -> dict[str, list[str]]:
         return self._call(self._core.who_has, futures)  # type: ignore[no-any-return]
@@ -180,14 +314,13 @@ class Client:
     def retire_workers(self, workers: Any, timeout: float = 60) -> list[str]:
         return self._call(self._core.retire_workers, workers, timeout)  # type: ignore[no-any-return]
 
-    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
-        self._call(self._core.wait_for_workers, n_workers, timeout)
+    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> Any:
+        return self._call(self._core.wait_for_workers, n_workers, timeout)
 
     @property
     def dashboard_link(self) -> str | None:
-        try:
-            info = self.scheduler_info()
-        except Exception:  # noqa: BLE001
+        info = self._info_now()
+        if info is None:
             return None
         port = info["services"].get("dashboard")
         if not port:
@@ -220,7 +353,7 @@ class Client:
 
         self._dask_config = dask.config.set(
             {
-                "scheduler": self.get,
+                "scheduler": self._dask_get,
                 # The single-machine defaults would shuffle through local disk
                 # or expect dask.distributed's P2P extension.
                 "dataframe.shuffle.method": "tasks",
@@ -228,7 +361,62 @@ class Client:
             }
         )
 
+    def _dask_get(self, dsk: Any, keys: Any, **options: Any) -> Any:
+        """dask's scheduler while this client is the default.
+
+        The setting is process-wide, so with thread workers in this process
+        a task's own ``.compute()`` lands here too; blocking on the cluster
+        from the worker's thread could wait for that very thread (with one
+        thread, for ever).  A task computes its collection locally instead,
+        on dask's synchronous scheduler in the task's own thread (the task
+        already holds one of the worker's threads; no pool is started).
+        """
+        from ..worker.executor import thread_state
+
+        if getattr(thread_state, "worker", None) is not None:
+            import dask.local
+
+            return dask.local.get_sync(dsk, keys, **options)
+        return self._portal.call(functools.partial(self._core.get, dsk, keys, **options))
+
     def _unset_dask_default(self) -> None:
         cfg, self._dask_config = self._dask_config, None
         if cfg is not None:
             cfg.__exit__(None, None, None)
+
+
+async def _ready(value: Any) -> Any:
+    await anyio.lowlevel.checkpoint()
+    return value
+
+
+async def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
+    with anyio.fail_after(timeout):
+        result = call()
+        if hasattr(result, "__await__"):
+            result = await result
+        return result
+
+
+def _close_clients_at_exit() -> None:
+    """Close every client still open when the interpreter exits.
+
+    Without this, a forgotten ``close()`` leaves the client's loop running in
+    a daemon thread while the interpreter finalizes: futures collected then
+    call into a loop whose thread is being torn down (and may hold a lock it
+    will never release), which can hang the exit.  Each close runs in a
+    daemon thread with a time limit, so a scheduler that is gone or stuck
+    cannot hang the exit either.
+    """
+    for client in list(reversed(_current)):
+        if client._thread_host is None:
+            continue  # hosted in a Trio run, which has ended with its loop
+        t = threading.Thread(target=client._close_sync, name="trioflow-close-at-exit", daemon=True)
+        t.start()
+        t.join(5)
+        if t.is_alive():
+            logger.warning("client %s did not close within 5 s at exit", client.id)
+    _current.clear()
+
+
+atexit.register(_close_clients_at_exit)

@@ -14,15 +14,13 @@ import re
 
 import attrs
 
+from ..errors import AddressError
+
 SCHEMES = ("tcp", "tls", "inproc")
 
 # A host name or IPv4 address; "*" means every interface (listen only).
 _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\*")
 _INPROC_NAME = re.compile(r"[^\s/]+")
-
-
-class AddressError(ValueError):
-    """An address string is malformed."""
 
 
 @attrs.frozen

@@ -64,6 +64,7 @@ from typing import Any
 import attrs
 import trio
 
+from ..errors import CommClosedError, CommError, HandshakeError, find_leaf
 from ..protocol import codec
 from ..protocol.codec import DEFAULT_LIMITS, Limits, ProtocolError
 from ..protocol.messages import PROTOCOL_VERSION, HandshakeRejected, Hello, Message
@@ -92,30 +93,6 @@ _TLS_RECORD_TYPES = (20, 21, 22, 23)
 
 #: Limits on what a peer may send before the handshake is complete.
 HANDSHAKE_LIMITS = Limits(max_header=64 * 1024, max_message=64 * 1024, max_frames=4)
-
-
-class CommError(ConnectionError):
-    """Could not connect, or the connection failed, for a stated reason."""
-
-
-class CommClosedError(CommError):
-    """The peer closed the connection or it broke.
-
-    Attributes:
-        clean: the peer hung up between two messages (or we closed the comm
-            ourselves); nothing was cut short.  False when the connection
-            broke (reset, TLS error) or closed in the middle of a message.
-        partial: part of an incoming message had been read when it happened.
-    """
-
-    def __init__(self, message: str, *, clean: bool = False, partial: bool = False) -> None:
-        super().__init__(message)
-        self.clean = clean
-        self.partial = partial
-
-
-class HandshakeError(ProtocolError):
-    """The peer refused our handshake, or we refused theirs."""
 
 
 class Comm:
@@ -683,18 +660,16 @@ def log_dropped(role: str, peer_address: str, exc: BaseException) -> None:
 def _connect_cause(exc: OSError) -> str:
     """The useful part of a failed ``open_tcp_stream``: trio reports "all
     attempts failed" with the real errors in an exception group under it."""
-    stack: list[BaseException] = [exc]
-    while stack:
-        e = stack.pop(0)
-        if isinstance(e, socket.gaierror) and e.strerror:
-            return e.strerror
-        if isinstance(e, OSError) and e.errno:
-            return os.strerror(e.errno)
-        if isinstance(e, BaseExceptionGroup):
-            stack.extend(e.exceptions)
-        if e.__cause__ is not None:
-            stack.append(e.__cause__)
+    e = find_leaf(exc, _says_why, chained=True)
+    if isinstance(e, socket.gaierror) and e.strerror:
+        return e.strerror
+    if isinstance(e, OSError) and e.errno:
+        return os.strerror(e.errno)
     return str(exc) or type(exc).__name__
+
+
+def _says_why(e: BaseException) -> bool:
+    return isinstance(e, socket.gaierror) and bool(e.strerror) or isinstance(e, OSError) and bool(e.errno)
 
 
 async def connect(

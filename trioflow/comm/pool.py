@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import trio
 
+from ..errors import RemoteError
 from ..protocol.messages import ErrorReply, Message
 from .core import Comm, CommClosedError, connect
 
@@ -35,10 +36,6 @@ __all__ = ["ConnectionPool", "RemoteError"]
 logger = logging.getLogger("trioflow.comm")
 
 _R = TypeVar("_R", bound=Message)
-
-
-class RemoteError(RuntimeError):
-    """The peer answered a request with an error."""
 
 
 class ConnectionPool:

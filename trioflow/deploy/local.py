@@ -14,23 +14,41 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio.from_thread
+import attrs
 import trio
 
 from ..comm.inproc import new_inproc_name
+from ..config import NannyConfig, SchedulerConfig, WorkerConfig, build_config, parse_memory_limit
 from ..scheduler.server import Scheduler
 from ..worker.server import Worker
 
 __all__ = ["LocalCluster", "open_cluster", "InProcessCluster"]
 
+#: Options of a worker that are the nanny's (with ``processes=True``).
+_NANNY_FIELDS = ("grace", "memory_terminate_fraction", "env")
+
 
 class InProcessCluster:
     """What ``open_cluster`` yields: the scheduler and the workers (or nannies)."""
 
-    def __init__(self, scheduler: Scheduler, nursery: trio.Nursery, worker_options: dict[str, Any], security: Any) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        nursery: trio.Nursery,
+        worker_config: WorkerConfig,
+        security: Any,
+        *,
+        processes: bool = False,
+        nanny_options: dict[str, Any] | None = None,
+    ) -> None:
         self.scheduler = scheduler
         self.workers: list[Any] = []
         self._nursery = nursery
-        self._worker_options = worker_options
+        #: What every new worker is configured with (its name aside).
+        self.worker_config = worker_config
+        self._processes = processes
+        #: With ``processes=True``: the fields of NannyConfig besides the worker's.
+        self._nanny_options = dict(nanny_options or {})
         self.security = security
         self._counter = 0
 
@@ -44,17 +62,27 @@ class InProcessCluster:
         return f"http://127.0.0.1:{port}/status" if port else None
 
     async def start_worker(self, **options: Any) -> Any:
-        """Start one more worker (or nanny, with ``processes=True``)."""
-        opts = {**self._worker_options, **options}
-        processes = opts.pop("processes", False)
-        name = opts.pop("name", None) or f"worker-{self._counter}"
+        """Start one more worker (or nanny, with ``processes=True``);
+        ``options`` change fields of :attr:`worker_config` for this one
+        (``nthreads=``, ``resources=``, ...).
+
+        Raises:
+            TypeError: an option that is not a field of
+                :class:`~trioflow.config.WorkerConfig`.
+        """
+        processes = options.pop("processes", self._processes)
+        name = options.pop("name", None) or f"worker-{self._counter}"
         self._counter += 1
         if processes:
-            from ..nanny import Nanny
+            nanny = {**self._nanny_options}
+            nanny.update({k: options.pop(k) for k in _NANNY_FIELDS if k in options})
+            config = _evolve(self.worker_config, name=name, **options)
+            from ..process.nanny import Nanny
 
-            node: Any = Nanny(self.scheduler.address, name=name, security=self.security, **opts)
+            node: Any = Nanny(config=NannyConfig(worker=config, **nanny), security=self.security)
         else:
-            node = Worker(self.scheduler.address, name=name, security=self.security, **opts)
+            config = _evolve(self.worker_config, name=name, **options)
+            node = Worker(config=config, security=self.security)
         await self._nursery.start(node.serve)
         self.workers.append(node)
         return node
@@ -100,8 +128,6 @@ async def open_cluster(
     ``protocol="inproc"`` skips sockets entirely (deterministic under
     ``autojump_clock``); ``"tls"`` needs ``security``.
     """
-    from ..memory import parse_memory_limit
-
     if n_workers < 0:
         raise ValueError(f"n_workers must not be negative, got {n_workers}")
     if security is not None and protocol == "tcp" and getattr(security, "require_encryption", False):
@@ -110,14 +136,21 @@ async def open_cluster(
         address = f"inproc://{new_inproc_name('scheduler')}"
     else:
         address = f"{protocol}://{host}:{scheduler_port}"
-    scheduler = Scheduler(address, security=security, validate=validate, dashboard_address=dashboard_address, **(scheduler_options or {}))
+    # Every configuration is built here, once, and passed whole.
+    scheduler_config = build_config(
+        SchedulerConfig,
+        "open_cluster",
+        {"address": address, "validate": validate, "dashboard_address": dashboard_address, **(scheduler_options or {})},
+    )
+    scheduler = Scheduler(config=scheduler_config, security=security)
     wopts: dict[str, Any] = {
+        "scheduler_address": "",  # known once the scheduler listens
         "nthreads": threads_per_worker,
         "memory_limit": parse_memory_limit(memory_limit, threads_per_worker, n_workers=max(n_workers, 1)),
         "resources": resources,
-        "processes": processes,
         **(worker_options or {}),
     }
+    nanny_options = {k: wopts.pop(k) for k in _NANNY_FIELDS if k in wopts}
     if not processes:
         wopts["validate"] = validate
         # In-process workers share this process's memory with everything
@@ -127,13 +160,19 @@ async def open_cluster(
     if protocol != "inproc":
         # The worker's listener, or with processes=True the nanny's.
         wopts.setdefault("listen_address", f"{protocol}://{host}:0")
+    if processes:
+        nanny_options["listen_address"] = wopts.pop("listen_address", None)
+    worker_config = build_config(WorkerConfig, "open_cluster", wopts)
     # An exception from the caller's block must reach the caller as itself,
     # not wrapped in an ExceptionGroup by the nursery: hold it while the
     # nursery closes and raise it after.
     error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         await nursery.start(scheduler.serve)
-        cluster = InProcessCluster(scheduler, nursery, wopts, security)
+        worker_config = attrs.evolve(worker_config, scheduler_address=scheduler.address)
+        cluster = InProcessCluster(
+            scheduler, nursery, worker_config, security, processes=processes, nanny_options=nanny_options
+        )
         try:
             async with trio.open_nursery() as starters:
                 for _ in range(n_workers):
@@ -155,8 +194,17 @@ class LocalCluster:
     """A local cluster for the blocking ``Client`` (dask-compatible arguments).
 
     ``LocalCluster(n_workers=4, threads_per_worker=1, processes=True,
-    memory_limit="2GB", dashboard_address=":8787")``.
+    memory_limit="2GB", dashboard_address=":8787")``.  With
+    ``asynchronous=True`` it is an awaitable, ``async with``-able
+    :class:`~trioflow.client.bridge.AsyncCluster` (asyncio or Trio).
     """
+
+    def __new__(cls, *args: Any, asynchronous: bool = False, **kwargs: Any) -> Any:
+        if asynchronous:
+            from ..client.bridge import AsyncCluster
+
+            return AsyncCluster(cls, args, kwargs)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -173,6 +221,7 @@ class LocalCluster:
         resources: dict[str, float] | None = None,
         **worker_options: Any,
     ) -> None:
+        worker_options.pop("asynchronous", None)  # handled by __new__
         self.security = security
         self._portal_cm = anyio.from_thread.start_blocking_portal("trio")
         self._portal = self._portal_cm.__enter__()
@@ -239,3 +288,8 @@ class LocalCluster:
     def __repr__(self) -> str:
         return f"LocalCluster({self.scheduler_address!r}, workers={len(self._cluster.workers)})"
 
+
+
+def _evolve(config: WorkerConfig, **changes: Any) -> WorkerConfig:
+    """``attrs.evolve`` with the one-line error of :func:`~trioflow.config.build_config`."""
+    return build_config(WorkerConfig, "start_worker", {**attrs.asdict(config, recurse=False), **changes})

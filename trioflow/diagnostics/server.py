@@ -97,6 +97,7 @@ import h11
 import trio
 import trio_websocket
 
+from ..errors import _BadRequest
 from .pages import workers_page
 from .sources import source_for
 
@@ -207,12 +208,6 @@ async def serve_dashboard(
             logs it), or cannot be bound.
     """
     await DashboardServer(server, config=config).serve(address, task_status=task_status)
-
-
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _ReplayStream(trio.abc.HalfCloseableStream):

@@ -42,7 +42,7 @@ import trio
 
 from .._version import __version__
 from ..keys import key_prefix
-from ..system import ProcessMeter
+from ..process.system import ProcessMeter
 
 __all__ = ["SchedulerSource", "WorkerSource", "source_for", "MAX_STREAM_PER_SNAPSHOT"]
 
@@ -177,7 +177,7 @@ def _now_loop() -> float | None:
 class _ProcessProbe:
     """RSS and CPU of this process, with its own ``cpu_percent`` baseline.
 
-    A separate :class:`~trioflow.system.ProcessMeter` keeps our readings from
+    A separate :class:`~trioflow.process.system.ProcessMeter` keeps our readings from
     resetting the interval the worker's heartbeat measures CPU over.
     """
 

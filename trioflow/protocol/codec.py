@@ -40,6 +40,7 @@ from typing import Any
 import attrs
 import msgpack
 
+from ..errors import ProtocolError
 from .messages import MESSAGES, STRUCTURES, Message
 from .serialize import Serialized
 
@@ -52,10 +53,6 @@ __all__ = [
     "check_prefix",
     "PREFIX_HEAD",
 ]
-
-
-class ProtocolError(Exception):
-    """A peer broke the wire protocol: bad bytes, bad schema, limits, handshake."""
 
 
 @attrs.frozen(kw_only=True)

@@ -37,6 +37,7 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
+from ..config import WorkerConfig
 from ..records import Record, record
 from .serialize import Serialized
 
@@ -502,5 +503,36 @@ class NannyKill(Message):
     reason: str = ""
 
 
+# ---------------------------------------------------------------- nanny -> its worker process
+
+
+@record(kw_only=True)
+class TLSSettings(Record):
+    """:class:`~trioflow.Security` as plain data (``Security.to_dict()``):
+    each ``tls_*`` a path or PEM text."""
+
+    tls_ca_file: str | None = None
+    tls_client_cert: str | None = None
+    tls_client_key: str | None = None
+    tls_scheduler_cert: str | None = None
+    tls_scheduler_key: str | None = None
+    tls_worker_cert: str | None = None
+    tls_worker_key: str | None = None
+    tls_min_version: str = "1.2"
+    require_encryption: bool = False
+
+
+@message("start-worker-process")
+class StartWorkerProcess(Message):
+    """The first (and only) message a nanny writes to its worker process's
+    stdin: what to run.  ``workspace`` is the scratch directory the nanny
+    made (and removes); ``nanny`` the nanny's address."""
+
+    config: WorkerConfig
+    security: TLSSettings | None = None
+    workspace: str = ""
+    nanny: str = ""
+
+
 #: Sub-structures that travel inside messages (not messages themselves).
-STRUCTURES: tuple[type, ...] = (TaskSpec, WorkerInfo)
+STRUCTURES: tuple[type, ...] = (TaskSpec, WorkerInfo, TLSSettings, WorkerConfig)

@@ -50,6 +50,8 @@ from typing import Any
 
 import attrs
 
+from ..errors import SerializationError
+
 __all__ = [
     "Serialized",
     "SerializationError",
@@ -69,10 +71,6 @@ _KIND_PICKLE = 0
 _KIND_BYTES = 1
 _KIND_BYTEARRAY = 2
 _KIND_MEMORYVIEW = 3
-
-
-class SerializationError(TypeError):
-    """A value could not be pickled or unpickled."""
 
 
 @attrs.frozen(slots=True, eq=False)

@@ -1,5 +1,5 @@
 """``python -m trioflow.scheduler`` is ``trioflow-scheduler``."""
 
-from .._launch import scheduler_main
+from ..process.launch import scheduler_main
 
 scheduler_main()

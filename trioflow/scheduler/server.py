@@ -45,11 +45,13 @@ import trio
 
 from ..comm import BatchedSend, Comm, CommClosedError, listen
 from ..comm.addressing import Address, parse_address
-from ..memory import trim_process_memory
+from ..config import SchedulerConfig, build_config
+from ..process.lifecycle import FINAL, Status, ended_in_failure
+from ..process.malloc import trim_process_memory
+from ..process.system import default_host
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
-from ..system import default_host
 from . import state as ss
 from .taskstream import TaskStream
 
@@ -66,46 +68,58 @@ class Scheduler:
 
     def __init__(
         self,
-        address: str = "tcp://127.0.0.1:0",
+        address: str | None = None,
         *,
+        config: SchedulerConfig | None = None,
         security: Any = None,
-        contact_address: str | None = None,
-        worker_ttl: float | None = None,
-        allowed_failures: int = 3,
-        validate: bool = False,
-        scheduler_file: str | None = None,
-        dashboard_address: str | None = None,
-        dashboard_prefix: str = "",
-        dashboard_whitelist: list[str] | None = None,
-        use_xheaders: bool = False,
-        name: str = "scheduler",
-        worker_saturation: float = 1.1,
+        **settings: Any,
     ) -> None:
-        self.listen_address = address
-        self.contact_address = contact_address
+        """``Scheduler("tcp://0.0.0.0:8786", worker_ttl=...)`` (dask's
+        keywords), or ``Scheduler(config=SchedulerConfig(...))``.
+
+        Args:
+            address: where to listen (default ``tcp://127.0.0.1:0``).
+            config: the whole configuration at once, instead of keywords.
+            security: TLS settings (:class:`~trioflow.Security`).
+            **settings: the fields of :class:`~trioflow.config.SchedulerConfig`.
+
+        Raises:
+            TypeError: an unknown keyword, or both ``config`` and settings.
+            ValueError: a bad value (one line naming the field).
+        """
+        if config is None:
+            if address is not None:
+                settings["address"] = address
+            config = build_config(SchedulerConfig, "Scheduler", settings)
+        elif address is not None or settings:
+            raise TypeError("Scheduler() takes config= or an address and keywords, not both")
+        #: The configuration, whole (the attributes below are copies of it).
+        self.config = config
+        self.listen_address = config.address
+        self.contact_address = config.contact_address
         self.security = security
         self.id = f"scheduler-{uuid.uuid4().hex[:12]}"
-        self.name = name
+        self.name = config.name
         self.state = ss.SchedulerState(
-            allowed_failures=allowed_failures,
-            validate=validate,
-            worker_saturation=worker_saturation,
+            allowed_failures=config.allowed_failures,
+            validate=config.validate,
+            worker_saturation=config.worker_saturation,
             scheduler_id=self.id,
-            worker_ttl=worker_ttl,
+            worker_ttl=config.worker_ttl,
         )
-        self.worker_ttl = worker_ttl
-        self.scheduler_file = scheduler_file
-        self.dashboard_address = dashboard_address
-        self.dashboard_prefix = dashboard_prefix
-        self.dashboard_whitelist = dashboard_whitelist or []
-        self.use_xheaders = use_xheaders
+        self.worker_ttl = config.worker_ttl
+        self.scheduler_file = config.scheduler_file
+        self.dashboard_address = config.dashboard_address
+        self.dashboard_prefix = config.dashboard_prefix
+        self.dashboard_whitelist = list(config.dashboard_whitelist)
+        self.use_xheaders = config.use_xheaders
         self.address = ""
         self.services: dict[str, int] = {}
         self.worker_streams: dict[str, BatchedSend] = {}
         self.worker_comms: dict[str, Comm] = {}
         self.client_streams: dict[str, BatchedSend] = {}
         self.started = time.time()
-        self.status = "init"
+        self.status = Status.created
         self._close_event = trio.Event()
         self._closed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -152,6 +166,16 @@ class Scheduler:
             ss.RestartDone: self._request_done,
         }
 
+    async def __aenter__(self) -> Scheduler:
+        """``async with Scheduler(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
+        from ..client.bridge import ServerContext
+
+        self._context = ServerContext(self)
+        return await self._context.__aenter__()  # type: ignore[no-any-return]
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._context.__aexit__(*exc)
+
     def __repr__(self) -> str:
         return f"<Scheduler {self.address or '(not started)'} workers={len(self.state.workers)} tasks={len(self.state.tasks)}>"
 
@@ -159,6 +183,8 @@ class Scheduler:
 
     async def serve(self, *, task_status: trio.TaskStatus[Scheduler] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`close` or cancellation; ready when ``start`` returns."""
+        self.status = Status.starting
+        failed = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -180,26 +206,34 @@ class Scheduler:
                     self.services["dashboard"] = port
                 nursery.start_soon(self._liveness_loop)
                 self._write_scheduler_file()
-                self.status = "running"
+                self.status = Status.running
                 task_status.started(self)
                 await self._close_event.wait()
                 await self._tell_everyone_closing()
                 nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            failed = ended_in_failure(exc)
+            raise
         finally:
-            self.status = "closed"
+            self.status = Status.failed if failed else Status.closed
             self._remove_scheduler_file()
             self._closed.set()
 
     def close(self) -> None:
         """Ask the scheduler to stop; :meth:`serve` returns soon after."""
-        if self.status != "closed":  # closing a closed scheduler leaves it closed
-            self.status = "closing"
+        if self.status not in FINAL:  # closing a closed scheduler leaves it closed
+            self.status = Status.closing
         self._close_event.set()
 
     async def aclose(self, timeout: float = 5) -> None:
+        """Close and wait (at most ``timeout`` seconds) until closed."""
         self.close()
         with trio.move_on_after(timeout):
             await self._closed.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`serve` has returned (``status`` closed or failed)."""
+        await self._closed.wait()
 
     async def _tell_everyone_closing(self) -> None:
         for b in list(self.worker_streams.values()):

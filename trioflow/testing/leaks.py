@@ -14,11 +14,9 @@ import time
 
 import psutil
 
+from ..errors import LeakError
+
 __all__ = ["LeakChecker", "LeakError"]
-
-
-class LeakError(AssertionError):
-    """Something outlived the test that made it."""
 
 
 def _socket_inodes() -> set[str]:

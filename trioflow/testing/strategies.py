@@ -141,9 +141,42 @@ def messages() -> st.SearchStrategy[Any]:
     return st.one_of([message_strategy(cls) for cls in MESSAGES.values()])
 
 
+def _worker_configs() -> st.SearchStrategy[Any]:
+    """Valid :class:`~trioflow.config.WorkerConfig` records (the record
+    refuses bad values itself, so random field values would not do)."""
+    from trioflow.config import WorkerConfig
+
+    text = st.text(max_size=16)
+    fraction = st.none() | st.floats(0.01, 1.0)
+    seconds = st.floats(0.001, 1e6)
+    return st.builds(
+        WorkerConfig,
+        scheduler_address=text,
+        name=text,
+        nthreads=st.integers(1, 1024),
+        memory_limit=st.integers(0, MSGPACK_MAX_INT),
+        resources=st.dictionaries(text, st.floats(0, 1e12), max_size=3),
+        listen_address=st.none() | text,
+        contact_address=st.none() | text,
+        local_directory=st.none() | text,
+        reconnect=st.booleans(),
+        death_timeout=st.none() | seconds,
+        heartbeat_interval=seconds,
+        connect_timeout=seconds,
+        validate=st.booleans(),
+        dashboard_address=st.none() | text,
+        dashboard_prefix=text,
+        memory_target_fraction=fraction,
+        memory_pause_fraction=fraction,
+        preload=st.lists(text, max_size=3),
+    )
+
+
 def _for_type(tp: Any, where: str) -> st.SearchStrategy[Any]:
     if tp is Serialized:
         return serialized()
+    if getattr(tp, "__qualname__", None) == "WorkerConfig" and tp.__module__ == "trioflow.config":
+        return _worker_configs()
     if tp is bool:
         return st.booleans()
     if tp is int:

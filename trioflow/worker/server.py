@@ -44,7 +44,12 @@ import trio
 
 from ..comm import BatchedSend, Comm, CommClosedError, CommError, ConnectionPool, connect, listen
 from ..comm.addressing import Address, parse_address
-from ..memory import trim_process_memory
+from ..config import WorkerConfig, build_config
+from ..errors import RegistrationRefused
+from ..process.lifecycle import FINAL, Status, ended_in_failure
+from ..process.malloc import trim_process_memory
+from ..process.system import ProcessMeter
+from ..process.workspace import WORKSPACE_PREFIX, claim_workspace, purge_stale_workspaces
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import (
@@ -56,8 +61,6 @@ from ..protocol.serialize import (
     loads_with_deps,
 )
 from ..sizeof import sizeof
-from ..system import ProcessMeter
-from ..workspace import WORKSPACE_PREFIX, claim_workspace, purge_stale_workspaces
 from . import state as ws
 from .executor import ThreadExecutor, thread_state
 from .memory import SpillBuffer
@@ -157,76 +160,86 @@ def _make_job(key: str, function: bytes, args: Serialized, deps: dict[str, Any])
     return job
 
 
-class RegistrationRefused(CommError):
-    """The scheduler answered our registration with an error."""
-
-
 class Worker:
     """A worker process's server; start it with ``await nursery.start(worker.serve)``."""
 
     def __init__(
         self,
-        scheduler_address: str,
+        scheduler_address: str | None = None,
         *,
-        nthreads: int = 1,
-        name: str | None = None,
-        memory_limit: int = 0,
-        resources: dict[str, float] | None = None,
-        listen_address: str | None = None,
-        contact_address: str | None = None,
+        config: WorkerConfig | None = None,
         security: Any = None,
-        local_directory: str | None = None,
         workspace: str | None = None,
-        reconnect: bool = True,
-        death_timeout: float | None = None,
-        heartbeat_interval: float = 1.0,
         nanny: str = "",
-        validate: bool = False,
-        connect_timeout: float = 10,
-        dashboard_address: str | None = None,
-        dashboard_prefix: str = "",
-        memory_target_fraction: float | None = 0.6,
-        memory_pause_fraction: float | None = 0.8,
+        **settings: Any,
     ) -> None:
-        if nthreads < 1:
-            raise ValueError(f"nthreads must be at least 1, got {nthreads}")
-        self.scheduler_address = scheduler_address
-        self.nthreads = nthreads
+        """``Worker("tcp://scheduler:8786", nthreads=2, memory_limit=...)``
+        (dask's keywords), or ``Worker(config=WorkerConfig(...))``.
+
+        Args:
+            scheduler_address: the scheduler to register with.
+            config: the whole configuration at once, instead of the address
+                and keywords.
+            security: TLS settings (:class:`~trioflow.Security`).
+            workspace: a scratch directory made for this worker (by its
+                nanny, which removes it even when the worker is killed);
+                without one the worker makes its own in ``local_directory``.
+            nanny: the supervising nanny's address, if any.
+            **settings: the fields of :class:`~trioflow.config.WorkerConfig`
+                (``nthreads``, ``name``, ``memory_limit``, ``resources``,
+                ``listen_address``, ``death_timeout``, ...).
+
+        Raises:
+            TypeError: an unknown keyword, or both ``config`` and settings.
+            ValueError: a bad value (one line naming the field).
+        """
+        if config is None:
+            if scheduler_address is None:
+                raise TypeError("Worker() needs the scheduler's address (or config=)")
+            if settings.get("name", "") is None:
+                del settings["name"]
+            config = build_config(WorkerConfig, "Worker", {"scheduler_address": scheduler_address, **settings})
+        elif scheduler_address is not None or settings:
+            raise TypeError("Worker() takes config= or the scheduler address and keywords, not both")
+        #: The configuration, whole (the attributes below are copies of it).
+        self.config = config
+        self.scheduler_address = config.scheduler_address
+        self.nthreads = config.nthreads
         self.id = f"worker-{uuid.uuid4().hex[:8]}"
-        self.name = name if name is not None else ""
-        self.memory_limit = memory_limit
-        self.resources = dict(resources or {})
+        self.name = config.name
+        self.memory_limit = config.memory_limit
+        self.resources = dict(config.resources)
         self.security = security
-        sched = parse_address(scheduler_address, default_port=8786)
+        sched = parse_address(config.scheduler_address, default_port=8786)
         if sched.scheme == "inproc":
             from ..comm.inproc import new_inproc_name
 
             default_listen = f"inproc://{new_inproc_name('worker')}"
         else:
             default_listen = f"{sched.scheme}://127.0.0.1:0"
-        self.listen_address = listen_address or default_listen
-        self.contact_address = contact_address
-        self._local_directory_parent = local_directory
+        self.listen_address = config.listen_address or default_listen
+        self.contact_address = config.contact_address
+        self._local_directory_parent = config.local_directory
         #: A directory made for us (by our nanny, which removes it even when
         #: we are killed); otherwise we make one inside ``local_directory``.
         self._workspace = workspace
         self.local_directory = ""
-        self.reconnect = reconnect
-        self.death_timeout = death_timeout
-        self.heartbeat_interval = heartbeat_interval
+        self.reconnect = config.reconnect
+        self.death_timeout = config.death_timeout
+        self.heartbeat_interval = config.heartbeat_interval
         #: The scheduler drops us after this long without a heartbeat; we
         #: give up on a silent scheduler after about as long (set at
         #: registration, refreshed by every heartbeat acknowledgement).
         self.scheduler_ttl = 10.0
         self._heard_from_scheduler = 0.0
         self.nanny = nanny
-        self.validate = validate
-        self.connect_timeout = connect_timeout
+        self.validate = config.validate
+        self.connect_timeout = config.connect_timeout
         self.address = ""
         self.data: dict[str, Any] | SpillBuffer = {}
         self._serialized: dict[str, Serialized] = {}
         self.state: ws.WorkerState | None = None
-        self.status = "init"
+        self.status = Status.created
         self.batched: BatchedSend | None = None
         self._close_event = trio.Event()
         self._closed = trio.Event()
@@ -240,16 +253,26 @@ class Worker:
         self.close_reason = ""
         self._proc = ProcessMeter()
         self.services: dict[str, int] = {}
-        self.dashboard_address = dashboard_address
+        self.dashboard_address = config.dashboard_address
         self.bytes_transferred = 0
         self._unreported_transfers: list[tuple[str, int, float, float, int]] = []
-        self.dashboard_prefix = dashboard_prefix
+        self.dashboard_prefix = config.dashboard_prefix
         # Memory management (only with a memory limit): spill least recently
         # used values past target * limit of managed bytes; stop starting
         # tasks while the process uses more than pause * limit.  (The nanny
         # restarts the worker at 95%.)  None switches a threshold off.
-        self.memory_target_fraction = memory_target_fraction
-        self.memory_pause_fraction = memory_pause_fraction
+        self.memory_target_fraction = config.memory_target_fraction
+        self.memory_pause_fraction = config.memory_pause_fraction
+
+    async def __aenter__(self) -> Worker:
+        """``async with Worker(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
+        from ..client.bridge import ServerContext
+
+        self._context = ServerContext(self)
+        return await self._context.__aenter__()  # type: ignore[no-any-return]
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._context.__aexit__(*exc)
 
     def __repr__(self) -> str:
         return f"<Worker {self.address or '(not started)'} name={self.name!r} status={self.status}>"
@@ -261,6 +284,8 @@ class Worker:
 
         ``task_status.started`` fires once registered with the scheduler.
         """
+        self.status = Status.starting
+        failed = False
         parent = self._local_directory_parent
         if parent:
             os.makedirs(parent, exist_ok=True)
@@ -300,7 +325,7 @@ class Worker:
                     )
                 self.executor = ThreadExecutor(self.nthreads, name=f"trioflow-{self.name}", context=self)
                 await self._register(comm)
-                self.status = "running"
+                self.status = Status.running
                 nursery.start_soon(self._executor_loop)
                 nursery.start_soon(self._heartbeat_loop)
                 if self.memory_limit and self.memory_pause_fraction:
@@ -309,8 +334,11 @@ class Worker:
                 task_status.started(self)
                 await self._close_event.wait()
                 nursery.cancel_scope.cancel()
+        except BaseException as exc:
+            failed = ended_in_failure(exc)
+            raise
         finally:
-            self.status = "closed"
+            self.status = Status.failed if failed else Status.closed
             with trio.CancelScope(shield=True):
                 if self.executor is not None:
                     await self.executor.aclose(timeout=2)
@@ -327,13 +355,13 @@ class Worker:
         """Ask the worker to stop; :meth:`serve` returns soon after."""
         if not self.close_reason:
             self.close_reason = reason
-        if self.status != "closed":  # closing a closed worker leaves it closed
-            self.status = "closing"
+        if self.status not in FINAL:  # closing a closed worker leaves it closed
+            self.status = Status.closing
         self._close_event.set()
 
     async def aclose(self, reason: str = "closed", *, timeout: float = 5) -> None:
         """Close cleanly: tell the scheduler, stop, wait (bounded)."""
-        if self.status == "closed":
+        if self.status in FINAL:
             return
         if self.batched is not None:
             try:
@@ -344,6 +372,10 @@ class Worker:
         self.close(reason)
         with trio.move_on_after(timeout):
             await self._closed.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`serve` has returned (``status`` closed or failed)."""
+        await self._closed.wait()
 
     def _contact(self, bound: str, scheduler_comm: Comm) -> str:
         if self.contact_address:

@@ -66,6 +66,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
+from ..errors import InvalidWorkerEvent
 from ..keys import key_prefix
 from ..protocol.messages import (
     AddKeys,
@@ -93,10 +94,6 @@ PREFETCH_BELOW = 0.005
 #: map: worker CPU per task 50 -> 33 µs).
 PREFETCH_HORIZON = 0.002
 PREFETCH_MAX = 16
-
-
-class InvalidWorkerEvent(ValueError):
-    """An event does not fit the worker's state; nothing changed."""
 
 
 # ---------------------------------------------------------------- instructions

@@ -55,7 +55,7 @@ what goes out), :mod:`.core` (the tables and shared bookkeeping),
 :mod:`.membership` (workers and clients coming and going: registration,
 liveness, retirement, restart, fire-and-forget) and :mod:`.machine`
 (``handle`` and the other event handlers).  Its exceptions are all
-defined in :mod:`.exceptions`.
+imported from :mod:`trioflow.errors` through :mod:`.exceptions`.
 """
 
 from __future__ import annotations

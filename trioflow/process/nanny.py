@@ -7,7 +7,7 @@ Theory of operation
     Nanny nursery
      ├ listener (requests: NannyRestart, NannyKill)
      └ supervise loop
-          start worker process (python -m trioflow.nanny)  ── stdin: config, then kept open
+          start worker process (python -m trioflow.process.nanny)  ── stdin: StartWorkerProcess, then kept open
           read its status lines on a private pipe            (EOF on stdin = nanny gone)
             ALIVE            configured (start-up timeout ends here)
             READY <address>  registered with the scheduler
@@ -15,8 +15,11 @@ Theory of operation
           ├ memory watch: RSS > 95% of the limit -> restart
           └ wait for exit -> restart with backoff, or stop
 
-The worker process reads its configuration as one JSON line from stdin and
-then keeps stdin open: when the nanny dies, even by SIGKILL, the kernel
+The worker process reads its configuration from stdin as one protocol
+message, :class:`~trioflow.protocol.messages.StartWorkerProcess` (the
+:class:`~trioflow.config.WorkerConfig`, TLS settings, its scratch directory),
+framed and checked by the strict codec like any message from a peer; then it
+keeps stdin open: when the nanny dies, even by SIGKILL, the kernel
 closes the pipe and the worker sees end-of-file and exits at once.  (Linux's
 parent-death signal would fire when the *thread* that forked exits, and
 Trio forks from worker threads, so it is not used.)
@@ -43,34 +46,36 @@ its running task counts towards ``KilledWorker``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
 from typing import Any
 
+import attrs
 import trio
 
-from .comm import Comm, CommClosedError, listen
-from .memory import MALLOC_ENV
-from .protocol import messages as m
+from ..comm import Comm, CommClosedError, CommError, listen
+from ..config import NannyConfig, WorkerConfig, build_config
+from ..errors import NannyStartError, find_leaf, leaves
+from ..protocol import messages as m
+from ..protocol.codec import ProtocolError, check_count, check_prefix, decode, encode, pack_prefix
+from .daemon import UserError, describe_exception, load_preload, run_servers, setup_logging
+from .lifecycle import FINAL, Status, ended_in_failure
+from .malloc import MALLOC_ENV, limit_malloc_arenas
 from .system import default_host, process_rss
 from .workspace import WORKSPACE_PREFIX, purge_stale_workspaces
 
 logger = logging.getLogger("trioflow.nanny")
 
-__all__ = ["Nanny", "NannyStartError"]
+__all__ = ["Nanny", "NannyStartError", "read_start_message", "run_worker_process"]
 
 READY_TIMEOUT = 60.0
 MEMORY_TERMINATE_FRACTION = 0.95
-
-
-class NannyStartError(RuntimeError):
-    """The nanny's first worker process could not start; the message says why in one line."""
 
 
 class Nanny:
@@ -78,62 +83,83 @@ class Nanny:
 
     def __init__(
         self,
-        scheduler_address: str,
+        scheduler_address: str | None = None,
         *,
-        name: str | None = None,
-        nthreads: int = 1,
-        memory_limit: int = 0,
-        resources: dict[str, float] | None = None,
+        config: NannyConfig | None = None,
         security: Any = None,
         listen_address: str | None = None,
         worker_listen_address: str | None = None,
-        contact_address: str | None = None,
-        local_directory: str | None = None,
-        reconnect: bool = True,
-        death_timeout: float | None = None,
-        preload: list[str] | None = None,
-        dashboard_address: str | None = None,
-        dashboard_prefix: str = "",
         grace: float = 5.0,
         memory_terminate_fraction: float = MEMORY_TERMINATE_FRACTION,
         env: dict[str, str] | None = None,
-        **worker_options: Any,
+        **worker_settings: Any,
     ) -> None:
-        self.scheduler_address = scheduler_address
-        self.name = name or ""
+        """``Nanny("tcp://scheduler:8786", nthreads=2, ...)`` (dask's
+        keywords), or ``Nanny(config=NannyConfig(worker=WorkerConfig(...)))``.
+
+        Args:
+            scheduler_address: the scheduler its worker registers with.
+            config: the whole configuration at once, instead of keywords.
+            security: TLS settings for the nanny and its worker.
+            listen_address: the nanny's own listener (None: none).
+            worker_listen_address: the worker's listener.
+            grace, memory_terminate_fraction, env: see
+                :class:`~trioflow.config.NannyConfig`.
+            **worker_settings: the fields of :class:`~trioflow.config.WorkerConfig`.
+
+        Raises:
+            TypeError: an unknown keyword, or both ``config`` and keywords.
+            ValueError: a bad value (one line naming the field).
+        """
+        if config is None:
+            if scheduler_address is None:
+                raise TypeError("Nanny() needs the scheduler's address (or config=)")
+            if worker_settings.get("name", "") is None:
+                del worker_settings["name"]
+            worker = build_config(
+                WorkerConfig,
+                "Nanny",
+                {"scheduler_address": scheduler_address, "listen_address": worker_listen_address, **worker_settings},
+            )
+            config = NannyConfig(
+                worker=worker,
+                listen_address=listen_address,
+                grace=grace,
+                memory_terminate_fraction=memory_terminate_fraction,
+                env=dict(env or {}),
+            )
+        elif scheduler_address is not None or worker_settings or listen_address is not None or worker_listen_address is not None:
+            raise TypeError("Nanny() takes config= or the scheduler address and keywords, not both")
+        #: The configuration, whole (the attributes below are copies of it).
+        self.config = config
+        self.scheduler_address = config.worker.scheduler_address
+        self.name = config.worker.name
         self.security = security
-        self.memory_limit = memory_limit
-        self.listen_address = listen_address
-        self.grace = grace
-        self.memory_terminate_fraction = memory_terminate_fraction
-        self.env = env or {}
-        self.config: dict[str, Any] = {
-            "scheduler_address": scheduler_address,
-            "name": self.name,
-            "nthreads": nthreads,
-            "memory_limit": memory_limit,
-            "resources": resources or {},
-            "security": security.to_dict() if security is not None else None,
-            "listen_address": worker_listen_address,
-            "contact_address": contact_address,
-            "local_directory": local_directory,
-            "reconnect": reconnect,
-            "death_timeout": death_timeout,
-            "preload": preload or [],
-            "dashboard_address": dashboard_address,
-            "dashboard_prefix": dashboard_prefix,
-            "options": worker_options,
-        }
+        self.memory_limit = config.worker.memory_limit
+        self.listen_address = config.listen_address
+        self.grace = config.grace
+        self.memory_terminate_fraction = config.memory_terminate_fraction
+        self.env = dict(config.env)
         self.address = ""
         self.worker_address = ""
         self.process: trio.Process | None = None
-        self.status = "init"
+        self.status = Status.created
         self.restarts = 0
         self._restart_requested = False
         self._closing = False
         self._closed = trio.Event()
         self._worker_ready = trio.Event()
         self._nursery: trio.Nursery | None = None
+
+    async def __aenter__(self) -> Nanny:
+        """``async with Nanny(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
+        from .client.bridge import ServerContext
+
+        self._context = ServerContext(self)
+        return await self._context.__aenter__()  # type: ignore[no-any-return]
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._context.__aexit__(*exc)
 
     def __repr__(self) -> str:
         pid = self.process.pid if self.process else None
@@ -151,6 +177,8 @@ class Nanny:
                 one-line reason, e.g. the scheduler unreachable within
                 ``death_timeout`` or a preload that does not import).
         """
+        self.status = Status.starting
+        failed = False
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -168,7 +196,6 @@ class Nanny:
                     self.address = listener.address
                     if "0.0.0.0" in self.address:
                         self.address = self.address.replace("0.0.0.0", default_host())
-                    self.config["nanny"] = self.address
                     logger.info("        Start Nanny at: %s", self.address)
                 first = True
                 while not self._closing:
@@ -199,13 +226,17 @@ class Nanny:
                         await trio.sleep(delay)
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
+            failed = ended_in_failure(group)
             # Our own nursery wraps it; the caller should see the one reason.
             errors, rest = group.split(NannyStartError)
             if errors is not None and rest is None:
-                raise _first_leaf(errors) from None
+                raise leaves(errors)[0] from None
+            raise
+        except BaseException as exc:
+            failed = ended_in_failure(exc)
             raise
         finally:
-            self.status = "closed"
+            self.status = Status.failed if failed or self.failure is not None else Status.closed
             self._closed.set()
 
     _quick_failures = 0
@@ -222,15 +253,20 @@ class Nanny:
         # The worker's scratch space (spilled data) lives in a directory of
         # ours, removed when the process is gone however it ended: a worker
         # killed with SIGKILL cannot clean up after itself.
-        parent = self.config["local_directory"]
+        parent = self.config.worker.local_directory
         if parent:
             os.makedirs(parent, exist_ok=True)
         purge_stale_workspaces(parent or tempfile.gettempdir())
         scratch = tempfile.mkdtemp(prefix=WORKSPACE_PREFIX, dir=parent or None)
-        config = {**self.config, "workspace": scratch}
+        start = m.StartWorkerProcess(
+            config=self.config.worker,
+            security=_tls_settings(self.security),
+            workspace=scratch,
+            nanny=self.address,
+        )
         ready_r, ready_w = os.pipe()
         env = {**MALLOC_ENV, **os.environ, **self.env, "TRIOFLOW_NANNY_READY_FD": str(ready_w)}
-        cmd = [sys.executable, "-m", "trioflow.nanny"]
+        cmd = [sys.executable, "-m", "trioflow.process.nanny"]
         started = trio.current_time()
         try:
             proc = await trio.lowlevel.open_process(
@@ -247,11 +283,12 @@ class Nanny:
         finally:
             os.close(ready_w)
         self.process = proc
-        self.status = "starting"
+        self.status = Status.starting
         try:
             assert proc.stdin is not None
             try:
-                await proc.stdin.send_all(json.dumps(config).encode() + b"\n")
+                frames = encode(start)
+                await proc.stdin.send_all(b"".join([pack_prefix(frames), *frames]))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass  # it died at once; its exit code says why
             ready = trio.lowlevel.FdStream(ready_r)
@@ -268,7 +305,7 @@ class Nanny:
                 return proc.returncode if proc.returncode is not None else -1
             if line.startswith(b"READY "):
                 self.worker_address = line[6:].strip().decode()
-                self.status = "running"
+                self.status = Status.running
                 self._worker_ready.set()
                 if task_status is not None:
                     task_status.started(self)
@@ -310,8 +347,8 @@ class Nanny:
                     await trio.aclose_forcefully(proc.stdin)
             shutil.rmtree(scratch, ignore_errors=True)
             self._worker_ready = trio.Event()
-            if self.status != "closed":
-                self.status = "restarting" if not self._closing else "closing"
+            if self.status not in FINAL:
+                self.status = Status.starting if not self._closing else Status.closing
 
     async def _read_status(self, stream: trio.lowlevel.FdStream, proc: trio.Process | None) -> bytes | None:
         """One status line from the worker process (b"" at EOF), or None on
@@ -393,7 +430,7 @@ class Nanny:
         self._restart_requested = True
         await self._stop_process(old)
         with trio.move_on_after(timeout):
-            while not (self.process is not old and self.status == "running"):
+            while not (self.process is not old and self.status is Status.running):
                 if self._closed.is_set():
                     return
                 await trio.sleep(0.02)
@@ -401,7 +438,10 @@ class Nanny:
         raise TimeoutError(f"worker process did not restart within {timeout}s")
 
     def close(self) -> None:
+        """Ask the nanny to stop its worker (SIGTERM) and close; returns at once."""
         self._closing = True
+        if self.status not in FINAL:
+            self.status = Status.closing
         if self.process is not None and self.process.returncode is None:
             try:
                 self.process.send_signal(signal.SIGTERM)
@@ -409,14 +449,20 @@ class Nanny:
                 pass
 
     async def aclose(self, timeout: float = 10) -> None:
-        """Stop the worker (ladder) and the nanny."""
+        """Stop the worker (ladder) and the nanny; wait at most ``timeout`` seconds."""
         self._closing = True
+        if self.status not in FINAL:
+            self.status = Status.closing
         if self.process is not None and self.process.returncode is None:
             await self._stop_process(self.process)
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
         with trio.move_on_after(timeout):
             await self._closed.wait()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`serve` has returned (``status`` closed or failed)."""
+        await self._closed.wait()
 
     async def _handle_request(self, comm: Comm) -> None:
         while True:
@@ -443,12 +489,6 @@ class Nanny:
             await comm.send(reply)
 
 
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
-
-
 def _describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -458,20 +498,179 @@ def _describe_exit(code: int) -> str:
     return f"exit code {code}"
 
 
+# ---------------------------------------------------------------- the link's codec
+
+
+def _tls_settings(security: Any) -> m.TLSSettings | None:
+    if security is None:
+        return None
+    return m.TLSSettings(**security.to_dict())
+
+
+def _security(settings: m.TLSSettings | None) -> Any:
+    if settings is None:
+        return None
+    from ..security import Security
+
+    return Security.from_dict({a.name: getattr(settings, a.name) for a in attrs.fields(m.TLSSettings)})
+
+
+def _read_exactly(f: Any, n: int) -> bytes:
+    data = f.read(n)
+    if len(data) != n:
+        raise ProtocolError(f"the nanny's message ended after {len(data)} of {n} bytes")
+    return bytes(data)
+
+
+def read_start_message(f: Any) -> m.StartWorkerProcess | None:
+    """The :class:`~trioflow.protocol.messages.StartWorkerProcess` a nanny
+    wrote to binary stream ``f`` (one frame group: count, lengths, frames),
+    checked by the strict codec; None at end-of-file (the nanny is gone).
+
+    Raises:
+        ProtocolError: anything else than that message, whole.
+    """
+    head = f.read(4)
+    if not head:
+        return None
+    if len(head) != 4:
+        raise ProtocolError("the nanny's message ended inside its prefix")
+    (n,) = struct.unpack("<I", head)
+    check_count(n)
+    lengths = check_prefix(_read_exactly(f, 8 * n), n)
+    msg = decode([_read_exactly(f, length) for length in lengths])
+    if not isinstance(msg, m.StartWorkerProcess):
+        raise ProtocolError(f"expected a 'start-worker-process' message from the nanny, got {msg.op!r}")
+    return msg
+
+
 # ---------------------------------------------------------------- the worker process
 
 
-def _child_main() -> None:
-    """Entry point of a nanny's worker process (``python -m trioflow.nanny``)."""
-    line = sys.stdin.buffer.readline()
-    if not line:
-        sys.exit(0)
-    config = json.loads(line)
-    ready_fd = int(os.environ.pop("TRIOFLOW_NANNY_READY_FD", "-1"))
-    from .daemon import run_worker_process
+def run_worker_process(start: m.StartWorkerProcess, *, ready_fd: int = -1, watch_stdin: bool = False) -> int:
+    """Run one worker in this process (the nanny's child); returns the exit code.
 
-    code = run_worker_process(config, ready_fd=ready_fd, watch_stdin=True)
-    sys.exit(code)
+    Talks to the nanny over ``ready_fd`` in lines: ``ALIVE`` once the
+    configuration is read (the nanny's start-up timeout stops there: waiting
+    for the scheduler may legitimately take long), then either
+    ``READY <address>`` once registered and preloaded, or ``ERROR <one line>``
+    when the worker cannot start (exit code 3: the nanny gives up rather than
+    restart a worker that cannot work).  Exit 0 means the worker meant to stop.
+    Start-up and shutdown are :func:`~trioflow.process.daemon.run_servers`,
+    as for ``trioflow-worker --no-nanny``.
+    """
+    config = start.config
+    setup_logging()
+    limit_malloc_arenas(config.nthreads)  # before any thread exists
+
+    def tell(line: str) -> None:
+        if ready_fd < 0:
+            return
+        try:
+            os.write(ready_fd, (line.replace("\n", " ") + "\n").encode())
+        except OSError:
+            pass
+
+    def finish(line: str) -> None:
+        nonlocal ready_fd
+        tell(line)
+        if ready_fd >= 0:
+            os.close(ready_fd)
+            ready_fd = -1
+
+    tell("ALIVE")
+    from ..worker.server import Worker
+
+    try:
+        preload = [load_preload(p) for p in config.preload]
+    except UserError as exc:
+        logger.error("%s", exc)
+        finish(f"ERROR {exc}")
+        return 3
+    worker = Worker(
+        config=config,
+        security=_security(start.security),
+        workspace=start.workspace or None,
+        nanny=start.nanny,
+    )
+
+    async def main() -> int:
+        async with trio.open_nursery() as nursery:
+            if watch_stdin:
+                nursery.start_soon(_watch_parent, worker)
+            try:
+                served = await run_servers(
+                    [worker], preload, on_ready=lambda _nursery: finish(f"READY {worker.address}")
+                )
+            except BaseException as exc:  # noqa: BLE001 - sorted out below
+                leaf = find_leaf(exc, _USER_ERRORS)
+                if leaf is None:
+                    raise
+                msg = str(leaf) if isinstance(leaf, UserError) else f"worker failed to start: {describe_exception(leaf)}"
+                logger.error("%s", msg)
+                finish(f"ERROR {msg}")
+                nursery.cancel_scope.cancel()
+                return 3
+            if not served:  # a signal during start-up
+                finish("ERROR worker stopped during start-up")
+            nursery.cancel_scope.cancel()
+        return 0
+
+    code = 0
+    try:
+        code = trio.run(main)
+    except* KeyboardInterrupt:
+        pass
+    finally:
+        if ready_fd >= 0:  # died of a bug before saying why: EOF reads as a crash
+            os.close(ready_fd)
+    return code
+
+
+#: Start-up failures a user can fix: all reported alike, as "worker failed to
+#: start: ..." on the ready pipe, so one tier (the first found).
+_USER_ERRORS = (UserError, CommError, OSError, ValueError, ProtocolError, trio.TooSlowError)
+
+
+async def _watch_parent(worker: Any) -> None:
+    """Close the worker when stdin (a pipe from the nanny) reaches EOF.
+
+    The nanny died (maybe by SIGKILL): nobody supervises this process any
+    more, so it must be gone within a second, even with a task stuck in a
+    thread.
+    """
+    stream = trio.lowlevel.FdStream(os.dup(0))
+    try:
+        while True:
+            data = await stream.receive_some(1024)
+            if not data:
+                break
+    finally:
+        await stream.aclose()
+    logger.warning("nanny went away; closing worker")
+    worker.close("nanny gone")
+    with trio.move_on_after(0.7):
+        await worker.wait_closed()
+        return
+    logger.warning("worker did not close in time; exiting now")
+    if worker.local_directory:
+        shutil.rmtree(worker.local_directory, ignore_errors=True)
+    os._exit(1)
+
+
+def _child_main() -> None:
+    """Entry point of a nanny's worker process (``python -m trioflow.process.nanny``)."""
+    ready_fd = int(os.environ.pop("TRIOFLOW_NANNY_READY_FD", "-1"))
+    try:
+        start = read_start_message(sys.stdin.buffer)
+    except ProtocolError as exc:
+        line = f"ERROR bad start message from the nanny: {exc}"
+        if ready_fd >= 0:
+            os.write(ready_fd, (line.replace("\n", " ") + "\n").encode())
+        sys.exit(3)
+    if start is None:
+        sys.exit(0)
+    sys.exit(run_worker_process(start, ready_fd=ready_fd, watch_stdin=True))
 
 
 if __name__ == "__main__":

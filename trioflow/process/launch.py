@@ -8,7 +8,7 @@ pymalloc returns a 1 MiB arena to the system only when nothing in it lives,
 so those few survivors pin most of a graph's peak memory for the life of the
 process: measured, ten rounds of 10,000 tasks took a scheduler from 35 MiB
 idle to 66 MiB after release.  On glibc's heap the same survivors pin single
-4 KiB pages, and :func:`trioflow.memory.trim_process_memory` (called by the
+4 KiB pages, and :func:`trioflow.process.malloc.trim_process_memory` (called by the
 scheduler once a graph's tasks are gone) hands the rest back: the same ten
 rounds end within 1% of the first.  The cost is about 5% more memory per
 held task (glibc's per-allocation header) and no measurable speed; at idle,
@@ -63,6 +63,6 @@ def scheduler_main() -> None:
     cold start (click, trio and the CLI imported twice).
     """
     use_system_malloc()
-    from .cli import scheduler_main as main
+    from ..cli import scheduler_main as main
 
     main()

@@ -1,0 +1,105 @@
+"""Dask graphs and collections: ``get``, ``compute`` and ``persist``.
+
+The graph is turned into task specs by :mod:`trioflow.daskgraph` (a sans-IO
+translation) and sent like any other graph; the collections come back backed
+by futures.  Mixed into :class:`~trioflow.client.core.AsyncClient`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+
+from ._parts import ClientParts
+from .futures import Future
+from .submit import _function_bytes
+
+__all__ = ["GraphMixin"]
+
+
+class GraphMixin(ClientParts):
+    """get, compute, persist (see the module docstring)."""
+
+    # ------------------------------------------------------------ dask graphs and collections
+
+    async def _submit_graph(self, dsk: Any, wanted: list[Any], **options: Any) -> dict[Any, Future]:
+        from .. import daskgraph
+
+        fbytes = _function_bytes(daskgraph.execute_node)
+        known = set(self._states)
+        specs = daskgraph.graph_to_specs(
+            dsk,
+            Future,
+            known_keys=known,
+            function_bytes=fbytes,
+            priority=int(options.get("priority") or 0),
+            workers=[options["workers"]] if isinstance(options.get("workers"), str) else list(options.get("workers") or ()),
+            allow_other_workers=bool(options.get("allow_other_workers")),
+            resources=options.get("resources"),
+            retries=int(options.get("retries") or 0),
+        )
+        spec_keys = {s.key for s in specs}
+        str_wanted = [daskgraph.stringify(k) for k in wanted]
+        for k in str_wanted:
+            if k not in spec_keys and k not in self._states:
+                raise ValueError(f"key {k!r} is neither in the graph nor held by this client")
+        futures = [Future(k, self) for k in str_wanted]
+        self._send_graph(specs, str_wanted)
+        await trio.lowlevel.checkpoint()
+        return dict(zip(wanted, futures, strict=True))
+
+    async def get(self, dsk: Any, keys: Any, **options: Any) -> Any:
+        """The dask scheduler protocol: compute ``keys`` of graph ``dsk`` and
+        return their values in the same nesting (``dask.compute(x,
+        scheduler=client.get)``)."""
+        from .. import daskgraph
+
+        flat = daskgraph.flatten_keys(keys)
+        futures = await self._submit_graph(dsk, list(dict.fromkeys(flat)), **options)
+        values = await self.gather(list(futures.values()))
+        by_key = dict(zip(futures, values, strict=True))
+        return daskgraph.pack_results(keys, by_key)
+
+    async def compute(self, collections: Any, sync: bool = False, optimize_graph: bool = True, **options: Any) -> Any:
+        """Start computing dask collections; returns a Future per collection
+        (or their values with ``sync=True``)."""
+        import dask
+
+        from .. import daskgraph
+
+        singleton = not isinstance(collections, (list, tuple))
+        items = [collections] if singleton else list(collections)
+        variables = [c for c in items if dask.is_dask_collection(c)]
+        results: dict[Any, Future] = {}
+        names: list[Any] = []
+        if variables:
+            dsk, keys = daskgraph.collections_graph(variables, optimize_graph=optimize_graph, finalize=True)
+            names = daskgraph.flatten_keys(keys)
+            results = await self._submit_graph(dsk, names, **options)
+        out: list[Any] = []
+        i = 0
+        for c in items:
+            if dask.is_dask_collection(c):
+                out.append(results[names[i]])
+                i += 1
+            else:
+                out.append(c)
+        if sync:
+            out = await self.gather(out)
+        return out[0] if singleton else out
+
+    async def persist(self, collections: Any, optimize_graph: bool = True, **options: Any) -> Any:
+        """Start computing dask collections and return equivalent collections
+        backed by the futures of their pieces."""
+        from .. import daskgraph
+
+        singleton = not isinstance(collections, (list, tuple))
+        items = [collections] if singleton else list(collections)
+        dsk, keys = daskgraph.collections_graph(items, optimize_graph=optimize_graph, finalize=False)
+        futures = await self._submit_graph(dsk, list(dict.fromkeys(daskgraph.flatten_keys(keys))), **options)
+        rebuilt = []
+        for c, ks in zip(items, keys, strict=True):
+            func, args = c.__dask_postpersist__()
+            rebuilt.append(func({k: futures[k] for k in daskgraph.flatten_keys(ks)}, *args))
+        return rebuilt[0] if singleton else rebuilt
