@@ -297,3 +297,13 @@ async def test_fire_and_forget_runs_to_completion_after_the_future_is_dropped() 
                 while key in state.tasks:
                     await trio.sleep(0.01)
                 assert not state.fire_and_forget.wants_what and "fire-and-forget" not in state.clients
+
+
+def test_the_server_carries_out_every_kind_of_instruction() -> None:
+    from typing import get_args
+
+    from trioflow.scheduler import Scheduler
+    from trioflow.scheduler import state as ss
+
+    handled = set(Scheduler()._instruction_handlers) | {ss.ToWorker, ss.ToClient}
+    assert handled == set(get_args(ss.Instruction))

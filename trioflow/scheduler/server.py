@@ -140,8 +140,21 @@ class Scheduler:
             m.RetireWorkers: self._retire_workers,
             m.Restart: self._restart,
         }
-        # Peers' messages and the machine's instructions, by type: each
-        # handler turns one into an event, or carries one out.
+        self._build_dispatch_tables()
+
+    async def __aenter__(self) -> Scheduler:
+        """``async with Scheduler(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
+        from ..client.bridge import ServerContext
+
+        self._context = ServerContext(self)
+        return await self._context.__aenter__()  # type: ignore[no-any-return]
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._context.__aexit__(*exc)
+
+    def _build_dispatch_tables(self) -> None:
+        """Peers' messages and the machine's instructions, by type: each
+        handler turns a message into an event, or carries an instruction out."""
         self._worker_handlers: dict[type, Callable[[str, Any], None]] = {
             m.TaskFinished: self._task_finished,
             m.TaskErred: self._task_erred,
@@ -165,16 +178,6 @@ class Scheduler:
             ss.RetirementDone: self._request_done,
             ss.RestartDone: self._request_done,
         }
-
-    async def __aenter__(self) -> Scheduler:
-        """``async with Scheduler(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
-        from ..client.bridge import ServerContext
-
-        self._context = ServerContext(self)
-        return await self._context.__aenter__()  # type: ignore[no-any-return]
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self._context.__aexit__(*exc)
 
     def __repr__(self) -> str:
         return f"<Scheduler {self.address or '(not started)'} workers={len(self.state.workers)} tasks={len(self.state.tasks)}>"
@@ -382,13 +385,15 @@ class Scheduler:
             del reply
             msg = None
 
-    async def _worker_stream(self, comm: Comm, reg: m.RegisterWorker) -> None:
+    async def _register_worker(self, comm: Comm, reg: m.RegisterWorker) -> BatchedSend | None:
+        """Hand the registration to the machine; None if it is refused (the
+        worker is told why)."""
         address = reg.address
         try:
             parse_address(address)
         except ValueError as exc:
             await comm.send(m.ErrorReply(message=f"bad worker address: {exc}"))
-            return
+            return None
         event = ss.AddWorkerEvent(
             address=address,
             name=reg.name,
@@ -406,13 +411,20 @@ class Scheduler:
         except ss.InvalidEvent as exc:
             logger.warning("refused worker %s: %s", address, exc)
             await comm.send(m.ErrorReply(message=str(exc)))
-            return
+            return None
         batched = BatchedSend(comm)
         self.worker_streams[address] = batched
         self.worker_comms[address] = comm
         # The machine's first message to the worker is its WorkerRegistered.
         self._dispatch(instructions)
         logger.info("Register worker %s (%s, %d threads)", address, reg.name, reg.nthreads)
+        return batched
+
+    async def _worker_stream(self, comm: Comm, reg: m.RegisterWorker) -> None:
+        batched = await self._register_worker(comm, reg)
+        if batched is None:
+            return
+        address = reg.address
         safe = False
         handlers = self._worker_handlers
         try:
