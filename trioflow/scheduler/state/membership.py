@@ -58,6 +58,10 @@ from .validation import ValidationLayer
 
 
 class MembershipLayer(ValidationLayer):
+    """Handlers of the events about who takes part (see the module docstring)."""
+
+    # ------------------------------------------------------------ workers
+
     def _add_worker(self, ev: AddWorkerEvent) -> None:
         if ev.address in self.workers:
             raise InvalidEvent(f"worker {ev.address} is already registered")
@@ -186,6 +190,8 @@ class MembershipLayer(ValidationLayer):
             self._transitions(recs)
         self._out.append(ToWorker(ws.address, HeartbeatAck(heartbeat_interval=self.heartbeat_interval(), worker_ttl=self.worker_ttl_now())))
 
+    # ------------------------------------------------------------ clients
+
     def _add_client(self, ev: AddClientEvent) -> None:
         if ev.client in self.clients:
             raise InvalidEvent(f"client {ev.client} is already registered")
@@ -202,6 +208,7 @@ class MembershipLayer(ValidationLayer):
         cs.wants_what.clear()
         self._transitions(recs)
 
+    # ------------------------------------------------------------ liveness, fire-and-forget
 
     def _tick(self, ev: TickEvent) -> None:
         ttl = self.worker_ttl_now()
