@@ -12,7 +12,7 @@ import pytest
 from process_helpers import daemons, start_scheduler, start_worker, wait_for  # noqa: E402
 
 from trioflow.config import format_bytes, parse_bytes, parse_memory_limit
-from trioflow.worker.memory import SpillBuffer
+from trioflow.worker.spill import SpillBuffer
 
 # Task functions travel by value: worker processes cannot import this file.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -15,6 +15,12 @@ has an answer, and freeing everything leaves nothing behind.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
@@ -32,24 +38,69 @@ from trioflow.protocol.messages import (
 )
 from trioflow.protocol.serialize import dumps
 from trioflow.worker.state import (
+    HANDLERS,
     PREFETCH_MAX,
+    TRANSITIONS,
     AcquireReplicasEvent,
     ComputeTaskEvent,
-    DataPut,
+    DataPutEvent,
+    DisconnectScheduler,
     DropData,
     Execute,
-    ExecuteFailure,
-    ExecuteSuccess,
+    ExecuteFailureEvent,
+    ExecuteSuccessEvent,
     FreeKeysEvent,
     GatherDep,
-    GatherDepDone,
-    GatherDepFailed,
+    GatherDepDoneEvent,
+    GatherDepFailedEvent,
+    HeartbeatAckEvent,
     InvalidWorkerEvent,
+    MemorySampleEvent,
     PauseEvent,
+    RegisteredEvent,
+    ReportPause,
+    SchedulerTimerEvent,
     SendMsg,
     StealRequestEvent,
     WorkerState,
+    WorkerTask,
 )
+from trioflow.worker.state import events as events_module
+
+_STATE_SLOT = WorkerTask.state  # the slot under the checked property below
+
+
+class CheckedTask(WorkerTask):
+    """A WorkerTask whose every change of state is checked against the
+    transition table (installed for every test of this module)."""
+
+    __slots__ = ()
+
+    @property  # type: ignore[override]
+    def state(self) -> str:
+        return _STATE_SLOT.__get__(self)  # type: ignore[no-any-return]
+
+    @state.setter
+    def state(self, new: str) -> None:
+        try:
+            old = _STATE_SLOT.__get__(self)
+        except AttributeError:  # being made
+            old = None
+        if old is not None and new != old:
+            assert new in TRANSITIONS[old], f"{self.key!r}: {old} -> {new} is not in TRANSITIONS"
+        _STATE_SLOT.__set__(self, new)
+
+
+@pytest.fixture(autouse=True)
+def _checked_transitions(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trioflow.worker.state.execution
+    import trioflow.worker.state.fetching
+    import trioflow.worker.state.link
+
+    for module in (trioflow.worker.state.execution, trioflow.worker.state.fetching, trioflow.worker.state.link):
+        if hasattr(module, "WorkerTask"):
+            monkeypatch.setattr(module, "WorkerTask", CheckedTask)
+
 
 ME = "tcp://me"
 PEERS = ["tcp://p0", "tcp://p1", "tcp://p2"]
@@ -74,12 +125,12 @@ def compute(key: str, who_has: dict[str, list[str]] | None = None, *, priority=(
     )
 
 
-def success(key: str, nbytes: int = 10, seconds: float = 1.0) -> ExecuteSuccess:
-    return ExecuteSuccess(key=key, nbytes=nbytes, type_name="int", start=1.0, stop=1.0 + seconds)
+def success(key: str, nbytes: int = 10, seconds: float = 1.0) -> ExecuteSuccessEvent:
+    return ExecuteSuccessEvent(key=key, nbytes=nbytes, type_name="int", start=1.0, stop=1.0 + seconds)
 
 
-def failure(key: str) -> ExecuteFailure:
-    return ExecuteFailure(key=key, exception=None, exception_text="bad", traceback_text="", type_name="ValueError")
+def failure(key: str) -> ExecuteFailureEvent:
+    return ExecuteFailureEvent(key=key, exception=None, exception_text="bad", traceback_text="", type_name="ValueError")
 
 
 def snapshot(w: WorkerState) -> dict:
@@ -186,6 +237,8 @@ class WorkerMachine(RuleBasedStateMachine):
             elif isinstance(ins, DropData):
                 assert ins.key in self.store, ins
                 self.store.discard(ins.key)
+            elif isinstance(ins, ReportPause):
+                assert ins.paused == w.paused, ins
             else:
                 msg = ins.msg
                 if isinstance(msg, (TaskFinished, TaskErred)):
@@ -250,6 +303,8 @@ class WorkerMachine(RuleBasedStateMachine):
                 assert any(t in g for g in w.fetch_by_worker.values()), f"{t!r} is never fetched"
             if t.state == "ready":
                 assert any(r is t for _, _, r in w.ready + w.constrained), t
+            # Reported, then forgotten: the scheduler never frees it here.
+            assert t.state != "erred", t
 
     # ------------------------------------------------------------ the scheduler
 
@@ -281,7 +336,7 @@ class WorkerMachine(RuleBasedStateMachine):
         nbytes = {k: data.draw(st.integers(0, 100)) for k in keys}
         # The shell stores first, then tells the state (it may drop again).
         self.store |= set(keys)
-        self.handle(DataPut(nbytes=nbytes))
+        self.handle(DataPutEvent(nbytes=nbytes))
 
     @rule(data=st.data())
     def steal_request(self, data: st.DataObject) -> None:
@@ -302,6 +357,10 @@ class WorkerMachine(RuleBasedStateMachine):
     @rule(paused=st.booleans())
     def pause(self, paused: bool) -> None:
         self.handle(PauseEvent(paused=paused))
+
+    @rule(rss=st.integers(0, 150))
+    def memory_sample(self, rss: int) -> None:
+        self.handle(MemorySampleEvent(rss=rss, pause_at=100.0))
 
     # ------------------------------------------------------------ the executor
 
@@ -330,14 +389,14 @@ class WorkerMachine(RuleBasedStateMachine):
         got = data.draw(st.lists(st.sampled_from(keys), unique=True), label="received")
         nbytes = {k: data.draw(st.integers(0, 100)) for k in got}
         self.store |= set(got)
-        self.handle(GatherDepDone(worker=peer, nbytes=nbytes, missing=[k for k in keys if k not in got]))
+        self.handle(GatherDepDoneEvent(worker=peer, nbytes=nbytes, missing=[k for k in keys if k not in got]))
 
     @precondition(lambda self: self.flights)
     @rule(data=st.data())
     def gather_failed(self, data: st.DataObject) -> None:
         peer = data.draw(st.sampled_from(sorted(self.flights)), label="peer")
         keys = self.flights.pop(peer)
-        self.handle(GatherDepFailed(worker=peer, keys=list(keys)))
+        self.handle(GatherDepFailedEvent(worker=peer, keys=list(keys)))
         # Keys queued for that peer, with no other holder, are given up
         # without a MissingData (the peer is likely gone, and the scheduler
         # learns that on its own).
@@ -350,9 +409,9 @@ class WorkerMachine(RuleBasedStateMachine):
         w = self.w
         not_running = [k for k in KEYS if k not in self.running]
         cases = [
-            GatherDepDone(worker="tcp://idle", nbytes={}, missing=[]),
-            GatherDepFailed(worker="tcp://idle", keys=[KEYS[0]]),
-            DataPut(nbytes={KEYS[0]: 1, KEYS[1]: -1}),
+            GatherDepDoneEvent(worker="tcp://idle", nbytes={}, missing=[]),
+            GatherDepFailedEvent(worker="tcp://idle", keys=[KEYS[0]]),
+            DataPutEvent(nbytes={KEYS[0]: 1, KEYS[1]: -1}),
             compute(KEYS[5], {KEYS[0]: ["tcp://p0"]}, nbytes={KEYS[0]: -7}),
         ]
         if not_running:
@@ -360,7 +419,7 @@ class WorkerMachine(RuleBasedStateMachine):
             cases += [success(k), failure(k)]
         for peer in PEERS:
             if peer not in self.flights:
-                cases.append(GatherDepDone(worker=peer, nbytes={}, missing=[]))
+                cases.append(GatherDepDoneEvent(worker=peer, nbytes={}, missing=[]))
         expect_invalid(w, data.draw(st.sampled_from(cases), label="event"))
 
     # ------------------------------------------------------------ the end
@@ -378,7 +437,7 @@ class WorkerMachine(RuleBasedStateMachine):
                 peer = sorted(self.flights)[0]
                 keys = self.flights.pop(peer)
                 self.store |= set(keys)
-                self.handle(GatherDepDone(worker=peer, nbytes=dict.fromkeys(keys, 5), missing=[]))
+                self.handle(GatherDepDoneEvent(worker=peer, nbytes=dict.fromkeys(keys, 5), missing=[]))
             else:
                 return
             self.w.validate()
@@ -394,9 +453,9 @@ class WorkerMachine(RuleBasedStateMachine):
         w.validate()
         for key in self.wanted:
             t = w.tasks.get(key)
-            assert key in self.answered or (t is not None and t.state in ("memory", "error")), (key, t)
+            assert key in self.answered or (t is not None and t.state in ("memory", "erred")), (key, t)
             if t is not None:
-                assert t.state in ("memory", "error"), (key, t)
+                assert t.state in ("memory", "erred"), (key, t)
         for key in self.acquired:
             # A copy is here, announced, or its holders had none.
             t = w.tasks.get(key)
@@ -436,7 +495,7 @@ def test_remote_dependency_is_gathered_then_executed() -> None:
     out = w.handle(compute("y", {"x": ["tcp://p0", ME]}, nbytes={"x": 30}))
     assert of(out, GatherDep) == [GatherDep("tcp://p0", ("x",), 30)] and not of(out, Execute)
     assert w.tasks["y"].state == "waiting" and w.tasks["x"].state == "flight"
-    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 30}, missing=[]))
+    out = w.handle(GatherDepDoneEvent(worker="tcp://p0", nbytes={"x": 30}, missing=[]))
     assert [(e.key, e.dependencies) for e in of(out, Execute)] == [("y", ("x",))]
     assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 30})]
     out = w.handle(success("y"))
@@ -451,11 +510,11 @@ def test_failed_gather_tries_the_next_holder_then_reschedules() -> None:
     w.handle(compute("y", {"x": ["tcp://p0", "tcp://p1"]}))
     [first] = w.in_flight_workers
     second = "tcp://p1" if first == "tcp://p0" else "tcp://p0"
-    out = w.handle(GatherDepFailed(worker=first, keys=["x"]))
+    out = w.handle(GatherDepFailedEvent(worker=first, keys=["x"]))
     assert sent(out, MissingData) == [MissingData(key="x", worker=first)]
     assert of(out, GatherDep) == [GatherDep(second, ("x",), 10)]
     # The other holder does not have it either: nobody left to ask.
-    out = w.handle(GatherDepDone(worker=second, nbytes={}, missing=["x"]))
+    out = w.handle(GatherDepDoneEvent(worker=second, nbytes={}, missing=["x"]))
     assert sent(out, MissingData) == [MissingData(key="x", worker=second)]
     assert sent(out, Reschedule) == [Reschedule(key="y")]
     assert not w.tasks and not of(out, Execute)
@@ -499,7 +558,7 @@ def test_executing_never_exceeds_slots() -> None:
     for i in range(6):
         out += w.handle(compute(f"t-{i}", priority=(0, 0, i)))
     assert [e.key for e in of(out, Execute)] == ["t-0", "t-1", "t-2"]
-    out = w.handle(ExecuteSuccess(key="t-1", nbytes=1, type_name="int", start=1.0, stop=1.0001))
+    out = w.handle(ExecuteSuccessEvent(key="t-1", nbytes=1, type_name="int", start=1.0, stop=1.0001))
     assert [e.key for e in of(out, Execute)] == ["t-3"]
 
 
@@ -511,7 +570,7 @@ def test_prefetch_only_for_tasks_measured_short() -> None:
     for i in range(6):
         out += w.handle(compute(f"t-{i}", priority=(0, 0, i)))
     assert [e.key for e in of(out, Execute)] == ["t-0", "t-1"]  # unmeasured: one per thread
-    out = w.handle(ExecuteSuccess(key="t-1", nbytes=1, type_name="int", start=1.0, stop=1.0001))
+    out = w.handle(ExecuteSuccessEvent(key="t-1", nbytes=1, type_name="int", start=1.0, stop=1.0001))
     assert [e.key for e in of(out, Execute)] == ["t-2", "t-3"]  # short: the free thread's and a prefetch
     assert w.n_executing == w.slots == 3
     out = w.handle(success("t-0"))  # one second: the average is long again
@@ -569,7 +628,7 @@ def test_nothing_is_prefetched_behind_a_long_run() -> None:
     for i in range(40):
         out += w.handle(compute(f"t-{i}", priority=(0, 0, i + 1)))
     assert [e.key for e in of(out, Execute)] == ["long-0"]
-    out = w.handle(ExecuteSuccess(key="long-0", nbytes=1, type_name="int", start=0.0, stop=60.0))
+    out = w.handle(ExecuteSuccessEvent(key="long-0", nbytes=1, type_name="int", start=0.0, stop=60.0))
     assert len(of(out, Execute)) == 1 + PREFETCH_MAX  # then as deep as they are short
 
 
@@ -579,9 +638,9 @@ def test_invalid_events_change_nothing() -> None:
     for ev in [
         success("y"),  # waiting, not executing
         failure("nope"),
-        GatherDepDone(worker="tcp://p9", nbytes={}, missing=[]),
-        GatherDepFailed(worker="tcp://p9", keys=[]),
-        DataPut(nbytes={"a": 1, "b": -1}),
+        GatherDepDoneEvent(worker="tcp://p9", nbytes={}, missing=[]),
+        GatherDepFailedEvent(worker="tcp://p9", keys=[]),
+        DataPutEvent(nbytes={"a": 1, "b": -1}),
         compute("z", {"x": ["tcp://p0"]}, nbytes={"x": -2}),
     ]:
         expect_invalid(w, ev)
@@ -598,7 +657,7 @@ def test_same_events_same_decisions() -> None:
         out = w.handle(compute("d0"))
         for i in range(12):
             out += w.handle(compute(f"t{i}", {"d1": ["tcp://p0"]}, priority=(0, 0, 0)))
-        out += w.handle(GatherDepDone(worker="tcp://p0", nbytes={"d1": 1}, missing=[]))
+        out += w.handle(GatherDepDoneEvent(worker="tcp://p0", nbytes={"d1": 1}, missing=[]))
         for _ in range(12):
             out += w.handle(success(next(iter(w.executing)).key))
         junk = [[object() for _ in range(i)] for i in range(50)]  # move the allocator on
@@ -609,8 +668,8 @@ def test_same_events_same_decisions() -> None:
 
 def test_data_put_over_a_key_in_memory_recounts_its_size() -> None:
     w = worker()
-    w.handle(DataPut(nbytes={"k": 100}))
-    w.handle(DataPut(nbytes={"k": 10}))
+    w.handle(DataPutEvent(nbytes={"k": 100}))
+    w.handle(DataPutEvent(nbytes={"k": 10}))
     assert w.nbytes_in_memory == 10
 
 
@@ -653,7 +712,7 @@ def test_cancelled_run_releases_its_dependencies() -> None:
     # Regression: a freed task's fetched dependencies stayed for ever.
     w = worker()
     w.handle(compute("y", {"x": ["tcp://p0"]}))
-    w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 1}, missing=[]))
+    w.handle(GatherDepDoneEvent(worker="tcp://p0", nbytes={"x": 1}, missing=[]))
     w.handle(FreeKeysEvent(keys=["x", "y"]))
     assert w.tasks["y"].cancelled
     out = w.handle(failure("y"))
@@ -675,7 +734,7 @@ def test_rescheduling_a_task_reschedules_what_waits_for_it_here() -> None:
     w = worker()
     w.handle(compute("y", {"x": ["tcp://p0"]}))
     w.handle(compute("z", {"y": ["tcp://p1"]}))
-    out = w.handle(GatherDepFailed(worker="tcp://p0", keys=["x"]))
+    out = w.handle(GatherDepFailedEvent(worker="tcp://p0", keys=["x"]))
     assert sorted(m.key for m in sent(out, Reschedule)) == ["y", "z"]
     assert not w.tasks
 
@@ -686,7 +745,7 @@ def test_cancelled_fetch_needed_again_is_kept() -> None:
     w.handle(FreeKeysEvent(keys=["y"]))
     assert w.tasks["x"].cancelled
     w.handle(compute("z", {"x": ["tcp://p0"]}))
-    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 1}, missing=[]))
+    out = w.handle(GatherDepDoneEvent(worker="tcp://p0", nbytes={"x": 1}, missing=[]))
     assert not of(out, DropData) and [e.key for e in of(out, Execute)] == ["z"]
 
 
@@ -697,7 +756,7 @@ def test_data_taken_off_a_transfer_is_dropped_when_it_arrives() -> None:
     w.handle(compute("y", {"x": ["tcp://p0"]}))
     w.handle(compute("x"))
     assert w.tasks["x"].state == "executing"
-    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 1}, missing=[]))
+    out = w.handle(GatherDepDoneEvent(worker="tcp://p0", nbytes={"x": 1}, missing=[]))
     assert out == [DropData("x")]
 
 
@@ -720,7 +779,7 @@ def test_copy_dropped_in_the_event_it_arrived_is_not_announced() -> None:
     w = worker(nthreads=1, prefetch=0)
     w.handle(compute("busy"))
     w.handle(compute("y", {"a": ["tcp://p0"]}))
-    out = w.handle_many([GatherDepDone(worker="tcp://p0", nbytes={"a": 1}, missing=[]), FreeKeysEvent(keys=["y", "a"])])
+    out = w.handle_many([GatherDepDoneEvent(worker="tcp://p0", nbytes={"a": 1}, missing=[]), FreeKeysEvent(keys=["y", "a"])])
     assert not sent(out, AddKeys) and not sent(out, ReleaseWorkerData)
     assert of(out, DropData) == [DropData("a")] and set(w.tasks) == {"busy"}
 
@@ -773,7 +832,7 @@ def test_data_put_over_a_running_task_wins_and_its_late_result_is_dropped() -> N
     w.handle(compute("x", resources={"GPU": 1}))
     w.handle(compute("y", {"x": ["tcp://p0"]}))
     assert w.tasks["x"].state == "executing" and w.tasks["y"].state == "waiting"
-    out = w.handle(DataPut(nbytes={"x": 5}))
+    out = w.handle(DataPutEvent(nbytes={"x": 5}))
     assert w.tasks["x"].state == "memory" and w.nbytes_in_memory == 5
     assert [e.key for e in of(out, Execute)] == ["y"]  # with the put value
     out = w.handle(compute("g", resources={"GPU": 1}))
@@ -787,7 +846,7 @@ def test_data_put_over_a_running_task_wins_and_its_late_result_is_dropped() -> N
     assert not w.executing and w.available_resources == {"GPU": 1}
     # Failing instead: the put value stays, and nothing is reported.
     w.handle(compute("z"))
-    w.handle(DataPut(nbytes={"z": 3}))
+    w.handle(DataPutEvent(nbytes={"z": 3}))
     out = w.handle(failure("z"))
     assert not sent(out, TaskErred) and not of(out, DropData) and w.tasks["z"].state == "memory"
 
@@ -798,7 +857,7 @@ def test_run_going_on_under_a_put_value_is_taken_up_when_computed_again() -> Non
     # one of the same key (whose results the shell could not tell apart).
     w = worker(nthreads=2, prefetch=0)
     w.handle(compute("x"))
-    w.handle(DataPut(nbytes={"x": 5}))
+    w.handle(DataPutEvent(nbytes={"x": 5}))
     w.handle(FreeKeysEvent(keys=["x"]))
     assert "x" not in w.tasks and len(w.executing) == 0
     out = w.handle(compute("x"))
@@ -819,7 +878,7 @@ def test_replica_asked_of_a_key_run_here_is_fetched_if_the_run_fails() -> None:
     out = w.handle(failure("x"))
     assert not sent(out, TaskErred)  # a stale run: the scheduler has x already
     assert of(out, GatherDep) == [GatherDep("tcp://p0", ("x",), 10)]
-    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 10}, missing=[]))
+    out = w.handle(GatherDepDoneEvent(worker="tcp://p0", nbytes={"x": 10}, missing=[]))
     assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 10})] and w.tasks["x"].state == "memory"
     # Freed while it ran, then asked for: the same.
     w.handle(compute("z"))
@@ -847,9 +906,9 @@ def test_replica_asked_of_a_key_waiting_here_is_fetched() -> None:
     w.handle(compute("x", {"a": ["tcp://p1"]}))
     out = w.handle(AcquireReplicasEvent(who_has={"x": ["tcp://p0"]}, nbytes={"x": 10}))
     assert w.tasks["x"].state == "flight" and of(out, GatherDep) == [GatherDep("tcp://p0", ("x",), 10)]
-    out = w.handle(GatherDepDone(worker="tcp://p1", nbytes={}, missing=["a"]))
+    out = w.handle(GatherDepDoneEvent(worker="tcp://p1", nbytes={}, missing=["a"]))
     assert not sent(out, Reschedule) and "a" not in w.tasks
-    out = w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 10}, missing=[]))
+    out = w.handle(GatherDepDoneEvent(worker="tcp://p0", nbytes={"x": 10}, missing=[]))
     assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 10})] and not of(out, Execute)
 
 
@@ -859,8 +918,121 @@ def test_replica_asked_of_a_key_held_here_unannounced_is_announced() -> None:
     w = worker(nthreads=1, prefetch=0)
     w.handle(compute("busy"))
     w.handle(compute("y", {"x": ["tcp://p0"]}))
-    w.handle(GatherDepDone(worker="tcp://p0", nbytes={"x": 3}, missing=[]))
+    w.handle(GatherDepDoneEvent(worker="tcp://p0", nbytes={"x": 3}, missing=[]))
     w.handle(FreeKeysEvent(keys=["x"]))
     assert w.tasks["x"].state == "memory"
     out = w.handle(AcquireReplicasEvent(who_has={"x": ["tcp://p1"]}, nbytes={"x": 3}))
     assert sent(out, AddKeys) == [AddKeys(nbytes={"x": 3})] and not of(out, GatherDep)
+
+
+# ---------------------------------------------------------------- the package
+
+
+def test_state_machine_imports_without_trio_ssl_or_sockets() -> None:
+    # The real packages this time (trioflow/worker/__init__.py is lazy): the
+    # sans-IO core alone, then the server's names on first use.
+    root = Path(__file__).resolve().parent.parent
+    code = textwrap.dedent(
+        """
+        import sys
+        import trioflow.worker.state
+        bad = sorted(m for m in ("trio", "ssl", "socket", "trioflow.worker.server") if m in sys.modules)
+        assert not bad, bad
+        from trioflow.worker import WorkerState
+        assert WorkerState is trioflow.worker.state.WorkerState
+        from trioflow.worker import Worker
+        assert "trio" in sys.modules and Worker.__module__ == "trioflow.worker.server"
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, env=env, cwd=root)
+
+
+def test_every_event_ends_in_event_and_has_a_handler() -> None:
+    names = [n for n in events_module.__all__ if n not in ("Event", "InvalidWorkerEvent")]
+    assert all(n.endswith("Event") for n in names), names
+    assert {getattr(events_module, n) for n in names} == set(HANDLERS)
+
+
+# ---------------------------------------------------------------- the scheduler link
+
+
+def test_erred_task_is_reported_then_forgotten() -> None:
+    # The scheduler never frees a task that erred here (a retry comes as a
+    # new task): the state forgets it once reported, and its inputs with it.
+    w = worker()
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    w.handle(GatherDepDoneEvent(worker="tcp://p0", nbytes={"x": 1}, missing=[]))
+    out = w.handle(failure("y"))
+    assert [e.key for e in sent(out, TaskErred)] == ["y"]
+    assert "y" not in w.tasks and w.tasks["x"].state == "memory"  # x: the scheduler's replica
+    # In a batch too.
+    w.handle_many([compute("a"), compute("b")])
+    out = w.handle_many([failure("a")])
+    assert [e.key for e in sent(out, TaskErred)] == ["a"] and "a" not in w.tasks
+
+
+def test_registration_sets_the_link_and_drops_unwanted_keys() -> None:
+    w = worker()
+    w.handle(DataPutEvent(nbytes={"kept": 1, "unwanted": 2}))
+    out = w.handle(RegisteredEvent(now=5.0, heartbeat_interval=0.5, worker_ttl=3.0, forget=["unwanted"]))
+    assert out == [DropData("unwanted")] and set(w.tasks) == {"kept"}
+    assert (w.heartbeat_interval, w.scheduler_ttl, w.scheduler_heard_at) == (0.5, 3.0, 5.0)
+    w.handle(HeartbeatAckEvent(heartbeat_interval=0.25, worker_ttl=2.0))
+    assert (w.heartbeat_interval, w.scheduler_ttl) == (0.25, 2.0)
+    assert w.rejoin_deadline(10.0) == 10.0 + 2 * 2.0 + 5
+
+
+def test_silent_scheduler_is_given_up_after_its_ttl_and_two_heartbeats() -> None:
+    w = worker()
+    w.handle(RegisteredEvent(now=100.0, heartbeat_interval=1.0, worker_ttl=10.0, forget=[]))
+    assert w.handle(SchedulerTimerEvent(now=112.0)) == []  # silent 12 s: limit 10 + 2 x 1
+    assert w.scheduler_timer_delay(112.0) == pytest.approx(0.01)
+    w.scheduler_heard_at = 105.0  # the shell heard something meanwhile
+    assert w.handle(SchedulerTimerEvent(now=112.5)) == []
+    assert w.scheduler_timer_delay(112.5) == pytest.approx(1.01)  # at least once a heartbeat
+    (out,) = w.handle(SchedulerTimerEvent(now=117.5))
+    assert isinstance(out, DisconnectScheduler) and "silent for 12.5s (limit 12.0s)" in out.reason
+
+
+def test_state_after_scheduler_lost_keeps_only_data_and_settings() -> None:
+    w = worker(nthreads=2, resources={"GPU": 1}, prefetch=1, max_concurrent_fetches=2)
+    w.handle(RegisteredEvent(now=1.0, heartbeat_interval=0.5, worker_ttl=3.0, forget=[]))
+    w.handle(DataPutEvent(nbytes={"x": 7}))
+    w.handle(compute("y", {"z": ["tcp://p0"]}))
+    w.handle(compute("r", resources={"GPU": 1}))
+    new = w.after_scheduler_lost()
+    assert type(new) is WorkerState and new is not w
+    assert {k: (t.state, t.nbytes) for k, t in new.tasks.items()} == {"x": ("memory", 7)}
+    assert new.nbytes_in_memory == 7 and new.available_resources == {"GPU": 1} and not new.executing
+    assert (new.heartbeat_interval, new.scheduler_ttl, new.validate_after_each) == (0.5, 3.0, True)
+    assert (new.slots, new.max_concurrent_fetches, new.max_transfer_bytes) == (3, 2, w.max_transfer_bytes)
+
+
+def test_memory_pauses_over_the_threshold_and_resumes_well_under_it() -> None:
+    w = worker(nthreads=1, prefetch=0)
+    assert w.handle(MemorySampleEvent(rss=100, pause_at=100.0)) == []  # at it: not over
+    assert w.handle(MemorySampleEvent(rss=101, pause_at=100.0)) == [ReportPause(True, 101)] and w.paused
+    assert not of(w.handle(compute("x")), Execute)  # paused: nothing starts
+    assert w.handle(MemorySampleEvent(rss=150, pause_at=100.0)) == []  # told once
+    assert w.handle(MemorySampleEvent(rss=95, pause_at=100.0)) == []  # under, not well under
+    out = w.handle(MemorySampleEvent(rss=89, pause_at=100.0))
+    assert out[0] == ReportPause(False, 89) and [e.key for e in of(out, Execute)] == ["x"] and not w.paused
+
+
+
+def test_fetched_value_does_not_replace_a_put_one() -> None:
+    w = worker()
+    w.handle(compute("y", {"x": ["tcp://p0"]}))
+    assert w.takes_fetched_value("x")  # in flight
+    w.handle(DataPutEvent(nbytes={"x": 3}))
+    assert not w.takes_fetched_value("x") and w.takes_fetched_value("unknown")
+
+
+def test_state_changes_are_checked_against_the_transition_table() -> None:
+    w = worker()
+    w.handle(DataPutEvent(nbytes={"x": 1}))
+    assert type(w.tasks["x"]) is CheckedTask
+    with pytest.raises(AssertionError, match="memory -> executing"):
+        w.tasks["x"].state = "executing"
+

@@ -32,7 +32,6 @@ from typing import Any, TypeVar
 
 import attrs
 
-from .process.system import total_memory
 
 __all__ = [
     "NannyConfig",
@@ -307,6 +306,8 @@ def parse_memory_limit(limit: str | int | float | None, nthreads: int = 1, n_wor
         ValueError: anything else; the message says what is accepted.
     """
     if total is None:
+        from .process.system import total_memory  # not at import: it loads socket
+
         total = total_memory()
     if limit is None or limit == 0 or limit == "0":
         return 0

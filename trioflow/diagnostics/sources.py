@@ -66,7 +66,7 @@ _WORKER_STATE_GROUP = {
     "ready": "waiting",
     "executing": "processing",
     "memory": "memory",
-    "error": "erred",
+    "erred": "erred",
 }
 
 

@@ -10,6 +10,7 @@ of start-up per process).
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from types import ModuleType
@@ -126,8 +127,6 @@ class ProcessMeter:
 
 def default_host() -> str:
     """This machine's first non-loopback IPv4 address (from psutil), or 127.0.0.1."""
-    import socket  # here: the scheduler's state machine imports this module without IO
-
     try:
         for _name, addrs in psutil_module().net_if_addrs().items():
             for a in addrs:

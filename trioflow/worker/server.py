@@ -14,15 +14,21 @@ Theory of operation
      └ one task per transfer from a peer (GatherDep)
 
 Every event goes through :meth:`Worker._handle`, which feeds the state
-machine and carries out what it returns.  Values live in ``self.data`` (a
-plain dict, or the spilling store once memory management lands); the state
-machine only ever sees keys and sizes.
+machine and carries out what it returns.  The shell decides nothing about
+tasks or the scheduler link: scheduler messages become events through
+``_FROM_SCHEDULER``, instructions are carried out through ``_INSTRUCTIONS``,
+peer requests are answered through ``_PEER_REQUESTS`` (tables at the end of
+this module); the liveness of the scheduler link is the state's
+(:class:`~trioflow.worker.state.SchedulerTimerEvent`), the shell only fires
+the timer and notes when it last heard the scheduler.  Values live in
+``self.data`` (a plain dict, or the spilling store of
+:mod:`trioflow.worker.spill` under a memory limit); the state machine only
+ever sees keys and sizes.
 
-Task functions and arguments are unpickled in the executor thread, not on the
-event loop, and a result is checked for picklability there (cheaply: known
-types are trusted, anything else is serialized once and the bytes cached for
-the transfer that will follow).  A result that cannot be pickled makes the
-task err with a message naming its type; the worker carries on.
+Task functions and arguments are unpickled in the executor thread, not on
+the event loop (:mod:`trioflow.worker.jobs`).  A result that cannot be
+pickled makes the task err with a message naming its type; the worker
+carries on.
 
 When the scheduler stream breaks, the worker either closes
 (``reconnect=False``) or keeps its data and registers again when a scheduler
@@ -38,6 +44,7 @@ import tempfile
 import time
 import traceback
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -58,18 +65,16 @@ from ..protocol.serialize import (
     dumps,
     loads,
     loads_function,
-    loads_with_deps,
 )
 from ..sizeof import sizeof
 from . import state as ws
 from .executor import ThreadExecutor, thread_state
-from .memory import SpillBuffer
+from .jobs import error_record, make_job
+from .spill import SpillBuffer
 
 logger = logging.getLogger("trioflow.worker")
 
 __all__ = ["Worker", "get_worker"]
-
-_TRUSTED_TYPES = (int, float, complex, bool, str, bytes, bytearray, type(None))
 
 
 def get_worker() -> Worker:
@@ -82,82 +87,6 @@ def get_worker() -> Worker:
     if w is None:
         raise ValueError("get_worker() called outside of a task running on a worker")
     return w  # type: ignore[no-any-return]
-
-
-def _type_name(obj: object) -> str:
-    t = type(obj)
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
-
-
-def _trusted(result: Any) -> bool:
-    t = type(result)
-    if t in _TRUSTED_TYPES:
-        return True
-    mod = t.__module__
-    if mod.startswith(("numpy", "pandas")):
-        return t.__name__ != "object" and getattr(result, "dtype", None) != object  # noqa: E721 - numpy dtype equality
-    if t in (list, tuple) and len(result) <= 64:
-        return all(type(x) in _TRUSTED_TYPES for x in result)
-    if t is dict and len(result) <= 64:
-        return all(type(k) in _TRUSTED_TYPES and type(v) in _TRUSTED_TYPES for k, v in result.items())
-    return False
-
-
-def _error_record(key: str, exc: BaseException, start: float, stop: float, index: int) -> tuple[Any, ...]:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        ser: Serialized | None = dumps(exc)
-    except SerializationError:
-        ser = None
-    return ("err", key, ser, f"{type(exc).__name__}: {exc}", tb, type(exc).__name__, start, stop, index)
-
-
-def _load_task(function: bytes, args: Serialized, deps: dict[str, Any]) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
-    """Unpickle a task's function and arguments.
-
-    Raises:
-        Exception: what unpickling raised (a module missing on this worker is
-            an ImportError the user can act on), not our SerializationError
-            around it.
-    """
-    try:
-        func = loads_function(function)
-        a, kw = loads_with_deps(args, deps)
-    except SerializationError as exc:
-        cause = exc.__cause__
-        if not isinstance(cause, Exception):
-            raise
-    else:
-        return func, a, kw
-    # Raised outside the except block: inside it, the cause would get the
-    # wrapper as its __context__, a cycle (the wrapper's __cause__ is the
-    # cause) that recursive exception picklers never finish (tblib's, which
-    # importing dask installs), and the error could not travel.
-    raise cause
-
-
-def _make_job(key: str, function: bytes, args: Serialized, deps: dict[str, Any]) -> Any:
-    def job() -> tuple[Any, ...]:
-        index = getattr(thread_state, "thread_index", 0)
-        start = time.time()
-        try:
-            func, a, kw = _load_task(function, args, deps)
-            thread_state.key = key
-            result = func(*a, **kw)
-        except BaseException as exc:  # noqa: BLE001 - user code may raise anything
-            return _error_record(key, exc, start, time.time(), index)
-        finally:
-            thread_state.key = None
-        stop = time.time()
-        serialized = None
-        if not _trusted(result):
-            try:
-                serialized = dumps(result)
-            except SerializationError as exc:
-                return _error_record(key, exc, start, stop, index)
-        return ("ok", key, result, sizeof(result), _type_name(result), start, stop, index, serialized)
-
-    return job
 
 
 class Worker:
@@ -227,11 +156,6 @@ class Worker:
         self.reconnect = config.reconnect
         self.death_timeout = config.death_timeout
         self.heartbeat_interval = config.heartbeat_interval
-        #: The scheduler drops us after this long without a heartbeat; we
-        #: give up on a silent scheduler after about as long (set at
-        #: registration, refreshed by every heartbeat acknowledgement).
-        self.scheduler_ttl = 10.0
-        self._heard_from_scheduler = 0.0
         self.nanny = nanny
         self.validate = config.validate
         self.connect_timeout = config.connect_timeout
@@ -442,11 +366,11 @@ class Worker:
         if not isinstance(reply, m.WorkerRegistered):
             raise CommError(f"unexpected registration reply {reply.op!r}")
         self.scheduler_id = reply.scheduler_id
-        self.heartbeat_interval = reply.heartbeat_interval
-        self.scheduler_ttl = reply.worker_ttl
-        self._heard_from_scheduler = trio.current_time()
-        if reply.forget:
-            self._handle(ws.FreeKeysEvent(keys=reply.forget))
+        self._handle(
+            ws.RegisteredEvent(
+                now=trio.current_time(), heartbeat_interval=reply.heartbeat_interval, worker_ttl=reply.worker_ttl, forget=reply.forget
+            )
+        )
         self.batched = BatchedSend(comm)
         logger.info("Registered to: %s", self.scheduler_address)
 
@@ -469,28 +393,8 @@ class Worker:
                 async with trio.open_nursery() as n:
                     n.start_soon(self._run_batched, batched)
                     n.start_soon(self._watch_scheduler)
-                    while True:
-                        msg = await comm.recv()
-                        self._heard_from_scheduler = trio.current_time()
-                        if isinstance(msg, m.ComputeTask):
-                            self._handle(ws.ComputeTaskEvent(msg=msg))
-                        elif isinstance(msg, m.AcquireReplicas):
-                            self._handle(ws.AcquireReplicasEvent(who_has=msg.who_has, nbytes=msg.nbytes))
-                        elif isinstance(msg, m.StealRequest):
-                            self._handle(ws.StealRequestEvent(key=msg.key))
-                        elif isinstance(msg, m.FreeKeys):
-                            self._handle(ws.FreeKeysEvent(keys=msg.keys))
-                        elif isinstance(msg, m.HeartbeatAck):
-                            self.heartbeat_interval = msg.heartbeat_interval
-                            self.scheduler_ttl = msg.worker_ttl
-                        elif isinstance(msg, m.CloseWorker):
-                            logger.info("the scheduler asked us to close: %s", msg.reason)
-                            await batched.aclose(timeout=1)
-                            self.close(f"scheduler: {msg.reason}")
-                            return
-                        else:
-                            logger.warning("unexpected %r from the scheduler, ignored", msg.op)
-                        del msg  # a ComputeTask's run spec is not kept alive while idle
+                    if await self._receive_from_scheduler(comm, batched):
+                        return
             except* (CommClosedError, trio.BrokenResourceError) as group:
                 logger.info("lost the scheduler at %s: %s", self.scheduler_address, group.exceptions[0])
             except* ProtocolError as group:
@@ -510,16 +414,39 @@ class Worker:
                 return
             self._scheduler_comm = comm
 
-    async def _watch_scheduler(self) -> None:
-        """Give up on a scheduler that has said nothing (not even a heartbeat
-        acknowledgement) for longer than it would wait for us: a cut link or a
-        frozen host never closes the stream, so silence is the only sign."""
+    async def _receive_from_scheduler(self, comm: Comm, batched: BatchedSend) -> bool:
+        """Dispatch the scheduler's messages (through ``_FROM_SCHEDULER``)
+        until one asks us to close: then True."""
         while True:
-            limit = self.scheduler_ttl + 2 * self.heartbeat_interval
-            silent = trio.current_time() - self._heard_from_scheduler
-            if silent > limit:
-                raise CommClosedError(f"the scheduler has been silent for {silent:.1f}s (limit {limit:.1f}s)")
-            await trio.sleep(min(limit - silent, self.heartbeat_interval) + 0.01)
+            msg = await comm.recv()
+            assert self.state is not None
+            self.state.scheduler_heard_at = trio.current_time()
+            to_event = _FROM_SCHEDULER.get(type(msg))
+            if to_event is not None:
+                self._handle(to_event(msg))
+            elif type(msg) is m.CloseWorker:
+                logger.info("the scheduler asked us to close: %s", msg.reason)
+                await batched.aclose(timeout=1)
+                self.close(f"scheduler: {msg.reason}")
+                return True
+            else:
+                logger.warning("unexpected %r from the scheduler, ignored", msg.op)
+            del msg  # a ComputeTask's run spec is not kept alive while idle
+
+    async def _watch_scheduler(self) -> None:
+        """Fire the state's liveness timer: it gives up on a scheduler that
+        has said nothing (not even a heartbeat acknowledgement) for too long
+        (:class:`~trioflow.worker.state.DisconnectScheduler`, raised here as
+        CommClosedError)."""
+        while True:
+            assert self.state is not None
+            now = trio.current_time()
+            instructions = self.state.handle(ws.SchedulerTimerEvent(now=now))
+            for inst in instructions:
+                if type(inst) is ws.DisconnectScheduler:
+                    raise CommClosedError(inst.reason)
+            self._run_instructions(instructions)
+            await trio.sleep(self.state.scheduler_timer_delay(now))
 
     async def _rejoin(self) -> Comm:
         """Connect and register again after losing the scheduler.
@@ -527,7 +454,8 @@ class Worker:
         A scheduler that has not yet noticed our old stream is gone refuses
         the address (or name) as taken; it drops the old entry within its
         worker TTL, so keep asking for twice that long."""
-        give_up = trio.current_time() + 2 * self.scheduler_ttl + 5
+        assert self.state is not None
+        give_up = self.state.rejoin_deadline(trio.current_time())
         while True:
             comm = await self._connect_scheduler(initial=False)
             try:
@@ -552,16 +480,7 @@ class Worker:
     def _reset_for_reconnect(self) -> None:
         """Forget everything but the data held: a new scheduler starts afresh."""
         assert self.state is not None
-        old = self.state
-        self.state = ws.WorkerState(address=self.address, nthreads=self.nthreads, resources=self.resources, validate=self.validate)
-        for key, t in old.tasks.items():
-            if t.state == "memory":
-                nt = ws.WorkerTask(key)
-                nt.state = "memory"
-                nt.nbytes = t.nbytes
-                self.state.tasks[key] = nt
-                self.state.nbytes_in_memory += max(t.nbytes, 0)
-        # Executions still running finish into the void (their keys are unknown now).
+        self.state = self.state.after_scheduler_lost()
 
     # ------------------------------------------------------------ events and instructions
 
@@ -576,17 +495,23 @@ class Worker:
 
     def _run_instructions(self, instructions: list[Any]) -> None:
         for inst in instructions:
-            t = type(inst)
-            if t is ws.Execute:
-                self._execute(inst)
-            elif t is ws.SendMsg:
-                self._send(inst.msg)
-            elif t is ws.GatherDep:
-                assert self._nursery is not None
-                self._nursery.start_soon(self._gather_dep, inst)
-            elif t is ws.DropData:
-                self.data.pop(inst.key, None)
-                self._serialized.pop(inst.key, None)
+            _INSTRUCTIONS[type(inst)](self, inst)
+
+    def _send_msg(self, inst: ws.SendMsg) -> None:
+        self._send(inst.msg)
+
+    def _start_gather(self, inst: ws.GatherDep) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(self._gather_dep, inst)
+
+    def _drop_data(self, inst: ws.DropData) -> None:
+        self.data.pop(inst.key, None)
+        self._serialized.pop(inst.key, None)
+
+    def _disconnect_scheduler(self, inst: ws.DisconnectScheduler) -> None:
+        # Only the liveness timer decides this, and _watch_scheduler acts
+        # on it before the rest of its instructions run.
+        raise CommClosedError(inst.reason)
 
     def _send(self, msg: m.Message) -> None:
         if self.batched is None:
@@ -605,9 +530,9 @@ class Worker:
             # a job that raises NameError instead would leave the task
             # 'executing' for ever.
             err = RuntimeError(f"dependency {exc} missing on {self.address}")
-            self.executor.submit(lambda: _error_record(inst.key, err, 0.0, 0.0, 0))
+            self.executor.submit(lambda: error_record(inst.key, err, 0.0, 0.0, 0))
             return
-        self.executor.submit(_make_job(inst.key, inst.function, inst.args, deps))
+        self.executor.submit(make_job(inst.key, inst.function, inst.args, deps))
 
     async def _executor_loop(self) -> None:
         assert self.executor is not None
@@ -635,38 +560,25 @@ class Worker:
                     self._store(key, result, nbytes)
                     if serialized is not None:
                         self._serialized[key] = serialized
-                events.append(ws.ExecuteSuccess(key=key, nbytes=nbytes, type_name=type_name, start=start, stop=stop, thread=index))
+                events.append(ws.ExecuteSuccessEvent(key=key, nbytes=nbytes, type_name=type_name, start=start, stop=stop, thread=index))
                 self.task_log.append((key, start, stop, index))
             else:
                 _, key, ser, text, tb, type_name, start, stop, index = rec
                 events.append(
-                    ws.ExecuteFailure(
+                    ws.ExecuteFailureEvent(
                         key=key, exception=ser, exception_text=text, traceback_text=tb, type_name=type_name, start=start, stop=stop, thread=index
                     )
                 )
         if len(self.task_log) > 10_000:
             del self.task_log[:5_000]
         if events:
+            # (A task that erred is forgotten by the state once reported.)
             try:
                 instructions = self.state.handle_many(events)
             except ws.InvalidWorkerEvent as exc:
                 logger.debug("ignored execution result: %s", exc)
                 return
             self._run_instructions(instructions)
-            # Workaround: the scheduler never sends FreeKeys for a task that
-            # erred here (SchedulerState frees only holders of data), so a
-            # failed task would stay in our state, run spec and all, for
-            # ever.  We never need it again (a retry arrives as a new
-            # ComputeTask), so forget it as soon as it is reported.
-            # Only keys left in 'error': a failed run may also have been
-            # superseded by a put value, or turned into a fetch.
-            failed = [
-                ev.key
-                for ev in events
-                if type(ev) is ws.ExecuteFailure and (t := self.state.tasks.get(ev.key)) is not None and t.state == "error"
-            ]
-            if failed:
-                self._handle(ws.FreeKeysEvent(keys=failed))
 
     async def _gather_dep(self, inst: ws.GatherDep) -> None:
         assert self.pool is not None
@@ -676,15 +588,14 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - any failure means "not from there"
             logger.info("could not fetch %d keys from %s: %s", len(inst.keys), inst.worker, exc)
             self.pool.drop(inst.worker)
-            self._handle(ws.GatherDepFailed(worker=inst.worker, keys=list(inst.keys)))
+            self._handle(ws.GatherDepFailedEvent(worker=inst.worker, keys=list(inst.keys)))
             return
         nbytes: dict[str, int] = {}
         for key, ser in reply.data.items():
             if key not in inst.keys:
                 continue
-            t = self.state.tasks.get(key) if self.state is not None else None
-            if t is not None and t.state == "memory":
-                continue  # put here (scattered) meanwhile: that value wins
+            if self.state is not None and not self.state.takes_fetched_value(key):
+                continue
             try:
                 value = loads(ser)
             except SerializationError as exc:
@@ -702,7 +613,7 @@ class Worker:
             self._unreported_transfers.append((inst.worker, total, start, stop, len(nbytes)))
         if len(self.transfer_log) > 1000:
             del self.transfer_log[:500]
-        self._handle(ws.GatherDepDone(worker=inst.worker, nbytes=nbytes, missing=list(reply.missing)))
+        self._handle(ws.GatherDepDoneEvent(worker=inst.worker, nbytes=nbytes, missing=list(reply.missing)))
 
     def _store(self, key: str, value: Any, nbytes: int) -> None:
         if isinstance(self.data, SpillBuffer):
@@ -715,33 +626,33 @@ class Worker:
         over the pause threshold; spill to get back under it."""
         assert self.memory_pause_fraction is not None
         pause_at = self.memory_limit * self.memory_pause_fraction
-        resume_at = pause_at * 0.9
         while True:
             await trio.sleep(0.1)
             rss = self._proc.rss()
             if rss is None:
                 continue
-            assert self.state is not None
             if rss > pause_at and isinstance(self.data, SpillBuffer) and self.data.fast:
-                self.data.spill_lru(int(rss - resume_at))
+                self.data.spill_lru(int(rss - pause_at * ws.MEMORY_RESUME_FRACTION))
                 if trim_process_memory():
                     rss = self._proc.rss() or rss
-            if rss > pause_at and not self.state.paused:
-                logger.warning(
-                    "worker %s is using %d MB, over %d%% of its %d MB limit: pausing",
-                    self.address, rss // 2**20, int(self.memory_pause_fraction * 100), self.memory_limit // 2**20,
-                )
-                self._handle(ws.PauseEvent(paused=True))
-                self._send(self._heartbeat())
-            elif rss < resume_at and self.state.paused:
-                logger.info("worker %s is using %d MB again: resuming", self.address, rss // 2**20)
-                self._handle(ws.PauseEvent(paused=False))
-                self._send(self._heartbeat())
+            self._handle(ws.MemorySampleEvent(rss=rss, pause_at=pause_at))  # the state decides
+
+    def _report_pause(self, inst: ws.ReportPause) -> None:
+        assert self.memory_pause_fraction is not None
+        if inst.paused:
+            logger.warning(
+                "worker %s is using %d MB, over %d%% of its %d MB limit: pausing",
+                self.address, inst.rss // 2**20, int(self.memory_pause_fraction * 100), self.memory_limit // 2**20,
+            )
+        else:
+            logger.info("worker %s is using %d MB again: resuming", self.address, inst.rss // 2**20)
+        self._send(self._heartbeat())
 
     async def _heartbeat_loop(self) -> None:
         self._proc.cpu_percent()
         while True:
-            await trio.sleep(self.heartbeat_interval)
+            assert self.state is not None
+            await trio.sleep(self.state.heartbeat_interval)  # the scheduler's
             self._send(self._heartbeat())
 
     def _heartbeat(self) -> m.Heartbeat:
@@ -773,12 +684,9 @@ class Worker:
                 msg = await comm.recv()
             except CommClosedError:
                 return
-            if isinstance(msg, m.GetData):
-                reply: m.Message = self._get_data(msg.keys)
-            elif isinstance(msg, m.PutData):
-                reply = self._put_data(msg.data)
-            elif isinstance(msg, m.RunFunction):
-                reply = await self._run_function(msg)
+            serve = _PEER_REQUESTS.get(type(msg))
+            if serve is not None:
+                reply: m.Message = await serve(self, msg)
             else:
                 reply = m.ErrorReply(message=f"a worker does not serve {msg.op!r} requests")
             await comm.send(reply)
@@ -786,6 +694,12 @@ class Worker:
             # views of the values sent, and would keep a released 256 MiB
             # array alive for as long as the peer keeps its pooled connection.
             del msg, reply
+
+    async def _serve_get_data(self, msg: m.GetData) -> m.Message:
+        return self._get_data(msg.keys)
+
+    async def _serve_put_data(self, msg: m.PutData) -> m.Message:
+        return self._put_data(msg.data)
 
     def _get_data(self, keys: list[str]) -> m.Message:
         data: dict[str, Serialized] = {}
@@ -819,7 +733,7 @@ class Worker:
             nbytes[k] = sizeof(v)
             self._store(k, v, nbytes[k])
             self._serialized.pop(k, None)
-        self._handle(ws.DataPut(nbytes=nbytes))
+        self._handle(ws.DataPutEvent(nbytes=nbytes))
         return m.Ok()
 
     async def _run_function(self, msg: m.RunFunction) -> m.Message:
@@ -847,3 +761,32 @@ class Worker:
             ser = None
         return m.RunReply(result=None, exception=ser, exception_text=f"{type(value).__name__}: {value}", traceback_text=tb, type_name=type(value).__name__)
 
+
+# ---------------------------------------------------------------- dispatch tables
+
+#: Scheduler message type -> the state event it becomes (CloseWorker, the
+#: one message that is not an event, is handled by the receive loop).
+_FROM_SCHEDULER: dict[type, Callable[[Any], ws.Event]] = {
+    m.ComputeTask: lambda msg: ws.ComputeTaskEvent(msg=msg),
+    m.AcquireReplicas: lambda msg: ws.AcquireReplicasEvent(who_has=msg.who_has, nbytes=msg.nbytes),
+    m.StealRequest: lambda msg: ws.StealRequestEvent(key=msg.key),
+    m.FreeKeys: lambda msg: ws.FreeKeysEvent(keys=msg.keys),
+    m.HeartbeatAck: lambda msg: ws.HeartbeatAckEvent(heartbeat_interval=msg.heartbeat_interval, worker_ttl=msg.worker_ttl),
+}
+
+#: Instruction type -> the method of Worker that carries it out.
+_INSTRUCTIONS: dict[type, Callable[[Worker, Any], None]] = {
+    ws.Execute: Worker._execute,
+    ws.SendMsg: Worker._send_msg,
+    ws.GatherDep: Worker._start_gather,
+    ws.DropData: Worker._drop_data,
+    ws.ReportPause: Worker._report_pause,
+    ws.DisconnectScheduler: Worker._disconnect_scheduler,
+}
+
+#: Peer request type -> the method of Worker that answers it.
+_PEER_REQUESTS: dict[type, Callable[[Worker, Any], Awaitable[m.Message]]] = {
+    m.GetData: Worker._serve_get_data,
+    m.PutData: Worker._serve_put_data,
+    m.RunFunction: Worker._run_function,
+}
