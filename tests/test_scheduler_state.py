@@ -214,6 +214,8 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def apply(self, out: list) -> None:
         s = self.s
+        # A worker told to close that is gone (or back as a new one) is not closing.
+        self.closing &= s.told_to_close
         sent: set[tuple[str, str]] = set()
         for ins in out:
             if isinstance(ins, ToWorker):
@@ -540,8 +542,11 @@ class SchedulerMachine(RuleBasedStateMachine):
     def finish(self, data: st.DataObject, nbytes: int) -> None:
         ts = data.draw(st.sampled_from(self.processing()), label="task")
         ws = ts.processing_on
+        only_fire_and_forget = ts.who_wants == {self.s.fire_and_forget}
         self.handle(TaskFinishedEvent(worker=ws.address, key=ts.key, nbytes=nbytes, type_name="int", start=1.0, stop=1.5))
-        assert ts.state in ("memory", "forgotten"), ts
+        # Done, a fire-and-forget key nothing else wants is released (kept
+        # as lineage while it has dependents).
+        assert ts.state in ("memory", "forgotten") or (only_fire_and_forget and ts.state == "released"), ts
         if ts.state == "memory":
             assert ws in ts.who_has
 

@@ -220,6 +220,11 @@ class MembershipLayer(ValidationLayer):
             reason = f"silent for {now - ws.last_seen:.1f}s (ttl {ttl:.1f}s)"
             self._remove_worker(RemoveWorkerEvent(address=ws.address, reason=reason))
             self._out.append(DropWorker(ws.address, reason))
+        if len(silent) > 1:
+            # Removing one may have sent a message (a FreeKeys) to another
+            # that is gone by the end of the tick: nobody to send it to.
+            gone = {ws.address for ws in silent}
+            self._out = [i for i in self._out if not (type(i) is ToWorker and i.address in gone)]
 
     def _fire_and_forget_keys(self, ev: FireAndForgetEvent) -> None:
         ff = self.fire_and_forget

@@ -80,8 +80,14 @@ class ValidationLayer(StealingLayer):
         if self.queued:
             # Queued tasks wait only while every running worker is saturated.
             assert not any(w.status == "running" and not self._saturated(w) for w in self.workers.values()), "queued tasks while a worker has room"
+        retiring = {a for r in self.retirements.values() for a in r.addresses}
         for address, ws in self.workers.items():
             assert ws.address == address
+            # Retiring only while a retirement is under way; told to close
+            # means closing (which also a silent worker is, within its tick).
+            assert (ws.status == "retiring") <= (address in retiring), ws
+            assert (address in self.told_to_close) <= (ws.status == "closing"), ws
+            assert ws.status != "closing" or address in self.told_to_close, ws
             for ts in ws.processing:
                 assert ts.processing_on is ws and ts.state == "processing", (ws, ts)
             for ts in ws.has_what:
@@ -89,6 +95,12 @@ class ValidationLayer(StealingLayer):
             for name, used in ws.used_resources.items():
                 assert used >= -1e-9, (ws, name, used)
                 assert used <= ws.resources.get(name, 0) + 1e-9, (ws, name, used)
+        assert self.told_to_close <= set(self.workers), self.told_to_close
+        for r in self.retirements.values():
+            assert r.request not in self.restarts
+            for ts in r.pending:
+                assert ts.state == "memory" and all(w.address in r.addresses for w in ts.who_has), (r.request, ts)
+        assert self.fire_and_forget.client_id not in self.clients or self.clients[self.fire_and_forget.client_id] is not self.fire_and_forget
         for cs in [*self.clients.values(), self.fire_and_forget]:
             for ts in cs.wants_what:
                 assert cs in ts.who_wants and ts.key in self.tasks, (cs, ts)
