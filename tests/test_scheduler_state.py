@@ -1662,3 +1662,20 @@ def test_restart_reports_failed_nannies_and_workers_not_back_in_time() -> None:
     out = sim.handle(TickEvent())
     [done] = [i for i in out if isinstance(i, RestartDone)]
     assert done.error == "restart: workers did not come back within 10s"
+
+
+def test_a_tick_removing_several_workers_sends_nothing_to_them() -> None:
+    # Found by the stateful machine: removing the first silent worker sent its
+    # task to the second (about to go too, and then blamed for its death), and
+    # a dependent's FreeKeys to a worker gone by the end of the tick.
+    sim = Sim(allowed_failures=1)
+    sim.worker("a")
+    sim.worker("b")
+    sim.submit(spec("x", workers=[addr("a")]), spec("y", ["x"], workers=[addr("b")]), spec("z", workers=[addr("a")], allow_other_workers=True))
+    sim.finish("x")
+    assert sim.s.tasks["y"].processing_on.address == addr("b")
+    sim.now += 20
+    out = sim.handle(TickEvent())
+    assert {i.address for i in out if isinstance(i, DropWorker)} == {addr("a"), addr("b")}
+    assert [i for i in out if isinstance(i, ToWorker)] == []
+    assert sim.state("z") == "no-worker" and sim.s.tasks["z"].suspicious == 1
