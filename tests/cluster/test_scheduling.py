@@ -9,7 +9,7 @@ import pytest
 import trio
 from support import wait_until
 
-from trioflow import AsyncClient, get_worker
+from trioflow import AsyncClient, get_worker, open_client, open_cluster
 from trioflow.deploy import InProcessCluster
 from trioflow.protocol import messages as m
 
@@ -246,3 +246,62 @@ async def test_retire_workers_keeps_a_worker_whose_data_could_not_be_copied(trio
         await trio.sleep(0.1)
         assert a.status == "running" and a.address in cluster.scheduler.state.workers
         assert await x == 1
+
+
+async def test_scheduler_welcomes_acks_and_drops_a_worker_gone_silent(autojump_clock: trio.testing.MockClock) -> None:
+    # The state machine decides (held keys to forget, the pace, who is silent
+    # for too long, on the liveness loop's ticks); the shell only carries it out.
+    from trioflow.comm import CommClosedError, connect
+    from trioflow.scheduler import Scheduler
+
+    scheduler = Scheduler("inproc://silent-worker-scheduler", worker_ttl=3.0)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(scheduler.serve)
+            comm = await connect(scheduler.address, role="worker")
+            await comm.send(m.RegisterWorker(address="inproc://fake-worker", name="fake", nthreads=1, memory_limit=0, nbytes={"stale": 1}))
+            welcome = await comm.recv()
+            assert isinstance(welcome, m.WorkerRegistered)
+            assert (welcome.scheduler_id, welcome.worker_ttl, welcome.forget) == (scheduler.id, 3.0, ["stale"])
+            await comm.send(m.Heartbeat(memory=0, managed=0, spilled=0, cpu=0.0, executing=0, ready=0, in_memory=0, bandwidth=0.0))
+            ack = await comm.recv()
+            assert isinstance(ack, m.HeartbeatAck) and ack.worker_ttl == 3.0
+            seen = trio.current_time()
+            with pytest.raises(CommClosedError):
+                while True:
+                    await comm.recv()  # until the scheduler closes the stream
+            assert 3.0 < trio.current_time() - seen <= 5.0
+            assert "inproc://fake-worker" not in scheduler.state.workers
+            await comm.aclose()
+            scheduler.close()
+
+
+async def test_fire_and_forget_runs_to_completion_after_the_future_is_dropped() -> None:
+    from trioflow import fire_and_forget
+
+    with trio.fail_after(30):
+        async with open_cluster(n_workers=1) as cluster:
+            async with open_client(cluster) as client:
+                gate = await client.submit(_slow, 1, 0.2, pure=False)
+                f = await client.submit(_slow, gate, 0.0, pure=False)
+                key = f.key
+                fire_and_forget(f)
+                del gate, f  # the client releases both keys
+                state = cluster.scheduler.state
+                # Dropped, it still runs (after its dependency, 0.2 s away) ...
+                while not any(k == key for k, *_ in cluster.workers[0].task_log):
+                    await trio.sleep(0.01)
+                # ... and then nothing keeps it.
+                while key in state.tasks:
+                    await trio.sleep(0.01)
+                assert not state.fire_and_forget.wants_what and "fire-and-forget" not in state.clients
+
+
+def test_the_server_carries_out_every_kind_of_instruction() -> None:
+    from typing import get_args
+
+    from trioflow.scheduler import Scheduler
+    from trioflow.scheduler import state as ss
+
+    handled = set(Scheduler()._instruction_handlers) | {ss.ToWorker, ss.ToClient}
+    assert handled == set(get_args(ss.Instruction))

@@ -187,16 +187,16 @@ async def test_task_that_kills_its_worker_errs_with_killed_worker(trioflow_clust
 def test_killed_worker_message_names_every_worker_it_died_on() -> None:
     # Sans-IO: the scheduler state machine alone, two crashes of one task.
     state = ss.SchedulerState(allowed_failures=1, worker_saturation=float("inf"))
-    state.handle(ss.AddClient(client="c"), 0.0)
+    state.handle(ss.AddClientEvent(client="c"), 0.0)
     spec = m.TaskSpec(key="x", function=b"f", args=trioflow.protocol.serialize.dumps(()))
     state.handle(ss.UpdateGraphEvent(client="c", tasks=[spec], keys=["x"]), 0.0)
     out: list[object] = []
     for name in ("first", "second"):
         address = f"tcp://{name}:1"
-        state.handle(ss.AddWorker(address=address, name=name, nthreads=1, memory_limit=0), 0.0)
+        state.handle(ss.AddWorkerEvent(address=address, name=name, nthreads=1, memory_limit=0), 0.0)
         assert state.tasks["x"].state == "processing"
         out = state.handle(
-            ss.RemoveWorker(address=address, reason="connection closed", safe=False), 0.0
+            ss.RemoveWorkerEvent(address=address, reason="connection closed", safe=False), 0.0
         )
     (erred,) = [i.msg for i in out if isinstance(i, ss.ToClient) and isinstance(i.msg, m.KeyErred)]
     assert erred.type_name == "KilledWorker"

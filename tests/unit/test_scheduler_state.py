@@ -27,34 +27,47 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from trioflow.protocol.messages import (
+    AcquireReplicas,
+    CloseWorker,
     ComputeTask,
     FreeKeys,
+    HeartbeatAck,
     KeyCancelled,
     KeyErred,
     KeyInMemory,
     StealRequest,
     TaskSpec,
+    WorkerRegistered,
 )
 from trioflow.protocol.serialize import dumps, loads
 from trioflow.scheduler.state import (
-    AddClient,
+    AddClientEvent,
     AddKeysEvent,
-    AddWorker,
+    AddWorkerEvent,
     CancelKeysEvent,
+    DropWorker,
+    FireAndForgetEvent,
     HeartbeatEvent,
     InvalidEvent,
     InvalidTransition,
     KilledWorker,
     MissingDataEvent,
+    NannyRestartedEvent,
     ReleaseKeysEvent,
     ReleaseWorkerDataEvent,
-    RemoveClient,
-    RemoveWorker,
+    RemoveClientEvent,
+    RemoveWorkerEvent,
     RescheduleEvent,
+    RestartDone,
+    RestartEvent,
+    RestartNanny,
+    RetirementDone,
+    RetireWorkersEvent,
     SchedulerState,
     StealResponseEvent,
     TaskErredEvent,
     TaskFinishedEvent,
+    TickEvent,
     ToClient,
     ToWorker,
     UpdateDataEvent,
@@ -170,17 +183,21 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.told: dict[tuple[str, str], str] = {}
         self.events: list = []  # accepted events, to replay
         self.steal_requests: set[tuple[str, str]] = set()  # (victim, key) not answered yet
+        self.open_requests: set[str] = set()  # retirements and restarts not answered yet
+        self.closing: set[str] = set()  # workers told to close
+        self.acquires: list[tuple[str, dict[str, int]]] = []  # AcquireReplicas not carried out yet
+        self.nanny_calls: set[tuple[str, str]] = set()  # (request, nanny) not answered yet
 
     @initialize(saturation=st.sampled_from([1.1, 0.5, float("inf")]), workers=st.integers(1, 3))
     def setup(self, saturation: float, workers: int) -> None:
         # Start with a client and some workers, so that steps go to work;
         # a low saturation queues root tasks early, inf turns queuing off.
         self.s = SchedulerState(allowed_failures=1, worker_saturation=saturation)
-        self.handle(AddClient(client=CLIENTS[0]))
+        self.handle(AddClientEvent(client=CLIENTS[0]))
         self.wants[CLIENTS[0]] = set()
         for name in NAMES[:workers]:
             self.assigned[addr(name)] = set()
-            self.handle(AddWorker(address=addr(name), name=name, nthreads=1, memory_limit=10**9))
+            self.handle(AddWorkerEvent(address=addr(name), name=name, nthreads=1, memory_limit=10**9))
 
     # ------------------------------------------------------------ plumbing
 
@@ -197,12 +214,16 @@ class SchedulerMachine(RuleBasedStateMachine):
 
     def apply(self, out: list) -> None:
         s = self.s
+        # A worker told to close that is gone (or back as a new one) is not closing.
+        self.closing &= s.told_to_close
         sent: set[tuple[str, str]] = set()
         for ins in out:
             if isinstance(ins, ToWorker):
                 assert ins.address in s.workers, ins
                 msg = ins.msg
                 if isinstance(msg, ComputeTask):
+                    # Paused and retiring workers get no new tasks.
+                    assert s.workers[ins.address].status == "running", ins
                     sent.add((ins.address, msg.key))
                     ts = s.tasks[msg.key]
                     ws = s.workers[ins.address]
@@ -223,6 +244,26 @@ class SchedulerMachine(RuleBasedStateMachine):
                     # Sending a task and taking it back in one go is wasted work.
                     assert not sent & {(ins.address, k) for k in msg.keys}, (out, sent)
                     self.assigned.get(ins.address, set()).difference_update(msg.keys)
+                elif isinstance(msg, AcquireReplicas):
+                    assert s.workers[ins.address].status == "running", ins
+                    self.acquires.append((ins.address, dict(msg.nbytes)))
+                elif isinstance(msg, CloseWorker):
+                    assert ins.address in s.told_to_close and s.workers[ins.address].status == "closing", ins
+                    self.closing.add(ins.address)
+                elif isinstance(msg, WorkerRegistered):
+                    for k in msg.forget:
+                        ts = s.tasks.get(k)
+                        assert ts is None or s.workers[ins.address] not in ts.who_has, (ins, ts)
+            elif isinstance(ins, DropWorker):
+                assert ins.address not in s.workers, ins
+                self.assigned.pop(ins.address, None)
+            elif isinstance(ins, RestartNanny):
+                self.nanny_calls.add((ins.request, ins.nanny))
+            elif isinstance(ins, (RetirementDone, RestartDone)):
+                assert ins.request in self.open_requests, ins
+                self.open_requests.discard(ins.request)
+                if isinstance(ins, RetirementDone):
+                    assert not set(ins.retired) & set(ins.stuck), ins
             else:
                 assert isinstance(ins, ToClient)
                 assert ins.client in s.clients, ins
@@ -274,15 +315,15 @@ class SchedulerMachine(RuleBasedStateMachine):
     def add_client(self, i: int) -> None:
         c = CLIENTS[i]
         if c in self.s.clients:
-            expect_invalid(self.s, AddClient(client=c))
+            expect_invalid(self.s, AddClientEvent(client=c))
             return
-        self.handle(AddClient(client=c))
+        self.handle(AddClientEvent(client=c))
         self.wants[c] = set()
 
     @rule(i=st.integers(0, len(CLIENTS) - 1))
     def remove_client(self, i: int) -> None:
         c = CLIENTS[i]
-        self.handle(RemoveClient(client=c))
+        self.handle(RemoveClientEvent(client=c))
         self.wants.pop(c, None)
 
     @precondition(lambda self: self.s.clients)
@@ -396,8 +437,8 @@ class SchedulerMachine(RuleBasedStateMachine):
         s = self.s
         name = NAMES[i]
         if addr(name) in s.workers:
-            expect_invalid(s, AddWorker(address=addr(name), name=name + "-other", nthreads=1, memory_limit=0))
-            expect_invalid(s, AddWorker(address=addr(name) + ":2", name=name, nthreads=1, memory_limit=0))
+            expect_invalid(s, AddWorkerEvent(address=addr(name), name=name + "-other", nthreads=1, memory_limit=0))
+            expect_invalid(s, AddWorkerEvent(address=addr(name) + ":2", name=name, nthreads=1, memory_limit=0))
             return
         # A worker that reconnects may say it already holds some keys.
         held = {}
@@ -406,17 +447,87 @@ class SchedulerMachine(RuleBasedStateMachine):
                 held[k] = data.draw(st.integers(0, 1000))
         held["unknown-key"] = 1
         resources = {"GPU": float(gpu)} if gpu else {}
+        nanny = f"tcp://nanny-{name}" if data.draw(st.booleans(), label="nanny") else ""
         self.assigned[addr(name)] = set()
-        self.handle(AddWorker(address=addr(name), name=name, nthreads=nthreads, memory_limit=10**9, resources=resources, nbytes=held))
+        self.handle(
+            AddWorkerEvent(address=addr(name), name=name, nthreads=nthreads, memory_limit=10**9, resources=resources, nbytes=held, nanny=nanny)
+        )
+
+    @rule(jump=st.sampled_from([0.0, 4.0, 12.0]))
+    def tick(self, jump: float) -> None:
+        s = self.s
+        self.now += jump
+        ttl = s.worker_ttl_now()
+        silent = {a for a, ws in s.workers.items() if self.now + 1 - ws.last_seen > ttl}
+        out = self.handle(TickEvent())
+        assert {i.address for i in out if isinstance(i, DropWorker)} == silent
+        assert not silent & set(s.workers)
+
+    @precondition(lambda self: self.s.workers)
+    @rule(data=st.data(), timeout=st.sampled_from([0.0, 5.0]))
+    def retire(self, data: st.DataObject, timeout: float) -> None:
+        s = self.s
+        names = sorted(s.workers) + [ws.name for ws in s.workers.values()] + ["nobody"]
+        workers = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=2), label="retire")
+        request = self.fresh("retire")
+        self.open_requests.add(request)
+        self.handle(RetireWorkersEvent(request=request, workers=workers, timeout=timeout))
+
+    @precondition(lambda self: self.acquires)
+    @rule(data=st.data())
+    def acquire_replicas(self, data: st.DataObject) -> None:
+        # A worker asked for copies gets them (those whose holders are still there).
+        s = self.s
+        target, nbytes = self.acquires.pop(data.draw(st.integers(0, len(self.acquires) - 1), label="acquire"))
+        got = {k: n for k, n in nbytes.items() if k in s.tasks and s.tasks[k].who_has and s.tasks[k].nbytes == n}
+        if target in s.workers and got:
+            self.handle(AddKeysEvent(worker=target, nbytes=got))
+
+    @precondition(lambda self: self.closing & set(self.s.workers))
+    @rule(data=st.data())
+    def worker_closes(self, data: st.DataObject) -> None:
+        # A worker told to close goes (its connection just drops: still clean).
+        a = data.draw(st.sampled_from(sorted(self.closing & set(self.s.workers))), label="closing")
+        tasks = list(self.s.workers[a].processing)
+        suspicious = {t.key: t.suspicious for t in tasks}
+        self.handle(RemoveWorkerEvent(address=a))
+        self.assigned.pop(a, None)
+        assert all(t.suspicious == suspicious[t.key] for t in tasks)
+
+    @rule()
+    def restart(self) -> None:
+        request = self.fresh("restart")
+        self.open_requests.add(request)
+        self.handle(RestartEvent(request=request, timeout=5.0))
+        self.sync_wants()
+        assert all(not cs.wants_what for cs in self.s.clients.values())
+
+    @precondition(lambda self: self.nanny_calls)
+    @rule(data=st.data(), ok=st.booleans())
+    def nanny_answers(self, data: st.DataObject, ok: bool) -> None:
+        call = data.draw(st.sampled_from(sorted(self.nanny_calls)), label="nanny call")
+        self.nanny_calls.discard(call)
+        self.handle(NannyRestartedEvent(request=call[0], nanny=call[1], error="" if ok else "refused"))
+
+    @precondition(lambda self: self.s.tasks)
+    @rule(data=st.data())
+    def fire_and_forget(self, data: st.DataObject) -> None:
+        s = self.s
+        keys = data.draw(st.lists(st.sampled_from(sorted(s.tasks) + ["never-heard-of"]), min_size=1, max_size=3, unique=True))
+        self.handle(FireAndForgetEvent(keys=keys))
+        for k in keys:
+            ts = s.tasks.get(k)
+            if ts is not None and ts.state not in ("memory", "erred"):
+                assert ts in s.fire_and_forget.wants_what, ts
 
     @precondition(lambda self: self.s.workers)
     @rule(data=st.data(), safe=st.booleans())
     def remove_worker(self, data: st.DataObject, safe: bool) -> None:
         a = data.draw(st.sampled_from(sorted(self.s.workers)), label="worker")
-        self.handle(RemoveWorker(address=a, safe=safe, reason="test"))
+        self.handle(RemoveWorkerEvent(address=a, safe=safe, reason="test"))
         self.assigned.pop(a, None)
-        # Removal is idempotent.
-        assert self.handle(RemoveWorker(address=a)) == []
+        # Removal is idempotent (a request past its deadline may end on any event).
+        assert [i for i in self.handle(RemoveWorkerEvent(address=a)) if not isinstance(i, (RetirementDone, RestartDone))] == []
 
     @precondition(lambda self: self.s.workers)
     @rule(data=st.data(), paused=st.booleans())
@@ -431,8 +542,11 @@ class SchedulerMachine(RuleBasedStateMachine):
     def finish(self, data: st.DataObject, nbytes: int) -> None:
         ts = data.draw(st.sampled_from(self.processing()), label="task")
         ws = ts.processing_on
+        only_fire_and_forget = ts.who_wants == {self.s.fire_and_forget}
         self.handle(TaskFinishedEvent(worker=ws.address, key=ts.key, nbytes=nbytes, type_name="int", start=1.0, stop=1.5))
-        assert ts.state in ("memory", "forgotten"), ts
+        # Done, a fire-and-forget key nothing else wants is released (kept
+        # as lineage while it has dependents).
+        assert ts.state in ("memory", "forgotten") or (only_fire_and_forget and ts.state == "released"), ts
         if ts.state == "memory":
             assert ws in ts.who_has
 
@@ -527,8 +641,8 @@ class SchedulerMachine(RuleBasedStateMachine):
             TaskErredEvent(worker="tcp://nowhere", key="k", exception=None, exception_text="", traceback_text="", type_name=""),
             HeartbeatEvent(worker="tcp://nowhere", metrics={}),
             AddKeysEvent(worker="tcp://nowhere", nbytes={"k": 1}),
-            AddWorker(address="tcp://bad", name="bad", nthreads=0, memory_limit=0),
-            AddWorker(address="tcp://bad", name="bad", nthreads=1, memory_limit=0, nbytes={"k": -1}),
+            AddWorkerEvent(address="tcp://bad", name="bad", nthreads=0, memory_limit=0),
+            AddWorkerEvent(address="tcp://bad", name="bad", nthreads=1, memory_limit=0, nbytes={"k": -1}),
         ]
         if s.clients:
             c = sorted(s.clients)[0]
@@ -563,23 +677,43 @@ class SchedulerMachine(RuleBasedStateMachine):
         for ev, now in self.events:
             early.handle(ev, now)
         assert snapshot(early) == snapshot(s)
-        # ... and dropping every client right now, mid-flight, forgets everything.
+        # ... and dropping every client right now, mid-flight, forgets
+        # everything but the fire-and-forget keys and what they need.
         for c in list(early.clients):
-            early.handle(RemoveClient(client=c), self.now + 1)
+            early.handle(RemoveClientEvent(client=c), self.now + 1)
         early.validate()
-        assert not early.tasks, early.tasks
+        needed: set[str] = set()
+        stack = list(early.fire_and_forget.wants_what)
+        while stack:
+            t = stack.pop()
+            if t.key not in needed:
+                needed.add(t.key)
+                stack.extend(t.dependencies)
+        assert set(early.tasks) <= needed, early.tasks
+
+        # Let the retirements and restarts under way end (their deadlines
+        # pass), and the workers told to close go.
+        for a in list(s.workers):
+            self.handle(HeartbeatEvent(worker=a, metrics={}))
+        self.now += 6.0
+        self.handle(TickEvent())
+        assert not s.retirements and not s.restarts and not self.open_requests
+        for a in sorted(self.closing & set(s.workers)):
+            self.handle(RemoveWorkerEvent(address=a))
+            self.assigned.pop(a, None)
+        assert not s.told_to_close and all(ws.status in ("running", "paused") for ws in s.workers.values())
 
         # Give every restriction a worker that can run it, unpause the rest,
         # then let the workers finish all they are given.
         for name in NAMES:
             ws = s.workers.get(addr(name))
             if ws is not None and ws.resources.get("GPU", 0) < MAX_GPU:
-                self.handle(RemoveWorker(address=ws.address, safe=True))
+                self.handle(RemoveWorkerEvent(address=ws.address, safe=True))
                 self.assigned.pop(ws.address, None)
                 ws = None
             if ws is None:
                 self.assigned[addr(name)] = set()
-                self.handle(AddWorker(address=addr(name), name=name, nthreads=2, memory_limit=10**9, resources={"GPU": MAX_GPU}))
+                self.handle(AddWorkerEvent(address=addr(name), name=name, nthreads=2, memory_limit=10**9, resources={"GPU": MAX_GPU}))
         for a in list(s.workers):
             self.handle(HeartbeatEvent(worker=a, metrics={"paused": False}))
         for _ in range(10 * len(s.tasks) + 10):
@@ -598,7 +732,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.clients_told_the_outcome()
 
         for c in list(s.clients):
-            self.handle(RemoveClient(client=c))
+            self.handle(RemoveClientEvent(client=c))
         s.validate()
         assert not s.tasks, s.tasks
         assert all(not ws.has_what and not ws.processing and ws.nbytes == 0 for ws in s.workers.values())
@@ -628,7 +762,7 @@ class Sim:
         self.s = SchedulerState(allowed_failures=allowed_failures, validate=True, worker_saturation=worker_saturation)
         self.now = 0.0
         self.client = client
-        self.handle(AddClient(client=client))
+        self.handle(AddClientEvent(client=client))
 
     def handle(self, ev) -> list:
         self.now += 1
@@ -637,7 +771,7 @@ class Sim:
         return out
 
     def worker(self, name: str, nthreads: int = 1, **kw) -> list:
-        return self.handle(AddWorker(address=addr(name), name=name, nthreads=nthreads, memory_limit=0, **kw))
+        return self.handle(AddWorkerEvent(address=addr(name), name=name, nthreads=nthreads, memory_limit=0, **kw))
 
     def submit(self, *specs: TaskSpec, keys: list[str] | None = None) -> list:
         return self.handle(UpdateGraphEvent(client=self.client, tasks=list(specs), keys=[sp.key for sp in specs] if keys is None else keys))
@@ -703,7 +837,7 @@ def test_illegal_transition_raises_and_changes_nothing() -> None:
     with pytest.raises(InvalidTransition, match="no holder"):
         s._transitions({s.tasks["r"]: "memory"})
     assert snapshot(s) == before
-    s.handle(RemoveWorker(address=addr("a")), sim.now + 1)  # x lost, to run again
+    s.handle(RemoveWorkerEvent(address=addr("a")), sim.now + 1)  # x lost, to run again
     assert sim.state("x") == "no-worker" and not s.tasks["x"].who_has
     before = snapshot(s)
     with pytest.raises(InvalidTransition, match="no holder"):
@@ -724,11 +858,11 @@ def _populated() -> Sim:
 
 
 INVALID_EVENTS = {
-    "duplicate worker address": AddWorker(address=addr("a"), name="other", nthreads=1, memory_limit=0),
-    "duplicate worker name": AddWorker(address="tcp://elsewhere", name="a", nthreads=1, memory_limit=0),
-    "no threads": AddWorker(address="tcp://new", name="new", nthreads=0, memory_limit=0),
-    "negative worker resource": AddWorker(address="tcp://new", name="new", nthreads=1, memory_limit=0, resources={"GPU": -1}),
-    "worker holds negative size": AddWorker(address="tcp://new", name="new", nthreads=1, memory_limit=0, nbytes={"x": -1}),
+    "duplicate worker address": AddWorkerEvent(address=addr("a"), name="other", nthreads=1, memory_limit=0),
+    "duplicate worker name": AddWorkerEvent(address="tcp://elsewhere", name="a", nthreads=1, memory_limit=0),
+    "no threads": AddWorkerEvent(address="tcp://new", name="new", nthreads=0, memory_limit=0),
+    "negative worker resource": AddWorkerEvent(address="tcp://new", name="new", nthreads=1, memory_limit=0, resources={"GPU": -1}),
+    "worker holds negative size": AddWorkerEvent(address="tcp://new", name="new", nthreads=1, memory_limit=0, nbytes={"x": -1}),
     "unknown dependency": UpdateGraphEvent(client="c", tasks=[spec("n", ["nope"])], keys=["n"]),
     "unknown wanted key": UpdateGraphEvent(client="c", tasks=[spec("n")], keys=["n", "nope"]),
     "cycle": UpdateGraphEvent(client="c", tasks=[spec("n1", ["n3"]), spec("n2", ["n1"]), spec("n3", ["n2"])], keys=["n1"]),
@@ -738,7 +872,7 @@ INVALID_EVENTS = {
     "negative task resource": UpdateGraphEvent(client="c", tasks=[spec("n", resources={"GPU": -1})], keys=["n"]),
     "unknown client graph": UpdateGraphEvent(client="nobody", tasks=[spec("n")], keys=["n"]),
     "unknown client scatter": UpdateDataEvent(client="nobody", who_has={"n": [addr("a")]}, nbytes={"n": 1}),
-    "duplicate client": AddClient(client="c"),
+    "duplicate client": AddClientEvent(client="c"),
     "negative result size": TaskFinishedEvent(worker=addr("a"), key="y", nbytes=-1),
     "report from unknown worker": TaskFinishedEvent(worker="tcp://ghost", key="y", nbytes=1),
     "error from unknown worker": TaskErredEvent(worker="tcp://ghost", key="y", exception=None, exception_text="", traceback_text="", type_name=""),
@@ -766,7 +900,7 @@ def test_cycle_through_known_scattered_key_is_invalid() -> None:
     sim.worker("a")
     sim.handle(UpdateDataEvent(client="c", who_has={"s": [addr("a")]}, nbytes={"s": 1}))
     sim.submit(spec("t", ["s"]))
-    sim.handle(RemoveWorker(address=addr("a")))
+    sim.handle(RemoveWorkerEvent(address=addr("a")))
     assert (sim.state("s"), sim.state("t")) == ("erred", "erred")
     expect_invalid(sim.s, UpdateGraphEvent(client="c", tasks=[spec("s", ["t"])], keys=[]))
     expect_invalid(sim.s, UpdateGraphEvent(client="c", tasks=[spec("u", ["t"]), spec("s", ["u"])], keys=[]))
@@ -778,7 +912,7 @@ def test_killed_worker_after_allowed_failures() -> None:
     for i in range(3):
         sim.worker(f"w{i}")
         assert sim.state("x") == "processing"
-        out = sim.handle(RemoveWorker(address=addr(f"w{i}"), safe=False))
+        out = sim.handle(RemoveWorkerEvent(address=addr(f"w{i}"), safe=False))
     assert sim.state("x") == "erred"
     err = to_client(out, KeyErred)["x"]
     assert err.type_name == "KilledWorker"
@@ -792,7 +926,7 @@ def test_safe_removals_are_not_held_against_a_task() -> None:
     sim.submit(spec("x"))
     for i in range(3):
         sim.worker(f"w{i}")
-        sim.handle(RemoveWorker(address=addr(f"w{i}"), safe=True))
+        sim.handle(RemoveWorkerEvent(address=addr(f"w{i}"), safe=True))
     sim.worker("last")
     assert sim.state("x") == "processing"
 
@@ -823,7 +957,7 @@ def test_lost_data_is_recomputed_from_lineage() -> None:
     sim.finish("x")
     assert sim.state("y") == "processing"
     sim.worker("b")
-    out = sim.handle(RemoveWorker(address=addr("a")))
+    out = sim.handle(RemoveWorkerEvent(address=addr("a")))
     # x had no other holder and y still needs it: x runs again, once, on b.
     assert computes(out) == [(addr("b"), "x")]
     assert sim.state("y") == "waiting" and sim.s.tasks["y"].waiting_on == {sim.s.tasks["x"]}
@@ -846,7 +980,7 @@ def test_lost_scattered_data_errs_saying_so() -> None:
     sim.finish("t")
     sim.submit(spec("u", ["s"], workers=["b"]))  # still needs s
     assert sim.state("u") == "processing"
-    out = sim.handle(RemoveWorker(address=addr("a")))
+    out = sim.handle(RemoveWorkerEvent(address=addr("a")))
     errs = to_client(out, KeyErred)
     assert sim.state("s") == "erred" and sim.state("u") == "erred"
     assert sim.state("t") == "memory"  # computed already: unaffected
@@ -930,6 +1064,22 @@ def test_state_modules_import_no_trio() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
+def test_scheduler_state_imports_no_io_through_the_real_packages() -> None:
+    # No stand-ins: trioflow/__init__ and trioflow/scheduler/__init__ load
+    # their names lazily, so the state machine alone pulls in no IO.
+    code = textwrap.dedent(
+        """
+        import sys
+        import trioflow.scheduler.state
+        from trioflow.scheduler.state import SchedulerState, AddWorkerEvent
+        bad = sorted(m for m in sys.modules if m.split(".")[0] in ("trio", "ssl", "socket", "anyio", "sniffio", "_ssl", "_socket"))
+        assert not bad, bad
+        assert "trioflow.scheduler.server" not in sys.modules
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 # ---------------------------------------------------------------- regressions
 
 
@@ -944,7 +1094,7 @@ def test_same_events_same_decisions() -> None:
         out = sim.submit(*[spec(f"a-{i}") for i in range(20)], *[spec(f"b-{i}", [f"a-{i}", f"a-{(i + 1) % 20}"]) for i in range(20)])
         for i in range(20):
             out += sim.finish(f"a-{i}", nbytes=i)
-        out += sim.handle(RemoveWorker(address=addr("w1")))
+        out += sim.handle(RemoveWorkerEvent(address=addr("w1")))
         junk = [[object() for _ in range(i)] for i in range(50)]  # move the allocator on
         return out + [len(junk)]
 
@@ -955,7 +1105,7 @@ def test_invalid_event_does_not_move_the_clock() -> None:
     sim = Sim()
     before = sim.s.now
     with pytest.raises(InvalidEvent):
-        sim.s.handle(AddClient(client="c"), before + 100)
+        sim.s.handle(AddClientEvent(client="c"), before + 100)
     assert sim.s.now == before
 
 
@@ -995,9 +1145,9 @@ def test_unwanted_dependency_is_released_whatever_its_state() -> None:
     # memory (waiting, no-worker, processing) stayed so for ever.
     sim = Sim()
     sim.submit(spec("x"), spec("y", ["x"]))
-    sim.handle(RemoveClient(client="c"))
+    sim.handle(RemoveClientEvent(client="c"))
     assert not sim.s.tasks
-    sim.handle(AddClient(client="c"))
+    sim.handle(AddClientEvent(client="c"))
     sim.worker("a")
     sim.submit(spec("p"), spec("q", ["p"]), keys=["q"])
     assert sim.state("p") == "processing"
@@ -1048,7 +1198,7 @@ def test_releasing_a_task_frees_resources_without_starting_a_released_one() -> N
     sim = Sim()
     sim.worker("a", resources={"GPU": 2})
     sim.submit(spec("g1", resources={"GPU": 1}), spec("g2", resources={"GPU": 2}))
-    out = sim.handle(RemoveClient(client="c"))
+    out = sim.handle(RemoveClientEvent(client="c"))
     assert not computes(out) and not sim.s.tasks
 
 
@@ -1081,7 +1231,7 @@ def test_dependency_of_a_task_on_a_lost_worker_runs_once() -> None:
     sim.submit(spec("x"), spec("y", ["x"]), keys=["y"])
     sim.finish("x")
     sim.worker("b", nthreads=1)
-    out = sim.handle(RemoveWorker(address=addr("a"), safe=True))
+    out = sim.handle(RemoveWorkerEvent(address=addr("a"), safe=True))
     assert computes(out) == [(addr("b"), "x")]
 
 
@@ -1299,7 +1449,7 @@ def test_queued_tasks_go_to_the_worker_now_on_an_address() -> None:
     # address, queued tasks went to the removed object and were lost.
     sim = Sim(worker_saturation=1.1)
     sim.worker("a")
-    sim.handle(RemoveWorker(address=addr("a")))
+    sim.handle(RemoveWorkerEvent(address=addr("a")))
     sim.worker("a")
     out = sim.submit(*[spec(f"r-{i}") for i in range(5)])
     a = sim.s.workers[addr("a")]
@@ -1319,6 +1469,213 @@ def test_killed_worker_drops_a_pending_steal() -> None:
     out = sim.worker("b")
     [steal] = [i for i in out if isinstance(i.msg, StealRequest)]
     assert steal.address == addr("a")
-    sim.handle(RemoveWorker(address=addr("a"), safe=False))
+    sim.handle(RemoveWorkerEvent(address=addr("a"), safe=False))
     assert not sim.s.stealing
     assert sim.state(steal.msg.key) == "erred"
+
+
+# ---------------------------------------------------------------- membership decisions
+
+
+def test_event_classes_all_end_in_event() -> None:
+    from trioflow.scheduler.state import events
+
+    names = [n for n, v in vars(events).items() if isinstance(v, type) and v.__module__ == events.__name__]
+    instructions = {"ToWorker", "ToClient", "DropWorker", "RestartNanny", "RetirementDone", "RestartDone"}
+    assert {n for n in names if not n.endswith("Event")} == instructions
+    assert set(SchedulerState._handlers) == {v for n, v in vars(events).items() if n.endswith("Event") and isinstance(v, type)}
+
+
+def test_registration_lists_unwanted_held_keys_in_the_welcome() -> None:
+    sim = Sim()
+    sim.s.scheduler_id = "sched-1"
+    sim.submit(spec("x"))
+    out = sim.worker("a", nbytes={"stale": 3, "x": 8})
+    assert isinstance(out[0], ToWorker) and out[0].address == addr("a")
+    welcome = out[0].msg
+    assert isinstance(welcome, WorkerRegistered)
+    assert (welcome.scheduler_id, welcome.forget) == ("sched-1", ["stale"])
+    assert welcome.worker_ttl == sim.s.worker_ttl_now() and welcome.heartbeat_interval == sim.s.heartbeat_interval()
+    assert not frees(out)  # folded into the welcome, not a FreeKeys after it
+    assert sim.state("x") == "memory"
+
+
+def test_heartbeats_are_acknowledged_with_the_pace() -> None:
+    sim = Sim()
+    sim.s.worker_ttl = 7.0
+    sim.worker("a")
+    out = sim.handle(HeartbeatEvent(worker=addr("a"), metrics={}))
+    [ack] = [i.msg for i in out if isinstance(i, ToWorker) and isinstance(i.msg, HeartbeatAck)]
+    assert ack.worker_ttl == 7.0 and ack.heartbeat_interval == sim.s.heartbeat_interval()
+
+
+def test_tick_removes_the_workers_silent_longer_than_the_ttl() -> None:
+    sim = Sim()
+    sim.s.worker_ttl = 5.0
+    sim.worker("a")
+    sim.worker("b")
+    sim.submit(spec("x", workers=[addr("a")], allow_other_workers=True))
+    assert sim.s.tasks["x"].processing_on.address == addr("a")
+    sim.now = 5.0
+    sim.handle(HeartbeatEvent(worker=addr("b"), metrics={}))  # b seen at 6, a at 2 (its registration)
+    sim.now = 6.0
+    assert [i for i in sim.handle(TickEvent()) if isinstance(i, DropWorker)] == []  # at 7: a silent 5 s, not more
+    sim.now = 10.0
+    out = sim.handle(TickEvent())  # at 11: a silent 9 s, b 5 s
+    assert [(i.address, "silent" in i.reason) for i in out if isinstance(i, DropWorker)] == [(addr("a"), True)]
+    assert set(sim.s.workers) == {addr("b")}
+    ts = sim.s.tasks["x"]
+    assert ts.processing_on.address == addr("b") and ts.suspicious == 1  # not a clean removal
+    assert computes(out) == [(addr("b"), "x")]
+
+
+def test_fire_and_forget_keeps_a_key_until_it_finishes() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"), spec("y", ["x"]))
+    out = sim.handle(FireAndForgetEvent(keys=["y", "unknown"]))
+    assert out == []
+    sim.handle(ReleaseKeysEvent(client="c", keys=["x", "y"]))
+    assert sim.state("x") == "processing"  # y still needs it: y is wanted
+    sim.finish("x")
+    assert sim.state("y") == "processing"
+    out = sim.finish("y")
+    assert [i for i in out if isinstance(i, ToClient)] == []  # nobody to tell
+    assert sim.s.tasks == {} and not sim.s.fire_and_forget.wants_what
+    assert "fire-and-forget" not in sim.s.clients
+
+
+def test_fire_and_forget_lets_an_error_go_and_leaves_finished_keys_alone() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"), spec("m"))
+    sim.finish("m")
+    sim.handle(FireAndForgetEvent(keys=["x", "m"]))
+    assert sim.s.fire_and_forget.wants_what == {sim.s.tasks["x"]}
+    sim.handle(ReleaseKeysEvent(client="c", keys=["x", "m"]))
+    assert sim.state("m") == "forgotten" and sim.state("x") == "processing"
+    sim.err("x")
+    assert sim.s.tasks == {} and not sim.s.fire_and_forget.wants_what
+
+
+def test_a_client_may_not_pose_as_fire_and_forget_wants() -> None:
+    # The fire-and-forget wants are not a client: a client with that id is
+    # an ordinary client, and dropping it keeps the fire-and-forget keys.
+    sim = Sim(client="fire-and-forget")
+    sim.worker("a")
+    sim.submit(spec("x"))
+    sim.handle(FireAndForgetEvent(keys=["x"]))
+    sim.handle(RemoveClientEvent(client="fire-and-forget"))
+    assert sim.state("x") == "processing"
+    sim.finish("x")
+    assert sim.s.tasks == {}
+
+
+def test_retiring_worker_gets_no_new_tasks_and_closes_once_its_data_is_copied() -> None:
+    sim = Sim(worker_saturation=1.1)
+    sim.worker("a", nthreads=2)
+    sim.worker("b", nthreads=1)
+    sim.submit(spec("x", workers=[addr("a")]), spec("shared", workers=[addr("a")]))
+    sim.finish("x", nbytes=100)
+    sim.finish("shared", nbytes=5)
+    sim.handle(AddKeysEvent(worker=addr("b"), nbytes={"shared": 5}))
+    out = sim.handle(RetireWorkersEvent(request="r1", workers=["a"], timeout=5))  # by name
+    # Only what nobody else holds is copied, to a worker that stays.
+    [acq] = [i for i in out if isinstance(i, ToWorker) and isinstance(i.msg, AcquireReplicas)]
+    assert acq.address == addr("b") and acq.msg.who_has == {"x": [addr("a")]} and acq.msg.nbytes == {"x": 100}
+    assert sim.s.workers[addr("a")].status == "retiring"
+    assert not [i for i in out if isinstance(i, (RetirementDone, ToWorker)) and not isinstance(getattr(i, "msg", None), AcquireReplicas)]
+    out = sim.submit(*[spec(f"r-{i}") for i in range(3)])
+    assert {w for w, _ in computes(out)} == {addr("b")}  # a has room but is leaving
+    out = sim.handle(AddKeysEvent(worker=addr("b"), nbytes={"x": 100}))
+    closes = [i.address for i in out if isinstance(i, ToWorker) and isinstance(i.msg, CloseWorker)]
+    assert closes == [addr("a")]
+    assert [i for i in out if isinstance(i, RetirementDone)] == [RetirementDone("r1", [addr("a")], {})]
+    assert not sim.s.retirements and addr("a") in sim.s.told_to_close
+    # Its connection then closes without a goodbye: still a clean removal.
+    sim.handle(RemoveWorkerEvent(address=addr("a"), safe=False))
+    assert not sim.s.told_to_close and sim.state("x") == "memory"
+
+
+def test_retirement_keeps_a_worker_whose_data_was_not_copied_by_the_deadline() -> None:
+    sim = Sim()
+    sim.s.worker_ttl = 100.0
+    sim.worker("a")
+    sim.worker("b")
+    sim.submit(spec("x", workers=[addr("a")]), spec("pinned", workers=[addr("a")]))
+    sim.finish("x")
+    assert sim.state("pinned") == "processing"
+    sim.handle(RetireWorkersEvent(request="r1", workers=[addr("a"), "nobody"], timeout=5))
+    out = sim.handle(TickEvent())  # before the deadline: nothing yet
+    assert not [i for i in out if isinstance(i, RetirementDone)]
+    sim.now += 5
+    out = sim.handle(TickEvent())
+    assert [i for i in out if isinstance(i, RetirementDone)] == [RetirementDone("r1", [], {addr("a"): ["x"]})]
+    assert not [i for i in out if isinstance(i, ToWorker) and isinstance(i.msg, CloseWorker)]
+    assert sim.s.workers[addr("a")].status == "running" and not sim.s.told_to_close
+
+
+def test_retiring_every_worker_closes_them_all() -> None:
+    # Nowhere to copy to: nothing is waited for (as before the machine decided).
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"))
+    sim.finish("x")
+    out = sim.handle(RetireWorkersEvent(request="r1", workers=[addr("a")], timeout=5))
+    assert [i for i in out if isinstance(i, RetirementDone)] == [RetirementDone("r1", [addr("a")], {})]
+
+
+def test_restart_cancels_everything_and_waits_for_the_nannied_workers() -> None:
+    sim = Sim()
+    sim.worker("a", nanny="tcp://nanny-a")
+    sim.worker("b")
+    sim.submit(spec("x"), spec("y", ["x"]))
+    sim.handle(FireAndForgetEvent(keys=["y"]))
+    out = sim.handle(RestartEvent(request="r1", timeout=10))
+    assert set(to_client(out, KeyCancelled)) == {"x", "y"}
+    assert [i.address for i in out if isinstance(i, ToWorker) and isinstance(i.msg, CloseWorker)] == [addr("b")]
+    assert [i for i in out if isinstance(i, RestartNanny)] == [RestartNanny("r1", "tcp://nanny-a")]
+    assert sim.s.tasks == {} and not sim.s.fire_and_forget.wants_what
+    sim.handle(RemoveWorkerEvent(address=addr("a")))
+    sim.handle(RemoveWorkerEvent(address=addr("b")))
+    out = sim.handle(NannyRestartedEvent(request="r1", nanny="tcp://nanny-a"))
+    assert not [i for i in out if isinstance(i, RestartDone)]  # its worker is not back yet
+    out = sim.handle(AddWorkerEvent(address=addr("a2"), name="a2", nthreads=1, memory_limit=0, nanny="tcp://nanny-a"))
+    assert [i for i in out if isinstance(i, RestartDone)] == [RestartDone("r1", "")]
+    assert not sim.s.restarts
+
+
+def test_restart_reports_failed_nannies_and_workers_not_back_in_time() -> None:
+    sim = Sim()
+    sim.worker("a", nanny="tcp://nanny-a")
+    sim.worker("b", nanny="tcp://nanny-b")
+    sim.handle(RestartEvent(request="r1", timeout=10))
+    sim.handle(NannyRestartedEvent(request="r1", nanny="tcp://nanny-a", error="refused"))
+    out = sim.handle(NannyRestartedEvent(request="r1", nanny="tcp://nanny-b"))
+    [done] = [i for i in out if isinstance(i, RestartDone)]
+    assert done.error == "restart failed for tcp://nanny-a: refused"
+    # A late answer to a finished restart is ignored.
+    assert sim.handle(NannyRestartedEvent(request="r1", nanny="tcp://nanny-b")) == []
+
+    sim.handle(RestartEvent(request="r2", timeout=10))
+    sim.now += 10
+    out = sim.handle(TickEvent())
+    [done] = [i for i in out if isinstance(i, RestartDone)]
+    assert done.error == "restart: workers did not come back within 10s"
+
+
+def test_a_tick_removing_several_workers_sends_nothing_to_them() -> None:
+    # Found by the stateful machine: removing the first silent worker sent its
+    # task to the second (about to go too, and then blamed for its death), and
+    # a dependent's FreeKeys to a worker gone by the end of the tick.
+    sim = Sim(allowed_failures=1)
+    sim.worker("a")
+    sim.worker("b")
+    sim.submit(spec("x", workers=[addr("a")]), spec("y", ["x"], workers=[addr("b")]), spec("z", workers=[addr("a")], allow_other_workers=True))
+    sim.finish("x")
+    assert sim.s.tasks["y"].processing_on.address == addr("b")
+    sim.now += 20
+    out = sim.handle(TickEvent())
+    assert {i.address for i in out if isinstance(i, DropWorker)} == {addr("a"), addr("b")}
+    assert [i for i in out if isinstance(i, ToWorker)] == []
+    assert sim.state("z") == "no-worker" and sim.s.tasks["z"].suspicious == 1
