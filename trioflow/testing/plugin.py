@@ -18,11 +18,15 @@ from typing import Any
 
 import pytest
 
-from .leaks import LeakChecker
+# This module is loaded by every pytest run in an environment where trioflow
+# is installed, with or without its test extra: import nothing here beyond
+# pytest and the standard library; each fixture imports what it needs.
 
 
 @pytest.fixture
 def trioflow_no_leaks() -> Iterator[None]:
+    from .leaks import LeakChecker
+
     checker = LeakChecker()
     yield
     checker.check()
