@@ -211,7 +211,7 @@ def run_worker_process(config: dict[str, Any], *, ready_fd: int = -1, watch_stdi
     when the worker cannot start (exit code 3: the nanny gives up rather than
     restart a worker that cannot work).  Exit 0 means the worker meant to stop.
     """
-    setup_logging()
+    setup_logging(os.environ.get("TRIOFLOW_WORKER_LOG_LEVEL") or "INFO")  # LocalCluster(silence_logs=)
     limit_malloc_arenas(config["nthreads"])  # before any thread exists
 
     def tell(line: str) -> None:

@@ -47,7 +47,12 @@ class Client:
         name: str | None = None,
         scheduler_file: str | None = None,
         set_as_default: bool = True,
+        **cluster_kwargs: Any,
     ) -> None:
+        from ..deploy import cluster_for_client
+
+        # No address: start a LocalCluster (cluster_kwargs) and close it with us.
+        address, self._own_cluster = cluster_for_client(address, scheduler_file, cluster_kwargs)
         self.cluster = None if isinstance(address, str) or address is None else address
         if security is None and self.cluster is not None:
             security = getattr(self.cluster, "security", None)
@@ -60,6 +65,8 @@ class Client:
             self._core: AsyncClient = self._client_cm.__enter__()
         except BaseException:
             self._portal_cm.__exit__(None, None, None)
+            if self._own_cluster is not None:
+                self._own_cluster.close()
             raise
         self._core._portal = self._portal
         self._dask_config: Any = None
@@ -100,12 +107,14 @@ class Client:
         n = len(info["workers"])
         threads = sum(w["nthreads"] for w in info["workers"].values())
         mem = sum(w["memory_limit"] for w in info["workers"].values())
-        return f"<Client: {self.scheduler_address} workers={n} threads={threads} memory={mem / 1e9:.2f} GB>"
+        from ..deploy.reprs import memory_text
+
+        return f"<Client: {self.scheduler_address} workers={n} threads={threads} memory={memory_text(mem)}>"
 
     def _repr_html_(self) -> str:
-        link = self.dashboard_link
-        dash = f"<br>Dashboard: <a href='{link}' target='_blank'>{link}</a>" if link else ""
-        return f"<h3>trioflow Client</h3>Scheduler: {self.scheduler_address}<br>Status: {self.status}{dash}"
+        from ..deploy.reprs import client_html
+
+        return client_html(self)
 
     def __enter__(self) -> Client:
         return self
@@ -125,6 +134,8 @@ class Client:
             self._portal_cm.__exit__(None, None, None)
             if self in _current:
                 _current.remove(self)
+            if self._own_cluster is not None:
+                self._own_cluster.close()
 
     def shutdown(self) -> None:
         """Close the scheduler and its workers, then this client."""
