@@ -52,7 +52,7 @@ class Client:
         from ..deploy import cluster_for_client
 
         # No address: start a LocalCluster (cluster_kwargs) and close it with us.
-        address, self._own_cluster = cluster_for_client(address, scheduler_file, cluster_kwargs)
+        address, self._own_cluster = cluster_for_client(address, scheduler_file, cluster_kwargs, security=security)
         self.cluster = None if isinstance(address, str) or address is None else address
         if security is None and self.cluster is not None:
             security = getattr(self.cluster, "security", None)

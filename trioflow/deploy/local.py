@@ -460,13 +460,16 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def cluster_for_client(address: Any, scheduler_file: str | None, cluster_kwargs: dict[str, Any]) -> tuple[Any, LocalCluster | None]:
+def cluster_for_client(
+    address: Any, scheduler_file: str | None, cluster_kwargs: dict[str, Any], *, security: Any = None
+) -> tuple[Any, LocalCluster | None]:
     """What a blocking ``Client`` connects to: ``(address or cluster, the
     cluster it started for itself or None)``.
 
     With no address, no scheduler file and no ``TRIOFLOW_SCHEDULER_ADDRESS``
     in the environment, the client starts a :class:`LocalCluster` with
-    ``cluster_kwargs`` (every ``LocalCluster`` argument) and must close it
+    ``cluster_kwargs`` (every ``LocalCluster`` argument; the client's
+    ``security`` too) and must close it
     with itself.  Otherwise ``cluster_kwargs`` are ignored, as dask ignores
     them.
 
@@ -481,6 +484,8 @@ def cluster_for_client(address: Any, scheduler_file: str | None, cluster_kwargs:
     ):
         raise TypeError(f"Scheduler address must be a string or a Cluster instance, got {type(address)}")
     if address is None and scheduler_file is None and not os.environ.get("TRIOFLOW_SCHEDULER_ADDRESS"):
+        if security is not None:
+            cluster_kwargs = {**cluster_kwargs, "security": security}
         cluster = LocalCluster(**cluster_kwargs)
         return cluster, cluster
     return address, None
