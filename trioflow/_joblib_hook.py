@@ -10,8 +10,6 @@ itself).  The backend module, and its import of joblib's internals, load only
 when a ``Parallel`` asks for the name.
 """
 
-from __future__ import annotations
-
 import sys
 from typing import Any
 
