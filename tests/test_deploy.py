@@ -6,6 +6,7 @@ import logging
 import socket
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,24 @@ def busy_port() -> Iterator[int]:
 )
 def test_cores_split_into_processes_and_threads_as_dask_splits_them(cores: int, expected: tuple[int, int]) -> None:
     assert nprocesses_nthreads(cores) == expected
+
+
+def test_container_cpu_quota_caps_the_count(tmp_path: Path) -> None:
+    from trioflow.deploy.utils import _cgroup_cpu_quota
+
+    assert _cgroup_cpu_quota(str(tmp_path)) is None
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert _cgroup_cpu_quota(str(tmp_path)) is None
+    v1 = tmp_path / "cpu,cpuacct"
+    v1.mkdir()
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert _cgroup_cpu_quota(str(tmp_path)) is None
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")
+    assert _cgroup_cpu_quota(str(tmp_path)) == 1  # half a CPU rounds up
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert _cgroup_cpu_quota(str(tmp_path)) == 3  # v2 first
+    assert cpu_count(str(tmp_path)) == min(3, cpu_count("/nonexistent"))
 
 
 def test_a_cluster_class_is_not_an_address() -> None:
