@@ -172,3 +172,17 @@ def test_bare_client_starts_worker_processes_sized_like_dask() -> None:
         assert "processes (with nannies)" in cluster._repr_html_()
     assert cluster.status == "closed"
     assert all(w.process is None or w.process.returncode is not None for w in cluster.workers.values())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_script_that_never_closes_its_client_exits_cleanly(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = "from trioflow import Client\nc = Client(n_workers=2, threads_per_worker=1, dashboard_address=None)\nprint(c.submit(pow, 2, 3).result())\n"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "8"
+    # The cluster went at exit, its worker processes told to stop, not orphaned.
+    assert "nanny went away" not in out.stderr, out.stderr

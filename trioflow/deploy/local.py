@@ -9,11 +9,13 @@ thread, for use with the blocking ``Client``.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import errno
 import logging
 import socket
 import warnings
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -294,6 +296,9 @@ class LocalCluster:
             self._unsilence()
             raise
         self._closed = False
+        # A cluster nobody closed goes at interpreter exit, workers first,
+        # rather than leaving its worker processes to find their nanny gone.
+        _live_clusters.add(self)
         self._log(f"started with {n_workers} worker{'s' if n_workers != 1 else ''} ({'processes' if self.processes else 'threads'}), {threads_per_worker} thread{'s' if threads_per_worker != 1 else ''} each")
 
     # ------------------------------------------------------------ set-up
@@ -401,6 +406,7 @@ class LocalCluster:
         if self._closed:
             return
         self._closed = True
+        _live_clusters.discard(self)
         try:
             self._cm.__exit__(None, None, None)
         finally:
@@ -441,6 +447,18 @@ class LocalCluster:
             ("Workers run as", "processes (with nannies)" if self.processes else "threads in this process"),
         ]
         return html_table(f"LocalCluster {self.name}" if self.name else "LocalCluster", rows, raw=frozenset({"Dashboard"}))
+
+
+_live_clusters: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_clusters() -> None:
+    for cluster in list(_live_clusters):
+        try:
+            cluster.close()
+        except Exception:  # noqa: BLE001 - at exit there is no one to tell
+            pass
 
 
 def _port_free(host: str, port: int) -> bool:
