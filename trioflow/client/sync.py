@@ -35,7 +35,10 @@ class Client:
     """Connect to a trioflow scheduler (blocking API, dask-compatible).
 
     ``Client("tcp://host:8786")``, ``Client(cluster)``, or
-    ``Client(scheduler_file="scheduler.json")``.
+    ``Client(scheduler_file="scheduler.json")``.  With no address,
+    ``Client()`` or ``Client(n_workers=4, ...)`` starts a
+    :class:`~trioflow.LocalCluster` with those arguments and closes it with
+    the client.
     """
 
     def __init__(
