@@ -116,6 +116,16 @@ def test_an_address_in_the_environment_means_no_cluster_of_our_own(monkeypatch: 
         assert cluster.status == "running"
 
 
+def test_dasks_configured_scheduler_address_means_no_cluster_of_our_own() -> None:
+    import dask
+
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
+        with dask.config.set({"scheduler-address": cluster.scheduler_address}), Client(n_workers=5) as client:
+            assert client.cluster is None
+            assert client.scheduler_address == cluster.scheduler_address
+        assert cluster.status == "running"
+
+
 def test_taken_dashboard_port_moves_with_a_warning(busy_port: int) -> None:
     with pytest.warns(UserWarning, match=f"Port {busy_port} is already in use"):
         cluster = LocalCluster(n_workers=0, processes=False, dashboard_address=f":{busy_port}")

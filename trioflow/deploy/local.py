@@ -461,6 +461,19 @@ def _close_live_clusters() -> None:
             pass
 
 
+def _dask_configured_address() -> str | None:
+    """dask's ``scheduler-address`` setting, which dask users already set;
+    read only when dask is already imported (trioflow never imports it)."""
+    import sys
+
+    dask = sys.modules.get("dask")
+    config = getattr(dask, "config", None)
+    if config is None:
+        return None
+    value = config.get("scheduler-address", None)
+    return str(value) if value else None
+
+
 def _port_free(host: str, port: int) -> bool:
     """Whether a listener could bind ``host:port`` now (as trio binds: with
     SO_REUSEADDR, so a port in TIME_WAIT counts as free)."""
@@ -484,8 +497,9 @@ def cluster_for_client(
     """What a blocking ``Client`` connects to: ``(address or cluster, the
     cluster it started for itself or None)``.
 
-    With no address, no scheduler file and no ``TRIOFLOW_SCHEDULER_ADDRESS``
-    in the environment, the client starts a :class:`LocalCluster` with
+    With no address, no scheduler file, no ``TRIOFLOW_SCHEDULER_ADDRESS``
+    in the environment and no ``scheduler-address`` in dask's configuration
+    (looked at only if dask is already imported), the client starts a :class:`LocalCluster` with
     ``cluster_kwargs`` (every ``LocalCluster`` argument; the client's
     ``security`` too) and must close it
     with itself.  Otherwise ``cluster_kwargs`` are ignored, as dask ignores
@@ -502,6 +516,9 @@ def cluster_for_client(
     ):
         raise TypeError(f"Scheduler address must be a string or a Cluster instance, got {type(address)}")
     if address is None and scheduler_file is None and not os.environ.get("TRIOFLOW_SCHEDULER_ADDRESS"):
+        configured = _dask_configured_address()
+        if configured:
+            return configured, None
         if security is not None:
             cluster_kwargs = {**cluster_kwargs, "security": security}
         cluster = LocalCluster(**cluster_kwargs)
