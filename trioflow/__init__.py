@@ -6,7 +6,12 @@ where dask has them, so switching is a change of import.
 
 from typing import TYPE_CHECKING, Any
 
+from ._joblib_hook import install as _install_joblib_hook
 from ._version import __version__
+
+# joblib.parallel_backend("trioflow") (and "dask" without dask.distributed);
+# imports nothing until joblib itself is imported.
+_install_joblib_hook()
 
 # Names load on first use (PEP 562): a worker process never pays for the
 # client, the local-cluster code or anyio, which keeps its start-up time and

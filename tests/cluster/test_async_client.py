@@ -45,7 +45,7 @@ def gated(x: int) -> int:
 
 @pytest.fixture
 def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(n_workers=2, threads_per_worker=1) as c:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
         yield c
 
 
@@ -187,13 +187,13 @@ def test_server_context_calls_into_the_servers_loop(backend: str) -> None:
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_local_cluster_asynchronous(backend: str) -> None:
     async def session() -> None:
-        async with LocalCluster(n_workers=1, asynchronous=True) as cluster:
+        async with LocalCluster(n_workers=1, processes=False, dashboard_address=None, asynchronous=True) as cluster:
             assert cluster.scheduler_address.startswith("tcp://")
             async with Client(cluster, asynchronous=True) as c:
                 assert await (await c.submit(inc, 1)) == 2
                 await cluster.scale(2)
                 await c.wait_for_workers(2)
-        cluster2 = await LocalCluster(n_workers=1, asynchronous=True)
+        cluster2 = await LocalCluster(n_workers=1, processes=False, dashboard_address=None, asynchronous=True)
         await cluster2.close()
 
     run(backend, session)

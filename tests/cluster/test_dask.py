@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def client():
-    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as c:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as c:
         yield c
 
 
@@ -75,7 +75,7 @@ def test_delayed_get_compute_persist(client: Client) -> None:
 
 
 def test_set_as_default_ends_with_the_client() -> None:
-    with LocalCluster(n_workers=1) as cluster:
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster:
         with Client(cluster) as c:
             assert dask.config.get("scheduler") == c._dask_get  # client.get, or dask locally inside a task
         assert dask.config.get("scheduler", None) != c._dask_get

@@ -75,7 +75,7 @@ async def test_result_100mb_moves_between_workers(trioflow_cluster: InProcessClu
 
 def test_sync_client_100mb_round_trip() -> None:
     data = np.ones(N, dtype=np.float64)
-    with LocalCluster(n_workers=1) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
         f = client.scatter(data)
         g = client.submit(shift, f)
         out = g.result(timeout=30)

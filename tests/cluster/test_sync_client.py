@@ -67,7 +67,7 @@ def blocked(x: Any = None) -> Any:
 @pytest.fixture
 def cluster() -> Iterator[LocalCluster]:
     _gate.clear()
-    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         try:
             yield cluster
         finally:
@@ -154,20 +154,20 @@ def test_scatter(client: Client, cluster: LocalCluster) -> None:
     d = client.scatter({"x": 1})
     assert d["x"].key == "x"
     everywhere = client.scatter("b", broadcast=True)
-    assert set(client.who_has([everywhere])[everywhere.key]) == {w.address for w in cluster.workers}
-    w1 = cluster.workers[1]
+    assert set(client.who_has([everywhere])[everywhere.key]) == {w.address for w in cluster.workers.values()}
+    w1 = list(cluster.workers.values())[1]
     only = client.scatter([7, 8], workers=[w1.address])
     assert all(v == [w1.address] for v in client.who_has(only).values())
     assert client.submit(add, one, d["x"]).result(timeout=5) == 43
 
 
 def test_introspection(client: Client, cluster: LocalCluster) -> None:
-    addrs = {w.address for w in cluster.workers}
+    addrs = {w.address for w in cluster.workers.values()}
     assert client.nthreads() == dict.fromkeys(addrs, 1)
     assert client.ncores() == client.nthreads()
     info = client.scheduler_info()
     assert set(info["workers"]) == addrs
-    for w in cluster.workers:
+    for w in cluster.workers.values():
         wi = info["workers"][w.address]
         assert wi["name"] == w.name and wi["nthreads"] == 1
         assert "memory_limit" in wi and wi["resources"] == {}
@@ -175,17 +175,17 @@ def test_introspection(client: Client, cluster: LocalCluster) -> None:
     f.result(timeout=5)
     (holder,) = client.who_has([f])[f.key]
     assert f.key in client.has_what()[holder]
-    assert client.run(whoami) == {w.address: (w.name, w.address) for w in cluster.workers}
-    w0 = cluster.workers[0]
+    assert client.run(whoami) == {w.address: (w.name, w.address) for w in cluster.workers.values()}
+    w0 = list(cluster.workers.values())[0]
     assert client.run(inc, 1, workers=[w0.address]) == {w0.address: 2}
     assert "workers=2" in repr(client)
 
 
 def test_get_worker_and_restrictions(client: Client, cluster: LocalCluster) -> None:
-    for w in cluster.workers:
+    for w in cluster.workers.values():
         assert client.submit(whoami, workers=w.name, pure=False).result(timeout=5) == (w.name, w.address)
     f = client.submit(whoami, workers=["nobody"], allow_other_workers=True, pure=False)
-    assert f.result(timeout=5)[1] in {w.address for w in cluster.workers}
+    assert f.result(timeout=5)[1] in {w.address for w in cluster.workers.values()}
 
 
 def test_nested_future_arguments(client: Client) -> None:
@@ -282,7 +282,7 @@ def test_reference_counting(client: Client, cluster: LocalCluster) -> None:
     del x, y, s
     gc.collect()
     wait_until(lambda: not tasks, what="the scheduler forgets every key")
-    wait_until(lambda: all(not w.data for w in cluster.workers), what="workers free their data")
+    wait_until(lambda: all(not w.data for w in cluster.workers.values()), what="workers free their data")
 
 
 # ---------------------------------------------------------------- lifecycle
@@ -306,8 +306,8 @@ def test_two_clients(cluster: LocalCluster) -> None:
 
 
 def test_resources() -> None:
-    with LocalCluster(n_workers=1, resources={"GPU": 1}) as cluster, Client(cluster) as client:
-        assert client.scheduler_info()["workers"][cluster.workers[0].address]["resources"] == {"GPU": 1}
+    with LocalCluster(n_workers=1, resources={"GPU": 1}, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        assert client.scheduler_info()["workers"][list(cluster.workers.values())[0].address]["resources"] == {"GPU": 1}
         assert client.submit(inc, 1, resources={"GPU": 1}).result(timeout=5) == 2
         big = client.submit(inc, 2, resources={"GPU": 2})
         time.sleep(0.1)
@@ -338,7 +338,7 @@ def test_retries(client: Client) -> None:
 
 
 def test_shutdown_closes_the_cluster(caplog: pytest.LogCaptureFixture) -> None:
-    cluster = LocalCluster(n_workers=1)
+    cluster = LocalCluster(n_workers=1, processes=False, dashboard_address=None)
     try:
         client = Client(cluster)
         assert client.submit(inc, 1).result(timeout=5) == 2
@@ -420,7 +420,7 @@ def test_a_forgotten_close_does_not_hang_the_exit(tmp_path: Any, scheduler: str)
 
     script = tmp_path / "forgot_close.py"
     script.write_text(_EXIT_SCRIPT)
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1)
+    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None)
     try:
         proc = subprocess.Popen(
             [sys.executable, str(script), cluster.scheduler_address],

@@ -560,7 +560,7 @@ def run_worker_process(start: m.StartWorkerProcess, *, ready_fd: int = -1, watch
     as for ``trioflow-worker --no-nanny``.
     """
     config = start.config
-    setup_logging()
+    setup_logging(os.environ.get("TRIOFLOW_WORKER_LOG_LEVEL") or "INFO")  # LocalCluster(silence_logs=)
     limit_malloc_arenas(config.nthreads)  # before any thread exists
 
     def tell(line: str) -> None:

@@ -24,7 +24,9 @@ from typing import Any
 
 import pytest
 
-from .leaks import LeakChecker
+# This module is loaded by every pytest run in an environment where trioflow
+# is installed, with or without its test extra: import nothing here beyond
+# pytest and the standard library; each fixture imports what it needs.
 
 #: What ``trioflow_cluster`` passes to ``open_cluster`` unless told otherwise.
 DEFAULT_CLUSTER_OPTIONS: dict[str, Any] = {"n_workers": 2, "threads_per_worker": 1, "validate": True}
@@ -57,6 +59,8 @@ def cluster_options(request: pytest.FixtureRequest) -> dict[str, Any]:
 
 @pytest.fixture
 def trioflow_no_leaks() -> Iterator[None]:
+    from .leaks import LeakChecker
+
     checker = LeakChecker()
     yield
     checker.check()
