@@ -46,6 +46,8 @@ from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
 from ..system import default_host
 from . import state as ss
+from .extensions.serve import HANDLED as PRIMITIVE_REQUESTS
+from .extensions.serve import PrimitivesServer
 from .taskstream import TaskStream
 
 logger = logging.getLogger("trioflow.scheduler")
@@ -116,6 +118,7 @@ class Scheduler:
             m.RetireWorkers: self._retire_workers,
             m.Restart: self._restart,
         }
+        self.primitives = PrimitivesServer(self)
 
     def __repr__(self) -> str:
         return f"<Scheduler {self.address or '(not started)'} workers={len(self.state.workers)} tasks={len(self.state.tasks)}>"
@@ -144,6 +147,7 @@ class Scheduler:
                     port = await nursery.start(serve_dashboard, self, self.dashboard_address)
                     self.services["dashboard"] = port
                 nursery.start_soon(self._liveness_loop)
+                nursery.start_soon(self.primitives.run)
                 self._write_scheduler_file()
                 self.status = "running"
                 task_status.started(self)
@@ -211,6 +215,10 @@ class Scheduler:
         instructions = self.state.handle(event, trio.current_time())
         self.events_handled += 1
         self._dispatch(instructions)
+        if type(event) is ss.RemoveClient:
+            self.primitives.remove_client(event.client)
+        elif type(event) is ss.RemoveWorker:
+            self.primitives.remove_worker(event.address)
 
     def _dispatch(self, instructions: list[Any]) -> None:
         workers = self.worker_streams
@@ -264,7 +272,9 @@ class Scheduler:
                 except CommClosedError:
                     return
             handler = self._request_handlers.get(type(msg))
-            if handler is None:
+            if type(msg) in PRIMITIVE_REQUESTS:
+                reply = await self.primitives.handle(comm, msg)
+            elif handler is None:
                 reply: m.Message = m.ErrorReply(message=f"the scheduler does not serve {msg.op!r} requests on this connection")
             else:
                 try:
