@@ -2,6 +2,7 @@
 
 from .core import AsyncClient, open_client
 from .futures import CancelledError, Future, FutureLostError, as_completed, fire_and_forget, wait
+from .primitives import Event, Lock, MultiLock, Pub, Queue, Semaphore, Sub, Variable
 from .sync import Client, default_client
 
-__all__ = ["AsyncClient", "CancelledError", "Client", "Future", "FutureLostError", "as_completed", "default_client", "fire_and_forget", "open_client", "wait"]
+__all__ = ["AsyncClient", "CancelledError", "Client", "Future", "FutureLostError", "as_completed", "default_client", "fire_and_forget", "open_client", "wait", "Event", "Lock", "MultiLock", "Pub", "Queue", "Semaphore", "Sub", "Variable"]

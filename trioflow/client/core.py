@@ -49,6 +49,7 @@ from ..protocol.serialize import (
     loads,
 )
 from ..scheduler_file import wait_for_scheduler_file
+from .datasets import AsyncDatasetsMixin
 from .futures import Future, FutureLostError, FutureState, _flatten_futures
 
 logger = logging.getLogger("trioflow.client")
@@ -128,7 +129,7 @@ def _dumps_args(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Serializ
     return dumps_with_deps((args, kwargs), Future)
 
 
-class AsyncClient:
+class AsyncClient(AsyncDatasetsMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:

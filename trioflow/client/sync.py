@@ -16,6 +16,7 @@ from typing import Any
 import anyio.from_thread
 
 from .core import AsyncClient, open_client
+from .datasets import DatasetsMixin
 from .futures import Future
 
 __all__ = ["Client", "default_client"]
@@ -31,7 +32,7 @@ def default_client() -> Client:
     raise ValueError("no trioflow Client is running")
 
 
-class Client:
+class Client(DatasetsMixin):
     """Connect to a trioflow scheduler (blocking API, dask-compatible).
 
     ``Client("tcp://host:8786")``, ``Client(cluster)``, or
