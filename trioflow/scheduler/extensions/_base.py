@@ -209,6 +209,8 @@ class Extension:
         method = getattr(self, "_on_" + type(event).__name__, None)
         if method is None:
             raise ExtensionError(f"{type(self).__name__} does not handle {type(event).__name__}")
+        # Checked before anything changes: a bad timeout must not be granted.
+        deadline(now, getattr(event, "timeout", None))
         out: list[Any] = []
         method(event, now, out)
         return out
