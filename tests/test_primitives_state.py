@@ -463,7 +463,7 @@ def test_lock_fifo_timeout_and_release_on_client_departure() -> None:
     assert p.next_deadline() == 1.0
     assert replies(p.tick(1.0)) == {2: TIMED_OUT}
     with pytest.raises(ExtensionError):
-        p.handle(lk.LockRelease(request=5, client="c", name="L", id="i3"), 1.0)
+        p.handle(lk.LockRelease(request=5, client="c", name="L", id="nobody"), 1.0)
     # The holder's client dies: the next waiter gets the lock.
     assert replies(p.remove_client("a", 2.0)) == {3: True}
     assert p.locks.holders == {"L": ("i3", "c")}
@@ -476,6 +476,12 @@ def test_withdrawn_lock_request_is_never_granted() -> None:
     p.handle(lk.LockAcquire(request=2, client="b", name="L", id="i2"), 0)
     p.cancel(2)
     assert replies(p.handle(lk.LockRelease(request=3, client="a", name="L", id="i1"), 1)) == {3: None}
+    assert p.locks.holders == {}
+    # An acquirer that gave up releases to withdraw: its wait goes.
+    p.handle(lk.LockAcquire(request=4, client="a", name="L", id="i1"), 2)
+    p.handle(lk.LockAcquire(request=5, client="b", name="L", id="i2"), 2)
+    assert replies(p.handle(lk.LockRelease(request=6, client="b", name="L", id="i2"), 2)) == {5: TIMED_OUT, 6: None}
+    assert replies(p.handle(lk.LockRelease(request=7, client="a", name="L", id="i1"), 3)) == {7: None}
     assert p.locks.holders == {}
 
 

@@ -65,7 +65,7 @@ class AsyncDatasetsMixin:
             if default is _NO_DEFAULT:
                 raise KeyError(f"Dataset {name!r} not found")
             return default
-        return _decode(core, reply.data, reply.keys)
+        return await _decode(core, reply.data, reply.keys)
 
     async def unpublish_dataset(self, name: Any) -> None:
         core: Any = self

@@ -30,18 +30,20 @@ class ClientExecutor(cf.Executor):
         self._shutdown = False
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> cf.Future[Any]:
+        # Never hold the lock while calling into the client: the done
+        # callback runs in the client's loop and takes it.
         with self._lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            future = self._client.submit(fn, *args, **{**self._kwargs, **kwargs})
-            cff = self._wrap(future)
-            self._futures.add(cff)
-        return cff
+        future = self._client.submit(fn, *args, **{**self._kwargs, **kwargs})
+        return self._wrap(future)
 
     def _wrap(self, future: Future) -> cf.Future[Any]:
         cff: cf.Future[Any] = cf.Future()
         cff.set_running_or_notify_cancel()
         cff._trioflow_future = future  # type: ignore[attr-defined]  # for cancel()
+        with self._lock:
+            self._futures.add(cff)
 
         def done(f: Future) -> None:
             with self._lock:

@@ -45,19 +45,38 @@ def _encode(value: Any) -> tuple[Serialized, list[str]]:
     return dumps_with_deps(value, Future)
 
 
-def _decode(core: Any, data: Serialized, keys: list[str]) -> Any:
-    """A received value, with live futures for the keys it references."""
+async def _decode(core: Any, data: Serialized, keys: list[str]) -> Any:
+    """A received value, with live futures for the keys it references.
+
+    The scheduler holds those keys for us until we want them on our stream
+    (ordered after any release of older futures of the same keys), which
+    ``KeysReceived`` lets it wait for.
+    """
     if not keys:
         return loads_with_deps(data, {})
     futures = {k: Future(k, core) for k in keys}
-    # The scheduler made us want these keys before answering; asking again
-    # now that the futures exist brings their status (KeyInMemory...).
     core._send(m.UpdateGraph(tasks=[], keys=list(futures)))
+    await core._rpc(m.KeysReceived(client=core.id, keys=list(futures)), m.Ok)
     return loads_with_deps(data, futures)
 
 
 def _rpc_timeout(core: Any, timeout: float | None) -> float:
     return math.inf if timeout is None else max(timeout, 0) + max(core.timeout, 10)
+
+
+async def _acquire_or_withdraw(core: Any, acquire: m.Message, withdraw: m.Message, timeout: float | None) -> m.Message:
+    """Send an acquire request; if this wait ends any other way than by
+    its answer (cancelled, connection lost), send ``withdraw``: it releases
+    what a grant in flight gave us, or takes our wait out of the queue."""
+    try:
+        return await core._rpc(acquire, m.Message, timeout=_rpc_timeout(core, timeout))  # type: ignore[no-any-return]
+    except BaseException:
+        with trio.CancelScope(shield=True), trio.move_on_after(max(core.timeout, 5)):
+            try:
+                await core._rpc(withdraw, m.Message, timeout=core.timeout)
+            except Exception:  # noqa: BLE001 - not held and not waiting, or no scheduler left
+                pass
+        raise
 
 
 def _check_timeout(timeout: Any) -> float | None:
@@ -130,7 +149,7 @@ class Variable(_Primitive):
         if isinstance(reply, m.PrimitiveTimedOut):
             raise TimeoutError(f"variable {self.name!r} not set within {timeout}s")
         assert isinstance(reply, m.ItemReply) and reply.data is not None
-        return _decode(core, reply.data, reply.keys)
+        return await _decode(core, reply.data, reply.keys)
 
     def delete(self) -> Any:
         """Delete the variable (releasing the future it held)."""
@@ -195,9 +214,9 @@ class Queue(_Primitive):
         if isinstance(reply, m.PrimitiveTimedOut):
             raise TimeoutError(f"nothing to get from queue {self.name!r} within {timeout}s")
         if isinstance(reply, m.ItemsReply):
-            return [_decode(core, it.data, it.keys) for it in reply.items]
+            return [await _decode(core, it.data, it.keys) for it in reply.items]
         assert isinstance(reply, m.ItemReply) and reply.data is not None
-        return _decode(core, reply.data, reply.keys)
+        return await _decode(core, reply.data, reply.keys)
 
     def qsize(self) -> Any:
         """The number of items in the queue."""
@@ -241,7 +260,8 @@ class Lock(_Primitive):
         return self._call(self._acquire, timeout)
 
     async def _acquire(self, core: Any, timeout: float | None) -> bool:
-        reply = await self._request(core, m.LockAcquire(client=core.id, name=self.name, id=self.id, timeout=timeout), timeout)
+        acquire = m.LockAcquire(client=core.id, name=self.name, id=self.id, timeout=timeout)
+        reply = await _acquire_or_withdraw(core, acquire, m.LockRelease(client=core.id, name=self.name, id=self.id), timeout)
         return not isinstance(reply, m.PrimitiveTimedOut)
 
     def release(self) -> Any:
@@ -302,7 +322,7 @@ class MultiLock(_Primitive):
 
     async def _acquire(self, core: Any, timeout: float | None, num_locks: int | None) -> bool:
         msg = m.MultiLockAcquire(client=core.id, id=self.id, names=self.names, num_locks=num_locks, timeout=timeout)
-        reply = await self._request(core, msg, timeout)
+        reply = await _acquire_or_withdraw(core, msg, m.MultiLockRelease(client=core.id, id=self.id), timeout)
         return not isinstance(reply, m.PrimitiveTimedOut)
 
     def release(self) -> Any:
@@ -405,7 +425,8 @@ class Semaphore(_Primitive):
         except Exception:  # noqa: BLE001 - not in a task
             pass
         msg = m.SemaphoreAcquire(client=core.id, name=self.name, lease_id=lease_id, timeout=timeout, worker=worker)
-        reply = await self._request(core, msg, timeout)
+        withdraw = m.SemaphoreRelease(client=core.id, name=self.name, lease_id=lease_id)
+        reply = await _acquire_or_withdraw(core, msg, withdraw, timeout)
         if isinstance(reply, m.PrimitiveTimedOut):
             return False
         self._leases.append(lease_id)

@@ -757,6 +757,15 @@ class SubscribeGet(Message):
     timeout: float | None = None
 
 
+@message("keys-received")
+class KeysReceived(Message):
+    """The client now has futures for keys a primitive handed it, and has
+    said so on its stream: the scheduler may drop its own hold on them."""
+
+    client: str
+    keys: list[str]
+
+
 @message("dataset-publish")
 class DatasetPublish(Message):
     client: str

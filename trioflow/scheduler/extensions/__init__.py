@@ -66,6 +66,11 @@ class Primitives:
             raise ExtensionError(f"no extension handles {type(event).__name__}")
         return ext.handle(event, now)
 
+    def abandon(self, event: Any, now: float) -> list[Any]:
+        """Undo what an undelivered answer to ``event`` granted."""
+        ext = self._owner.get(type(event).__name__)
+        return [] if ext is None else ext.abandon(event, now)
+
     def cancel(self, request: int) -> list[Any]:
         out: list[Any] = []
         for ext in self.all:

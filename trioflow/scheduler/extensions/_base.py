@@ -220,6 +220,8 @@ class Extension:
         is due)."""
         out: list[Any] = []
         for request in self.waiters.expired(now):
+            if request not in self.waiters.names:
+                continue  # granted as an earlier one was withdrawn
             self._withdraw(request, out)
             out.append(Reply(request, TIMED_OUT))
         return out
@@ -245,6 +247,16 @@ class Extension:
     def remove_worker(self, worker: str, now: float) -> list[Any]:
         """The worker left (a client inside it is removed on its own)."""
         return []
+
+    def abandon(self, event: Any, now: float) -> list[Any]:
+        """The answer to ``event`` could not be delivered (the asker hung up
+        as it was sent): undo what it granted, if anything."""
+        out: list[Any] = []
+        self._abandon(event, now, out)
+        return out
+
+    def _abandon(self, event: Any, now: float, out: list[Any]) -> None:
+        pass
 
     def _withdraw(self, request: int, out: list[Any]) -> None:
         self.waiters.remove(request)

@@ -62,9 +62,16 @@ class LockExtension(Extension):
 
     def _on_LockRelease(self, ev: LockRelease, now: float, out: list[Any]) -> None:
         holder = self.holders.get(ev.name)
-        if holder is None or holder[0] != ev.id:
-            raise ExtensionError(f"lock {ev.name!r} is not held by this Lock instance")
-        self._release(ev.name, out)
+        if holder is not None and holder[0] == ev.id:
+            self._release(ev.name, out)
+        else:
+            # An acquirer that gave up releases to withdraw its wait: its
+            # release may overtake the news of its hang-up.
+            waiting = [w for w in self.waiters.queue(ev.name) if w.data == ev.id]
+            if not waiting:
+                raise ExtensionError(f"lock {ev.name!r} is not held by this Lock instance")
+            self.waiters.remove(waiting[0].request)
+            out.append(Reply(waiting[0].request, TIMED_OUT))
         out.append(Reply(ev.request, None))
 
     def _on_LockLocked(self, ev: LockLocked, now: float, out: list[Any]) -> None:
@@ -76,6 +83,10 @@ class LockExtension(Extension):
             w = self.waiters.pop_first(name)
             self.holders[name] = (w.data, w.client)
             out.append(Reply(w.request, True))
+
+    def _abandon(self, ev: Any, now: float, out: list[Any]) -> None:
+        if type(ev) is LockAcquire and self.holders.get(ev.name, ("",))[0] == ev.id:
+            self._release(ev.name, out)
 
     def _client_gone(self, client: str, now: float, out: list[Any]) -> None:
         for name, (_, c) in list(self.holders.items()):

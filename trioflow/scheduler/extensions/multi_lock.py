@@ -84,11 +84,15 @@ class MultiLockExtension(Extension):
         if not q:
             del self.queues[name]
 
-    def _drop(self, id: str, out: list[Any]) -> None:
+    def _drop(self, id: str, out: list[Any], regrant: bool = True) -> None:
         names, _, _ = self.requests.pop(id)
         self.held.discard(id)
         for name in names:
             self._leave(name, id)
+        if regrant:
+            self._regrant(out)
+
+    def _regrant(self, out: list[Any]) -> None:
         # Anyone waiting may have moved up, and a grant (leaving the queues
         # where it was not first) may move up others: until nothing moves.
         moved = True
@@ -102,9 +106,14 @@ class MultiLockExtension(Extension):
                     moved = True
 
     def _on_MultiLockRelease(self, ev: MultiLockRelease, now: float, out: list[Any]) -> None:
-        if ev.id not in self.held:
+        if ev.id in self.request_of:  # an acquirer that gave up withdraws its wait
+            request = self.request_of[ev.id]
+            self._withdraw(request, out)
+            out.append(Reply(request, TIMED_OUT))
+        elif ev.id in self.held:
+            self._drop(ev.id, out)
+        else:
             raise ExtensionError(f"multi-lock {ev.id!r} is not held")
-        self._drop(ev.id, out)
         out.append(Reply(ev.request, None))
 
     def _withdraw(self, request: int, out: list[Any]) -> None:
@@ -114,10 +123,22 @@ class MultiLockExtension(Extension):
             del self.request_of[id]
             self._drop(id, out)
 
-    def _client_gone(self, client: str, now: float, out: list[Any]) -> None:
+    def _abandon(self, ev: Any, now: float, out: list[Any]) -> None:
+        if type(ev) is MultiLockAcquire and ev.id in self.held:
+            self._drop(ev.id, out)
+
+    def remove_client(self, client: str, now: float) -> list[Any]:
+        # All of its requests go before anyone moves up: a grant must not go
+        # to one of its own waits, withdrawn a moment later.
+        out: list[Any] = []
+        for request in self.waiters.of_client(client):
+            _, w = self.waiters.remove(request)  # type: ignore[misc]
+            del self.request_of[w.data]
+            self._drop(w.data, out, regrant=False)
         for id in [i for i in self.held if self.requests[i][2] == client]:
-            if id in self.requests:
-                self._drop(id, out)
+            self._drop(id, out, regrant=False)
+        self._regrant(out)
+        return out
 
     def validate(self) -> None:
         super().validate()

@@ -132,6 +132,11 @@ class SemaphoreExtension(Extension):
     def _on_SemaphoreRelease(self, ev: SemaphoreRelease, now: float, out: list[Any]) -> None:
         s = self._sem(ev.name)
         held = s.leases.pop(ev.lease_id, None) is not None
+        for w in self.waiters.queue(ev.name):
+            if w.data[0] == ev.lease_id:  # an acquirer that gave up withdraws its wait
+                self.waiters.remove(w.request)
+                out.append(Reply(w.request, TIMED_OUT))
+                break
         self._grant(ev.name, now, out)
         out.append(Reply(ev.request, held))
 
@@ -188,8 +193,19 @@ class SemaphoreExtension(Extension):
     def remove_worker(self, worker: str, now: float) -> list[Any]:
         out: list[Any] = []
         if worker:
+            # Its waiting acquirers first: the leases freed must not go to them.
+            for name in list(self.waiters.by_name):
+                for w in list(self.waiters.queue(name)):
+                    if w.data[1] == worker:
+                        self.waiters.remove(w.request)
+                        out.append(Reply(w.request, ExtensionError(f"worker {worker} left")))
             self._expire(now, out, lambda lease: lease.worker == worker)
         return out
+
+    def _abandon(self, ev: Any, now: float, out: list[Any]) -> None:
+        s = self.sems.get(ev.name) if type(ev) is SemaphoreAcquire else None
+        if s is not None and s.leases.pop(ev.lease_id, None) is not None:
+            self._grant(ev.name, now, out)
 
     def _client_gone(self, client: str, now: float, out: list[Any]) -> None:
         for name, s in list(self.sems.items()):

@@ -53,6 +53,9 @@ __all__ = ["HANDLED", "PRIMITIVES", "PrimitivesServer"]
 
 #: Pseudo-client that wants the keys primitives keep.
 PRIMITIVES = "primitives"
+#: How long a request naming futures the scheduler does not know yet waits
+#: for their graph (sent on the client's stream) to arrive.
+KNOWN_KEYS_WAIT = 2.0
 
 
 def _item(msg: Any) -> Item:
@@ -104,7 +107,10 @@ _TABLE: dict[type, tuple[Callable[[int, Any], Any], str]] = {
 }
 
 #: The request classes :class:`PrimitivesServer` answers.
-HANDLED: frozenset[type] = frozenset(_TABLE)
+HANDLED: frozenset[type] = frozenset(_TABLE) | {m.KeysReceived}
+#: How long the hold on keys handed to a client lasts at most without its
+#: KeysReceived being borne out by its stream.
+TRANSIT_WAIT = 10.0
 
 
 def _reply(value: Any, kind: str) -> m.Message:
@@ -144,32 +150,55 @@ class PrimitivesServer:
         self.scheduler = scheduler
         self.prims = Primitives(lease_timeout=lease_timeout)
         self._slots: dict[int, _Slot] = {}
+        #: Keys handed to a client and still held for it until its stream
+        #: says it wants them: client -> key -> count.
+        self._transit: dict[str, dict[str, int]] = {}
         self._next = 0
         self._wakeup = trio.Event()
 
     # ------------------------------------------------------------ server hooks
 
-    async def handle(self, comm: Comm, msg: m.Message) -> m.Message:
-        """Answer one primitive request (waiting if it has to)."""
+    async def serve_request(self, comm: Comm, msg: m.Message) -> None:
+        """Answer one primitive request on ``comm`` (waiting if it has to).
+
+        If the answer cannot be delivered (the asker hung up), what it
+        granted (a lock, a lease) is given back.
+
+        Raises:
+            CommClosedError: the connection is closed.
+        """
+        if type(msg) is m.KeysReceived:
+            await self._keys_received(msg)
+            await comm.send(m.Ok())
+            return
         factory, kind = _TABLE[type(msg)]
+        keys = getattr(msg, "keys", None)
+        if keys:
+            await self._until_known(keys)
         self._next += 1
         request = self._next
+        event = factory(request, msg)
         slot = self._slots[request] = _Slot(msg.client, kind)  # type: ignore[attr-defined]
         try:
             try:
-                self._apply(self.prims.handle(factory(request, msg), trio.current_time()))
+                self._apply(self.prims.handle(event, trio.current_time()))
             except ExtensionError as exc:
-                return m.ErrorReply(message=str(exc))
+                slot.reply = m.ErrorReply(message=str(exc))
             if slot.reply is None:
                 self._wakeup.set()  # a new deadline, maybe
                 await self._wait(comm, request, slot)
-            assert slot.reply is not None
-            return slot.reply
         finally:
             del self._slots[request]
+        assert slot.reply is not None
+        try:
+            await comm.send(slot.reply)
+        except CommClosedError:
+            self._apply(self.prims.abandon(event, trio.current_time()))
+            raise
 
     def remove_client(self, client: str) -> None:
         self._apply(self.prims.remove_client(client, trio.current_time()))
+        self._end_transit(client, list(self._transit.get(client, {})))
 
     def remove_worker(self, worker: str) -> None:
         self._apply(self.prims.remove_worker(worker, trio.current_time()))
@@ -186,6 +215,19 @@ class PrimitivesServer:
                 self._apply(self.prims.tick(now))
 
     # ------------------------------------------------------------ internals
+
+    async def _until_known(self, keys: list[str]) -> None:
+        """Wait (briefly) until the scheduler knows ``keys``.
+
+        The client sends a future's graph on its stream and the request
+        naming it on another connection: the request can overtake the
+        graph.  Holding an unknown key would silently hold nothing, and the
+        key would be forgotten when the client drops its future.
+        """
+        tasks = self.scheduler.state.tasks
+        with trio.move_on_after(KNOWN_KEYS_WAIT):
+            while not all(k in tasks for k in keys):
+                await trio.sleep(0.002)
 
     async def _wait(self, comm: Comm, request: int, slot: _Slot) -> None:
         async def watch(cancel_scope: trio.CancelScope) -> None:
@@ -220,14 +262,60 @@ class PrimitivesServer:
                 continue
             value = r.value
             keys = [k for it in (value if isinstance(value, list) else [value]) if isinstance(it, Item) for k in it.keys]
-            if keys:
-                self._want(slot.client, keys)
+            if keys and slot.client in self.scheduler.state.clients:
+                # Held for the receiver until it says it wants them (see
+                # KeysReceived): wanting them on its behalf now could be
+                # undone by a release of an older future of the same key
+                # still in flight on its stream.
+                t = self._transit.setdefault(slot.client, {})
+                for k in keys:
+                    t[k] = t.get(k, 0) + 1
             slot.reply = _reply(value, slot.kind)
             slot.done.set()
         if unholds:
-            keys = [k for u in unholds for k in u.keys if k in self.scheduler.state.tasks]
-            if keys and PRIMITIVES in self.scheduler.state.clients:
-                self.scheduler._handle(ss.ReleaseKeysEvent(client=PRIMITIVES, keys=keys))
+            self._release([k for u in unholds for k in u.keys])
+
+    def _release(self, keys: list[str]) -> None:
+        """Drop the PRIMITIVES want of ``keys`` no extension nor transit holds."""
+        in_transit = {k for t in self._transit.values() for k in t}
+        state = self.scheduler.state
+        keys = [k for k in keys if k in state.tasks and k not in self.prims.holds.counts and k not in in_transit]
+        if keys and PRIMITIVES in state.clients:
+            self.scheduler._handle(ss.ReleaseKeysEvent(client=PRIMITIVES, keys=keys))
+
+    def _end_transit(self, client: str, keys: list[str]) -> None:
+        t = self._transit.get(client)
+        if t is None:
+            return
+        done = []
+        for k in keys:
+            n = t.get(k, 0) - 1
+            if n > 0:
+                t[k] = n
+            elif k in t:
+                del t[k]
+                done.append(k)
+        if not t:
+            del self._transit[client]
+        self._release(done)
+
+    async def _keys_received(self, msg: m.KeysReceived) -> None:
+        """Wait until the client's stream has told the scheduler it wants
+        ``msg.keys`` (or they are gone), then drop the transit hold."""
+        state = self.scheduler.state
+
+        def settled() -> bool:
+            cs = state.clients.get(msg.client)
+            if cs is None:
+                return True
+            return all(k not in state.tasks or state.tasks[k] in cs.wants_what for k in msg.keys)
+
+        try:
+            with trio.move_on_after(TRANSIT_WAIT):
+                while not settled():
+                    await trio.sleep(0.002)
+        finally:
+            self._end_transit(msg.client, msg.keys)
 
     def _want(self, client: str, keys: list[str]) -> None:
         state = self.scheduler.state
