@@ -273,8 +273,15 @@ class Scheduler:
                     return
             handler = self._request_handlers.get(type(msg))
             if type(msg) in PRIMITIVE_REQUESTS:
-                reply = await self.primitives.handle(comm, msg)
-            elif handler is None:
+                # It answers on comm itself (and takes back what an
+                # undeliverable answer granted).
+                try:
+                    await self.primitives.serve_request(comm, msg)
+                except CommClosedError:
+                    return
+                msg = None
+                continue
+            if handler is None:
                 reply: m.Message = m.ErrorReply(message=f"the scheduler does not serve {msg.op!r} requests on this connection")
             else:
                 try:
