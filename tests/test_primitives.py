@@ -285,3 +285,29 @@ def test_executor_works_with_concurrent_futures(cluster: LocalCluster) -> None:
         assert last.done() and last.result() == 11  # shutdown(wait=True) waited
         with pytest.raises(RuntimeError):
             ex.submit(inc, 1)
+
+
+def put_in_queue(x: int, q: Queue) -> int:
+    q.put(x * 10)
+    return x
+
+
+def test_tasks_feed_a_queue(cluster: LocalCluster) -> None:
+    # Tasks use the primitives they were given (pickled by name) through the
+    # default client, as in-process workers share this process.
+    with Client(cluster) as c:
+        q = Queue("results")
+        futures = c.map(put_in_queue, range(6), q=q)
+        c.gather(futures)
+        assert sorted(q.get(timeout=10, batch=6)) == [0, 10, 20, 30, 40, 50]
+        assert q.qsize() == 0
+
+
+def test_executor_shutdown_cancels_pending_futures(cluster: LocalCluster) -> None:
+    with Client(cluster) as c:
+        ev = Event("hold")
+        ex = c.get_executor()
+        blocked = [ex.submit(ev.wait, 30) for _ in range(4)]
+        ex.shutdown(wait=True, cancel_futures=True)
+        assert all(f.done() for f in blocked)
+        ev.set()

@@ -529,7 +529,13 @@ class Sub(_Primitive):
         super().__init__(name, client)
         self.id = uuid.uuid4().hex
         self._registered: Any = None
-        core = self._core()
+        # A blocking client subscribes now, so nothing published from here on
+        # is missed; Trio code (and an object unpickled where no client runs
+        # yet) subscribes at the first get.
+        try:
+            core = self._core()
+        except ValueError:
+            return
         if core._portal is not None and not _in_trio():
             self._call(self._register)
 
