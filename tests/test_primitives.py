@@ -311,3 +311,28 @@ def test_executor_shutdown_cancels_pending_futures(cluster: LocalCluster) -> Non
         ex.shutdown(wait=True, cancel_futures=True)
         assert all(f.done() for f in blocked)
         ev.set()
+
+
+async def test_unrenewed_lease_expires_on_the_scheduler_clock(autojump_clock: Any) -> None:
+    # A holder that stops renewing (hung, or its refresh cannot get through)
+    # loses its lease after the lease timeout, measured on the Trio clock.
+    from trioflow.client import primitives
+
+    with trio.fail_after(300):
+        async with open_cluster(n_workers=0) as cluster, open_client(cluster) as a, open_client(cluster) as b:
+            sa = Semaphore(max_leases=1, name="s", client=a)
+            assert await sa.acquire()
+            sa._leases.clear()  # stops its renewals, as a hung holder would
+            sb = Semaphore(max_leases=1, name="s", client=b)
+            # Nobody waits: the scheduler's deadline loop must expire it alone
+            # (virtual time: the clock jumps).
+            await trio.sleep(20)
+            assert await sb.get_value() == 1
+            await trio.sleep(15)
+            assert await sb.get_value() == 0
+            assert await sb.acquire(timeout=0)
+            # And while someone waits.
+            sb._leases.clear()
+            start = trio.current_time()
+            assert await sa.acquire(timeout=100)
+            assert 25 < trio.current_time() - start < 30 + primitives.LEASE_REFRESH_INTERVAL

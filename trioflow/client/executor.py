@@ -51,8 +51,11 @@ class ClientExecutor(cf.Executor):
             if cff.done():
                 return
             st = f._state
-            if st.status == "finished":
-                f.client._nursery.start_soon(self._fetch, f, cff)
+            nursery = f.client._nursery
+            if st.status == "finished" and nursery is not None:
+                nursery.start_soon(self._fetch, f, cff)
+            elif st.status == "finished":
+                cff.set_exception(RuntimeError("the client closed before the result was fetched"))
             elif st.status == "cancelled":
                 cff.set_exception(CancelledError(f.key))
             else:

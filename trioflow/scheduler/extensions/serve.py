@@ -184,8 +184,9 @@ class PrimitivesServer:
                 self._apply(self.prims.handle(event, trio.current_time()))
             except ExtensionError as exc:
                 slot.reply = m.ErrorReply(message=str(exc))
+            # A new deadline maybe (a wait, or a lease granted at once).
+            self._wakeup.set()
             if slot.reply is None:
-                self._wakeup.set()  # a new deadline, maybe
                 await self._wait(comm, request, slot)
         finally:
             del self._slots[request]
