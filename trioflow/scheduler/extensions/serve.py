@@ -7,9 +7,14 @@ The scheduler server hands every primitive request (a message class in
 connection it came on.  The request becomes an extension event with a fresh
 request number; the instructions the extensions return are carried out in
 three passes: :class:`Hold` first (pseudo-client ``PRIMITIVES`` wants the
-keys), then replies (a reply carrying future keys first makes the receiving
-client want them, so they survive the :class:`Unhold` that may come with
-it), then :class:`Unhold`.
+keys), then replies, then :class:`Unhold`.  Keys handed to a client in a
+reply stay held *in transit* until the client's ``KeysReceived`` shows its
+stream wants them (the stream may still carry a release of an older future
+of the same key, which would undo a want the scheduler set on its behalf),
+or until the client leaves.
+
+Requests naming futures wait (briefly) until the scheduler knows them: the
+client's graph travels on its stream and can be overtaken by the request.
 
 A request that has to wait parks a slot; a deadline loop (:meth:`run`)
 calls ``tick`` when the earliest deadline comes.  While a request waits,
@@ -199,7 +204,9 @@ class PrimitivesServer:
 
     def remove_client(self, client: str) -> None:
         self._apply(self.prims.remove_client(client, trio.current_time()))
-        self._end_transit(client, list(self._transit.get(client, {})))
+        gone = self._transit.pop(client, None)
+        if gone:
+            self._release(list(gone))
 
     def remove_worker(self, worker: str) -> None:
         self._apply(self.prims.remove_worker(worker, trio.current_time()))
