@@ -505,7 +505,9 @@ class Pub(_Primitive):
 
     _prefix = "topic"
 
-    def __init__(self, name: str | None = None, client: Any = None) -> None:
+    def __init__(self, name: str | None = None, worker: Any = None, client: Any = None) -> None:
+        # ``worker`` is dask's second argument; here a task's messages go
+        # through its client like everyone's, so it is not needed.
         super().__init__(name, client)
 
     def put(self, msg: Any) -> Any:
@@ -525,7 +527,7 @@ class Sub(_Primitive):
 
     _prefix = "topic"
 
-    def __init__(self, name: str | None = None, client: Any = None) -> None:
+    def __init__(self, name: str | None = None, worker: Any = None, client: Any = None) -> None:
         super().__init__(name, client)
         self.id = uuid.uuid4().hex
         self._registered: Any = None
