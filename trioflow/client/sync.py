@@ -32,6 +32,7 @@ import sniffio
 
 from .bridge import SystemTaskHost, ThreadHost
 from .core import AsyncClient, open_client
+from .datasets import DatasetsMixin
 from .futures import Future
 
 logger = logging.getLogger("trioflow.client")
@@ -49,7 +50,7 @@ def default_client() -> Client:
     raise ValueError("no trioflow Client is running")
 
 
-class Client:
+class Client(DatasetsMixin):
     """Connect to a trioflow scheduler (dask-compatible).
 
     ``Client("tcp://host:8786")``, ``Client(cluster)``, or

@@ -53,6 +53,8 @@ from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
 from . import state as ss
+from .extensions.serve import HANDLED as PRIMITIVE_REQUESTS
+from .extensions.serve import PrimitivesServer
 from .taskstream import TaskStream
 
 logger = logging.getLogger("trioflow.scheduler")
@@ -140,6 +142,7 @@ class Scheduler:
             m.RetireWorkers: self._retire_workers,
             m.Restart: self._restart,
         }
+        self.primitives = PrimitivesServer(self)
         self._build_dispatch_tables()
 
     async def __aenter__(self) -> Scheduler:
@@ -208,6 +211,7 @@ class Scheduler:
                     port = await nursery.start(serve_dashboard, self, self.dashboard_address)
                     self.services["dashboard"] = port
                 nursery.start_soon(self._liveness_loop)
+                nursery.start_soon(self.primitives.run)
                 self._write_scheduler_file()
                 self.status = Status.running
                 task_status.started(self)
@@ -283,6 +287,10 @@ class Scheduler:
         instructions = self.state.handle(event, trio.current_time())
         self.events_handled += 1
         self._dispatch(instructions)
+        if type(event) is ss.RemoveClientEvent:
+            self.primitives.remove_client(event.client)
+        elif type(event) is ss.RemoveWorkerEvent:
+            self.primitives.remove_worker(event.address)
 
     def _dispatch(self, instructions: list[Any]) -> None:
         workers = self.worker_streams
@@ -371,6 +379,15 @@ class Scheduler:
                     msg = await comm.recv()
                 except CommClosedError:
                     return
+            if type(msg) in PRIMITIVE_REQUESTS:
+                # It answers on comm itself (and takes back what an
+                # undeliverable answer granted).
+                try:
+                    await self.primitives.serve_request(comm, msg)
+                except CommClosedError:
+                    return
+                msg = None
+                continue
             handler = self._request_handlers.get(type(msg))
             if handler is None:
                 reply: m.Message = m.ErrorReply(message=f"the scheduler does not serve {msg.op!r} requests on this connection")
