@@ -14,6 +14,8 @@ The client is split by concern; each part is a mixin of this class:
 - :mod:`.graphs`: dask graphs and collections (``get``, ``compute``, ``persist``);
 - :mod:`.data`: results, ``gather``, ``scatter``;
 - :mod:`.admin`: cluster administration and diagnostics;
+- :mod:`.cluster`: more of it (run_on_scheduler, replicate, upload_file, ...);
+- :mod:`.logs`: the scheduler's and workers' logs, ``forward_logging``;
 - :mod:`.bridge`: running the client for asyncio (and any Trio) callers.
 
 ``open_client`` runs the client in the caller's Trio loop; the blocking
@@ -39,9 +41,11 @@ from ..protocol import messages as m
 from ..scheduler_file import wait_for_scheduler_file
 from .admin import AdminMixin
 from .bridge import run_in_portal
+from .cluster import ClusterMixin
 from .data import DataMixin
 from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
+from .logs import LogsMixin
 from .submit import SubmitMixin, funcname
 
 logger = logging.getLogger("trioflow.client")
@@ -49,7 +53,7 @@ logger = logging.getLogger("trioflow.client")
 __all__ = ["AsyncClient", "funcname", "open_client"]
 
 
-class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin):
+class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, LogsMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:
@@ -84,6 +88,8 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin):
         self.reconnect = True
         #: Set by :meth:`shutdown`: the scheduler's going away is then expected.
         self._shutdown_requested = False
+        #: (logger name, level) -> the scope of its forward_logging poll.
+        self._forwarding: dict[Any, trio.CancelScope] = {}
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.id} scheduler={self.scheduler_address} status={self.status}>"
