@@ -48,6 +48,7 @@ from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
 from . import state as ss
+from .admin import SchedulerAdmin
 from .taskstream import TaskStream
 
 logger = logging.getLogger("trioflow.scheduler")
@@ -132,6 +133,8 @@ class Scheduler:
             m.RetireWorkers: self._retire_workers,
             m.Restart: self._restart,
         }
+        self.admin = SchedulerAdmin(self)
+        self._request_handlers.update(self.admin.handlers())
 
     async def __aenter__(self) -> Scheduler:
         """``async with Scheduler(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
@@ -332,6 +335,7 @@ class Scheduler:
             services=reg.services,
             nbytes=reg.nbytes,
         )
+        await self.admin.worker_joining(address)
         try:
             instructions = self.state.handle(event, trio.current_time())
         except ss.InvalidEvent as exc:
