@@ -7,6 +7,10 @@ where dask has them, so switching is a change of import.
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+from .logs import install as _install_log_ring
+
+# Every trioflow process keeps its recent log lines (get_worker_logs & co).
+_install_log_ring()
 
 # Names load on first use (PEP 562): a worker process never pays for the
 # client, the local-cluster code or anyio, which keeps its start-up time and
@@ -30,6 +34,7 @@ _LAZY = {
     "default_client": "client",
     "fire_and_forget": "client",
     "futures_of": "client",
+    "get_client": "client",
     "open_client": "client",
     "wait": "client",
     "LocalCluster": "deploy",
@@ -52,6 +57,7 @@ if TYPE_CHECKING:
         default_client,
         fire_and_forget,
         futures_of,
+        get_client,
         open_client,
         wait,
     )
@@ -116,6 +122,7 @@ __all__ = [
     "default_client",
     "fire_and_forget",
     "futures_of",
+    "get_client",
     "get_worker",
     "open_client",
     "open_cluster",

@@ -90,21 +90,21 @@ class AdminMixin(ClientParts):
         except _RemoteError as exc:
             raise RuntimeError(str(exc)) from None
 
-    async def who_has(self, futures: Any = None, workers: Any = None) -> dict[str, tuple[str, ...]]:
+    async def who_has(self, futures: Any = None, workers: Any = None) -> dict[str, list[str]]:
         """``{key: workers holding it}`` for ``futures`` (all keys if None);
         only holders among ``workers`` when given."""
         keys = None if futures is None else [f.key for f in _flatten_futures(futures)]
         reply = await self._rpc(m.WhoHas(keys=keys), m.WhoHasReply)
         if workers is None:
-            return {k: tuple(v) for k, v in reply.who_has.items()}
+            return dict(reply.who_has)
         wanted = await self._worker_addresses(workers)
-        return {k: tuple(a for a in v if a in wanted) for k, v in reply.who_has.items()}
+        return {k: [a for a in v if a in wanted] for k, v in reply.who_has.items()}
 
-    async def has_what(self, workers: Any = None) -> dict[str, tuple[str, ...]]:
+    async def has_what(self, workers: Any = None) -> dict[str, list[str]]:
         """``{worker: keys it holds}`` (every worker, or ``workers``)."""
         ws = [workers] if isinstance(workers, str) else (list(workers) if workers is not None else None)
         reply = await self._rpc(m.HasWhat(workers=ws), m.HasWhatReply)
-        return {a: tuple(v) for a, v in reply.has_what.items()}
+        return dict(reply.has_what)
 
     async def _worker_addresses(self, workers: Any) -> set[str]:
         """The addresses of ``workers`` (addresses or names)."""

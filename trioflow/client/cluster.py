@@ -77,11 +77,10 @@ class ClusterMixin(ClientParts):
 
     # ------------------------------------------------------------ what is where
 
-    async def processing(self, workers: Any = None) -> dict[str, tuple[str, ...]]:
+    async def processing(self, workers: Any = None) -> dict[str, list[str]]:
         """``{worker: keys it is running or has queued}``."""
         ws = None if workers is None else ([workers] if isinstance(workers, str) else list(workers))
-        out = await self._query("processing", workers=ws)
-        return {a: tuple(ks) for a, ks in out.items()}
+        return await self._query("processing", workers=ws)  # type: ignore[no-any-return]
 
     async def nbytes(self, keys: Any = None, summary: bool = True) -> dict[str, int]:
         """Bytes of each key in memory; ``summary=True`` sums them per key

@@ -47,6 +47,7 @@ from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
 from .logs import LogsMixin
 from .submit import SubmitMixin, funcname
+from .tracebacks import is_remote, with_remote_traceback
 
 logger = logging.getLogger("trioflow.client")
 
@@ -291,7 +292,13 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, 
 
     def _sync_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` in the client's loop from a blocking thread."""
-        return self._portal.call(fn, *args)
+        try:
+            return self._portal.call(fn, *args)
+        except Exception as exc:
+            if is_remote(exc):
+                # A task's error: show its frames, not the portal's.
+                raise with_remote_traceback(exc) from exc.__cause__
+            raise
 
     # ------------------------------------------------------------ reaching the host loop (see .bridge)
 
@@ -318,7 +325,12 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, 
             return await fn(*args)
         if self._portal is None:
             raise RuntimeError("this client runs in another Trio loop; use it from that loop")
-        return await run_in_portal(self._portal, fn, *args)
+        try:
+            return await run_in_portal(self._portal, fn, *args)
+        except Exception as exc:
+            if is_remote(exc):
+                raise with_remote_traceback(exc) from exc.__cause__
+            raise
 
     def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run the plain function ``fn(*args)`` in the client's loop: now if
