@@ -1,0 +1,489 @@
+"""The dask ``Client`` methods and arguments (issue #16 item 4), against
+in-process clusters: the blocking ``Client`` with a ``LocalCluster``, and the
+asynchronous one (``Client(asynchronous=True)`` under Trio and asyncio).
+
+Task functions are at module level so they pickle by reference; tasks that
+must stay running wait on ``_gate`` (bounded), which every test opens
+before its cluster closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gzip
+import importlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgpack
+import pytest
+import yaml
+
+import trioflow
+from trioflow import CancelledError, Client, LocalCluster, as_completed, default_client, get_client, get_worker, wait
+from trioflow.durations import parse_timedelta
+
+# ---------------------------------------------------------------- task functions
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+class Boom(Exception):
+    pass
+
+
+def fail(x: Any = None) -> Any:
+    raise Boom(f"boom {x}")
+
+
+_gate = threading.Event()
+
+
+def blocked(x: Any = None) -> Any:
+    _gate.wait(10)
+    return x
+
+
+_flaky_calls: list[int] = []
+
+
+def flaky(x: int) -> int:
+    """Fails on its first call, succeeds after."""
+    _flaky_calls.append(x)
+    if len(_flaky_calls) == 1:
+        raise Boom("first try")
+    return x * 10
+
+
+def scheduler_address_of(dask_scheduler: Any) -> str:
+    return dask_scheduler.address  # type: ignore[no-any-return]
+
+
+async def async_double(x: int) -> int:
+    await asyncio.sleep(0)
+    return 2 * x
+
+
+def worker_name_of(dask_worker: Any) -> str:
+    return dask_worker.name  # type: ignore[no-any-return]
+
+
+_ran = threading.Event()
+
+
+def set_ran() -> None:
+    _ran.set()
+
+
+def log_on_task(message: str) -> int:
+    logging.getLogger("user.tasks").warning(message)
+    return 1
+
+
+def wait_until(predicate: Any, timeout: float = 5, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    _gate.clear()
+    with LocalCluster(n_workers=2, threads_per_worker=1) as cluster:
+        try:
+            yield cluster
+        finally:
+            _gate.set()
+
+
+@pytest.fixture
+def client(cluster: LocalCluster) -> Iterator[Client]:
+    with Client(cluster) as client:
+        yield client
+
+
+# ---------------------------------------------------------------- durations
+
+
+def test_parse_timedelta() -> None:
+    assert parse_timedelta("10 ms") == pytest.approx(0.01)
+    assert parse_timedelta("2s") == 2.0
+    assert parse_timedelta("1.5 minutes") == 90.0
+    assert parse_timedelta("3") == 3.0
+    assert parse_timedelta(4) == 4.0
+    assert parse_timedelta(5, "ms") == pytest.approx(0.005)
+    assert parse_timedelta(datetime.timedelta(hours=1)) == 3600.0
+    assert parse_timedelta(None) is None
+    with pytest.raises(ValueError, match="unit"):
+        parse_timedelta("3 parsecs")
+    with pytest.raises(ValueError):
+        parse_timedelta("soon")
+    with pytest.raises(TypeError):
+        parse_timedelta([1])
+
+
+def test_duration_strings_as_timeouts(client: Client) -> None:
+    f = client.submit(blocked, 1)
+    with pytest.raises(TimeoutError):
+        f.result(timeout="10 ms")
+    with pytest.raises(TimeoutError):
+        f.exception(timeout="10ms")
+    with pytest.raises(TimeoutError):
+        wait([f], timeout="10 ms")
+    with pytest.raises(TimeoutError):
+        f.traceback(timeout="10ms")
+    _gate.set()
+    assert f.result(timeout="5s") == 1
+    client.wait_for_workers(2, timeout="5 s")
+
+
+# ---------------------------------------------------------------- running code
+
+
+def test_run_on_scheduler(client: Client, cluster: LocalCluster) -> None:
+    assert client.run_on_scheduler(scheduler_address_of) == cluster.scheduler_address
+    assert client.run_on_scheduler(async_double, 21) == 42
+    assert client.run_on_scheduler(add, 1, y=2) == 3
+    with pytest.raises(Boom, match="boom s"):
+        client.run_on_scheduler(fail, "s")
+    with pytest.raises(TypeError):
+        client.run_on_scheduler(42)  # type: ignore[arg-type]
+
+
+def test_run_wait_false_coroutines_and_dask_worker(client: Client, cluster: LocalCluster) -> None:
+    _ran.clear()
+    assert client.run(set_ran, wait=False) is None
+    assert _ran.wait(5)
+    out = client.run(async_double, 4)
+    assert out == {w.address: 8 for w in cluster.workers}
+    names = client.run(worker_name_of)
+    assert sorted(names.values()) == sorted(w.name for w in cluster.workers)
+    errors = client.run(fail, 1, on_error="return")
+    assert all(isinstance(e, Boom) for e in errors.values()) and len(errors) == 2
+    assert client.run(fail, 1, on_error="ignore") == {}
+    with pytest.raises(Boom):
+        client.run(fail, 1)
+    with pytest.raises(ValueError):
+        client.run(inc, 1, on_error="sometimes")
+
+
+# ---------------------------------------------------------------- upload_file
+
+
+def test_upload_file_py_and_zip_reach_new_workers(client: Client, cluster: LocalCluster, tmp_path: Path) -> None:
+    name = f"tf_upload_mod_{os.getpid()}"
+    zname = f"tf_zipped_mod_{os.getpid()}"
+    src = tmp_path / f"{name}.py"
+    src.write_text("def value():\n    return 17\n")
+    archive = tmp_path / "pkg.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(f"{zname}.py", "def value():\n    return 23\n")
+    before = list(sys.path)
+    try:
+        client.upload_file(str(src))
+        client.upload_file(str(archive))
+        results = client.run(lambda: (importlib.import_module(name).value(), importlib.import_module(zname).value()))
+        assert set(results.values()) == {(17, 23)}
+        cluster.scale(3)
+        client.wait_for_workers(3, timeout=10)
+        newest = cluster.workers[-1].address
+        f = client.submit(lambda: importlib.import_module(name).value(), workers=[newest], pure=False)
+        assert f.result(timeout=5) == 17
+        # an upload that fails to import raises here
+        bad = tmp_path / f"tf_broken_{os.getpid()}.py"
+        bad.write_text("raise ValueError('broken module')\n")
+        with pytest.raises(RuntimeError, match="broken module"):
+            client.upload_file(str(bad))
+    finally:
+        sys.path[:] = before
+        for mod in (name, zname):
+            sys.modules.pop(mod, None)
+
+
+# ---------------------------------------------------------------- state and data placement
+
+
+def test_dump_cluster_state_msgpack_and_yaml(client: Client, tmp_path: Path) -> None:
+    f = client.submit(inc, 1)
+    assert f.result(timeout=5) == 2
+    base = str(tmp_path / "dump")
+    client.dump_cluster_state(base)
+    with gzip.open(base + ".msgpack.gz") as fh:
+        state = msgpack.unpackb(fh.read())
+    assert f.key in state["scheduler"]["tasks"]
+    assert len(state["workers"]) == 2
+    client.dump_cluster_state(base, format="yaml")
+    with open(base + ".yaml") as fh:
+        state = yaml.safe_load(fh)
+    assert state["scheduler"]["tasks"][f.key]["state"] == "memory"
+    with pytest.raises(ValueError, match="format"):
+        client.dump_cluster_state(base, format="xml")
+
+
+def test_processing_and_nbytes(client: Client) -> None:
+    f = client.submit(blocked, 1)
+    wait_until(lambda: any(f.key in ks for ks in client.processing().values()), what="processing")
+    _gate.set()
+    assert f.result(timeout=5) == 1
+    x = client.submit(inc, 1, key="inc-0123abcd")
+    y = client.submit(inc, 2, key="inc-4567abcd")
+    wait([x, y], timeout=5)
+    sizes = client.nbytes(summary=False)
+    assert sizes[x.key] > 0 and sizes[y.key] > 0
+    assert client.nbytes(keys=[x])["inc"] == sizes[x.key]
+    assert client.nbytes()["inc"] == sizes[x.key] + sizes[y.key]
+
+
+def test_replicate_and_rebalance(client: Client, cluster: LocalCluster) -> None:
+    a, b = (w.address for w in cluster.workers)
+    [x] = client.scatter([b"x" * 1000], workers=[a])
+    assert client.who_has([x])[x.key] == [a]
+    client.replicate([x])
+    assert sorted(client.who_has([x])[x.key]) == sorted([a, b])
+    assert client.who_has([x], workers=[b])[x.key] == [b]
+    data = client.scatter([bytes([i]) * 100_000 for i in range(6)], workers=[a])
+    client.rebalance(data)
+    held = client.has_what()
+    assert any(d.key in held[b] for d in data), held
+    assert any(d.key in held[a] for d in data), held
+    assert [bytes(v[:1]) for v in client.gather(data)] == [bytes([i]) for i in range(6)]
+
+
+def test_restart_workers_needs_a_nanny(client: Client, cluster: LocalCluster) -> None:
+    with pytest.raises(ValueError, match="nanny"):
+        client.restart_workers([cluster.workers[0].address])
+    with pytest.raises(ValueError, match="no worker"):
+        client.restart_workers(["tcp://127.0.0.1:1"])
+    with pytest.raises(TypeError):
+        client.restart_workers(cluster.workers[0].address)
+
+
+def test_versions_and_scheduler_file(client: Client, tmp_path: Path) -> None:
+    v = client.get_versions(check=True)
+    assert set(v) == {"scheduler", "workers", "client"}
+    assert v["client"]["packages"]["trioflow"] == v["scheduler"]["packages"]["trioflow"]
+    assert len(v["workers"]) == 2
+    path = str(tmp_path / "sched.json")
+    client.write_scheduler_file(path)
+    with open(path) as fh:
+        assert json.load(fh)["address"] == client.scheduler.address
+    with Client(scheduler_file=path) as other:
+        assert other.submit(inc, 2).result(timeout=5) == 3
+    with pytest.raises(ValueError, match="exists"):
+        client.write_scheduler_file(path)
+
+
+# ---------------------------------------------------------------- logs
+
+
+def test_scheduler_and_worker_logs(client: Client) -> None:
+    client.run_on_scheduler(lambda: logging.getLogger("trioflow.scheduler").warning("scheduler-marker-1"))
+    lines = client.get_scheduler_logs()
+    assert any("scheduler-marker-1" in line and level == "WARNING" for level, line in lines)
+    assert len(client.get_scheduler_logs(n=1)) == 1
+    client.run(lambda: logging.getLogger("trioflow.worker").warning("worker-marker-2"))
+    logs = client.get_worker_logs()
+    assert len(logs) == 2
+    assert all(any("worker-marker-2" in line for _, line in ls) for ls in logs.values())
+
+
+def test_forward_logging(client: Client) -> None:
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "worker", None):  # replayed by the client
+                seen.append(record)
+
+    h = Keep()
+    logger = logging.getLogger("user.tasks")
+    logger.addHandler(h)
+    try:
+        client.forward_logging("user.tasks", level=logging.WARNING)
+        assert client.submit(log_on_task, "hello from a task").result(timeout=5) == 1
+        wait_until(lambda: any(r.getMessage() == "hello from a task" for r in seen), what="forwarded record")
+        client.unforward_logging("user.tasks", level=logging.WARNING)
+    finally:
+        logger.removeHandler(h)
+
+
+# ---------------------------------------------------------------- errors: retry, recreate, tracebacks
+
+
+def test_future_retry_and_client_retry(client: Client) -> None:
+    _flaky_calls.clear()
+    f = client.submit(flaky, 4)
+    with pytest.raises(Boom):
+        f.result(timeout=5)
+    child = client.submit(inc, f)
+    with pytest.raises(Boom):
+        child.result(timeout=5)
+    f.retry()
+    assert f.result(timeout=5) == 40
+    client.retry([child])
+    assert child.result(timeout=5) == 41
+
+
+def test_recreate_locally(client: Client) -> None:
+    x = client.submit(inc, 1)
+    y = client.submit(add, x, 10)
+    assert client.recreate_task_locally(y) == 12
+    bad = client.submit(fail, x)
+    child = client.submit(inc, bad)
+    with pytest.raises(Boom, match="boom 2"):
+        client.recreate_error_locally(child)  # the failure is the dependency's
+    with pytest.raises(ValueError, match="did not fail"):
+        client.recreate_error_locally(y)
+
+
+def _our_frames(tb: Any) -> list[str]:
+    root = os.path.dirname(trioflow.__file__)
+    return [fr.filename for fr in traceback.extract_tb(tb) if fr.filename.startswith(root)]
+
+
+def test_task_traceback_shows_user_frames(client: Client) -> None:
+    f = client.submit(fail, 3)
+    with pytest.raises(Boom) as info:
+        f.result(timeout=5)
+    names = [fr.name for fr in traceback.extract_tb(info.value.__traceback__)]
+    assert names[-1] == "fail" and names[0] == "test_task_traceback_shows_user_frames"
+    assert len(_our_frames(info.value.__traceback__)) <= 2, traceback.format_tb(info.value.__traceback__)
+    with pytest.raises(Boom) as info:
+        client.gather([f])
+    assert len(_our_frames(info.value.__traceback__)) <= 2
+    tb = f.traceback()
+    assert [fr.name for fr in traceback.extract_tb(tb)] == ["fail"]
+    assert client.submit(inc, 1).traceback(timeout=5) is None
+
+
+# ---------------------------------------------------------------- as_completed
+
+
+def test_as_completed_with_results_cancelled_and_batches(client: Client) -> None:
+    slow = client.submit(blocked, "slow")
+    ok = client.submit(inc, 1)
+    ac = as_completed([slow, ok], with_results=True)
+    assert ac.count() == 2
+    fut, res = next(ac)
+    assert fut is ok and res == 2
+    slow.cancel()
+    fut, res = next(ac)
+    assert fut is slow and isinstance(res, CancelledError)
+    assert ac.is_empty()
+    _gate.set()  # the cancelled task's thread
+    with pytest.raises(TypeError):
+        ac.update([1])
+    fs = client.map(inc, range(6))
+    wait(fs, timeout=5)
+    ac = as_completed(fs)
+    wait_until(ac.has_ready, what="ready futures")
+    batches = list(ac.batches())
+    assert sorted(f.key for b in batches for f in b) == sorted(f.key for f in fs)
+    ac = as_completed([])
+    assert ac.next_batch(block=False) == []
+    ac.update(fs[:2])
+    ac.add(fs[0])  # added twice: yielded twice
+    assert ac.count() == 3
+    assert len([f for b in ac.batches() for f in b]) == 3
+    _gate.clear()
+    pending = client.submit(blocked, "never", pure=False)
+    with pytest.raises(TimeoutError):
+        next(as_completed([pending], timeout="20 ms"))
+    _gate.set()
+
+
+# ---------------------------------------------------------------- which client
+
+
+def test_current_as_current_and_get_client(cluster: LocalCluster) -> None:
+    with Client(cluster) as c1, Client(cluster, set_as_default=False) as c2:
+        assert Client.current() is c2
+        assert default_client() is c2 and default_client(c1) is c1
+        with c1.as_current():
+            assert Client.current() is c1
+            assert get_client() is c1
+        assert get_client(c1.scheduler.address) is c2
+        assert c1.scheduler.address == cluster.scheduler_address
+    with pytest.raises(ValueError, match="No clients found"):
+        Client.current()
+    with pytest.raises(ValueError, match="No global client"):
+        get_client()
+
+
+def test_arguments_dask_users_pass(cluster: LocalCluster) -> None:
+    with Client(cluster, direct_to_workers=True, timeout="5s") as client:
+        a = cluster.workers[0].address
+        [x] = client.scatter([1], direct=True, workers=[a])
+        assert client.gather([x], direct=True) == [1]
+        assert client.nthreads(workers=[a]) == {a: 1}
+        assert client.nthreads() == {w.address: 1 for w in cluster.workers}
+        assert len(client.scheduler_info(n_workers=1)["workers"]) == 1
+        assert len(client.scheduler_info(n_workers=-1)["workers"]) == 2
+        assert client.scheduler_info()["n_workers"] == 2
+        with pytest.raises(TypeError):
+            client.scatter(x)
+        with pytest.raises(ValueError):
+            client.gather([x], errors="maybe")
+        assert client.futures_of([x]) == [x]
+
+
+# ---------------------------------------------------------------- asynchronous clients
+
+
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_async_client_methods(cluster: LocalCluster, backend: str) -> None:
+    async def session(address: str) -> None:
+        async with Client(address, asynchronous=True) as c:
+            assert await c.run_on_scheduler(scheduler_address_of) == address
+            assert await c.run_on_scheduler(async_double, 2) == 4
+            assert set((await c.run(async_double, 3)).values()) == {6}
+            slow = await c.submit(blocked, "s", pure=False)
+            ok = await c.submit(inc, 5)
+            ac = as_completed([slow, ok], with_results=True)
+            fut, res = await ac.__anext__()
+            assert fut.key == ok.key and res == 6
+            await slow.cancel()
+            fut, res = await ac.__anext__()
+            assert isinstance(res, CancelledError)
+            bad = await c.submit(fail, "a")
+            tb = await bad.traceback()
+            assert [fr.name for fr in traceback.extract_tb(tb)] == ["fail"]
+            _flaky_calls.clear()
+            f = await c.submit(flaky, 1, pure=False)
+            with pytest.raises(Boom):
+                await f
+            await f.retry()
+            assert await f.result(timeout="5s") == 10
+            assert (await c.nbytes(summary=False))[f.key] > 0
+            assert "scheduler" in await c.get_versions()
+            assert isinstance(await c.get_scheduler_logs(n=5), list)
+
+    async def limited(address: str) -> None:
+        with anyio.fail_after(30):
+            await session(address)
+
+    anyio.run(limited, cluster.scheduler_address, backend=backend)
+
+
+def test_get_worker_inside_run_is_the_worker(client: Client, cluster: LocalCluster) -> None:
+    out = client.run(lambda: get_worker().address)
+    assert out == {w.address: w.address for w in cluster.workers}
