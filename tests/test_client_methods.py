@@ -31,7 +31,16 @@ import pytest
 import yaml
 
 import trioflow
-from trioflow import CancelledError, Client, LocalCluster, as_completed, default_client, get_client, get_worker, wait
+from trioflow import (
+    CancelledError,
+    Client,
+    LocalCluster,
+    as_completed,
+    default_client,
+    get_client,
+    get_worker,
+    wait,
+)
 from trioflow.durations import parse_timedelta
 
 # ---------------------------------------------------------------- task functions
@@ -451,6 +460,7 @@ def test_arguments_dask_users_pass(cluster: LocalCluster) -> None:
 
 @pytest.mark.parametrize("backend", ["trio", "asyncio"])
 def test_async_client_methods(cluster: LocalCluster, backend: str) -> None:
+    _gate.clear()
     async def session(address: str) -> None:
         async with Client(address, asynchronous=True) as c:
             assert await c.run_on_scheduler(scheduler_address_of) == address
@@ -464,6 +474,7 @@ def test_async_client_methods(cluster: LocalCluster, backend: str) -> None:
             await slow.cancel()
             fut, res = await ac.__anext__()
             assert isinstance(res, CancelledError)
+            _gate.set()  # the cancelled task's thread
             bad = await c.submit(fail, "a")
             tb = await bad.traceback()
             assert [fr.name for fr in traceback.extract_tb(tb)] == ["fail"]
@@ -487,3 +498,18 @@ def test_async_client_methods(cluster: LocalCluster, backend: str) -> None:
 def test_get_worker_inside_run_is_the_worker(client: Client, cluster: LocalCluster) -> None:
     out = client.run(lambda: get_worker().address)
     assert out == {w.address: w.address for w in cluster.workers}
+
+
+@pytest.mark.slow
+def test_restart_workers_through_nannies() -> None:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=30)
+        before = client.run(os.getpid)
+        [first, second] = sorted(before)
+        assert client.restart_workers([first], timeout="30s") == {first: "OK"}
+        client.wait_for_workers(2, timeout=30)
+        after = client.run(os.getpid)
+        assert len(after) == 2
+        assert before[second] in after.values()  # left alone
+        assert before[first] not in after.values()  # a new process
+        assert client.submit(abs, -1).result(timeout=10) == 1  # (a builtin: the processes cannot import this module)

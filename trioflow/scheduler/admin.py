@@ -360,6 +360,7 @@ class SchedulerAdmin:
             if not st.workers[a].nanny:
                 return m.ErrorReply(message=f"restart_workers: worker {name!r} has no nanny and cannot be restarted")
             targets[a] = st.workers[a].nanny
+        old_pids = {st.workers[a].nanny: st.workers[a].pid for a in targets}
         results: dict[str, str] = {}
         pool = ConnectionPool(security=self.scheduler.security, role="scheduler", name=self.scheduler.name)
         try:
@@ -368,7 +369,8 @@ class SchedulerAdmin:
                 try:
                     with trio.fail_after(msg.timeout):
                         await pool.rpc(nanny, m.NannyRestart(reason="client.restart_workers()"), m.Ok, timeout=msg.timeout)
-                        while not any(w.nanny == nanny for w in st.workers.values()):
+                        # Back when a worker of this nanny runs in a new process.
+                        while not any(w.nanny == nanny and w.pid != old_pids[nanny] for w in st.workers.values()):
                             await trio.sleep(0.02)
                     results[addr] = "OK"
                 except trio.TooSlowError:
