@@ -478,6 +478,11 @@ def test_async_client_methods(cluster: LocalCluster, backend: str) -> None:
             bad = await c.submit(fail, "a")
             tb = await bad.traceback()
             assert [fr.name for fr in traceback.extract_tb(tb)] == ["fail"]
+            with pytest.raises(Boom) as info:
+                await bad
+            assert traceback.extract_tb(info.value.__traceback__)[-1].name == "fail"
+            assert len(_our_frames(info.value.__traceback__)) <= 2, traceback.format_tb(info.value.__traceback__)
+            await c.wait_for_workers(2, timeout="5s")
             _flaky_calls.clear()
             f = await c.submit(flaky, 1, pure=False)
             with pytest.raises(Boom):

@@ -15,6 +15,7 @@ from typing import Any
 import trio
 
 from ..comm import CommError
+from ..durations import parse_timedelta
 from ..comm.pool import RemoteError
 from ..protocol import messages as m
 from ..protocol.serialize import SerializationError, dumps, dumps_function, loads
@@ -24,6 +25,11 @@ from .futures import FutureState, _flatten_futures
 logger = logging.getLogger("trioflow.client")
 
 __all__ = ["AdminMixin"]
+
+
+def _seconds(value: Any, default: float) -> float:
+    t = parse_timedelta(value)
+    return default if t is None else t
 
 
 def _call_on_worker(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -80,9 +86,10 @@ class AdminMixin(ClientParts):
         self._send(m.FireAndForget(keys=keys))
         await trio.lowlevel.checkpoint()
 
-    async def restart(self, timeout: float = 60) -> None:
+    async def restart(self, timeout: Any = 60) -> None:
         """Forget all tasks (futures are cancelled) and restart every worker
         through its nanny; waits until they are back."""
+        timeout = _seconds(timeout, 60)
         from ..comm.pool import RemoteError as _RemoteError
 
         try:
@@ -166,8 +173,10 @@ class AdminMixin(ClientParts):
 
     ncores = nthreads
 
-    async def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
-        """Wait until at least ``n_workers`` workers are connected."""
+    async def wait_for_workers(self, n_workers: int, timeout: Any = None) -> None:
+        """Wait until at least ``n_workers`` workers are connected (``timeout``:
+        seconds or a duration string like ``"10s"``)."""
+        timeout = parse_timedelta(timeout)
         # Asked often at first (a cluster starting up is usually a few
         # milliseconds from ready), then every 0.1 s.
         delay = 0.005
@@ -250,10 +259,11 @@ class AdminMixin(ClientParts):
             results.update(errors)
         return {a: results[a] for a in targets if a in results}
 
-    async def retire_workers(self, workers: Any, timeout: float = 60) -> list[str]:
+    async def retire_workers(self, workers: Any, timeout: Any = 60) -> list[str]:
         """Close ``workers`` once the data only they hold has a copy on the
         other workers; returns those retired.  A worker whose data could
         not be copied within ``timeout`` seconds stays (not listed)."""
+        timeout = _seconds(timeout, 60)
         ws = [workers] if isinstance(workers, str) else list(workers)
         # The scheduler answers within ``timeout``: wait a little longer.
         reply = await self._rpc(m.RetireWorkers(workers=ws, timeout=timeout), m.RetireWorkersReply, timeout=timeout + 10)

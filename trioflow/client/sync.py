@@ -297,7 +297,7 @@ class Client:
         if self.status != "running" or self._portal is None:
             return None
         try:
-            return self._portal.call(self._core.scheduler_info)  # type: ignore[no-any-return]
+            return self._portal.call(self._core.scheduler_info, -1)  # type: ignore[no-any-return]
         except Exception:  # noqa: BLE001
             return None
 
