@@ -39,7 +39,7 @@ def versions(packages: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
         "LC_ALL": os.environ.get("LC_ALL", "None"),
         "LANG": os.environ.get("LANG", "None") or str(locale.getlocale()[0]),
     }
-    pkgs: dict[str, str | None] = {"python": host["python"]}
+    pkgs: dict[str, str | None] = {"python": ".".join(map(str, sys.version_info[:3]))}
     for name in (*REQUIRED, *OPTIONAL, *packages):
         pkgs[name] = _version(name)
     return {"host": host, "packages": pkgs}

@@ -15,8 +15,8 @@ from typing import Any
 import trio
 
 from ..comm import CommError
-from ..durations import parse_timedelta
 from ..comm.pool import RemoteError
+from ..durations import parse_timedelta
 from ..protocol import messages as m
 from ..protocol.serialize import SerializationError, dumps, dumps_function, loads
 from ._parts import ClientParts
