@@ -203,15 +203,20 @@ def test_upload_file_py_and_zip_reach_new_workers(client: Client, cluster: Local
     zname = f"tf_zipped_mod_{os.getpid()}"
     src = tmp_path / f"{name}.py"
     src.write_text("def value():\n    return 17\n")
+    ename = f"tf_egg_mod_{os.getpid()}"
     archive = tmp_path / "pkg.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr(f"{zname}.py", "def value():\n    return 23\n")
+    egg = tmp_path / "thing-1.0-py3.egg"
+    with zipfile.ZipFile(egg, "w") as zf:
+        zf.writestr(f"{ename}/__init__.py", "VALUE = 5\n")
     before = list(sys.path)
     try:
         client.upload_file(str(src))
         client.upload_file(str(archive))
-        results = client.run(lambda: (importlib.import_module(name).value(), importlib.import_module(zname).value()))
-        assert set(results.values()) == {(17, 23)}
+        client.upload_file(str(egg))
+        results = client.run(lambda: (importlib.import_module(name).value(), importlib.import_module(zname).value(), importlib.import_module(ename).VALUE))
+        assert set(results.values()) == {(17, 23, 5)}
         cluster.scale(3)
         client.wait_for_workers(3, timeout=10)
         newest = cluster.workers[-1].address
@@ -224,7 +229,7 @@ def test_upload_file_py_and_zip_reach_new_workers(client: Client, cluster: Local
             client.upload_file(str(bad))
     finally:
         sys.path[:] = before
-        for mod in (name, zname):
+        for mod in (name, zname, ename):
             sys.modules.pop(mod, None)
 
 
@@ -453,6 +458,19 @@ def test_arguments_dask_users_pass(cluster: LocalCluster) -> None:
         with pytest.raises(ValueError):
             client.gather([x], errors="maybe")
         assert client.futures_of([x]) == [x]
+
+
+def test_futures_of_a_persisted_collection(client: Client) -> None:
+    import dask.array as da
+
+    from trioflow import futures_of
+
+    x = client.persist(da.ones(1000, chunks=100))
+    fs = futures_of(x)
+    assert len(fs) == 10 and all(isinstance(f, trioflow.Future) for f in fs)
+    wait(x, timeout=5)
+    assert all(f.status == "finished" for f in fs)
+    assert futures_of({"a": [fs[0], (fs[1],)]}) == fs[:2]
 
 
 # ---------------------------------------------------------------- asynchronous clients
