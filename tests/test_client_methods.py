@@ -501,6 +501,9 @@ def test_async_client_methods(cluster: LocalCluster, backend: str) -> None:
             assert traceback.extract_tb(info.value.__traceback__)[-1].name == "fail"
             assert len(_our_frames(info.value.__traceback__)) <= 2, traceback.format_tb(info.value.__traceback__)
             await c.wait_for_workers(2, timeout="5s")
+            with pytest.raises(Boom):
+                await c.recreate_error_locally(bad)
+            assert await c.recreate_task_locally(ok) == 6
             _flaky_calls.clear()
             f = await c.submit(flaky, 1, pure=False)
             with pytest.raises(Boom):

@@ -535,10 +535,12 @@ class Client:
     def recreate_task_locally(self, future: Future) -> Any:
         """Run ``future``'s task here, in this thread (dependencies fetched
         from the cluster), and return its result: for debugging."""
+        if self._asynchronous:
+            return self._recreate_async(future, False)
         func, args, kwargs = self._call(self._core._task_to_recreate, future, False)
         return func(*args, **kwargs)
 
-    def recreate_error_locally(self, future: Future) -> None:
+    def recreate_error_locally(self, future: Future) -> Any:
         """Run the task that made ``future`` fail here, in this thread, so
         the exception is raised where a debugger can reach it.
 
@@ -546,8 +548,16 @@ class Client:
             ValueError: ``future`` did not fail.
             Exception: what the task raises.
         """
+        if self._asynchronous:
+            return self._recreate_async(future, True)
         func, args, kwargs = self._call(self._core._task_to_recreate, future, True)
         func(*args, **kwargs)
+        return None
+
+    async def _recreate_async(self, future: Future, errored: bool) -> Any:
+        func, args, kwargs = await self._call(self._core._task_to_recreate, future, errored)
+        result = func(*args, **kwargs)
+        return None if errored else result
 
     @property
     def dashboard_link(self) -> str | None:
