@@ -306,6 +306,24 @@ def test_versions_and_scheduler_file(client: Client, tmp_path: Path) -> None:
         client.write_scheduler_file(path)
 
 
+def test_get_versions_check_reports_a_mismatch(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import trioflow.versions
+
+    real = trioflow.versions._version
+
+    def on_client_thread_only(name: str) -> str | None:
+        # The scheduler, the workers and the client share this process: the
+        # client's loop runs in the thread named "trioflow-client".
+        if name == "msgpack" and threading.current_thread().name == "trioflow-client":
+            return "0.0.0-elsewhere"
+        return real(name)
+
+    monkeypatch.setattr(trioflow.versions, "_version", on_client_thread_only)
+    assert client.get_versions()["client"]["packages"]["msgpack"] == "0.0.0-elsewhere"
+    with pytest.raises(ValueError, match=r"(?s)Mismatched versions.*msgpack: client=0.0.0-elsewhere"):
+        client.get_versions(check=True)
+
+
 # ---------------------------------------------------------------- logs
 
 
