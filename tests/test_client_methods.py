@@ -557,3 +557,35 @@ def test_restart_workers_through_nannies() -> None:
         assert before[second] in after.values()  # left alone
         assert before[first] not in after.values()  # a new process
         assert client.submit(abs, -1).result(timeout=10) == 1  # (a builtin: the processes cannot import this module)
+
+
+async def test_trio_client_methods(tmp_path: Path) -> None:
+    """The same methods on the Trio ``AsyncClient`` (``open_client``)."""
+    import trio
+
+    from trioflow import open_client, open_cluster
+
+    with trio.fail_after(30):
+        async with open_cluster(n_workers=2) as cluster, open_client(cluster) as c:
+            a, b = sorted(w.address for w in cluster.workers)
+            assert await c.run_on_scheduler(scheduler_address_of) == cluster.scheduler_address
+            assert await c.nthreads(workers=[a]) == {a: 1}
+            assert len((await c.scheduler_info(n_workers=1))["workers"]) == 1
+            [x] = await c.scatter([b"y" * 1000], workers=[a])
+            await c.replicate([x], n=2)
+            assert sorted((await c.who_has([x]))[x.key]) == [a, b]
+            assert (await c.who_has([x], workers=[b]))[x.key] == [b]
+            assert (await c.nbytes(keys=[x], summary=False))[x.key] > 0
+            assert set(await c.processing()) == {a, b}
+            await c.rebalance()
+            await c.dump_cluster_state(str(tmp_path / "d"), format="yaml")
+            assert (tmp_path / "d.yaml").exists()
+            await c.run(lambda: logging.getLogger("trioflow.worker").warning("trio-marker-3"))
+            logs = await c.get_worker_logs(n=50, workers=[a])
+            assert list(logs) == [a] and any("trio-marker-3" in line for _, line in logs[a])
+            _flaky_calls.clear()
+            f = await c.submit(flaky, 2, pure=False)
+            with pytest.raises(Boom):
+                await f
+            await c.retry([f])
+            assert await f == 20
