@@ -564,11 +564,19 @@ async def test_trio_client_methods(tmp_path: Path) -> None:
     import trio
 
     from trioflow import open_client, open_cluster
+    from trioflow.errors import RemoteError
+    from trioflow.protocol import messages as m
 
     with trio.fail_after(30):
         async with open_cluster(n_workers=2) as cluster, open_client(cluster) as c:
             a, b = sorted(w.address for w in cluster.workers)
             assert await c.run_on_scheduler(scheduler_address_of) == cluster.scheduler_address
+            _ran.clear()
+            assert await c.run_on_scheduler(set_ran, wait=False) is None
+            await trio.to_thread.run_sync(_ran.wait, 5)
+            assert _ran.is_set()
+            with pytest.raises(RemoteError, match="unknown query"):
+                await c._rpc(m.SchedulerQuery(what="everything"), m.QueryReply)
             assert await c.nthreads(workers=[a]) == {a: 1}
             assert len((await c.scheduler_info(n_workers=1))["workers"]) == 1
             [x] = await c.scatter([b"y" * 1000], workers=[a])

@@ -139,9 +139,8 @@ class Client:
         asynchronous: bool = False,
         direct_to_workers: bool | None = None,
     ) -> None:
-        timeout = parse_timedelta(timeout)
-        if timeout is None:
-            raise TypeError("Client(timeout=None): give a duration")
+        # None: the default (dask reads it from its configuration).
+        timeout = parse_timedelta(10 if timeout is None else timeout)
         #: Accepted for dask compatibility: data always moves between the
         #: client and the workers directly.
         self.direct_to_workers = direct_to_workers

@@ -563,7 +563,7 @@ class SchedulerQuery(Message):
 
 
 #: What :class:`SchedulerQuery` may ask.
-QUERIES = ("processing", "nbytes", "state", "logs", "versions", "task", "call-stack")
+QUERIES = ("processing", "nbytes", "state", "logs", "versions", "task")
 
 
 @message("query-reply")

@@ -146,7 +146,7 @@ class SchedulerAdmin:
     async def query(self, msg: m.SchedulerQuery) -> m.Message:
         if msg.what not in m.QUERIES:
             return m.ErrorReply(message=f"unknown query {msg.what!r} (one of {', '.join(m.QUERIES)})")
-        result = getattr(self, "_q_" + msg.what.replace("-", "_"))(msg)
+        result = getattr(self, "_q_" + msg.what)(msg)
         return m.QueryReply(result=dumps(result))
 
     def _q_processing(self, msg: m.SchedulerQuery) -> dict[str, list[str]]:
@@ -163,9 +163,6 @@ class SchedulerAdmin:
 
     def _q_versions(self, msg: m.SchedulerQuery) -> dict[str, Any]:
         return versions(tuple(msg.keys or ()))
-
-    def _q_call_stack(self, msg: m.SchedulerQuery) -> dict[str, Any]:
-        return {}
 
     def _q_task(self, msg: m.SchedulerQuery) -> dict[str, Any]:
         """Run specs of ``keys`` (for ``recreate_*_locally``)."""
