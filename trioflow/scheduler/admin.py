@@ -120,8 +120,6 @@ class SchedulerAdmin:
             params = _parameters(func)
             if "dask_scheduler" in params:
                 kwargs["dask_scheduler"] = self.scheduler
-            elif "scheduler" in params and "scheduler" not in kwargs:
-                kwargs["scheduler"] = self.scheduler
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
             return error_reply(exc)
         if not msg.wait:
