@@ -597,3 +597,20 @@ async def test_trio_client_methods(tmp_path: Path) -> None:
                 await f
             await c.retry([f])
             assert await f == 20
+
+
+def test_log_ring_keeps_unconfigured_warnings_on_stderr() -> None:
+    """The ring is a handler; Python's last resort must still print
+    trioflow's warnings when the program configured no logging."""
+    import subprocess
+
+    code = (
+        "import logging, trioflow\n"
+        "from trioflow.logs import recent_logs\n"
+        "logging.getLogger('trioflow.x').warning('ring-warning')\n"
+        "assert any('ring-warning' in line for _, line in recent_logs())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(trioflow.__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "ring-warning" in out.stderr

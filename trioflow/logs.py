@@ -34,6 +34,22 @@ class LogRing(logging.Handler):
             self.records.append((record.levelname, self.format(record)))
         except Exception:  # noqa: BLE001 - a bad record must not break the logger
             self.handleError(record)
+        # Being a handler, the ring would stop Python's "last resort" (the
+        # warnings printed to stderr when logging is not configured): stand
+        # in for it when no other handler sees the record.
+        last = logging.lastResort
+        if last is not None and record.levelno >= last.level and not self._others_handle(record):
+            last.handle(record)
+
+    def _others_handle(self, record: logging.LogRecord) -> bool:
+        logger: logging.Logger | None = logging.getLogger(record.name)
+        while logger is not None:
+            if any(h is not self for h in logger.handlers):
+                return True
+            if not logger.propagate:
+                return False
+            logger = logger.parent
+        return False
 
     def tail(self, n: int | None = None) -> list[tuple[str, str]]:
         items = list(self.records)
