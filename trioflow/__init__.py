@@ -8,6 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from ._joblib_hook import install as _install_joblib_hook
 from ._version import __version__
+from .logs import install as _install_log_ring
+
+# Every trioflow process keeps its recent log lines (get_worker_logs & co).
+_install_log_ring()
 
 # joblib.parallel_backend("trioflow") (and "dask" without dask.distributed);
 # imports nothing until joblib itself is imported.
@@ -35,6 +39,7 @@ _LAZY = {
     "default_client": "client",
     "fire_and_forget": "client",
     "futures_of": "client",
+    "get_client": "client",
     "open_client": "client",
     "wait": "client",
     "Event": "client",
@@ -73,6 +78,7 @@ if TYPE_CHECKING:
         default_client,
         fire_and_forget,
         futures_of,
+        get_client,
         open_client,
         wait,
     )
@@ -145,6 +151,7 @@ __all__ = [
     "default_client",
     "fire_and_forget",
     "futures_of",
+    "get_client",
     "get_worker",
     "open_client",
     "open_cluster",

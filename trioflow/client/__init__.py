@@ -11,6 +11,6 @@ from .futures import (
     wait,
 )
 from .primitives import Event, Lock, MultiLock, Pub, Queue, Semaphore, Sub, Variable
-from .sync import Client, default_client
+from .sync import Client, default_client, get_client
 
-__all__ = ["AsyncClient", "CancelledError", "Client", "Future", "FutureLostError", "as_completed", "default_client", "fire_and_forget", "futures_of", "open_client", "wait", "Event", "Lock", "MultiLock", "Pub", "Queue", "Semaphore", "Sub", "Variable"]
+__all__ = ["AsyncClient", "CancelledError", "Client", "Future", "FutureLostError", "as_completed", "default_client", "fire_and_forget", "futures_of", "get_client", "open_client", "wait", "Event", "Lock", "MultiLock", "Pub", "Queue", "Semaphore", "Sub", "Variable"]

@@ -14,6 +14,8 @@ The client is split by concern; each part is a mixin of this class:
 - :mod:`.graphs`: dask graphs and collections (``get``, ``compute``, ``persist``);
 - :mod:`.data`: results, ``gather``, ``scatter``;
 - :mod:`.admin`: cluster administration and diagnostics;
+- :mod:`.cluster`: more of it (run_on_scheduler, replicate, upload_file, ...);
+- :mod:`.logs`: the scheduler's and workers' logs, ``forward_logging``;
 - :mod:`.bridge`: running the client for asyncio (and any Trio) callers.
 
 ``open_client`` runs the client in the caller's Trio loop; the blocking
@@ -39,18 +41,21 @@ from ..protocol import messages as m
 from ..scheduler_file import wait_for_scheduler_file
 from .admin import AdminMixin
 from .bridge import run_in_portal
+from .cluster import ClusterMixin
 from .data import DataMixin
 from .datasets import AsyncDatasetsMixin
 from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
+from .logs import LogsMixin
 from .submit import SubmitMixin, funcname
+from .tracebacks import is_remote, with_remote_traceback
 
 logger = logging.getLogger("trioflow.client")
 
 __all__ = ["AsyncClient", "funcname", "open_client"]
 
 
-class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, AsyncDatasetsMixin):
+class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, LogsMixin, AsyncDatasetsMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:
@@ -85,6 +90,8 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, AsyncDatasetsM
         self.reconnect = True
         #: Set by :meth:`shutdown`: the scheduler's going away is then expected.
         self._shutdown_requested = False
+        #: (logger name, level) -> the scope of its forward_logging poll.
+        self._forwarding: dict[Any, trio.CancelScope] = {}
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.id} scheduler={self.scheduler_address} status={self.status}>"
@@ -286,7 +293,13 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, AsyncDatasetsM
 
     def _sync_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` in the client's loop from a blocking thread."""
-        return self._portal.call(fn, *args)
+        try:
+            return self._portal.call(fn, *args)
+        except Exception as exc:
+            if is_remote(exc):
+                # A task's error: show its frames, not the portal's.
+                raise with_remote_traceback(exc) from exc.__cause__
+            raise
 
     # ------------------------------------------------------------ reaching the host loop (see .bridge)
 
@@ -313,7 +326,12 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, AsyncDatasetsM
             return await fn(*args)
         if self._portal is None:
             raise RuntimeError("this client runs in another Trio loop; use it from that loop")
-        return await run_in_portal(self._portal, fn, *args)
+        try:
+            return await run_in_portal(self._portal, fn, *args)
+        except Exception as exc:
+            if is_remote(exc):
+                raise with_remote_traceback(exc) from exc.__cause__
+            raise
 
     def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run the plain function ``fn(*args)`` in the client's loop: now if

@@ -825,3 +825,79 @@ class DatasetList(Message):
 
 #: Sub-structures that travel inside messages (not messages themselves).
 STRUCTURES: tuple[type, ...] = (TaskSpec, WorkerInfo, TLSSettings, WorkerConfig, PrimitiveItem)
+
+
+# ---------------------------------------------------------------- client administration (scheduler/admin.py)
+
+
+@message("run-on-scheduler")
+class RunOnScheduler(Message):
+    """Call a function in the scheduler's process (answered by :class:`RunReply`).
+    ``wait=False``: answer at once, the function runs on."""
+
+    function: bytes
+    args: Serialized
+    wait: bool = True
+
+
+@message("scheduler-query")
+class SchedulerQuery(Message):
+    """A read-only question about the cluster; ``what`` is one of
+    :data:`QUERIES`.  Answered by :class:`QueryReply`."""
+
+    what: str
+    keys: list[str] | None = None
+    workers: list[str] | None = None
+    n: int = -1
+
+
+#: What :class:`SchedulerQuery` may ask.
+QUERIES = ("processing", "nbytes", "state", "logs", "versions", "task")
+
+
+@message("query-reply")
+class QueryReply(Message):
+    """The answer to a :class:`SchedulerQuery`, as plain data (msgpack-able
+    values serialized by the scheduler)."""
+
+    result: Serialized
+
+
+@message("retry-keys")
+class RetryKeys(Message):
+    keys: list[str]
+    client: str = ""
+
+
+@message("replicate")
+class Replicate(Message):
+    keys: list[str]
+    n: int | None = None
+    workers: list[str] | None = None
+
+
+@message("rebalance")
+class Rebalance(Message):
+    keys: list[str] | None = None
+    workers: list[str] | None = None
+
+
+@message("restart-workers")
+class RestartWorkers(Message):
+    workers: list[str]
+    timeout: float = 60.0
+
+
+@message("restart-workers-reply")
+class RestartWorkersReply(Message):
+    #: worker -> "OK" or why it could not be restarted.
+    results: dict[str, str]
+
+
+@message("upload-file")
+class UploadFile(Message):
+    """A file to put on every worker, present and future (``upload_file``)."""
+
+    filename: str
+    data: bytes
+    load: bool = True

@@ -53,6 +53,7 @@ from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
 from . import state as ss
+from .admin import SchedulerAdmin
 from .extensions.serve import HANDLED as PRIMITIVE_REQUESTS
 from .extensions.serve import PrimitivesServer
 from .taskstream import TaskStream
@@ -144,6 +145,8 @@ class Scheduler:
         }
         self.primitives = PrimitivesServer(self)
         self._build_dispatch_tables()
+        self.admin = SchedulerAdmin(self)
+        self._request_handlers.update(self.admin.handlers())
 
     async def __aenter__(self) -> Scheduler:
         """``async with Scheduler(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
@@ -423,6 +426,7 @@ class Scheduler:
             services=reg.services,
             nbytes=reg.nbytes,
         )
+        await self.admin.worker_joining(address)
         try:
             instructions = self.state.handle(event, trio.current_time())
         except ss.InvalidEvent as exc:
