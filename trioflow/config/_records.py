@@ -306,7 +306,7 @@ def parse_memory_limit(limit: str | int | float | None, nthreads: int = 1, n_wor
         ValueError: anything else; the message says what is accepted.
     """
     if total is None:
-        from .process.system import total_memory  # not at import: it loads socket
+        from ..process.system import total_memory  # not at import: it loads socket
 
         total = total_memory()
     if limit is None or limit == 0 or limit == "0":
