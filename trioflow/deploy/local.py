@@ -79,7 +79,7 @@ class InProcessCluster:
             config = _evolve(self.worker_config, name=name, **options)
             from ..process.nanny import Nanny
 
-            node: Any = Nanny(config=NannyConfig(worker=config, **nanny), security=self.security)
+            node: Any = Nanny(config=build_config(NannyConfig, "LocalCluster", {"worker": config, **nanny}), security=self.security)
         else:
             config = _evolve(self.worker_config, name=name, **options)
             node = Worker(config=config, security=self.security)

@@ -89,8 +89,8 @@ class Nanny:
         security: Any = None,
         listen_address: str | None = None,
         worker_listen_address: str | None = None,
-        grace: float = 5.0,
-        memory_terminate_fraction: float = MEMORY_TERMINATE_FRACTION,
+        grace: float | None = None,
+        memory_terminate_fraction: float | None = None,
         env: dict[str, str] | None = None,
         **worker_settings: Any,
     ) -> None:
@@ -121,13 +121,14 @@ class Nanny:
                 "Nanny",
                 {"scheduler_address": scheduler_address, "listen_address": worker_listen_address, **worker_settings},
             )
-            config = NannyConfig(
-                worker=worker,
-                listen_address=listen_address,
-                grace=grace,
-                memory_terminate_fraction=memory_terminate_fraction,
-                env=dict(env or {}),
-            )
+            nanny_settings: dict[str, Any] = {"worker": worker, "listen_address": listen_address, "env": dict(env or {})}
+            if grace is not None:
+                nanny_settings["grace"] = grace
+            if memory_terminate_fraction is not None:
+                nanny_settings["memory_terminate_fraction"] = memory_terminate_fraction
+            # What is not given comes from the configuration (nanny.grace,
+            # worker.memory.terminate).
+            config = build_config(NannyConfig, "Nanny", nanny_settings)
         elif scheduler_address is not None or worker_settings or listen_address is not None or worker_listen_address is not None:
             raise TypeError("Nanny() takes config= or the scheduler address and keywords, not both")
         #: The configuration, whole (the attributes below are copies of it).
