@@ -53,7 +53,7 @@ def config_command(keys: tuple[str, ...], as_json: bool, changed: bool) -> None:
     if keys:
         known = {key for key, _, _ in rows}
         wanted = [k.replace("-", "_") for k in keys]
-        for k, given in zip(wanted, keys):
+        for k, given in zip(wanted, keys, strict=True):
             if k not in known:
                 raise click.ClickException(f"{given}: no such setting (see `trioflow config`)")
         rows = [r for r in rows if r[0] in wanted]
