@@ -378,3 +378,26 @@ def test_cli_is_registered_on_trioflow(monkeypatch: pytest.MonkeyPatch, capsys: 
         main(["config", "comm.connect_timeout"])
     assert info.value.code == 0
     assert capsys.readouterr().out.splitlines()[1] == "comm.connect_timeout = 10.0  # default"
+
+
+def test_worker_state_takes_its_tuning() -> None:
+    """The state machine's prefetch and resume settings are constructor
+    arguments (read once, kept as attributes), the module constants their defaults."""
+    from trioflow.worker.state import MemorySampleEvent, ReportPause, WorkerState
+
+    assert WorkerState(address="tcp://w:1", nthreads=2, prefetch_max=3).slots == 2 + 6
+    w = WorkerState(address="tcp://w:1", nthreads=1, memory_resume_fraction=0.99)
+    assert w.handle(MemorySampleEvent(rss=101, pause_at=100.0)) == [ReportPause(True, 101)]
+    assert w.handle(MemorySampleEvent(rss=95, pause_at=100.0)) == [ReportPause(False, 95)]  # 95 < 99: resumes
+
+
+def test_worker_and_nanny_read_their_tuning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trioflow.process.nanny import Nanny
+    from trioflow.worker.server import Worker
+
+    monkeypatch.setenv("TRIOFLOW_WORKER__PREFETCH_MAX", "3")
+    monkeypatch.setenv("TRIOFLOW_WORKER__MEMORY__RESUME", "0.5")
+    monkeypatch.setenv("TRIOFLOW_NANNY__READY_TIMEOUT", "2 minutes")
+    worker = Worker("inproc://nowhere")
+    assert (worker._tuning.prefetch_max, worker._tuning.memory.resume) == (3, 0.5)
+    assert Nanny("tcp://127.0.0.1:1").ready_timeout == 120.0

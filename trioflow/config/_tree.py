@@ -184,7 +184,7 @@ class TrioflowConfig:
     """The root of the tree; :func:`trioflow.config.get_config` builds it."""
 
     scheduler_address: str | None = _setting(
-        None, Text(optional=True), "the scheduler a Client() with no address connects to (unset: start a LocalCluster)",
+        None, Text(optional=True), "the scheduler a Client() with no address connects to",
         ("distributed.scheduler-address",),
     )
     scheduler: SchedulerSettings = _section(SchedulerSettings)
