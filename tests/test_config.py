@@ -401,3 +401,26 @@ def test_worker_and_nanny_read_their_tuning(monkeypatch: pytest.MonkeyPatch) -> 
     worker = Worker("inproc://nowhere")
     assert (worker._tuning.prefetch_max, worker._tuning.memory.resume) == (3, 0.5)
     assert Nanny("tcp://127.0.0.1:1").ready_timeout == 120.0
+
+
+def test_pending_settings_have_their_constants_defaults() -> None:
+    """A setting not read yet names the constant that still rules, with the
+    same default, so wiring it changes nothing by default; the CLI says so."""
+    import importlib
+
+    pending = [(key, default, s.pending) for key, default, s in iter_settings() if s.pending.startswith("trioflow.")]
+    assert pending
+    for key, default, where in pending:
+        module, name = where.rsplit(".", 1)
+        assert getattr(importlib.import_module(module), name) == default, key
+    result = CliRunner().invoke(config_command, ["scheduler.queue_horizon"])
+    assert result.output.splitlines()[1].endswith("# default; not read yet, trioflow.scheduler.state.QUEUE_HORIZON rules")
+
+
+def test_dashboard_sources_read_their_caps(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trioflow.diagnostics.sources import SchedulerSource
+    from trioflow.scheduler.server import Scheduler
+
+    monkeypatch.setenv("TRIOFLOW_DASHBOARD__MAX_KEY_CHARS", "5")
+    source = SchedulerSource(Scheduler())
+    assert source._stream_entry(("abcdefgh", "tcp://w:1", 1.0, 2.0, 7))[0] == "abcd…"

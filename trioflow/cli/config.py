@@ -15,6 +15,7 @@ import click
 from ..config import ConfigError, config_path, env_var, iter_settings, load_config
 
 _DASK_KEYS = {key: setting.dask for key, _, setting in iter_settings()}
+_PENDING = {key: setting.pending for key, _, setting in iter_settings() if setting.pending}
 
 
 def _show(value: Any) -> str:
@@ -27,10 +28,14 @@ def _show(value: Any) -> str:
 
 def _where(key: str, source: str) -> str:
     if source == "environment":
-        return f"environment ({env_var(key)})"
-    if source == "dask.config":
-        return f"dask.config ({', '.join(_DASK_KEYS[key])})"
-    return source
+        where = f"environment ({env_var(key)})"
+    elif source == "dask.config":
+        where = f"dask.config ({', '.join(_DASK_KEYS[key])})"
+    else:
+        where = source
+    if key in _PENDING:
+        where += f"; not read yet, {_PENDING[key]} rules"
+    return where
 
 
 @click.command(name="config", context_settings={"help_option_names": ["--help"], "max_content_width": 100})
