@@ -221,6 +221,8 @@ def test_bad_environment_value_names_variable_and_source(monkeypatch: pytest.Mon
 
 
 def test_unknown_environment_variable_suggests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRIOFLOW_SOME_OTHER_VARIABLE", "x")  # not a setting's form: left alone
+    assert load_config().config == TrioflowConfig()
     monkeypatch.setenv("TRIOFLOW_WORKER__MEMORY__TARGT", "0.5")
     with pytest.raises(ConfigError, match=r"^TRIOFLOW_WORKER__MEMORY__TARGT \(environment\): no such setting; did you mean TRIOFLOW_WORKER__MEMORY__TARGET\?$"):
         load_config()

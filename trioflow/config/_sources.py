@@ -9,7 +9,9 @@ Sources, lowest first (a later one wins, key by key):
 3. ``TRIOFLOW_*`` environment variables: the dotted key in capitals with
    ``__`` between levels, ``worker.memory.target`` ->
    ``TRIOFLOW_WORKER__MEMORY__TARGET``, ``scheduler_address`` ->
-   ``TRIOFLOW_SCHEDULER_ADDRESS``;
+   ``TRIOFLOW_SCHEDULER_ADDRESS``.  An unknown variable with ``__`` in its
+   name is an error (a misspelt setting); one without is some other
+   trioflow variable and left alone;
 4. the ``distributed.*`` keys of ``dask.config`` that mean the same (when
    dask is installed), but only those set away from dask's own defaults;
 5. explicit arguments (``load_config(overrides)``, and a server's keywords).
@@ -38,8 +40,9 @@ from ._tree import TrioflowConfig, iter_settings
 __all__ = ["ConfigError", "LoadedConfig", "config_path", "env_var", "get_config", "load_config"]
 
 ENV_PREFIX = "TRIOFLOW_"
-#: Environment variables with that prefix that are not settings.
-_NOT_SETTINGS = {"TRIOFLOW_CONFIG", "TRIOFLOW_NANNY_READY_FD"}
+#: Environment variables with that prefix that are not settings (others
+#: without a ``__`` are ignored too; an unknown one with ``__`` is an error).
+_NOT_SETTINGS = {"TRIOFLOW_CONFIG"}
 
 _SETTINGS = {key: setting for key, _, setting in iter_settings()}
 _DEFAULTS = {key: default for key, default, _ in iter_settings()}
@@ -173,6 +176,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         key = _ENV_KEYS.get(name)
         if key is None:
+            if "__" not in name:
+                continue  # trioflow's other variables (TRIOFLOW_CONFIG, ...), not settings
             raise _unknown(name, "environment", list(_ENV_KEYS))
         out[key] = _parse(key, value, name, "environment")
     return out
