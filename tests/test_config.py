@@ -426,3 +426,13 @@ def test_dashboard_sources_read_their_caps(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("TRIOFLOW_DASHBOARD__MAX_KEY_CHARS", "5")
     source = SchedulerSource(Scheduler())
     assert source._stream_entry(("abcdefgh", "tcp://w:1", 1.0, 2.0, 7))[0] == "abcd…"
+
+
+def test_without_dask_its_keys_are_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    import trioflow.config._sources as sources
+
+    monkeypatch.delitem(sys.modules, "dask.config")
+    monkeypatch.setattr(sources.importlib.util, "find_spec", lambda name: None)
+    with dask.config.set({"distributed.scheduler.allowed-failures": 8}):
+        assert load_config().config.scheduler.allowed_failures == 3
+    assert "dask.config" not in sys.modules
