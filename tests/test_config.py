@@ -436,3 +436,16 @@ def test_without_dask_its_keys_are_not_read(monkeypatch: pytest.MonkeyPatch) -> 
     with dask.config.set({"distributed.scheduler.allowed-failures": 8}):
         assert load_config().config.scheduler.allowed_failures == 3
     assert "dask.config" not in sys.modules
+
+
+def test_config_package_imports_light() -> None:
+    """Reading settings needs neither trio, nor the servers, nor dask or
+    PyYAML until a source asks for them."""
+    import subprocess
+
+    code = (
+        "import sys, trioflow.config as c; c.load_config(use_file=False, use_dask=False); "
+        "print(sorted(m for m in ('trio', 'dask', 'yaml', 'trioflow.worker', 'trioflow.scheduler') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
