@@ -62,3 +62,12 @@ __all__ = [
     "parse_memory_limit",
     "parse_seconds",
 ]
+
+# The public home of these classes is this package, whatever file holds
+# them (pickles, reprs, the docs and trioflow.testing's strategies name them so).
+for _cls in (
+    ClientSettings, CommSettings, ConfigError, DashboardSettings, LoadedConfig, MemorySettings, NannyConfig,
+    NannySettings, SchedulerConfig, SchedulerSettings, TrioflowConfig, WorkerConfig, WorkerSettings,
+):
+    _cls.__module__ = __name__
+del _cls
