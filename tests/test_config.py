@@ -169,9 +169,43 @@ def test_dask_config_keys_are_honoured() -> None:
     assert loaded.sources["comm.connect_timeout"] == "dask.config"
 
 
-def test_dask_scheduler_address_with_underscore() -> None:
-    with dask.config.set({"scheduler_address": "tcp://top:1", "distributed": {"scheduler_address": "tcp://u:1"}}):
+def test_dask_scheduler_address_either_spelling() -> None:
+    """dask's Client reads the top-level scheduler-address; distributed.scheduler-address too."""
+    with dask.config.set({"distributed": {"scheduler_address": "tcp://u:1"}}):
         assert load_config().config.scheduler_address == "tcp://u:1"
+        with dask.config.set({"scheduler_address": "tcp://top:1"}):
+            assert load_config().config.scheduler_address == "tcp://top:1"
+
+
+def test_dask_files_and_variables_without_importing_dask(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A server started from the command line has not imported dask: dask's
+    YAML files and DASK_* variables are read without importing it."""
+    import subprocess
+
+    write(tmp_path / "dask" / "a.yaml", "distributed:\n  worker:\n    memory:\n      target: 0.35\n      pause: 0.75\n")
+    write(tmp_path / "dask" / "b.yml", "scheduler-address: tcp://dask-file:1\n")
+    code = (
+        "import sys; from trioflow.config import load_config; l = load_config(); "
+        "m = l.config.worker.memory; print(m.target, m.pause, l.config.scheduler_address, l.config.scheduler.allowed_failures, "
+        "l.sources['worker.memory.target'], 'dask' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DASK_", "TRIOFLOW_"))}
+    env.update(
+        HOME=str(tmp_path / "home"),
+        DASK_CONFIG=str(tmp_path / "dask"),
+        DASK_ROOT_CONFIG=str(tmp_path / "none"),
+        DASK_DISTRIBUTED__WORKER__MEMORY__PAUSE="0.7",
+        DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="6",
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0.35", "0.7", "tcp://dask-file:1", "6", "dask.config", "False"]
+    env["DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT"] = "'soon'"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.stderr.strip().splitlines()[-1] == (
+        "trioflow.config.ConfigError: DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT='soon' "
+        "(dask.config, environment): expected a duration like 10s, 500ms or 2.5"
+    )
 
 
 def test_dask_keys_at_their_dask_defaults_are_not_taken(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -449,3 +483,9 @@ def test_config_package_imports_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_every_setting_is_in_the_docs_table() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.rst").read_text()
+    missing = [key for key, _, _ in iter_settings() if f"   * - ``{key}``" not in text]
+    assert not missing, f"settings missing from docs/configuration.rst: {missing}"

@@ -13,7 +13,11 @@ Sources, lowest first (a later one wins, key by key):
    name is an error (a misspelt setting); one without is some other
    trioflow variable and left alone;
 4. the ``distributed.*`` keys of ``dask.config`` that mean the same (when
-   dask is installed), but only those set away from dask's own defaults;
+   dask is installed), but only those set away from dask's own defaults.
+   In a process that has imported dask, that is ``dask.config`` itself
+   (``dask.config.set`` included); in one that has not (a server started
+   from the command line), dask's YAML files and ``DASK_*`` variables are
+   read here, so that starting a server never imports dask;
 5. explicit arguments (``load_config(overrides)``, and a server's keywords).
 
 Every value is checked against its setting's kind as it is read; a bad one
@@ -25,9 +29,11 @@ by the next :func:`get_config`.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.util
 import os
+import site
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -189,21 +195,21 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 _MISSING = object()
 
 
-def _dask_config() -> Any:
-    """``dask.config`` if dask is installed, else None (imported on first use)."""
-    if "dask.config" in sys.modules:
-        return sys.modules["dask.config"]
+def _from_dask(env: Mapping[str, str]) -> dict[str, Any]:
+    """Settings from dask's configuration: live ``dask.config`` when this
+    process has imported dask already (``dask.config.set`` included), else
+    read from dask's own sources (its YAML files and ``DASK_*`` variables)
+    without importing dask, so servers start without it."""
+    dask_config = sys.modules.get("dask.config")
+    if dask_config is not None:
+        return _from_live_dask(dask_config)
     if importlib.util.find_spec("dask") is None:
-        return None
-    import dask.config
-
-    return dask.config
-
-
-def _from_dask(dask_config: Any) -> dict[str, Any]:
-    """Settings whose dask.distributed key the user set away from dask's default."""
-    if dask_config is None:
         return {}
+    return _from_dask_sources(env)
+
+
+def _from_live_dask(dask_config: Any) -> dict[str, Any]:
+    """Settings whose dask key the user set away from dask's default."""
     defaults = dask_config.merge(*dask_config.defaults) if dask_config.defaults else {}
     out: dict[str, Any] = {}
     for key, setting in _SETTINGS.items():
@@ -213,6 +219,85 @@ def _from_dask(dask_config: Any) -> dict[str, Any]:
                 continue
             out[key] = _parse(key, value, dask_key, "dask.config", setting.from_dask)
             break
+    return out
+
+
+def _dask_paths(env: Mapping[str, str]) -> list[str]:
+    """Where dask looks for its YAML / JSON files, lowest first."""
+    paths = [
+        env.get("DASK_ROOT_CONFIG", "/etc/dask"),
+        os.path.join(sys.prefix, "etc", "dask"),
+        *(os.path.join(prefix, "etc", "dask") for prefix in site.PREFIXES),
+        os.path.join(os.path.expanduser("~"), ".config", "dask"),
+    ]
+    if "DASK_CONFIG" in env:
+        paths.append(env["DASK_CONFIG"])
+    seen: dict[str, None] = {}
+    for p in reversed(paths):  # a path listed twice counts where it is last
+        seen.setdefault(p, None)
+    return list(reversed(seen))
+
+
+def _dask_files(env: Mapping[str, str]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, _dask_paths(env)):
+        if p.is_dir():
+            try:
+                files.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in (".yaml", ".yml", ".json")))
+            except OSError:
+                pass
+        elif p.is_file():
+            files.append(p)
+    return files
+
+
+def _lookup(tree: Any, dask_key: str) -> Any:
+    """``tree[a][b]`` for ``a.b``, ``-`` and ``_`` alike in names."""
+    for part in dask_key.split("."):
+        if not isinstance(tree, Mapping):
+            return _MISSING
+        wanted = part.replace("_", "-")
+        for name, value in tree.items():
+            if isinstance(name, str) and name.replace("_", "-") == wanted:
+                tree = value
+                break
+        else:
+            return _MISSING
+    return tree
+
+
+def _env_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return text
+
+
+def _from_dask_sources(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    files = _dask_files(env)
+    if files:
+        import yaml  # dask needs it, so it is there
+
+        for path in files:
+            try:
+                tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue  # dask's business to complain about its own files
+            for key, setting in _SETTINGS.items():
+                for dask_key in setting.dask:
+                    value = _lookup(tree, dask_key)
+                    if value is not _MISSING:
+                        out[key] = _parse(key, value, dask_key, f"dask.config, {path}", setting.from_dask)
+                        break
+    by_env_name = {
+        "DASK_" + dask_key.upper().replace(".", "__").replace("-", "_"): key
+        for key, setting in _SETTINGS.items()
+        for dask_key in reversed(setting.dask)  # the first listed wins
+    }
+    for name, key in by_env_name.items():
+        if name in env:
+            out[key] = _parse(key, _env_value(env[name]), name, "dask.config, environment", _SETTINGS[key].from_dask)
     return out
 
 
@@ -261,7 +346,7 @@ def load_config(
         layer(*_from_file(env))
     layer("environment", _from_env(env))
     if use_dask:
-        layer("dask.config", _from_dask(_dask_config()))
+        layer("dask.config", _from_dask(env))
     if overrides:
         flat = _flatten(overrides, "argument")
         layer("argument", {key: _parse(key, value, written, "argument") for key, (written, value) in flat.items()})

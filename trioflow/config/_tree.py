@@ -194,7 +194,7 @@ class TrioflowConfig:
 
     scheduler_address: str | None = _setting(
         None, Text(optional=True), "the scheduler a Client() with no address connects to",
-        ("distributed.scheduler-address",),
+        ("scheduler-address", "distributed.scheduler-address"),
     )
     scheduler: SchedulerSettings = _section(SchedulerSettings)
     worker: WorkerSettings = _section(WorkerSettings)
