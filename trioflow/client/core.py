@@ -381,7 +381,7 @@ async def _resolve_address(address: Any, scheduler_file: str | None, timeout: fl
         return await wait_for_scheduler_file(scheduler_file, timeout)
     if address is None:
         # TRIOFLOW_SCHEDULER_ADDRESS, the configuration file, or dask's
-        # distributed.scheduler-address.
+        # scheduler-address (see trioflow.config).
         from ..config import get_config
 
         configured = get_config().scheduler_address
