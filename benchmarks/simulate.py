@@ -21,8 +21,8 @@ from collections import deque
 from trioflow.protocol.messages import ComputeTask, TaskSpec
 from trioflow.protocol.serialize import dumps
 from trioflow.scheduler.state import (
-    AddClient,
-    AddWorker,
+    AddClientEvent,
+    AddWorkerEvent,
     ReleaseKeysEvent,
     SchedulerState,
     TaskFinishedEvent,
@@ -34,9 +34,9 @@ from trioflow.scheduler.state import (
 def run(n_workers: int, n_tasks: int, chunk: int, saturation: float) -> dict[str, float]:
     s = SchedulerState(worker_saturation=saturation)
     now = 0.0
-    s.handle(AddClient(client="c"), now)
+    s.handle(AddClientEvent(client="c"), now)
     for i in range(n_workers):
-        s.handle(AddWorker(address=f"tcp://10.0.{i // 250}.{i % 250}:1", name=f"w{i}", nthreads=2, memory_limit=0), now)
+        s.handle(AddWorkerEvent(address=f"tcp://10.0.{i // 250}.{i % 250}:1", name=f"w{i}", nthreads=2, memory_limit=0), now)
     fn = b"fn"
     args = dumps(((), {}))
     pending: deque[tuple[str, str]] = deque()

@@ -6,7 +6,12 @@ where dask has them, so switching is a change of import.
 
 from typing import TYPE_CHECKING, Any
 
+from ._joblib_hook import install as _install_joblib_hook
 from ._version import __version__
+
+# joblib.parallel_backend("trioflow") (and "dask" without dask.distributed);
+# imports nothing until joblib itself is imported.
+_install_joblib_hook()
 
 # Names load on first use (PEP 562): a worker process never pays for the
 # client, the local-cluster code or anyio, which keeps its start-up time and
@@ -32,6 +37,14 @@ _LAZY = {
     "futures_of": "client",
     "open_client": "client",
     "wait": "client",
+    "Event": "client",
+    "Lock": "client",
+    "MultiLock": "client",
+    "Pub": "client",
+    "Queue": "client",
+    "Semaphore": "client",
+    "Sub": "client",
+    "Variable": "client",
     "LocalCluster": "deploy",
     "open_cluster": "deploy",
     "Nanny": "process.nanny",
@@ -47,7 +60,15 @@ if TYPE_CHECKING:
     from .client import (
         AsyncClient,
         Client,
+        Event,
         Future,
+        Lock,
+        MultiLock,
+        Pub,
+        Queue,
+        Semaphore,
+        Sub,
+        Variable,
         as_completed,
         default_client,
         fire_and_forget,
@@ -97,19 +118,27 @@ __all__ = [
     "Client",
     "CommClosedError",
     "CommError",
+    "Event",
     "Future",
     "FutureLostError",
     "KilledWorker",
     "LocalCluster",
     "Nanny",
+    "Lock",
+    "MultiLock",
     "ProtocolError",
+    "Pub",
+    "Queue",
     "Scheduler",
     "Security",
     "SecurityError",
+    "Semaphore",
     "SerializationError",
+    "Sub",
     "TimeoutError",
     "TrioflowError",
     "Status",
+    "Variable",
     "Worker",
     "__version__",
     "as_completed",

@@ -183,7 +183,7 @@ async def _idle_watch(scheduler: Any, timeout: float) -> None:
     idle_since = trio.current_time()
     while True:
         await trio.sleep(min(timeout / 4, 1.0))
-        if scheduler.state.clients:
+        if scheduler.state.clients or scheduler.state.fire_and_forget.wants_what:  # fire-and-forget work keeps it busy
             idle_since = trio.current_time()
         elif trio.current_time() - idle_since > timeout:
             logger.info("no clients for %ss (--idle-timeout); closing", timeout)

@@ -39,6 +39,7 @@ from ..scheduler_file import wait_for_scheduler_file
 from .admin import AdminMixin
 from .bridge import run_in_portal
 from .data import DataMixin
+from .datasets import AsyncDatasetsMixin
 from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
 from .submit import SubmitMixin, funcname
@@ -48,7 +49,7 @@ logger = logging.getLogger("trioflow.client")
 __all__ = ["AsyncClient", "funcname", "open_client"]
 
 
-class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin):
+class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, AsyncDatasetsMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:

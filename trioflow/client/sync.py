@@ -32,6 +32,7 @@ import sniffio
 
 from .bridge import SystemTaskHost, ThreadHost
 from .core import AsyncClient, open_client
+from .datasets import DatasetsMixin
 from .futures import Future
 
 logger = logging.getLogger("trioflow.client")
@@ -49,11 +50,14 @@ def default_client() -> Client:
     raise ValueError("no trioflow Client is running")
 
 
-class Client:
+class Client(DatasetsMixin):
     """Connect to a trioflow scheduler (dask-compatible).
 
     ``Client("tcp://host:8786")``, ``Client(cluster)``, or
-    ``Client(scheduler_file="scheduler.json")``: every method blocks.
+    ``Client(scheduler_file="scheduler.json")``: every method blocks.  With
+    no address, ``Client()`` or ``Client(n_workers=4, ...)`` starts a
+    :class:`~trioflow.LocalCluster` with those arguments and closes it with
+    the client.
 
     With ``asynchronous=True`` (in asyncio or Trio) every method returns an
     awaitable instead, and the client connects when awaited::
@@ -78,7 +82,19 @@ class Client:
         scheduler_file: str | None = None,
         set_as_default: bool = True,
         asynchronous: bool = False,
+        **cluster_kwargs: Any,
     ) -> None:
+        from ..deploy import cluster_for_client
+
+        # No address: start a LocalCluster (cluster_kwargs) and close it with
+        # us.  An asynchronous client starts it when awaited, in a thread, so
+        # the caller's loop never blocks on it.
+        self._own_cluster: Any = None
+        self._cluster_request: tuple[dict[str, Any], Any] | None = None
+        if asynchronous and address is None and scheduler_file is None:
+            self._cluster_request = (cluster_kwargs, security)
+        else:
+            address, self._own_cluster = cluster_for_client(address, scheduler_file, cluster_kwargs, security=security)
         self.cluster = None if isinstance(address, str) or address is None else address
         if security is None and self.cluster is not None:
             security = getattr(self.cluster, "security", None)
@@ -90,7 +106,12 @@ class Client:
         self._trio_host: SystemTaskHost | None = None
         self._open = functools.partial(open_client, address, security=security, name=name, timeout=timeout, scheduler_file=scheduler_file)
         if not asynchronous:
-            self._start_in_thread()
+            try:
+                self._start_in_thread()
+            except BaseException:
+                if self._own_cluster is not None:
+                    self._own_cluster.close()
+                raise
             self._started()
 
     def _start_in_thread(self) -> None:
@@ -114,6 +135,8 @@ class Client:
             raise RuntimeError("client is closed")
         if getattr(self, "_core", None) is not None:
             return self
+        if self._cluster_request is not None:
+            await self._start_own_cluster(*self._cluster_request)
         if sniffio.current_async_library() == "trio":
             host = SystemTaskHost(self._open())
             self._core = await host.start()
@@ -123,6 +146,18 @@ class Client:
             await anyio.to_thread.run_sync(self._start_in_thread)
         self._started()
         return self
+
+    async def _start_own_cluster(self, cluster_kwargs: dict[str, Any], security: Any) -> None:
+        from ..deploy import cluster_for_client
+
+        self._cluster_request = None
+        address, self._own_cluster = await anyio.to_thread.run_sync(
+            lambda: cluster_for_client(None, None, cluster_kwargs, security=security)
+        )
+        self.cluster = None if isinstance(address, str) else address
+        if security is None and self.cluster is not None:
+            security = getattr(self.cluster, "security", None)
+        self._open = functools.partial(self._open.func, address, **{**self._open.keywords, "security": security})
 
     def __await__(self) -> Any:
         if not self._asynchronous:
@@ -203,12 +238,14 @@ class Client:
         n = len(info["workers"])
         threads = sum(w["nthreads"] for w in info["workers"].values())
         mem = sum(w["memory_limit"] for w in info["workers"].values())
-        return f"<Client: {self.scheduler_address} workers={n} threads={threads} memory={mem / 1e9:.2f} GB>"
+        from ..deploy.reprs import memory_text
+
+        return f"<Client: {self.scheduler_address} workers={n} threads={threads} memory={memory_text(mem)}>"
 
     def _repr_html_(self) -> str:
-        link = self.dashboard_link
-        dash = f"<br>Dashboard: <a href='{link}' target='_blank'>{link}</a>" if link else ""
-        return f"<h3>trioflow Client</h3>Scheduler: {self.scheduler_address}<br>Status: {self.status}{dash}"
+        from ..deploy.reprs import client_html
+
+        return client_html(self)
 
     def __enter__(self) -> Client:
         return self
@@ -235,6 +272,8 @@ class Client:
         finally:
             if self in _current:
                 _current.remove(self)
+            if self._own_cluster is not None:
+                self._own_cluster.close()
 
     async def _close_async(self) -> None:
         if self._trio_host is not None:
@@ -243,7 +282,11 @@ class Client:
             self._closed = True
             if self in _current:
                 _current.remove(self)
-            await self._trio_host.aclose()
+            try:
+                await self._trio_host.aclose()
+            finally:
+                if self._own_cluster is not None:
+                    await anyio.to_thread.run_sync(self._own_cluster.close)
         else:
             await anyio.to_thread.run_sync(self._close_sync)
 

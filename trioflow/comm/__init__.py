@@ -2,7 +2,8 @@
 
 from .addressing import Address, AddressError, parse_address
 from .batched import BatchedSend
-from .core import Comm, CommClosedError, CommError, HandshakeError, Listener, connect, listen
+from .connect import Listener, connect, listen
+from .core import Comm, CommClosedError, CommError, HandshakeError
 from .pool import ConnectionPool, RemoteError
 
 __all__ = [

@@ -21,7 +21,8 @@ import trio
 from ..protocol.codec import ProtocolError
 from ..protocol.messages import Message
 from .addressing import Address
-from .core import Comm, CommClosedError, CommError, Listener, log_dropped, server_handshake
+from .connect import Listener, log_dropped, server_handshake
+from .core import Comm, CommClosedError, CommError
 
 logger = logging.getLogger("trioflow.comm")
 

@@ -29,7 +29,8 @@ import trio
 
 from ..errors import RemoteError
 from ..protocol.messages import ErrorReply, Message
-from .core import Comm, CommClosedError, connect
+from .connect import connect
+from .core import Comm, CommClosedError
 
 __all__ = ["ConnectionPool", "RemoteError"]
 

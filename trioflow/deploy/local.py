@@ -9,6 +9,13 @@ thread, for use with the blocking ``Client``.
 
 from __future__ import annotations
 
+import atexit
+import collections
+import errno
+import logging
+import socket
+import warnings
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,11 +25,19 @@ import attrs
 import trio
 
 from ..comm.inproc import new_inproc_name
-from ..config import NannyConfig, SchedulerConfig, WorkerConfig, build_config, parse_memory_limit
+from ..config import (
+    NannyConfig,
+    SchedulerConfig,
+    WorkerConfig,
+    build_config,
+    get_config,
+    parse_memory_limit,
+)
 from ..scheduler.server import Scheduler
 from ..worker.server import Worker
+from .utils import cpu_count, nprocesses_nthreads
 
-__all__ = ["LocalCluster", "open_cluster", "InProcessCluster"]
+__all__ = ["InProcessCluster", "LocalCluster", "cluster_for_client", "open_cluster"]
 
 #: Options of a worker that are the nanny's (with ``processes=True``).
 _NANNY_FIELDS = ("grace", "memory_terminate_fraction", "env")
@@ -59,7 +74,14 @@ class InProcessCluster:
     @property
     def dashboard_link(self) -> str | None:
         port = self.scheduler.services.get("dashboard")
-        return f"http://127.0.0.1:{port}/status" if port else None
+        if not port:
+            return None
+        host = self.scheduler_address.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+        if host in ("", "0.0.0.0", "::") or self.scheduler_address.startswith("inproc"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{port}/status"
 
     async def start_worker(self, **options: Any) -> Any:
         """Start one more worker (or nanny, with ``processes=True``);
@@ -190,12 +212,38 @@ async def open_cluster(
         raise error
 
 
-class LocalCluster:
-    """A local cluster for the blocking ``Client`` (dask-compatible arguments).
 
-    ``LocalCluster(n_workers=4, threads_per_worker=1, processes=True,
-    memory_limit="2GB", dashboard_address=":8787")``.  With
-    ``asynchronous=True`` it is an awaitable, ``async with``-able
+
+class _LogRecorder(logging.Handler):
+    """Keeps the last lines trioflow logged in this process, by component."""
+
+    def __init__(self, maxlen: int = 10_000) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: collections.deque[tuple[str, str]] = collections.deque(maxlen=maxlen)
+        self.setFormatter(logging.Formatter("%(asctime)s - %(name)s - %(levelname)s - %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append((record.name, self.format(record)))
+        except Exception:  # noqa: BLE001 - a log line must never break the cluster
+            self.handleError(record)
+
+
+class LocalCluster:
+    """A scheduler and workers on this machine, for the blocking ``Client``.
+
+    The arguments and defaults are dask's: with none given there is one
+    worker *process* per core (each behind a nanny), sized the way dask sizes
+    them (:func:`~trioflow.deploy.utils.nprocesses_nthreads`), the memory of
+    the machine shared out between them, and the live page on port 8787 (on
+    another port, with a warning, when 8787 is taken)::
+
+        with LocalCluster(n_workers=4, threads_per_worker=1) as cluster, Client(cluster) as client:
+            ...
+
+    ``processes=False`` runs the workers as tasks in this process (fast to
+    start; what tests want).  Arguments not listed go to every worker.
+    With ``asynchronous=True`` it is an awaitable, ``async with``-able
     :class:`~trioflow.client.bridge.AsyncCluster` (asyncio or Trio).
     """
 
@@ -208,21 +256,76 @@ class LocalCluster:
 
     def __init__(
         self,
-        n_workers: int = 2,
-        threads_per_worker: int = 1,
-        processes: bool = False,
-        memory_limit: int | str | float = 0,
-        dashboard_address: str | None = None,
+        n_workers: int | None = None,
+        threads_per_worker: int | None = None,
+        processes: bool | None = None,
+        memory_limit: int | str | float | None = "auto",
+        dashboard_address: str | int | None = ":8787",
         *,
-        security: Any = None,
-        protocol: str = "tcp",
-        host: str = "127.0.0.1",
+        name: str | None = None,
+        host: str | None = None,
         scheduler_port: int = 0,
+        silence_logs: int | bool | None = logging.WARNING,
+        security: Any = None,
+        protocol: str | None = None,
         resources: dict[str, float] | None = None,
-        **worker_options: Any,
+        worker_class: type | None = None,
+        worker_dashboard_address: str | None = None,
+        scheduler_kwargs: dict[str, Any] | None = None,
+        validate: bool = False,
+        **worker_kwargs: Any,
     ) -> None:
-        worker_options.pop("asynchronous", None)  # handled by __new__
+        worker_kwargs.pop("asynchronous", None)  # handled by __new__
+        if isinstance(n_workers, bool) or (n_workers is not None and not isinstance(n_workers, int)):
+            raise TypeError(f"n_workers must be an int or None, got {n_workers!r}")
+        if worker_class is not None and processes is None:
+            from ..process.nanny import Nanny
+
+            processes = issubclass(worker_class, Nanny)
+        if processes is None:
+            processes = True
+        self.processes = bool(processes)
+        if security is True:
+            from ..security import Security
+
+            security = Security.temporary()
+        if protocol is None:
+            if host and "://" in host:
+                protocol, host = host.split("://", 1)
+            elif security is not None and getattr(security, "require_encryption", False):
+                protocol = "tls"
+            else:
+                protocol = "tcp"
+        protocol = protocol.removesuffix("://")
+        if host is None:
+            host = "127.0.0.1"
+        cpus = cpu_count()
+        if n_workers is None and threads_per_worker is None:
+            if self.processes:
+                n_workers, threads_per_worker = nprocesses_nthreads(cpus)
+            else:
+                n_workers, threads_per_worker = 1, cpus
+        if n_workers is None:
+            assert threads_per_worker is not None
+            n_workers = max(1, cpus // threads_per_worker) if self.processes else 1
+        if threads_per_worker is None:
+            # Rather more threads than cores than fewer, as dask does.
+            threads_per_worker = max(1, -(-cpus // max(n_workers, 1)))
+        self.name = name
         self.security = security
+        self._host = host
+        self._records = _LogRecorder()
+        self._cluster_log: list[str] = []
+        if dashboard_address is not None:
+            dashboard_address = self._free_dashboard_address(dashboard_address, host)
+        if worker_dashboard_address is not None:
+            worker_kwargs["dashboard_address"] = worker_dashboard_address
+        self._silence(silence_logs)
+        if self.processes and silence_logs and silence_logs is not True:
+            # The worker processes log to their standard error at this level.
+            env = dict(worker_kwargs.get("env") or {})
+            env.setdefault("TRIOFLOW_WORKER_LOG_LEVEL", logging.getLevelName(silence_logs))
+            worker_kwargs["env"] = env
         self._portal_cm = anyio.from_thread.start_blocking_portal("trio")
         self._portal = self._portal_cm.__enter__()
         try:
@@ -230,22 +333,71 @@ class LocalCluster:
                 open_cluster(
                     n_workers,
                     threads_per_worker,
-                    processes=processes,
-                    memory_limit=memory_limit,
+                    processes=self.processes,
+                    memory_limit=memory_limit if memory_limit is not None else 0,
                     protocol=protocol,
                     host=host,
                     scheduler_port=scheduler_port,
-                    dashboard_address=dashboard_address,
+                    dashboard_address=None if dashboard_address is None else str(dashboard_address),
                     security=security,
                     resources=resources,
-                    worker_options=worker_options or None,
+                    validate=validate,
+                    worker_options=worker_kwargs or None,
+                    scheduler_options=scheduler_kwargs,
                 )
             )
             self._cluster: InProcessCluster = self._cm.__enter__()
         except BaseException:
             self._portal_cm.__exit__(None, None, None)
+            self._unsilence()
             raise
         self._closed = False
+        # A cluster nobody closed goes at interpreter exit, workers first,
+        # rather than leaving its worker processes to find their nanny gone.
+        _live_clusters.add(self)
+        self._log(f"started with {n_workers} worker{'s' if n_workers != 1 else ''} ({'processes' if self.processes else 'threads'}), {threads_per_worker} thread{'s' if threads_per_worker != 1 else ''} each")
+
+    # ------------------------------------------------------------ set-up
+
+    def _free_dashboard_address(self, address: str | int, host: str) -> str:
+        """``address`` with the cluster's host filled in, on a free port:
+        dask's default ``:8787`` is often taken by another cluster."""
+        from ..diagnostics.server import parse_dashboard_address
+
+        bind_host, port = parse_dashboard_address(address)
+        if bind_host is None:
+            bind_host = host
+        shown = f"[{bind_host}]" if ":" in bind_host else bind_host
+        if port and not _port_free(bind_host, port):
+            warnings.warn(
+                f"Port {port} is already in use (another cluster?); the dashboard is on another port "
+                f"instead (see LocalCluster.dashboard_link)",
+                UserWarning,
+                stacklevel=3,
+            )
+            self._log(f"dashboard port {port} in use; picking another")
+            port = 0
+        return f"{shown}:{port}"
+
+    def _silence(self, level: int | bool | None) -> None:
+        logger = logging.getLogger("trioflow")
+        self._old_level: int | None = None
+        if level and level is not True:
+            self._old_level = logger.level
+            logger.setLevel(level)
+        logger.addHandler(self._records)
+
+    def _unsilence(self) -> None:
+        logger = logging.getLogger("trioflow")
+        logger.removeHandler(self._records)
+        if self._old_level is not None:
+            logger.setLevel(self._old_level)
+            self._old_level = None
+
+    def _log(self, message: str) -> None:
+        self._cluster_log.append(f"{logging.Formatter().formatTime(logging.makeLogRecord({}))} - {message}")
+
+    # ------------------------------------------------------------ state
 
     @property
     def scheduler_address(self) -> str:
@@ -256,28 +408,66 @@ class LocalCluster:
         return self._cluster.scheduler
 
     @property
-    def workers(self) -> list[Any]:
-        return list(self._cluster.workers)
+    def workers(self) -> dict[str, Any]:
+        """The running workers (nannies with ``processes=True``) by name."""
+        return {node.name: node for node in self._cluster.workers}
 
     @property
     def dashboard_link(self) -> str | None:
         return self._cluster.dashboard_link
 
+    @property
+    def status(self) -> str:
+        return "closed" if self._closed else self.scheduler.status
+
+    def _summary(self) -> tuple[int, int, int]:
+        """Workers, threads and total memory limit, as the scheduler sees them
+        (read in the cluster's own thread)."""
+
+        def read() -> tuple[int, int, int]:
+            workers = list(self.scheduler.state.workers.values())
+            return len(workers), sum(w.nthreads for w in workers), sum(w.memory_limit or 0 for w in workers)
+
+        return self._portal.call(read)
+
+    # ------------------------------------------------------------ actions
+
     def scale(self, n: int) -> None:
         """Add or remove workers until there are ``n``."""
+        if n < 0:
+            raise ValueError(f"cannot scale to a negative number of workers ({n})")
+        self._log(f"scale to {n} worker{'s' if n != 1 else ''}")
         while len(self._cluster.workers) < n:
             self._portal.call(self._cluster.start_worker)
         while len(self._cluster.workers) > n:
             self._portal.call(self._cluster.remove_worker, self._cluster.workers[-1])
 
+    def get_logs(self, cluster: bool = True, scheduler: bool = True, workers: bool = True) -> dict[str, str]:
+        """What this cluster logged, as text by component (``"Cluster"``,
+        ``"Scheduler"``, ``"Workers"``): the lines trioflow logged in this
+        process at or above the ``silence_logs`` level while the cluster ran.
+        Worker *processes* log to their own standard error; their nannies'
+        lines are here."""
+        out: dict[str, str] = {}
+        lines = list(self._records.lines)
+        if cluster:
+            out["Cluster"] = "\n".join(self._cluster_log)
+        if scheduler:
+            out["Scheduler"] = "\n".join(t for n, t in lines if n.startswith(("trioflow.scheduler", "trioflow.diagnostics")))
+        if workers:
+            out["Workers"] = "\n".join(t for n, t in lines if n.startswith(("trioflow.worker", "trioflow.nanny")))
+        return out
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        _live_clusters.discard(self)
         try:
             self._cm.__exit__(None, None, None)
         finally:
             self._portal_cm.__exit__(None, None, None)
+            self._unsilence()
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -285,9 +475,97 @@ class LocalCluster:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"LocalCluster({self.scheduler_address!r}, workers={len(self._cluster.workers)})"
+    # ------------------------------------------------------------ display
 
+    def __repr__(self) -> str:
+        if self._closed:
+            return f"LocalCluster({self.name or ''!r}, {self.scheduler_address!r}, status=closed)"
+        n, threads, memory = self._summary()
+        from .reprs import memory_text
+
+        mem = memory_text(memory)
+        return (
+            f"LocalCluster({self.name or ''!r}, {self.scheduler_address!r}, "
+            f"workers={n}, threads={threads}, memory={mem}, processes={self.processes})"
+        )
+
+    def _repr_html_(self) -> str:
+        from .reprs import html_table, link_html, memory_text
+
+        n, threads, memory = self._summary() if not self._closed else (0, 0, 0)
+        rows = [
+            ("Status", self.status),
+            ("Scheduler", self.scheduler_address),
+            ("Dashboard", link_html(None if self._closed else self.dashboard_link)),
+            ("Workers", str(n)),
+            ("Total threads", str(threads)),
+            ("Total memory", memory_text(memory)),
+            ("Workers run as", "processes (with nannies)" if self.processes else "threads in this process"),
+        ]
+        return html_table(f"LocalCluster {self.name}" if self.name else "LocalCluster", rows, raw=frozenset({"Dashboard"}))
+
+
+_live_clusters: weakref.WeakSet[LocalCluster] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_clusters() -> None:
+    for cluster in list(_live_clusters):
+        try:
+            cluster.close()
+        except Exception:  # noqa: BLE001 - at exit there is no one to tell
+            pass
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether a listener could bind ``host:port`` now (as trio binds: with
+    SO_REUSEADDR, so a port in TIME_WAIT counts as free)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return True  # let the real bind report it
+    family, type_, proto, _, addr = infos[0]
+    with socket.socket(family, type_, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            return exc.errno != errno.EADDRINUSE
+    return True
+
+
+def cluster_for_client(
+    address: Any, scheduler_file: str | None, cluster_kwargs: dict[str, Any], *, security: Any = None
+) -> tuple[Any, LocalCluster | None]:
+    """What a blocking ``Client`` connects to: ``(address or cluster, the
+    cluster it started for itself or None)``.
+
+    With no address, no scheduler file and no configured
+    ``scheduler_address`` (:func:`trioflow.config.get_config`:
+    ``TRIOFLOW_SCHEDULER_ADDRESS``, the YAML file, or dask's
+    ``scheduler-address``), the client starts a :class:`LocalCluster` with
+    ``cluster_kwargs`` (every ``LocalCluster`` argument; the client's
+    ``security`` too) and must close it
+    with itself.  Otherwise ``cluster_kwargs`` are ignored, as dask ignores
+    them.
+
+    Raises:
+        TypeError: ``address`` is neither an address, a cluster object nor
+            None (a cluster *class*, say).
+    """
+    if address is not None and not isinstance(address, str) and (
+        isinstance(address, type) or not isinstance(getattr(address, "scheduler_address", None), str)
+    ):
+        raise TypeError(f"Scheduler address must be a string or a Cluster instance, got {type(address)}")
+    if address is None and scheduler_file is None:
+        configured = get_config().scheduler_address
+        if configured:
+            return configured, None
+        if security is not None:
+            cluster_kwargs = {**cluster_kwargs, "security": security}
+        cluster = LocalCluster(**cluster_kwargs)
+        return cluster, cluster
+    return address, None
 
 
 def _evolve(config: WorkerConfig, **changes: Any) -> WorkerConfig:

@@ -156,7 +156,7 @@ class Nanny:
 
     async def __aenter__(self) -> Nanny:
         """``async with Nanny(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
-        from .client.bridge import ServerContext
+        from ..client.bridge import ServerContext
 
         self._context = ServerContext(self)
         return await self._context.__aenter__()  # type: ignore[no-any-return]
@@ -566,7 +566,7 @@ def run_worker_process(start: m.StartWorkerProcess, *, ready_fd: int = -1, watch
     as for ``trioflow-worker --no-nanny``.
     """
     config = start.config
-    setup_logging()
+    setup_logging(os.environ.get("TRIOFLOW_WORKER_LOG_LEVEL") or "INFO")  # LocalCluster(silence_logs=)
     limit_malloc_arenas(config.nthreads)  # before any thread exists
 
     def tell(line: str) -> None:

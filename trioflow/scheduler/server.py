@@ -9,12 +9,17 @@ Theory of operation
      │    RegisterWorker -> worker stream (receive loop + BatchedSend)
      │    RegisterClient -> client stream (receive loop + BatchedSend)
      │    anything else  -> request/response loop (WhoHas, Identity, ...)
-     ├ liveness loop: drop workers silent for longer than ``worker_ttl``
+     ├ liveness loop: a TickEvent every second (the machine drops silent workers)
      └ diagnostics server (when enabled)
 
-Every event from a peer becomes a state-machine event in
-:meth:`Scheduler._handle`, and the instructions it returns are queued on the
-batched streams of the workers and clients they name.  The scheduler never
+Every message from a peer becomes a state-machine event in
+:meth:`Scheduler._handle` (looked up by type in ``_worker_handlers`` and
+``_client_handlers``), and the instructions it returns are queued on the
+batched streams of the workers and clients they name, or carried out by
+``_instruction_handlers`` (close a dropped worker's connection, ask a nanny
+to restart, answer a retire or restart request).  Every decision, those of
+retirement, restart, liveness and fire-and-forget included, is the
+machine's; the shell does the IO.  The scheduler never
 unpickles user data: run specs, results and exceptions pass through as
 :class:`~trioflow.protocol.serialize.Serialized` bytes.
 
@@ -48,14 +53,14 @@ from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
 from . import state as ss
+from .extensions.serve import HANDLED as PRIMITIVE_REQUESTS
+from .extensions.serve import PrimitivesServer
 from .taskstream import TaskStream
 
 logger = logging.getLogger("trioflow.scheduler")
 
 __all__ = ["Scheduler"]
 
-#: Pseudo-client that holds fire-and-forget keys until they finish.
-FIRE_AND_FORGET = "fire-and-forget"
 #: Finished tasks kept for the page's task stream (the newest): ~1.3 MB.
 TASK_STREAM_LENGTH = 10_000  # the default of scheduler.task_stream_length (trioflow.config)
 
@@ -102,6 +107,8 @@ class Scheduler:
             allowed_failures=config.allowed_failures,
             validate=config.validate,
             worker_saturation=config.worker_saturation,
+            scheduler_id=self.id,
+            worker_ttl=config.worker_ttl,
             bandwidth=float(tuning.bandwidth),
         )
         self.worker_ttl = config.worker_ttl
@@ -120,7 +127,8 @@ class Scheduler:
         self._close_event = trio.Event()
         self._closed = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._closing_workers: set[str] = set()
+        self._requests: dict[str, _PendingRequest] = {}
+        self._request_counter = 0
         self.task_stream = TaskStream(tuning.task_stream_length)
         #: Transfers between workers, as the workers report them in heartbeats:
         #: (worker, peer it fetched from, bytes, start, stop, number of keys).
@@ -136,6 +144,8 @@ class Scheduler:
             m.RetireWorkers: self._retire_workers,
             m.Restart: self._restart,
         }
+        self.primitives = PrimitivesServer(self)
+        self._build_dispatch_tables()
 
     async def __aenter__(self) -> Scheduler:
         """``async with Scheduler(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
@@ -146,6 +156,33 @@ class Scheduler:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self._context.__aexit__(*exc)
+
+    def _build_dispatch_tables(self) -> None:
+        """Peers' messages and the machine's instructions, by type: each
+        handler turns a message into an event, or carries an instruction out."""
+        self._worker_handlers: dict[type, Callable[[str, Any], None]] = {
+            m.TaskFinished: self._task_finished,
+            m.TaskErred: self._task_erred,
+            m.Heartbeat: self._heartbeat,
+            m.AddKeys: lambda a, msg: self._handle(ss.AddKeysEvent(worker=a, nbytes=msg.nbytes)),
+            m.MissingData: lambda a, msg: self._handle(ss.MissingDataEvent(worker=a, key=msg.key, errant_worker=msg.worker)),
+            m.StealResponse: lambda a, msg: self._handle(ss.StealResponseEvent(worker=a, key=msg.key, stolen=msg.stolen)),
+            m.Reschedule: lambda a, msg: self._handle(ss.RescheduleEvent(worker=a, key=msg.key)),
+            m.ReleaseWorkerData: lambda a, msg: self._handle(ss.ReleaseWorkerDataEvent(worker=a, keys=msg.keys)),
+        }
+        self._client_handlers: dict[type, Callable[[str, Any], None]] = {
+            m.UpdateGraph: self._update_graph,
+            m.ReleaseKeys: lambda c, msg: self._handle(ss.ReleaseKeysEvent(client=c, keys=msg.keys)),
+            m.CancelKeys: lambda c, msg: self._handle(ss.CancelKeysEvent(client=c, keys=msg.keys)),
+            m.FireAndForget: lambda c, msg: self._handle(ss.FireAndForgetEvent(keys=msg.keys)),
+            m.UpdateData: lambda c, msg: self._handle(ss.UpdateDataEvent(client=c, who_has=msg.who_has, nbytes=msg.nbytes)),
+        }
+        self._instruction_handlers: dict[type, Callable[[Any], None]] = {
+            ss.DropWorker: self._drop_worker,
+            ss.RestartNanny: self._restart_nanny,
+            ss.RetirementDone: self._request_done,
+            ss.RestartDone: self._request_done,
+        }
 
     def __repr__(self) -> str:
         return f"<Scheduler {self.address or '(not started)'} workers={len(self.state.workers)} tasks={len(self.state.tasks)}>"
@@ -176,6 +213,7 @@ class Scheduler:
                     port = await nursery.start(serve_dashboard, self, self.dashboard_address)
                     self.services["dashboard"] = port
                 nursery.start_soon(self._liveness_loop)
+                nursery.start_soon(self.primitives.run)
                 self._write_scheduler_file()
                 self.status = Status.running
                 task_status.started(self)
@@ -243,7 +281,7 @@ class Scheduler:
     # ------------------------------------------------------------ state machine
 
     def _handle(self, event: Any) -> None:
-        """Feed ``event`` to the state machine and send what it returns.
+        """Feed ``event`` to the state machine and carry out what it returns.
 
         Raises:
             InvalidEvent: the event did not fit; nothing changed.
@@ -251,36 +289,76 @@ class Scheduler:
         instructions = self.state.handle(event, trio.current_time())
         self.events_handled += 1
         self._dispatch(instructions)
+        if type(event) is ss.RemoveClientEvent:
+            self.primitives.remove_client(event.client)
+        elif type(event) is ss.RemoveWorkerEvent:
+            self.primitives.remove_worker(event.address)
 
     def _dispatch(self, instructions: list[Any]) -> None:
         workers = self.worker_streams
         clients = self.client_streams
-        finished_ff: list[str] = []
         for inst in instructions:
-            if type(inst) is ss.ToWorker:
+            kind = type(inst)
+            if kind is ss.ToWorker:
                 b = workers.get(inst.address)
-            else:
-                if inst.client == FIRE_AND_FORGET:
-                    if isinstance(inst.msg, (m.KeyInMemory, m.KeyErred, m.KeyCancelled)):
-                        finished_ff.append(inst.msg.key)
-                    continue
+            elif kind is ss.ToClient:
                 b = clients.get(inst.client)
+            else:
+                self._instruction_handlers[kind](inst)
+                continue
             if b is not None:
                 try:
                     b.send(inst.msg)
                 except CommClosedError:
                     pass  # its receive loop will notice and clean up
-        if finished_ff:
-            # Fire-and-forget keys are done: nobody waits for them any more.
-            self._handle(ss.ReleaseKeysEvent(client=FIRE_AND_FORGET, keys=finished_ff))
 
-    def _fire_and_forget(self, keys: list[str]) -> None:
-        """Keep ``keys`` wanted by a pseudo-client until they finish."""
-        if FIRE_AND_FORGET not in self.state.clients:
-            self._handle(ss.AddClient(client=FIRE_AND_FORGET))
-        known = [k for k in keys if k in self.state.tasks]
-        if known:
-            self._handle(ss.UpdateGraphEvent(client=FIRE_AND_FORGET, tasks=[], keys=known))
+    def _drop_worker(self, inst: ss.DropWorker) -> None:
+        """The machine removed a worker (silent too long): close its connection."""
+        logger.warning("worker %s %s; removing it", inst.address, inst.reason)
+        self.worker_streams.pop(inst.address, None)
+        comm = self.worker_comms.pop(inst.address, None)
+        if comm is not None and self._nursery is not None:
+            self._nursery.start_soon(comm.aclose)
+
+    def _restart_nanny(self, inst: ss.RestartNanny) -> None:
+        if self._nursery is not None:
+            timeout = self._requests[inst.request].timeout if inst.request in self._requests else 30.0
+            self._nursery.start_soon(self._restart_one_nanny, inst.request, inst.nanny, timeout)
+
+    async def _restart_one_nanny(self, request: str, nanny: str, timeout: float) -> None:
+        from ..comm import ConnectionPool
+
+        error = ""
+        pool = ConnectionPool(security=self.security, role="scheduler", name=self.name)
+        try:
+            await pool.rpc(nanny, m.NannyRestart(reason="client.restart()"), m.Ok, timeout=timeout)
+        except Exception as exc:  # noqa: BLE001 - report, keep going
+            error = str(exc) or type(exc).__name__
+        finally:
+            await pool.aclose()
+        self._handle(ss.NannyRestartedEvent(request=request, nanny=nanny, error=error))
+
+    def _request_done(self, inst: ss.RetirementDone | ss.RestartDone) -> None:
+        pending = self._requests.get(inst.request)
+        if pending is not None:
+            pending.result = inst
+            pending.done.set()
+
+    async def _run_request(self, event: ss.RetireWorkersEvent | ss.RestartEvent) -> ss.RetirementDone | ss.RestartDone:
+        """Hand a long request to the machine and wait until it says it is over
+        (at its deadline at the latest: then a tick makes it end the request)."""
+        pending = self._requests[event.request] = _PendingRequest(event.timeout)
+        try:
+            self._handle(event)
+            with trio.move_on_after(max(event.timeout, 0)):
+                await pending.done.wait()
+            while pending.result is None:
+                self._handle(ss.TickEvent())
+                with trio.move_on_after(0.05):
+                    await pending.done.wait()
+            return pending.result
+        finally:
+            del self._requests[event.request]
 
     # ------------------------------------------------------------ connections
 
@@ -303,6 +381,15 @@ class Scheduler:
                     msg = await comm.recv()
                 except CommClosedError:
                     return
+            if type(msg) in PRIMITIVE_REQUESTS:
+                # It answers on comm itself (and takes back what an
+                # undeliverable answer granted).
+                try:
+                    await self.primitives.serve_request(comm, msg)
+                except CommClosedError:
+                    return
+                msg = None
+                continue
             handler = self._request_handlers.get(type(msg))
             if handler is None:
                 reply: m.Message = m.ErrorReply(message=f"the scheduler does not serve {msg.op!r} requests on this connection")
@@ -317,14 +404,16 @@ class Scheduler:
             del reply
             msg = None
 
-    async def _worker_stream(self, comm: Comm, reg: m.RegisterWorker) -> None:
+    async def _register_worker(self, comm: Comm, reg: m.RegisterWorker) -> BatchedSend | None:
+        """Hand the registration to the machine; None if it is refused (the
+        worker is told why)."""
         address = reg.address
         try:
             parse_address(address)
         except ValueError as exc:
             await comm.send(m.ErrorReply(message=f"bad worker address: {exc}"))
-            return
-        event = ss.AddWorker(
+            return None
+        event = ss.AddWorkerEvent(
             address=address,
             name=reg.name,
             nthreads=reg.nthreads,
@@ -341,64 +430,38 @@ class Scheduler:
         except ss.InvalidEvent as exc:
             logger.warning("refused worker %s: %s", address, exc)
             await comm.send(m.ErrorReply(message=str(exc)))
-            return
+            return None
         batched = BatchedSend(comm)
         self.worker_streams[address] = batched
         self.worker_comms[address] = comm
-        forget = [
-            k for inst in instructions if type(inst) is ss.ToWorker and inst.address == address and isinstance(inst.msg, m.FreeKeys) for k in inst.msg.keys
-        ]
-        batched.send(
-            m.WorkerRegistered(scheduler_id=self.id, heartbeat_interval=self._heartbeat_interval(), worker_ttl=self._worker_ttl(), forget=forget)
-        )
-        self._dispatch([i for i in instructions if not (type(i) is ss.ToWorker and isinstance(i.msg, m.FreeKeys) and i.address == address)])
+        # The machine's first message to the worker is its WorkerRegistered.
+        self._dispatch(instructions)
         logger.info("Register worker %s (%s, %d threads)", address, reg.name, reg.nthreads)
+        return batched
+
+    async def _worker_stream(self, comm: Comm, reg: m.RegisterWorker) -> None:
+        batched = await self._register_worker(comm, reg)
+        if batched is None:
+            return
+        address = reg.address
         safe = False
+        handlers = self._worker_handlers
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(_run_batched, batched, n.cancel_scope)
                 while True:
                     msg = await comm.recv()
-                    try:
-                        if isinstance(msg, m.TaskFinished):
-                            self._handle(ss.TaskFinishedEvent(worker=address, key=msg.key, nbytes=msg.nbytes, type_name=msg.type_name, start=msg.start, stop=msg.stop))
-                            self.task_stream.append(msg.key, address, msg.start, msg.stop, msg.thread)
-                        elif isinstance(msg, m.TaskErred):
-                            self._handle(
-                                ss.TaskErredEvent(
-                                    worker=address,
-                                    key=msg.key,
-                                    exception=msg.exception,
-                                    exception_text=msg.exception_text,
-                                    traceback_text=msg.traceback_text,
-                                    type_name=msg.type_name,
-                                )
-                            )
-                        elif isinstance(msg, m.Heartbeat):
-                            metrics = attrs.asdict(msg)  # type: ignore[arg-type]
-                            for peer, nbytes, start, stop, nkeys in metrics.pop("transfers"):
-                                self._log_transfer(address, peer, nbytes, start, stop, nkeys)
-                            self._handle(ss.HeartbeatEvent(worker=address, metrics=metrics))
-                            batched.send(m.HeartbeatAck(heartbeat_interval=self._heartbeat_interval(), worker_ttl=self._worker_ttl()))
-                        elif isinstance(msg, m.AddKeys):
-                            self._handle(ss.AddKeysEvent(worker=address, nbytes=msg.nbytes))
-                        elif isinstance(msg, m.MissingData):
-                            self._handle(ss.MissingDataEvent(worker=address, key=msg.key, errant_worker=msg.worker))
-                        elif isinstance(msg, m.StealResponse):
-                            self._handle(ss.StealResponseEvent(worker=address, key=msg.key, stolen=msg.stolen))
-                        elif isinstance(msg, m.Reschedule):
-                            self._handle(ss.RescheduleEvent(worker=address, key=msg.key))
-                        elif isinstance(msg, m.ReleaseWorkerData):
-                            self._handle(ss.ReleaseWorkerDataEvent(worker=address, keys=msg.keys))
-                        elif isinstance(msg, m.WorkerUnregister):
+                    handler = handlers.get(type(msg))
+                    if handler is None:
+                        if isinstance(msg, m.WorkerUnregister):
                             safe = True
                             logger.info("worker %s is closing: %s", address, msg.reason)
-                            n.cancel_scope.cancel()
-                            break
                         else:
                             logger.warning("worker %s sent unexpected %r; closing its connection", address, msg.op)
-                            n.cancel_scope.cancel()
-                            break
+                        n.cancel_scope.cancel()
+                        break
+                    try:
+                        handler(address, msg)
                     except ss.InvalidEvent as exc:
                         logger.warning("worker %s: %s", address, exc)
                     del msg  # not kept alive while waiting for the next one (see _request_loop)
@@ -410,11 +473,33 @@ class Scheduler:
             if self.worker_streams.get(address) is batched:
                 del self.worker_streams[address]
                 self.worker_comms.pop(address, None)
-                safe = safe or address in self._closing_workers
-                self._closing_workers.discard(address)
                 if self.status == "running" or self.status == "closing":
-                    self._handle(ss.RemoveWorker(address=address, reason="connection closed", safe=safe))
+                    self._handle(ss.RemoveWorkerEvent(address=address, reason="connection closed", safe=safe))
                 logger.info("Remove worker %s", address)
+
+    # Worker messages -> state-machine events (see ``_worker_handlers``).
+
+    def _task_finished(self, address: str, msg: m.TaskFinished) -> None:
+        self._handle(ss.TaskFinishedEvent(worker=address, key=msg.key, nbytes=msg.nbytes, type_name=msg.type_name, start=msg.start, stop=msg.stop))
+        self.task_stream.append(msg.key, address, msg.start, msg.stop, msg.thread)
+
+    def _task_erred(self, address: str, msg: m.TaskErred) -> None:
+        self._handle(
+            ss.TaskErredEvent(
+                worker=address,
+                key=msg.key,
+                exception=msg.exception,
+                exception_text=msg.exception_text,
+                traceback_text=msg.traceback_text,
+                type_name=msg.type_name,
+            )
+        )
+
+    def _heartbeat(self, address: str, msg: m.Heartbeat) -> None:
+        metrics = attrs.asdict(msg)  # type: ignore[arg-type]
+        for peer, nbytes, start, stop, nkeys in metrics.pop("transfers"):
+            self._log_transfer(address, peer, nbytes, start, stop, nkeys)
+        self._handle(ss.HeartbeatEvent(worker=address, metrics=metrics))  # answered with a HeartbeatAck
 
     def _log_transfer(self, worker: str, peer: str, nbytes: int, start: float, stop: float, nkeys: int) -> None:
         self.bytes_transferred += max(nbytes, 0)
@@ -426,7 +511,7 @@ class Scheduler:
     async def _client_stream(self, comm: Comm, reg: m.RegisterClient) -> None:
         cid = reg.client_id
         try:
-            self._handle(ss.AddClient(client=cid))
+            self._handle(ss.AddClientEvent(client=cid))
         except ss.InvalidEvent as exc:
             await comm.send(m.ErrorReply(message=str(exc)))
             return
@@ -434,29 +519,20 @@ class Scheduler:
         self.client_streams[cid] = batched
         batched.send(m.ClientRegistered(scheduler_id=self.id, address=self.address))
         logger.info("Receive client connection: %s", cid)
+        handlers = self._client_handlers
         try:
             async with trio.open_nursery() as n:
                 n.start_soon(_run_batched, batched, n.cancel_scope)
                 while True:
                     msg = await comm.recv()
-                    try:
-                        if isinstance(msg, m.UpdateGraph):
-                            self._update_graph(cid, msg)
-                        elif isinstance(msg, m.ReleaseKeys):
-                            self._handle(ss.ReleaseKeysEvent(client=cid, keys=msg.keys))
-                        elif isinstance(msg, m.CancelKeys):
-                            self._handle(ss.CancelKeysEvent(client=cid, keys=msg.keys))
-                        elif isinstance(msg, m.FireAndForget):
-                            self._fire_and_forget(msg.keys)
-                        elif isinstance(msg, m.UpdateData):
-                            self._handle(ss.UpdateDataEvent(client=cid, who_has=msg.who_has, nbytes=msg.nbytes))
-                        elif isinstance(msg, m.CloseClient):
-                            n.cancel_scope.cancel()
-                            break
-                        else:
+                    handler = handlers.get(type(msg))
+                    if handler is None:
+                        if not isinstance(msg, m.CloseClient):
                             logger.warning("client %s sent unexpected %r; closing its connection", cid, msg.op)
-                            n.cancel_scope.cancel()
-                            break
+                        n.cancel_scope.cancel()
+                        break
+                    try:
+                        handler(cid, msg)
                     except ss.InvalidEvent as exc:
                         logger.warning("client %s: %s", cid, exc)
                     del msg  # not kept alive while waiting for the next one (see _request_loop)
@@ -467,8 +543,10 @@ class Scheduler:
         finally:
             if self.client_streams.get(cid) is batched:
                 del self.client_streams[cid]
-                self._handle(ss.RemoveClient(client=cid))
+                self._handle(ss.RemoveClientEvent(client=cid))
                 logger.info("Remove client %s", cid)
+
+    # Client messages -> state-machine events (see ``_client_handlers``).
 
     def _update_graph(self, cid: str, msg: m.UpdateGraph) -> None:
         try:
@@ -548,132 +626,34 @@ class Scheduler:
         return m.Ok()
 
     async def _retire_workers(self, msg: m.RetireWorkers) -> m.Message:
-        """Copy the data only the retiring workers hold to the others, wait
-        until the copies are registered, then close the workers.
-
-        The wait is bounded by ``msg.timeout``; a worker still holding the
-        only copy of some data by then is not closed (nor listed as
-        retired): closing it would lose that data.
-        """
-        addrs = []
-        for a in msg.workers:
-            addr = a if a in self.state.workers else self.state.names.get(a)
-            if addr is not None and addr not in addrs:
-                addrs.append(addr)
-        leaving = set(addrs)
-        staying = [w for a, w in self.state.workers.items() if a not in leaving and w.status == "running"]
-        # (Once each, even when several retiring workers hold it.)
-        pending: dict[ss.TaskState, None] = {}
-        if staying:
-            plans: dict[str, tuple[dict[str, list[str]], dict[str, int]]] = {}
-            load = {w.address: w.nbytes for w in staying}
-            for a in addrs:
-                for ts in list(self.state.workers[a].has_what):
-                    if ts.state != "memory" or any(w.address not in leaving for w in ts.who_has) or ts in pending:
-                        continue
-                    target = min(load, key=load.__getitem__)
-                    load[target] += max(ts.nbytes, 0)
-                    who, nb = plans.setdefault(target, ({}, {}))
-                    who[ts.key] = [w.address for w in ts.who_has]
-                    nb[ts.key] = ts.nbytes
-                    pending[ts] = None
-            for target, (who, nb) in plans.items():
-                b = self.worker_streams.get(target)
-                if b is not None:
-                    try:
-                        b.send(m.AcquireReplicas(who_has=who, nbytes=nb))
-                    except CommClosedError:
-                        pass
-
-        def only_on_leaving(ts: ss.TaskState) -> bool:
-            return ts.state == "memory" and not any(w.address not in leaving for w in ts.who_has)
-
-        with trio.move_on_after(max(msg.timeout, 0)):
-            while any(only_on_leaving(ts) for ts in pending):
-                await trio.sleep(0.02)
-        stuck: dict[str, list[str]] = {}
-        for ts in pending:
-            if only_on_leaving(ts):
-                for w in ts.who_has:
-                    stuck.setdefault(w.address, []).append(ts.key)
-        retired = []
-        for addr in addrs:
-            if addr not in self.state.workers:
-                continue
-            if addr in stuck:
-                keys = stuck[addr]
-                logger.warning(
-                    "not retiring worker %s: %d keys only it holds (%s) were not copied elsewhere within %ss",
-                    addr, len(keys), ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else ""), msg.timeout,
-                )
-                continue
-            self._closing_workers.add(addr)
-            b = self.worker_streams.get(addr)
-            if b is not None:
-                try:
-                    b.send(m.CloseWorker(reason="retired"))
-                except CommClosedError:
-                    pass
-            retired.append(addr)
-        return m.RetireWorkersReply(retired=retired)
+        """Retire workers (the machine decides what to copy and when they may
+        close; see :mod:`trioflow.scheduler.state.membership`)."""
+        done = await self._run_request(ss.RetireWorkersEvent(request=self._new_request(), workers=msg.workers, timeout=msg.timeout))
+        assert isinstance(done, ss.RetirementDone)
+        for address, keys in done.stuck.items():
+            logger.warning(
+                "not retiring worker %s: %d keys only it holds (%s) were not copied elsewhere within %ss",
+                address, len(keys), ", ".join(keys[:5]) + (", ..." if len(keys) > 5 else ""), msg.timeout,
+            )  # fmt: skip
+        return m.RetireWorkersReply(retired=done.retired)
 
     async def _restart(self, msg: m.Restart) -> m.Message:
         """Forget every task, restart the workers through their nannies (and
         close those without one), and wait for the nannied ones to return."""
-        for cid in list(self.state.clients):
-            keys = [ts.key for ts in self.state.clients[cid].wants_what]
-            if keys:
-                self._handle(ss.CancelKeysEvent(client=cid, keys=keys))
-        nannies = {a: w.nanny for a, w in self.state.workers.items() if w.nanny}
-        for address in set(self.state.workers) - set(nannies):
-            self._closing_workers.add(address)
-            b = self.worker_streams.get(address)
-            if b is not None:
-                try:
-                    b.send(m.CloseWorker(reason="restart (no nanny to restart it)"))
-                except CommClosedError:
-                    pass
-        from ..comm import ConnectionPool
+        done = await self._run_request(ss.RestartEvent(request=self._new_request(), timeout=msg.timeout))
+        assert isinstance(done, ss.RestartDone)
+        return m.ErrorReply(message=done.error) if done.error else m.Ok()
 
-        pool = ConnectionPool(security=self.security, role="scheduler", name=self.name)
-        failed: list[str] = []
-        try:
-            with trio.move_on_after(msg.timeout) as cs:
-
-                async def one(nanny: str) -> None:
-                    try:
-                        await pool.rpc(nanny, m.NannyRestart(reason="client.restart()"), m.Ok, timeout=msg.timeout)
-                    except Exception as exc:  # noqa: BLE001 - report, keep going
-                        failed.append(f"{nanny}: {exc}")
-
-                async with trio.open_nursery() as n:
-                    for nanny in nannies.values():
-                        n.start_soon(one, nanny)
-                while len([w for w in self.state.workers.values() if w.nanny]) < len(nannies) - len(failed):
-                    await trio.sleep(0.05)
-        finally:
-            await pool.aclose()
-        if cs.cancelled_caught:
-            return m.ErrorReply(message=f"restart: workers did not come back within {msg.timeout}s")
-        if failed:
-            return m.ErrorReply(message="restart failed for " + "; ".join(failed))
-        return m.Ok()
+    def _new_request(self) -> str:
+        self._request_counter += 1
+        return f"request-{self._request_counter}"
 
     # ------------------------------------------------------------ liveness
-
-    def _heartbeat_interval(self) -> float:
-        n = len(self.state.workers)
-        return min(max(n / 200, 0.5), 5.0)
-
-    def _worker_ttl(self) -> float:
-        """Seconds of silence after which a worker is dropped."""
-        return self.worker_ttl if self.worker_ttl is not None else max(10.0, 10 * self._heartbeat_interval())
 
     async def _liveness_loop(self) -> None:
         peak_tasks = last_tasks = 0
         while True:
             await trio.sleep(1.0)
-            now = trio.current_time()
             # Once a graph's tasks are gone (at most half the peak since the
             # last trim, and no change for a second: the release is over),
             # hand the C heap's free pages back: glibc keeps what it freed.
@@ -687,17 +667,19 @@ class Scheduler:
                 trim_process_memory()
                 peak_tasks = n_tasks
             last_tasks = n_tasks
-            ttl = self._worker_ttl()
-            for address, w in list(self.state.workers.items()):
-                if now - w.last_seen > ttl:
-                    logger.warning("worker %s silent for %.1fs (ttl %.1fs); removing it", address, now - w.last_seen, ttl)
-                    comm = self.worker_comms.get(address)
-                    if comm is not None:
-                        await comm.aclose()
-                    if address in self.state.workers:
-                        self.worker_streams.pop(address, None)
-                        self.worker_comms.pop(address, None)
-                        self._handle(ss.RemoveWorker(address=address, reason="silent"))
+            # The machine removes the workers silent for too long.
+            self._handle(ss.TickEvent())
+
+
+class _PendingRequest:
+    """A long request (retire, restart) waiting for the machine's answer."""
+
+    __slots__ = ("timeout", "done", "result")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.done = trio.Event()
+        self.result: ss.RetirementDone | ss.RestartDone | None = None
 
 
 async def _run_batched(batched: BatchedSend, scope: trio.CancelScope) -> None:

@@ -1,0 +1,305 @@
+"""``Client(asynchronous=True)`` and ``async with`` servers under asyncio and Trio.
+
+Every scenario is one coroutine run under both backends (``anyio.run`` with
+``asyncio`` and ``trio``), against a cluster served from a thread, the way a
+notebook or an asyncio web app would reach one.  One scenario runs as cells
+of IPython's top-level ``await`` (its asyncio runner).
+"""
+
+from __future__ import annotations
+
+import io
+import operator
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from trioflow import Client, Future, LocalCluster, as_completed, progress, wait
+from trioflow.client.bridge import ServerContext, wait_concurrent
+
+BACKENDS = ["asyncio", "trio"]
+
+
+def inc(x: int) -> int:
+    return x + 1
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def fail() -> None:
+    raise ZeroDivisionError("boom")
+
+
+_gate = threading.Event()
+
+
+def gated(x: int) -> int:
+    _gate.wait(30)
+    return x
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+        yield c
+
+
+def run(backend: str, fn: Any, *args: Any) -> Any:
+    """``await fn(*args)`` in a fresh event loop of ``backend``, time-limited."""
+    return anyio.run(_limited, fn, *args, backend=backend)
+
+
+async def _limited(fn: Any, *args: Any) -> Any:
+    with anyio.fail_after(30):
+        return await fn(*args)
+
+
+async def _user_coroutine(x: int) -> int:
+    await anyio.sleep(0)
+    return x * 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_async_session(cluster: LocalCluster, backend: str) -> None:
+    async def session(address: str) -> None:
+        async with Client(address, asynchronous=True) as c:
+            assert c.asynchronous and c.status == "running"
+            f = await c.submit(inc, 1)
+            assert isinstance(f, Future)
+            assert await f == 2
+            assert await f.result() == 2
+            fs = await c.map(inc, range(10))
+            assert await c.gather(fs) == list(range(1, 11))
+            [x] = await c.scatter([10])
+            assert await (await c.submit(add, x, 1)) == 11
+            finished = [g async for g in as_completed(fs)]
+            assert sorted(g.key for g in finished) == sorted(g.key for g in fs)
+            pairs = [p async for p in as_completed(fs[:3], with_results=True)]
+            assert sorted(r for _, r in pairs) == [1, 2, 3]
+            done, not_done = await wait(fs)
+            assert len(done) == 10 and not not_done
+            out = io.StringIO()
+            await progress(fs, file=out)
+            assert "10/10" in out.getvalue() or "100%" in out.getvalue(), out.getvalue()
+            assert await c.sync(_user_coroutine, 4) == 8
+            assert len((await c.scheduler_info())["workers"]) == 2
+            assert sum((await c.nthreads()).values()) == 2
+            bad = await c.submit(fail)
+            with pytest.raises(ZeroDivisionError, match="boom"):
+                await bad
+            assert isinstance(await bad.exception(), ZeroDivisionError)
+            assert address in repr(c)  # repr never awaits in the caller's loop
+            # dask collections
+            import dask.array as da
+
+            x = await c.persist(da.arange(1000, chunks=250))
+            done, _ = await wait(x)
+            assert len(done) == 4
+            total = await c.compute(x.sum())
+            assert isinstance(total, Future) and await total == sum(range(1000))
+            assert await c.compute(x.sum(), sync=True) == sum(range(1000))
+        assert c.status == "closed"
+
+    run(backend, session, cluster.scheduler_address)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_await_client_then_close(cluster: LocalCluster, backend: str) -> None:
+    async def session(address: str) -> None:
+        c = Client(address, asynchronous=True)
+        assert c.status == "newly-created" and address in repr(c)
+        with pytest.raises(RuntimeError, match="not started"):
+            c.submit(inc, 1)
+        assert await c is c
+        try:
+            futures = await c.map(inc, range(5), key=[f"x-{i}" for i in range(5)])
+            assert [await f for f in futures] == [1, 2, 3, 4, 5]
+            await c.cancel(futures[:1])
+            assert futures[0].cancelled()
+        finally:
+            await c.close()
+        assert c.status == "closed"
+        await c.close()  # twice is fine
+
+    run(backend, session, cluster.scheduler_address)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cancelling_the_caller_leaves_the_client_usable(cluster: LocalCluster, backend: str) -> None:
+    async def session(address: str) -> None:
+        _gate.clear()
+        async with Client(address, asynchronous=True) as c:
+            f = await c.submit(gated, 7, pure=False)
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await f  # cancelled at once, as any await in a cancelled scope
+            assert scope.cancelled_caught
+            assert not f.done()
+            _gate.set()
+            assert await f == 7
+
+    try:
+        run(backend, session, cluster.scheduler_address)
+    finally:
+        _gate.set()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_servers_in_async_with(backend: str) -> None:
+    """``async with`` a scheduler and a worker, then a client, in one loop
+    of either kind (in asyncio each server runs in a Trio thread)."""
+    from trioflow import Scheduler, Worker
+
+    async def session() -> None:
+        async with Scheduler("tcp://127.0.0.1:0") as s:
+            assert s.address.startswith("tcp://")
+            async with Worker(s.address, nthreads=1):
+                async with Client(s.address, asynchronous=True) as c:
+                    await c.wait_for_workers(1)
+                    assert await c.gather(await c.map(inc, range(3))) == [1, 2, 3]
+        assert s.status == "closed"
+
+    run(backend, session)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_server_context_calls_into_the_servers_loop(backend: str) -> None:
+    from trioflow import Scheduler
+
+    async def session() -> None:
+        ctx = ServerContext(Scheduler("tcp://127.0.0.1:0"))
+        async with ctx as s:
+
+            async def workers() -> int:
+                return len(s.state.workers)
+
+            assert await ctx.call(workers) == 0
+        assert s.status == "closed"
+
+    run(backend, session)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_local_cluster_asynchronous(backend: str) -> None:
+    async def session() -> None:
+        async with LocalCluster(n_workers=1, processes=False, dashboard_address=None, asynchronous=True) as cluster:
+            assert cluster.scheduler_address.startswith("tcp://")
+            async with Client(cluster, asynchronous=True) as c:
+                assert await (await c.submit(inc, 1)) == 2
+                await cluster.scale(2)
+                await c.wait_for_workers(2)
+        cluster2 = await LocalCluster(n_workers=1, processes=False, dashboard_address=None, asynchronous=True)
+        await cluster2.close()
+
+    run(backend, session)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wait_concurrent_is_woken_from_another_thread(backend: str) -> None:
+    import concurrent.futures
+
+    async def session() -> Any:
+        cf: concurrent.futures.Future[int] = concurrent.futures.Future()
+        t = threading.Thread(target=cf.set_result, args=(5,))
+        t.start()
+        try:
+            return await wait_concurrent(cf)
+        finally:
+            t.join()
+
+    assert run(backend, session) == 5
+
+
+def test_ipython_autoawait_session(cluster: LocalCluster) -> None:
+    """Cells with top-level ``await``, run by IPython's asyncio runner."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    config = Config()
+    config.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=config)
+    try:
+        shell.user_ns.update(Client=Client, inc=inc, address=cluster.scheduler_address)
+        cells = [
+            "client = await Client(address, asynchronous=True)",
+            "futures = await client.map(inc, range(4))",
+            "total = sum(await client.gather(futures))",
+            "one = await (await client.submit(inc, 41))",
+            "await client.close()",
+        ]
+        for cell in cells:
+            result = shell.run_cell(cell)
+            result.raise_error()
+        assert shell.user_ns["total"] == 10
+        assert shell.user_ns["one"] == 42
+        assert shell.user_ns["client"].status == "closed"
+    finally:
+        InteractiveShell.clear_instance()
+        from IPython.core import async_helpers
+
+        loop = async_helpers._asyncio_event_loop  # IPython keeps its loop for the next cell
+        if loop is not None:
+            loop.close()
+
+
+def test_awaiting_a_blocking_client_is_an_error(cluster: LocalCluster) -> None:
+    with Client(cluster) as c:
+
+        async def attempt() -> None:
+            await c  # type: ignore[misc]
+
+        with pytest.raises(TypeError, match="asynchronous=True"):
+            anyio.run(attempt)
+
+
+def test_a_forgotten_close_in_trio_ends_with_the_run(cluster: LocalCluster) -> None:
+    """In Trio the client lives in a system task of the caller's run: a
+    client never closed is closed when the run ends, without errors."""
+    clients: list[Client] = []
+
+    async def session(address: str) -> None:
+        c = await Client(address, asynchronous=True)
+        clients.append(c)
+        assert await (await c.submit(inc, 1)) == 2
+
+    run("trio", session, cluster.scheduler_address)
+    assert clients[0].status == "closed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nanny_in_async_with(backend: str) -> None:
+    from trioflow import Scheduler
+    from trioflow.process.nanny import Nanny
+
+    async def session() -> None:
+        async with Scheduler("tcp://127.0.0.1:0") as s:
+            async with Nanny(s.address, nthreads=1):
+                async with Client(s.address, asynchronous=True) as c:
+                    await c.wait_for_workers(1, timeout=20)
+                    # (a worker process cannot import this test module)
+                    assert await (await c.submit(operator.add, 1, 1)) == 2
+
+    run(backend, session)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_as_completed_grows_while_iterated(cluster: LocalCluster, backend: str) -> None:
+    """A futures chain: each result finished adds the next task."""
+
+    async def session(address: str) -> list[int]:
+        async with Client(address, asynchronous=True) as c:
+            ac = as_completed([await c.submit(inc, 0)], with_results=True)
+            results = []
+            async for _, value in ac:
+                results.append(value)
+                if value < 5:
+                    ac.add(await c.submit(inc, value))
+            return results
+
+    assert run(backend, session, cluster.scheduler_address) == [1, 2, 3, 4, 5]
