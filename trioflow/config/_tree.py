@@ -108,6 +108,14 @@ class SchedulerSettings:
     queue_horizon: float = _setting(0.01, Seconds(), "seconds of measured-short work queued on a worker per thread", pending="trioflow.scheduler.state.QUEUE_HORIZON")
     queue_short_max: int = _setting(100, PositiveInt(), "measured-short tasks queued on a worker per thread at most", pending="trioflow.scheduler.state.QUEUE_SHORT_MAX")
     sample_workers: int = _setting(32, PositiveInt(), "workers considered per placement decision on large clusters", pending="trioflow.scheduler.state.SAMPLE")
+    known_keys_wait: float = _setting(
+        2.0, Seconds(), "a request naming futures the scheduler does not know yet waits this long for their graph",
+        pending="trioflow.scheduler.extensions.serve.KNOWN_KEYS_WAIT",
+    )
+    transit_wait: float = _setting(
+        10.0, Seconds(), "keys handed to a client are held this long at most until its stream confirms them",
+        pending="trioflow.scheduler.extensions.serve.TRANSIT_WAIT",
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -158,6 +166,10 @@ class ClientSettings:
     graph_piece_bytes: int = _setting(4 * 2**20, Bytes(), "... or of about this many bytes", pending="trioflow.client.submit.GRAPH_PIECE_BYTES")
     map_chunk_tasks: int = _setting(1_000, PositiveInt(), "Client.map submits in batches of this many tasks", pending="trioflow.client.submit.MAP_CHUNK_TASKS")
     gather_batch_bytes: int = _setting(64 * 2**20, Bytes(), "gather asks a worker for about this many bytes at a time", pending="trioflow.client.data.GATHER_BATCH_BYTES")
+    lease_refresh_interval: float = _setting(
+        5.0, Seconds(), "seconds between renewals of a semaphore's leases",
+        pending="trioflow.client.primitives.LEASE_REFRESH_INTERVAL",
+    )
 
 
 @attrs.frozen(kw_only=True)
