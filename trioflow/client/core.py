@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -400,8 +399,12 @@ async def _resolve_address(address: Any, scheduler_file: str | None, timeout: fl
     if scheduler_file is not None:
         return await wait_for_scheduler_file(scheduler_file, timeout)
     if address is None:
-        env = os.environ.get("TRIOFLOW_SCHEDULER_ADDRESS")
-        if env:
-            return env
+        # TRIOFLOW_SCHEDULER_ADDRESS, the configuration file, or dask's
+        # scheduler-address (see trioflow.config).
+        from ..config import get_config
+
+        configured = get_config().scheduler_address
+        if configured:
+            return configured
         raise ValueError("no scheduler address given (pass an address, a cluster, or scheduler_file=)")
     return address

@@ -45,7 +45,7 @@ import trio
 
 from ..comm import BatchedSend, Comm, CommClosedError, listen
 from ..comm.addressing import Address, parse_address
-from ..config import SchedulerConfig, build_config
+from ..config import SchedulerConfig, build_config, get_config
 from ..process.lifecycle import FINAL, Status, ended_in_failure
 from ..process.malloc import trim_process_memory
 from ..process.system import default_host
@@ -63,7 +63,7 @@ logger = logging.getLogger("trioflow.scheduler")
 __all__ = ["Scheduler"]
 
 #: Finished tasks kept for the page's task stream (the newest): ~1.3 MB.
-TASK_STREAM_LENGTH = 10_000
+TASK_STREAM_LENGTH = 10_000  # the default of scheduler.task_stream_length (trioflow.config)
 
 
 class Scheduler:
@@ -103,12 +103,14 @@ class Scheduler:
         self.security = security
         self.id = f"scheduler-{uuid.uuid4().hex[:12]}"
         self.name = config.name
+        tuning = get_config().scheduler  # read once; see trioflow.config
         self.state = ss.SchedulerState(
             allowed_failures=config.allowed_failures,
             validate=config.validate,
             worker_saturation=config.worker_saturation,
             scheduler_id=self.id,
             worker_ttl=config.worker_ttl,
+            bandwidth=float(tuning.bandwidth),
         )
         self.worker_ttl = config.worker_ttl
         self.scheduler_file = config.scheduler_file
@@ -128,7 +130,7 @@ class Scheduler:
         self._nursery: trio.Nursery | None = None
         self._requests: dict[str, _PendingRequest] = {}
         self._request_counter = 0
-        self.task_stream = TaskStream(TASK_STREAM_LENGTH)
+        self.task_stream = TaskStream(tuning.task_stream_length)
         #: Transfers between workers, as the workers report them in heartbeats:
         #: (worker, peer it fetched from, bytes, start, stop, number of keys).
         self.transfer_stream: list[tuple[str, str, int, float, float, int]] = []
