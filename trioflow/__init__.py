@@ -41,6 +41,10 @@ _LAZY = {
     "Security": "security",
     "Worker": "worker",
     "get_worker": "worker",
+    "get_client": "client.current",
+    "worker_client": "client.current",
+    "rejoin": "worker.threads",
+    "secede": "worker.threads",
 }
 
 if TYPE_CHECKING:
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
         open_client,
         wait,
     )
+    from .client.current import get_client, worker_client
     from .deploy import LocalCluster, open_cluster
     from .errors import (
         CancelledError,
@@ -74,6 +79,7 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
     from .security import Security
     from .worker import Worker, get_worker
+    from .worker.threads import rejoin, secede
 
 
 def __getattr__(name: str) -> Any:
@@ -116,9 +122,13 @@ __all__ = [
     "default_client",
     "fire_and_forget",
     "futures_of",
+    "get_client",
     "get_worker",
     "open_client",
     "open_cluster",
     "progress",
+    "rejoin",
+    "secede",
     "wait",
+    "worker_client",
 ]

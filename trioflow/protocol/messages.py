@@ -223,6 +223,15 @@ class Reschedule(Message):
     key: str
 
 
+@message("long-running")
+class LongRunning(Message):
+    """The task left its worker's thread pool (``secede()``) to wait: the
+    scheduler counts it out of the worker's load, so that the tasks it
+    waits for may be sent there."""
+
+    key: str
+
+
 @message("release-worker-data")
 class ReleaseWorkerData(Message):
     """The worker no longer holds these keys (it dropped or lost them)."""

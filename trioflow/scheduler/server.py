@@ -384,6 +384,8 @@ class Scheduler:
                             self._handle(ss.StealResponseEvent(worker=address, key=msg.key, stolen=msg.stolen))
                         elif isinstance(msg, m.Reschedule):
                             self._handle(ss.RescheduleEvent(worker=address, key=msg.key))
+                        elif isinstance(msg, m.LongRunning):
+                            self._handle(ss.LongRunningEvent(worker=address, key=msg.key))
                         elif isinstance(msg, m.ReleaseWorkerData):
                             self._handle(ss.ReleaseWorkerDataEvent(worker=address, keys=msg.keys))
                         elif isinstance(msg, m.WorkerUnregister):

@@ -266,6 +266,7 @@ class WorkerState:
         "resources",
         "used_resources",
         "processing",
+        "long_running",
         "has_what",
         "nbytes",
         "occupancy",
@@ -288,6 +289,9 @@ class WorkerState:
         self.resources = dict(resources)
         self.used_resources = {k: 0.0 for k in resources}
         self.processing: dict[TaskState, float] = {}
+        #: Tasks in ``processing`` that left the worker's thread pool
+        #: (secede): they occupy no thread, the root-task queue leaves them out.
+        self.long_running: set[TaskState] = set()
         self.has_what: dict[TaskState, None] = {}
         self.nbytes = 0
         self.occupancy = 0.0
@@ -421,6 +425,12 @@ class RescheduleEvent(Record):
 
 
 @record(kw_only=True)
+class LongRunningEvent(Record):
+    worker: str
+    key: str
+
+
+@record(kw_only=True)
 class ReleaseWorkerDataEvent(Record):
     worker: str
     keys: list[str]
@@ -454,6 +464,7 @@ Event = (
     | MissingDataEvent
     | ReleaseWorkerDataEvent
     | RescheduleEvent
+    | LongRunningEvent
     | HeartbeatEvent
     | StealResponseEvent
 )
@@ -1001,6 +1012,20 @@ class SchedulerState:
             return
         self._transitions({ts: "released"})
 
+    def _long_running(self, ev: LongRunningEvent) -> None:
+        ts = self.tasks.get(ev.key)
+        ws = self.workers.get(ev.worker)
+        if ts is None or ws is None or ts.state != "processing" or ts.processing_on is not ws:
+            return
+        ws.long_running.add(ts)
+        # Its expected duration no longer holds the worker's queue back.
+        d = ws.processing.get(ts, 0.0)
+        ws.processing[ts] = 0.0
+        ws.occupancy = max(ws.occupancy - d, 0.0)
+        if self.queued:
+            self._to_fill.add(ws)
+            self._transitions({})
+
     _handlers: dict[type, Any] = {}
 
     # ------------------------------------------------------------ helpers
@@ -1271,7 +1296,7 @@ class SchedulerState:
         return self.worker_saturation != float("inf") and not ts.dependencies and not ts.workers and not ts.resources
 
     def _saturated(self, ws: WorkerState) -> bool:
-        n = len(ws.processing)
+        n = len(ws.processing) - len(ws.long_running)
         if n < max(math.ceil(ws.nthreads * self.worker_saturation), 1):
             return False
         # Tasks of a prefix not seen finishing yet count DEFAULT_DURATION, so
@@ -1416,6 +1441,7 @@ class SchedulerState:
         ws = ts.processing_on
         if ws is not None:
             d = ws.processing.pop(ts, None)
+            ws.long_running.discard(ts)
             if d is not None:
                 ws.occupancy = max(ws.occupancy - d, 0.0) if ws.processing else 0.0
             ts.processing_on = None
@@ -1750,6 +1776,7 @@ SchedulerState._handlers = {
     ReleaseWorkerDataEvent: SchedulerState._release_worker_data,
     HeartbeatEvent: SchedulerState._heartbeat,
     RescheduleEvent: SchedulerState._reschedule,
+    LongRunningEvent: SchedulerState._long_running,
     StealResponseEvent: SchedulerState._steal_response,
 }
 

@@ -41,6 +41,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -187,6 +188,12 @@ class Worker:
         # restarts the worker at 95%.)  None switches a threshold off.
         self.memory_target_fraction = config.memory_target_fraction
         self.memory_pause_fraction = config.memory_pause_fraction
+        #: The client that tasks get from get_client(): made on first use,
+        #: hosted in this worker's loop, closed with the worker.
+        self._task_client: Any = None
+        self._task_client_lock = threading.Lock()
+        #: Seceded runs waiting for a slot (rejoin): key -> their thread's event.
+        self._rejoin_waiters: dict[str, threading.Event] = {}
 
     async def __aenter__(self) -> Worker:
         """``async with Worker(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
@@ -257,6 +264,7 @@ class Worker:
                 nursery.start_soon(self._scheduler_loop, comm)
                 task_status.started(self)
                 await self._close_event.wait()
+                await self._close_task_client()
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
             failed = ended_in_failure(exc)
@@ -264,6 +272,10 @@ class Worker:
         finally:
             self.status = Status.failed if failed else Status.closed
             with trio.CancelScope(shield=True):
+                await self._close_task_client()
+                for waiter in list(self._rejoin_waiters.values()):
+                    waiter.set()  # a thread waiting to rejoin goes on (its result is lost)
+                self._rejoin_waiters.clear()
                 if self.executor is not None:
                     await self.executor.aclose(timeout=2)
                 if self.pool is not None:
@@ -507,6 +519,85 @@ class Worker:
     def _drop_data(self, inst: ws.DropData) -> None:
         self.data.pop(inst.key, None)
         self._serialized.pop(inst.key, None)
+
+    def _grant_rejoin(self, inst: ws.GrantRejoin) -> None:
+        waiter = self._rejoin_waiters.pop(inst.key, None)
+        if waiter is not None:
+            waiter.set()
+
+    # ------------------------------------------------------------ tasks reaching back (secede, rejoin, get_client)
+
+    def _secede_current(self) -> None:
+        """The calling task's thread leaves the pool (see :func:`trioflow.secede`).
+
+        Runs in an executor thread."""
+        assert self.executor is not None
+        key = getattr(thread_state, "key", None)
+        if key is None:
+            raise ValueError("secede() called outside of a task running on a worker")
+        self.executor.secede()
+        self._from_thread(self._handle_quietly, ws.SecedeEvent(key=key))
+
+    def _rejoin_current(self) -> None:
+        """Wait for a slot for the calling, seceded task (see :func:`trioflow.rejoin`).
+
+        Runs in an executor thread."""
+        key = getattr(thread_state, "key", None)
+        if key is None:
+            raise ValueError("rejoin() called outside of a task running on a worker")
+        waiter = threading.Event()
+
+        def ask() -> None:
+            assert self.state is not None
+            self._rejoin_waiters[key] = waiter
+            try:
+                instructions = self.state.handle(ws.RejoinEvent(key=key))
+            except ws.InvalidWorkerEvent:
+                # Not seceded (or a run from before a reconnect): nothing to wait for.
+                self._rejoin_waiters.pop(key, None)
+                waiter.set()
+                return
+            self._run_instructions(instructions)
+
+        self._from_thread(ask)
+        waiter.wait()
+
+    def _handle_quietly(self, event: Any) -> None:
+        if self.state is not None:
+            self._handle(event)
+
+    def _from_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self.executor is not None
+        return trio.from_thread.run_sync(fn, *args, trio_token=self.executor._token)
+
+    def _client_for_tasks(self) -> Any:
+        """The blocking client tasks share (see :func:`trioflow.get_client`),
+        connected on first use to this worker's scheduler with its security.
+
+        Runs in an executor thread."""
+        with self._task_client_lock:
+            if self._task_client is None:
+                assert self.executor is not None
+                from ..client.current import WorkerClient
+
+                token = self.executor._token
+                core = trio.from_thread.run(self._start_task_client, trio_token=token)
+                self._task_client = WorkerClient(core, token)
+            return self._task_client
+
+    async def _start_task_client(self) -> Any:
+        from ..client.core import AsyncClient
+
+        assert self._nursery is not None
+        core = AsyncClient(self.scheduler_address, security=self.security, timeout=self.connect_timeout)
+        await core._start(self._nursery)
+        return core
+
+    async def _close_task_client(self) -> None:
+        client, self._task_client = self._task_client, None
+        if client is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await client._core.aclose()
 
     def _disconnect_scheduler(self, inst: ws.DisconnectScheduler) -> None:
         # Only the liveness timer decides this, and _watch_scheduler acts
@@ -782,6 +873,7 @@ _INSTRUCTIONS: dict[type, Callable[[Worker, Any], None]] = {
     ws.DropData: Worker._drop_data,
     ws.ReportPause: Worker._report_pause,
     ws.DisconnectScheduler: Worker._disconnect_scheduler,
+    ws.GrantRejoin: Worker._grant_rejoin,
 }
 
 #: Peer request type -> the method of Worker that answers it.

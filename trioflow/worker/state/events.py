@@ -35,7 +35,9 @@ __all__ = [
     "MemorySampleEvent",
     "PauseEvent",
     "RegisteredEvent",
+    "RejoinEvent",
     "SchedulerTimerEvent",
+    "SecedeEvent",
     "StealRequestEvent",
 ]
 
@@ -162,6 +164,24 @@ class SchedulerTimerEvent(Record):
     now: float
 
 
+@record(kw_only=True)
+class SecedeEvent(Record):
+    """The run of ``key`` left the executor's pool (``secede()`` in the
+    task): its thread waits on something else, and its slot is free for
+    another task."""
+
+    key: str
+
+
+@record(kw_only=True)
+class RejoinEvent(Record):
+    """The seceded run of ``key`` wants a slot again (``rejoin()``): it is
+    granted (:class:`~.instructions.GrantRejoin`) as soon as one is free,
+    before any ready task starts."""
+
+    key: str
+
+
 Event = (
     ComputeTaskEvent
     | FreeKeysEvent
@@ -177,4 +197,6 @@ Event = (
     | RegisteredEvent
     | HeartbeatAckEvent
     | SchedulerTimerEvent
+    | SecedeEvent
+    | RejoinEvent
 )

@@ -33,6 +33,8 @@ from .events import (
     PauseEvent,
     RegisteredEvent,
     SchedulerTimerEvent,
+    RejoinEvent,
+    SecedeEvent,
     StealRequestEvent,
 )
 from .execution import Execution
@@ -54,6 +56,8 @@ HANDLERS: Final[dict[type, Callable[[Any, Any], None]]] = {
     # from the executor
     ExecuteSuccessEvent: Execution._execute_success,
     ExecuteFailureEvent: Execution._execute_failure,
+    SecedeEvent: Execution._secede,
+    RejoinEvent: Execution._rejoin,
     # from transfers
     GatherDepDoneEvent: Fetching._gather_done,
     GatherDepFailedEvent: Fetching._gather_failed,
