@@ -23,6 +23,8 @@ _LAZY = {
     "SerializationError": "errors",
     "TimeoutError": "errors",
     "TrioflowError": "errors",
+    "Actor": "actor",
+    "ActorFuture": "actor",
     "AsyncClient": "client",
     "Client": "client",
     "Future": "client",
@@ -48,6 +50,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
+    from .actor import Actor, ActorFuture
     from .client import (
         AsyncClient,
         Client,
@@ -98,6 +101,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Actor",
+    "ActorFuture",
     "AsyncClient",
     "CancelledError",
     "Client",

@@ -39,7 +39,7 @@ GRAPH_PIECE_BYTES = 4 * 1024 * 1024
 #: the whole graph first.
 MAP_CHUNK_TASKS = 1_000
 #: Keyword arguments of ``submit`` that are options, not the function's.
-_SUBMIT_OPTIONS = ("key", "workers", "resources", "retries", "priority", "allow_other_workers", "pure")
+_SUBMIT_OPTIONS = ("key", "workers", "resources", "retries", "priority", "allow_other_workers", "pure", "actor")
 _fn_cache: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
 
@@ -168,6 +168,7 @@ class SubmitMixin(ClientParts):
         priority: int = 0,
         allow_other_workers: bool = False,
         pure: bool = True,
+        actor: bool = False,
         **kwargs: Any,
     ) -> Future:
         """Run ``func(*args, **kwargs)`` on the cluster; returns its Future.
@@ -179,7 +180,7 @@ class SubmitMixin(ClientParts):
         """
         spec = self._submit_spec(
             func, args, kwargs, key=key, pure=pure, workers=workers, resources=resources,
-            priority=priority, retries=retries, allow_other_workers=allow_other_workers,
+            priority=priority, retries=retries, allow_other_workers=allow_other_workers, actor=actor,
         )
         fut = Future(spec.key, self)
         self._send(m.UpdateGraph(tasks=[spec], keys=[spec.key]))
@@ -199,9 +200,16 @@ class SubmitMixin(ClientParts):
         priority: int = 0,
         allow_other_workers: bool = False,
         pure: bool = True,
+        actor: bool = False,
     ) -> m.TaskSpec:
         if not callable(func):
             raise TypeError(f"submit() needs a callable, got {type(func).__name__}")
+        if actor:
+            # The task makes the instance on its worker and returns a proxy
+            # (trioflow.actor); every submission is a new instance.
+            from ..actor import _ActorCreate
+
+            func, pure = _ActorCreate(func), False
         return self._make_spec(
             func, args, kwargs, key=key, pure=pure, workers=workers, resources=resources,
             priority=priority, retries=retries or 0, allow_other_workers=allow_other_workers,

@@ -490,6 +490,18 @@ class RunFunction(Message):
     args: Serialized
 
 
+@message("actor-call")
+class ActorCall(Message):
+    """Call method ``name`` (``kind="call"``; ``args`` pickles ``(args,
+    kwargs)``) or read attribute ``name`` (``kind="getattr"``) of the actor
+    held under ``key``; the worker answers with a RunReply."""
+
+    key: str
+    name: str
+    kind: str
+    args: Serialized
+
+
 @message("run-reply")
 class RunReply(Message):
     result: Serialized | None

@@ -194,6 +194,8 @@ class Worker:
         self._task_client_lock = threading.Lock()
         #: Seceded runs waiting for a slot (rejoin): key -> their thread's event.
         self._rejoin_waiters: dict[str, threading.Event] = {}
+        #: Actor instances held here, by key (see :mod:`trioflow.actor`).
+        self.actors: dict[str, Any] = {}
 
     async def __aenter__(self) -> Worker:
         """``async with Worker(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
@@ -284,6 +286,7 @@ class Worker:
                 self.data.close()
             self.data.clear()
             self._serialized.clear()
+            self.actors.clear()
             shutil.rmtree(self.local_directory, ignore_errors=True)
             self._closed.set()
 
@@ -519,6 +522,7 @@ class Worker:
     def _drop_data(self, inst: ws.DropData) -> None:
         self.data.pop(inst.key, None)
         self._serialized.pop(inst.key, None)
+        self.actors.pop(inst.key, None)
 
     def _grant_rejoin(self, inst: ws.GrantRejoin) -> None:
         waiter = self._rejoin_waiters.pop(inst.key, None)
@@ -827,6 +831,11 @@ class Worker:
         self._handle(ws.DataPutEvent(nbytes=nbytes))
         return m.Ok()
 
+    async def _serve_actor_call(self, msg: m.ActorCall) -> m.Message:
+        from ..actor import serve_actor_call
+
+        return await serve_actor_call(self, msg)
+
     async def _run_function(self, msg: m.RunFunction) -> m.Message:
         def run() -> Any:
             thread_state.worker = self
@@ -881,4 +890,5 @@ _PEER_REQUESTS: dict[type, Callable[[Worker, Any], Awaitable[m.Message]]] = {
     m.GetData: Worker._serve_get_data,
     m.PutData: Worker._serve_put_data,
     m.RunFunction: Worker._run_function,
+    m.ActorCall: Worker._serve_actor_call,
 }
