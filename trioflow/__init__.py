@@ -46,6 +46,9 @@ _LAZY = {
     "get_client": "client.current",
     "worker_client": "client.current",
     "rejoin": "worker.threads",
+    "print": "worker.printing",
+    "warn": "worker.printing",
+    "Reschedule": "errors",
     "secede": "worker.threads",
 }
 
@@ -71,6 +74,7 @@ if TYPE_CHECKING:
         FutureLostError,
         KilledWorker,
         ProtocolError,
+        Reschedule,
         SecurityError,
         SerializationError,
         TimeoutError,
@@ -82,6 +86,7 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
     from .security import Security
     from .worker import Worker, get_worker
+    from .worker.printing import print, warn  # noqa: A004
     from .worker.threads import rejoin, secede
 
 
@@ -114,6 +119,7 @@ __all__ = [
     "LocalCluster",
     "Nanny",
     "ProtocolError",
+    "Reschedule",
     "Scheduler",
     "Security",
     "SecurityError",
@@ -131,9 +137,11 @@ __all__ = [
     "get_worker",
     "open_client",
     "open_cluster",
+    "print",
     "progress",
     "rejoin",
     "secede",
     "wait",
+    "warn",
     "worker_client",
 ]

@@ -40,6 +40,7 @@ from ..scheduler_file import wait_for_scheduler_file
 from .admin import AdminMixin
 from .bridge import run_in_portal
 from .data import DataMixin
+from .events import EventsMixin
 from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
 from .submit import SubmitMixin, funcname
@@ -49,7 +50,7 @@ logger = logging.getLogger("trioflow.client")
 __all__ = ["AsyncClient", "funcname", "open_client"]
 
 
-class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin):
+class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, EventsMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:
@@ -185,6 +186,8 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin):
                     st = self._states.pop(msg.key, None)
                     if st is not None:
                         st.cancel(msg.reason or "cancelled")
+                elif t is m.TopicEvent:
+                    self._topic_event(msg)
                 elif t is m.SchedulerClosing:
                     reason = f"the scheduler closed: {msg.reason}"
                     break

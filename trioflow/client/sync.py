@@ -294,6 +294,22 @@ class Client:
         """Forget all tasks and restart the workers (through their nannies)."""
         return self._call(self._core.restart, timeout)
 
+    def log_event(self, topic: str | list[str], msg: Any) -> Any:
+        """See :meth:`AsyncClient.log_event <trioflow.client.events.EventsMixin.log_event>`."""
+        return self._call(self._core.log_event, topic, msg)
+
+    def get_events(self, topic: str | None = None) -> Any:
+        """See :meth:`AsyncClient.get_events <trioflow.client.events.EventsMixin.get_events>`."""
+        return self._call(self._core.get_events, topic)
+
+    def subscribe_topic(self, topic: str, handler: Callable[[Any], Any]) -> Any:
+        """See :meth:`AsyncClient.subscribe_topic <trioflow.client.events.EventsMixin.subscribe_topic>`
+        (the handler runs in the client's loop thread)."""
+        return self._call(self._core.subscribe_topic, topic, handler)
+
+    def unsubscribe_topic(self, topic: str) -> Any:
+        return self._call(self._core.unsubscribe_topic, topic)
+
     def who_has(self, futures: Any = None) -> dict[str, list[str]]:
         return self._call(self._core.who_has, futures)  # type: ignore[no-any-return]
 

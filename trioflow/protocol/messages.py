@@ -350,6 +350,28 @@ class CloseClient(Message):
     pass
 
 
+@message("log-event")
+class LogEvent(Message):
+    """Log ``msg`` (pickled by the sender; the scheduler never opens it)
+    under each of ``topics`` at ``time``; from a worker or a client."""
+
+    topics: list[str]
+    time: float
+    msg: Serialized
+
+
+@message("subscribe-topic")
+class SubscribeTopic(Message):
+    """Send this client every event logged under ``topic`` from now on."""
+
+    topic: str
+
+
+@message("unsubscribe-topic")
+class UnsubscribeTopic(Message):
+    topic: str
+
+
 # ---------------------------------------------------------------- scheduler -> client
 
 
@@ -377,12 +399,41 @@ class KeyCancelled(Message):
     reason: str = ""
 
 
+@message("topic-event")
+class TopicEvent(Message):
+    """An event logged under a topic this client subscribes to."""
+
+    topic: str
+    time: float
+    msg: Serialized
+
+
 @message("scheduler-closing")
 class SchedulerClosing(Message):
     reason: str
 
 
 # ---------------------------------------------------------------- requests to the scheduler
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class LoggedEvent:
+    """One event of a topic's log."""
+
+    time: float
+    msg: Serialized
+
+
+@message("get-events")
+class GetEvents(Message):
+    """The events logged under ``topic`` (None: every topic)."""
+
+    topic: str | None = None
+
+
+@message("events-reply")
+class EventsReply(Message):
+    events: dict[str, list[LoggedEvent]]
 
 
 @message("who-has")

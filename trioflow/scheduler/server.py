@@ -48,6 +48,7 @@ from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
 from . import state as ss
+from .events import EventLog
 from .taskstream import TaskStream
 
 logger = logging.getLogger("trioflow.scheduler")
@@ -124,6 +125,8 @@ class Scheduler:
         self.bytes_transferred = 0
         self.plugins: list[Any] = []
         self.events_handled = 0
+        #: Events logged by workers and clients, and who subscribes to them.
+        self.event_log = EventLog()
         self._request_handlers: dict[type, Callable[[Any], Any]] = {
             m.WhoHas: self._who_has,
             m.HasWhat: self._has_what,
@@ -131,6 +134,7 @@ class Scheduler:
             m.Shutdown: self._shutdown,
             m.RetireWorkers: self._retire_workers,
             m.Restart: self._restart,
+            m.GetEvents: self._get_events,
         }
 
     async def __aenter__(self) -> Scheduler:
@@ -384,6 +388,8 @@ class Scheduler:
                             self._handle(ss.StealResponseEvent(worker=address, key=msg.key, stolen=msg.stolen))
                         elif isinstance(msg, m.Reschedule):
                             self._handle(ss.RescheduleEvent(worker=address, key=msg.key))
+                        elif isinstance(msg, m.LogEvent):
+                            self._log_event(msg)
                         elif isinstance(msg, m.LongRunning):
                             self._handle(ss.LongRunningEvent(worker=address, key=msg.key))
                         elif isinstance(msg, m.ReleaseWorkerData):
@@ -430,6 +436,7 @@ class Scheduler:
             return
         batched = BatchedSend(comm)
         self.client_streams[cid] = batched
+        self.event_log.add_client(cid)
         batched.send(m.ClientRegistered(scheduler_id=self.id, address=self.address))
         logger.info("Receive client connection: %s", cid)
         try:
@@ -448,6 +455,12 @@ class Scheduler:
                             self._fire_and_forget(msg.keys)
                         elif isinstance(msg, m.UpdateData):
                             self._handle(ss.UpdateDataEvent(client=cid, who_has=msg.who_has, nbytes=msg.nbytes))
+                        elif isinstance(msg, m.LogEvent):
+                            self._log_event(msg)
+                        elif isinstance(msg, m.SubscribeTopic):
+                            self.event_log.subscribe(cid, msg.topic)
+                        elif isinstance(msg, m.UnsubscribeTopic):
+                            self.event_log.unsubscribe(cid, msg.topic)
                         elif isinstance(msg, m.CloseClient):
                             n.cancel_scope.cancel()
                             break
@@ -465,6 +478,7 @@ class Scheduler:
         finally:
             if self.client_streams.get(cid) is batched:
                 del self.client_streams[cid]
+                self.event_log.remove_client(cid)
                 self._handle(ss.RemoveClient(client=cid))
                 logger.info("Remove client %s", cid)
 
@@ -480,7 +494,19 @@ class Scheduler:
                 for key in msg.keys:
                     b.send(m.KeyErred(key=key, exception=ser, exception_text=str(err), traceback_text="", type_name="ValueError"))
 
+    def _log_event(self, msg: m.LogEvent) -> None:
+        for cid, out in self.event_log.log(msg.topics, msg.time, msg.msg):
+            b = self.client_streams.get(cid)
+            if b is not None:
+                try:
+                    b.send(out)
+                except CommClosedError:
+                    pass
+
     # ------------------------------------------------------------ requests
+
+    async def _get_events(self, msg: m.GetEvents) -> m.Message:
+        return m.EventsReply(events=self.event_log.get(msg.topic))
 
     async def _who_has(self, msg: m.WhoHas) -> m.Message:
         tasks = self.state.tasks

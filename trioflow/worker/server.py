@@ -566,6 +566,18 @@ class Worker:
         self._from_thread(ask)
         waiter.wait()
 
+    def log_event(self, topic: str | list[str], msg: Any) -> None:
+        """Log ``msg`` (picklable) under ``topic`` (or each of several) at
+        the scheduler; from a task or the worker's loop."""
+        event = m.LogEvent(topics=[topic] if isinstance(topic, str) else list(topic), time=time.time(), msg=dumps(msg))
+        if self.executor is not None and getattr(thread_state, "worker", None) is self:
+            try:
+                self.executor._token.run_sync_soon(self._send, event)
+            except trio.RunFinishedError:
+                pass
+        else:
+            self._send(event)
+
     def _handle_quietly(self, event: Any) -> None:
         if self.state is not None:
             self._handle(event)
@@ -647,7 +659,9 @@ class Worker:
             current = self.state.is_current_run(key)
             if not current and key not in self.state.superseded:
                 continue  # started before a reconnect: the state knows nothing of it
-            if rec[0] == "ok":
+            if rec[0] == "reschedule":
+                events.append(ws.ExecuteRescheduleEvent(key=key))
+            elif rec[0] == "ok":
                 _, key, result, nbytes, type_name, start, stop, index, serialized = rec
                 # A superseded run's result is dropped: the key has a
                 # value put (scattered) here meanwhile, which wins.

@@ -26,6 +26,7 @@ __all__ = [
     "DataPutEvent",
     "Event",
     "ExecuteFailureEvent",
+    "ExecuteRescheduleEvent",
     "ExecuteSuccessEvent",
     "FreeKeysEvent",
     "GatherDepDoneEvent",
@@ -165,6 +166,14 @@ class SchedulerTimerEvent(Record):
 
 
 @record(kw_only=True)
+class ExecuteRescheduleEvent(Record):
+    """A run raised :class:`~trioflow.errors.Reschedule`: the scheduler is
+    to place the task again."""
+
+    key: str
+
+
+@record(kw_only=True)
 class SecedeEvent(Record):
     """The run of ``key`` left the executor's pool (``secede()`` in the
     task): its thread waits on something else, and its slot is free for
@@ -199,4 +208,5 @@ Event = (
     | SchedulerTimerEvent
     | SecedeEvent
     | RejoinEvent
+    | ExecuteRescheduleEvent
 )

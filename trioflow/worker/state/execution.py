@@ -27,7 +27,14 @@ from __future__ import annotations
 import heapq
 
 from ...keys import key_prefix
-from ...protocol.messages import ComputeTask, LongRunning, StealResponse, TaskErred, TaskFinished
+from ...protocol.messages import (
+    ComputeTask,
+    LongRunning,
+    Reschedule,
+    StealResponse,
+    TaskErred,
+    TaskFinished,
+)
 from .entities import (
     MEMORY_RESUME_FRACTION,
     PREFETCH_BELOW,
@@ -39,6 +46,7 @@ from .events import (
     ComputeTaskEvent,
     DataPutEvent,
     ExecuteFailureEvent,
+    ExecuteRescheduleEvent,
     ExecuteSuccessEvent,
     InvalidWorkerEvent,
     MemorySampleEvent,
@@ -255,6 +263,21 @@ class Execution(Fetching):
             ts.state = "fetch"
             self._queue_fetch(ts)
 
+    def _execute_reschedule(self, ev: ExecuteRescheduleEvent) -> None:
+        ts = self._run_returned(ev.key)
+        if ts is None:
+            return
+        self._release_deps_of(ts)
+        cancelled, ts.cancelled, ts.replica = ts.cancelled, False, False
+        if any(t.state == "waiting" for t in ts.dependents):
+            # Local tasks wait for it: fetch it from wherever the scheduler
+            # computes it (with no holder, _queue_fetch reschedules them).
+            ts.state = "fetch"
+            self._queue_fetch(ts)
+        else:
+            self._set_gone(ts)
+        if not cancelled:
+            self._out.append(SendMsg(Reschedule(key=ev.key)))
 
     def _data_put(self, ev: DataPutEvent) -> None:
         for key, n in ev.nbytes.items():

@@ -24,6 +24,7 @@ from .events import (
     ComputeTaskEvent,
     DataPutEvent,
     ExecuteFailureEvent,
+    ExecuteRescheduleEvent,
     ExecuteSuccessEvent,
     FreeKeysEvent,
     GatherDepDoneEvent,
@@ -32,8 +33,8 @@ from .events import (
     MemorySampleEvent,
     PauseEvent,
     RegisteredEvent,
-    SchedulerTimerEvent,
     RejoinEvent,
+    SchedulerTimerEvent,
     SecedeEvent,
     StealRequestEvent,
 )
@@ -56,6 +57,7 @@ HANDLERS: Final[dict[type, Callable[[Any, Any], None]]] = {
     # from the executor
     ExecuteSuccessEvent: Execution._execute_success,
     ExecuteFailureEvent: Execution._execute_failure,
+    ExecuteRescheduleEvent: Execution._execute_reschedule,
     SecedeEvent: Execution._secede,
     RejoinEvent: Execution._rejoin,
     # from transfers
