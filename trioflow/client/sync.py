@@ -348,15 +348,15 @@ class Client:
 
     def get(self, dsk: Any, keys: Any, **options: Any) -> Any:
         """The dask scheduler protocol: ``dask.compute(x, scheduler=client.get)``."""
-        return self._call(self._core.get, dsk, keys, **options)
+        return self._call(self._core.get, dsk, keys, **_with_annotations(options))
 
     def compute(self, collections: Any, sync: bool = False, **options: Any) -> Any:
         """Futures for dask collections (their values with ``sync=True``)."""
-        return self._call(self._core.compute, collections, sync=sync, **options)
+        return self._call(self._core.compute, collections, sync=sync, **_with_annotations(options))
 
     def persist(self, collections: Any, **options: Any) -> Any:
         """Dask collections of the same kind, backed by futures."""
-        return self._call(self._core.persist, collections, **options)
+        return self._call(self._core.persist, collections, **_with_annotations(options))
 
     def _set_dask_default(self) -> None:
         """Make this client dask's scheduler while it lives (only if dask is
@@ -393,7 +393,7 @@ class Client:
             import dask.local
 
             return dask.local.get_sync(dsk, keys, **options)
-        return self._portal.call(functools.partial(self._core.get, dsk, keys, **options))
+        return self._portal.call(functools.partial(self._core.get, dsk, keys, **_with_annotations(options)))
 
     def _unset_dask_default(self) -> None:
         cfg, self._dask_config = self._dask_config, None
@@ -412,6 +412,16 @@ async def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
         if hasattr(result, "__await__"):
             result = await result
         return result
+
+
+def _with_annotations(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the dask annotations in effect in the caller's
+    thread (a context variable, invisible from the client's loop thread)."""
+    if "annotations" not in options:
+        from ..daskgraph import current_annotations
+
+        options["annotations"] = current_annotations()
+    return options
 
 
 def _close_clients_at_exit() -> None:
