@@ -268,15 +268,19 @@ class Execution(Fetching):
         if ts is None:
             return
         self._release_deps_of(ts)
-        cancelled, ts.cancelled, ts.replica = ts.cancelled, False, False
-        if any(t.state == "waiting" for t in ts.dependents):
-            # Local tasks wait for it: fetch it from wherever the scheduler
-            # computes it (with no holder, _queue_fetch reschedules them).
+        cancelled, ts.cancelled = ts.cancelled, False
+        # A stale run (the scheduler has the key elsewhere and asked for a
+        # copy) has nothing to reschedule: fetch the copy, as after a failure.
+        stale, ts.replica = ts.replica, False
+        if stale or any(t.state == "waiting" for t in ts.dependents):
+            # Local tasks wait for it too: fetch it from wherever the
+            # scheduler has or computes it (with no holder, _queue_fetch
+            # reschedules them).
             ts.state = "fetch"
             self._queue_fetch(ts)
         else:
             self._set_gone(ts)
-        if not cancelled:
+        if not cancelled and not stale:
             self._out.append(SendMsg(Reschedule(key=ev.key)))
 
     def _data_put(self, ev: DataPutEvent) -> None:
