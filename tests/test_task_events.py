@@ -81,6 +81,8 @@ async def test_events_from_tasks_and_clients() -> None:
             everything = await client.get_events()
             assert len(everything["print"]) == 4 and len(everything["warn"]) == 2
             assert await client.get_events("nothing-here") == ()
+            cluster.scheduler.log_event("from-the-scheduler", [1, 2])
+            assert [e[1] for e in await client.get_events("from-the-scheduler")] == [[1, 2]]
             await client.unsubscribe_topic("progress")
             await client.log_event(["progress", "other"], "late")
             # (Logged over the client's stream, read over another connection.)

@@ -50,7 +50,7 @@ class _ActorCreate:
     """The function of an actor task: make the instance, keep it on this
     worker, return its proxy."""
 
-    def __init__(self, cls: type) -> None:
+    def __init__(self, cls: Any) -> None:
         self.cls = cls
         self.__name__ = getattr(cls, "__name__", "actor")
 
@@ -138,7 +138,7 @@ class Actor:
     value on the worker.
     """
 
-    def __init__(self, cls: type, address: str, key: str, *, _future: Any = None) -> None:
+    def __init__(self, cls: Any, address: str, key: str, *, _future: Any = None) -> None:
         self._cls = cls
         self._address = address
         self._key = key
@@ -271,7 +271,7 @@ def _reply_value(reply: m.RunReply) -> Any:
     raise st.make_exception()
 
 
-def _rebuild_actor(cls: type, address: str, key: str) -> Actor:
+def _rebuild_actor(cls: Any, address: str, key: str) -> Actor:
     """Unpickle a proxy; on a client that holds the key, the proxy holds a
     future for it, so that dropping the future alone keeps the actor."""
     from .worker.executor import thread_state

@@ -122,7 +122,7 @@ def graph_to_specs(
         if get_annotations is not None:
             per_key = {a: v for a, v in get_annotations().items() if a in _ANNOTATIONS}
         dsk = dsk.__dask_graph__()
-    defaults = {"priority": priority, "workers": workers, "allow_other_workers": allow_other_workers, "resources": resources, "retries": retries}
+    defaults: dict[str, Any] = {"priority": priority, "workers": workers, "allow_other_workers": allow_other_workers, "resources": resources, "retries": retries}
     overall = {a: v for a, v in (annotations or {}).items() if a in _ANNOTATIONS}
     raw = dict(dsk)
     # Persisted pieces: the value is a trioflow future for that key (or an alias of one).

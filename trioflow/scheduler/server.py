@@ -494,6 +494,11 @@ class Scheduler:
                 for key in msg.keys:
                     b.send(m.KeyErred(key=key, exception=ser, exception_text=str(err), traceback_text="", type_name="ValueError"))
 
+    def log_event(self, topic: str | list[str], msg: Any) -> None:
+        """Log ``msg`` (picklable) under ``topic`` (or each of several), as
+        workers and clients do; subscribed clients get it."""
+        self._log_event(m.LogEvent(topics=[topic] if isinstance(topic, str) else list(topic), time=time.time(), msg=dumps(msg)))
+
     def _log_event(self, msg: m.LogEvent) -> None:
         for cid, out in self.event_log.log(msg.topics, msg.time, msg.msg):
             b = self.client_streams.get(cid)

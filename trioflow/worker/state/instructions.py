@@ -60,12 +60,12 @@ class DisconnectScheduler(Record):
     reason: str
 
 
-Instruction = Execute | GatherDep | SendMsg | DropData | ReportPause | DisconnectScheduler
-
-
 @record
 class GrantRejoin(Record):
     """A slot is free for the seceded run of ``key`` that asked to rejoin:
     let its thread go on."""
 
     key: str
+
+
+Instruction = Execute | GatherDep | SendMsg | DropData | ReportPause | DisconnectScheduler | GrantRejoin
