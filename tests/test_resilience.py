@@ -350,9 +350,11 @@ _FROM_WORKER = [
     m.MissingData,
     m.StealResponse,
     m.Reschedule,
+    m.LongRunning,
+    m.LogEvent,
     m.ReleaseWorkerData,
 ]
-_FROM_CLIENT = [m.UpdateGraph, m.ReleaseKeys, m.CancelKeys, m.FireAndForget, m.UpdateData]
+_FROM_CLIENT = [m.UpdateGraph, m.ReleaseKeys, m.CancelKeys, m.FireAndForget, m.UpdateData, m.LogEvent, m.SubscribeTopic, m.UnsubscribeTopic]
 _KEY_POOL = [f"fuzz-key-{i}" for i in range(6)]
 
 
