@@ -54,9 +54,14 @@ def test_counter_from_100_tasks() -> None:
         with pytest.raises(KeyError, match="nope"):
             counter.fail().result(timeout=10)
         assert counter.aget().result(timeout=10) == 105
+        # The proxy itself as an argument, too.
+        assert client.submit(bump, counter, pure=False).result(timeout=10) == 106
+        assert not hasattr(counter, "nbytes")  # (answered here: see _PROBED)
         # The proxy alone keeps the actor: the future may go.
+        key = fut.key
         del fut, futures
-        assert counter.increment().result(timeout=10) == 106
+        assert client._core.refcount(key) == 1  # the proxy's own future
+        assert counter.increment().result(timeout=10) == 107
 
 
 async def test_actor_in_trio() -> None:

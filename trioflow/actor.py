@@ -131,6 +131,12 @@ class ActorFuture:
         return f"<ActorFuture {'done' if self.done() else 'pending'}>"
 
 
+#: Attributes that generic code probes values for (``sizeof`` looks for
+#: ``nbytes`` on every task result): answered here, not by a call to the
+#: worker, unless the actor's class has them.
+_PROBED = frozenset({"nbytes"})
+
+
 class Actor:
     """A proxy for an object living on one worker (see the module docstring).
 
@@ -165,7 +171,7 @@ class Actor:
         return self._address
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
+        if name.startswith("_") or (name in _PROBED and not hasattr(self._cls, name)):
             raise AttributeError(name)
         attr = getattr(self._cls, name, None)
         if callable(attr) and not isinstance(attr, property):
