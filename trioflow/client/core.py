@@ -121,6 +121,7 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, EventsMixin):
             await old.aclose()
         self._batched = BatchedSend(comm)
         self.status = "running"
+        self._resubscribe()
         nursery.start_soon(self._run_batched)
         nursery.start_soon(self._receive_loop)
 

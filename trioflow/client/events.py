@@ -67,6 +67,11 @@ class EventsMixin(ClientParts):
         if topic not in _DEFAULT_HANDLERS:  # those stay, handled here
             self._send(m.UnsubscribeTopic(topic=topic))
 
+    def _resubscribe(self) -> None:
+        """After (re)registering: a new scheduler knows no subscription of ours."""
+        for topic in self._handlers():
+            self._send(m.SubscribeTopic(topic=topic))
+
     def _topic_event(self, msg: m.TopicEvent) -> None:
         """An event of a subscribed topic arrived (in the client's loop)."""
         handler = self._handlers().get(msg.topic) or _DEFAULT_HANDLERS.get(msg.topic)
