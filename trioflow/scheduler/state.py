@@ -1724,6 +1724,7 @@ class SchedulerState:
             assert ws.address == address
             for ts in ws.processing:
                 assert ts.processing_on is ws and ts.state == "processing", (ws, ts)
+            assert ws.long_running <= ws.processing.keys(), (ws, ws.long_running)
             for ts in ws.has_what:
                 assert ws in ts.who_has, (ws, ts)
             for name, used in ws.used_resources.items():
