@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import gc
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import cloudpickle
@@ -63,6 +65,12 @@ def submit_and_wait(x: int) -> tuple[int, str, str]:
     w = get_worker()
     fut = client.submit(inc, x)
     return fut.result(timeout=30), client.scheduler_address, w.scheduler_address
+
+
+def own_client(x: int) -> tuple[int, str]:
+    """A blocking Client made in a task, with no address: the worker's scheduler."""
+    with Client() as client:
+        return client.submit(inc, x).result(timeout=30), client.scheduler_address
 
 
 def addresses() -> tuple[str, str]:
@@ -124,6 +132,8 @@ def test_thread_workers_blocking_client() -> None:
         assert client.submit(fib_wc, 5).result(timeout=30) == 5
         a, b = client.submit(addresses).result(timeout=30)
         assert a == b == cluster.scheduler_address
+        with worker_client_cluster() as (cluster2, client2):
+            assert client2.submit(own_client, 1).result(timeout=30) == (2, cluster2.scheduler_address)
 
 
 @pytest.mark.slow
@@ -133,6 +143,15 @@ def test_process_workers() -> None:
         assert client.submit(fib_wc, 5).result(timeout=60) == 5
         a, b = client.submit(addresses).result(timeout=60)
         assert a == b == cluster.scheduler_address
+    with worker_client_cluster(processes=True) as (cluster2, client2):
+        assert client2.submit(own_client, 1).result(timeout=60) == (2, cluster2.scheduler_address)
+
+
+@contextmanager
+def worker_client_cluster(processes: bool = False) -> Iterator[tuple[LocalCluster, Client]]:
+    """Two threads: a task waits for its own client's task without seceding."""
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=processes) as cluster, Client(cluster) as client:
+        yield cluster, client
 
 
 def _get_client_outside(address: str) -> Any:

@@ -79,6 +79,10 @@ class Client:
         set_as_default: bool = True,
         asynchronous: bool = False,
     ) -> None:
+        if address is None and scheduler_file is None:
+            # Inside a task: the worker's scheduler, with the worker's security
+            # (the address is resolved here: the client's loop is another thread).
+            address, security = _task_scheduler(address, security)
         self.cluster = None if isinstance(address, str) or address is None else address
         if security is None and self.cluster is not None:
             security = getattr(self.cluster, "security", None)
@@ -412,6 +416,19 @@ async def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
         if hasattr(result, "__await__"):
             result = await result
         return result
+
+
+def _task_scheduler(address: Any, security: Any) -> tuple[Any, Any]:
+    """(address, security) for a client made with no address: the worker's
+    scheduler inside a task (unless the environment names one)."""
+    import os
+
+    from ..worker.executor import thread_state
+
+    worker = getattr(thread_state, "worker", None)
+    if worker is None or os.environ.get("TRIOFLOW_SCHEDULER_ADDRESS"):
+        return address, security
+    return worker.scheduler_address, security if security is not None else worker.security
 
 
 def _with_annotations(options: dict[str, Any]) -> dict[str, Any]:
