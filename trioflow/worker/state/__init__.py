@@ -7,11 +7,16 @@ finished, a fetch from a peer came back) through :meth:`WorkerState.handle`
 and returns instructions for the shell in :mod:`trioflow.worker.server`:
 :class:`Execute` a task, :class:`GatherDep` from a peer, :class:`SendMsg` to
 the scheduler, :class:`DropData` from the local store, :class:`ReportPause`
-(memory), :class:`DisconnectScheduler` (silent too long).  It holds keys
-and sizes, never the values: the shell owns the data store, the threads and
-the sockets.  No trio import, no clock reads: events that need the time
+(memory), :class:`DisconnectScheduler` (silent too long), :class:`GrantRejoin`
+(a seceded run gets a slot back).  It holds keys and sizes, never the
+values: the shell owns the data store, the threads and the sockets.  No trio import, no clock reads: events that need the time
 carry it (:class:`RegisteredEvent`, :class:`SchedulerTimerEvent`).  Every
 decision is made here; the shell measures, moves bytes and carries out.
+
+A run may leave its slot while it waits (``secede()`` in the task,
+:class:`SecedeEvent`): it stays 'executing' but is counted out of
+``n_executing`` (``seceded``) until it asks back (:class:`RejoinEvent`) and
+a slot is free; rejoining runs get slots before ready tasks.
 
 Task states on a worker:
 

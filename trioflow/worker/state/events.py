@@ -2,7 +2,9 @@
 
 One rule for names: every event class ends in ``Event``.  Events come from
 the scheduler (:class:`ComputeTaskEvent`, :class:`FreeKeysEvent`, ...), from
-the executor (:class:`ExecuteSuccessEvent`, :class:`ExecuteFailureEvent`),
+the executor (:class:`ExecuteSuccessEvent`, :class:`ExecuteFailureEvent`,
+:class:`ExecuteRescheduleEvent`), from tasks themselves
+(:class:`SecedeEvent`, :class:`RejoinEvent`),
 from transfers (:class:`GatherDepDoneEvent`, :class:`GatherDepFailedEvent`),
 from clients (:class:`DataPutEvent`), from the memory monitor
 (:class:`MemorySampleEvent`; :class:`PauseEvent` directly) and from the clock (:class:`SchedulerTimerEvent`).
