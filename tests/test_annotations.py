@@ -65,6 +65,10 @@ async def test_workers_retries_and_resources_honoured_in_a_cluster() -> None:
             z = delayed(flaky)("z")
             with pytest.raises(RuntimeError, match="first run of z"):
                 await (await client.compute(z))
+            with dask.annotate(retries=1):
+                fut = await client.submit(flaky, "async-submit")
+                futs = await client.map(flaky, ["async-map"])
+            assert await fut == "async-submit" and await client.gather(futs) == ["async-map"]
             with dask.annotate(resources={"GPU": 5}):
                 big = delayed(inc)(1)
             fut = await client.compute(big)
@@ -87,3 +91,16 @@ def test_context_annotations_of_the_calling_thread_with_a_blocking_client() -> N
             assert who[f"x-{target}"] == [target] and who[fut.key] == [target]
         with dask.annotate(retries=1):
             assert dask.compute(delayed(flaky)("dc"))[0] == "dc"
+        # Around submit and map too (as dask), for the options not given.
+        for target in addresses:
+            with dask.annotate(workers=[target]):
+                one = client.submit(inc, 1, key=f"one-{target}")
+                many = client.map(inc, range(3), key=f"many-{target}")
+                other = next(a for a in addresses if a != target)
+                mine = client.submit(inc, 2, key=f"mine-{target}", workers=[other])
+            wait([one, *many, mine], timeout=30)
+            who = client.who_has()
+            assert {a for f in [one, *many] for a in who[f.key]} == {target}
+            assert who[mine.key] == [other]
+        with dask.annotate(retries=1):
+            assert client.submit(flaky, "submitted").result(timeout=30) == "submitted"

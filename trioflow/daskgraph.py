@@ -25,7 +25,8 @@ objects, so the client does it) and submits one trioflow task per node:
   in effect where ``compute``/``persist``/``get`` was called
   (``dask.get_annotations()``, which the client captures in the caller's
   thread), which win over the call's own keyword options.  Other
-  annotations are ignored.
+  annotations are ignored.  (``client.submit`` and ``client.map`` take the
+  annotations in effect for the options they are not given.)
 
 Graph values that are trioflow futures (a persisted collection) are not
 tasks: they become dependencies on the existing keys.

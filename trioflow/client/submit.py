@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import sys
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
@@ -118,6 +119,18 @@ class SubmitMixin(ClientParts):
         for d in deps:
             if d not in self._states:
                 raise ValueError(f"argument future {d!r} does not belong to this client (or was cancelled or released)")
+        if "dask" in sys.modules:
+            # dask.annotate(...) around submit/map: for the options not given.
+            from ..daskgraph import current_annotations
+
+            ann = current_annotations()
+            if ann:
+                ann = {k: v(key) if callable(v) else v for k, v in ann.items()}
+                priority = priority or ann.get("priority") or 0
+                workers = workers or ann.get("workers")
+                resources = resources or ann.get("resources")
+                retries = retries or ann.get("retries") or 0
+                allow_other_workers = allow_other_workers or bool(ann.get("allow_other_workers"))
         if isinstance(workers, str):
             workers = [workers]
         return m.TaskSpec(

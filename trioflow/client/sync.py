@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -283,7 +284,7 @@ class Client:
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> list[Future]:
         """See :meth:`AsyncClient.map`."""
         iterables = tuple(list(it) for it in iterables)
-        return self._call(self._core.map, func, *iterables, **kwargs)  # type: ignore[no-any-return]
+        return self._call(self._core.map, func, *iterables, **_map_annotations(kwargs))  # type: ignore[no-any-return]
 
     def gather(self, futures: Any, errors: str = "raise") -> Any:
         return self._call(self._core.gather, futures, errors=errors)
@@ -429,6 +430,20 @@ def _task_scheduler(address: Any, security: Any) -> tuple[Any, Any]:
     if worker is None or os.environ.get("TRIOFLOW_SCHEDULER_ADDRESS"):
         return address, security
     return worker.scheduler_address, security if security is not None else worker.security
+
+
+def _map_annotations(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``map``'s keyword arguments with the dask annotations in effect in
+    the caller's thread as options, where not given (``map`` prepares its
+    tasks in the client's loop thread, which does not see them)."""
+    if "dask" not in sys.modules:
+        return kwargs
+    from ..daskgraph import current_annotations
+
+    for name, value in current_annotations().items():
+        if name in ("priority", "workers", "resources", "retries", "allow_other_workers") and not callable(value):
+            kwargs.setdefault(name, value)
+    return kwargs
 
 
 def _with_annotations(options: dict[str, Any]) -> dict[str, Any]:
