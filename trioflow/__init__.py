@@ -32,6 +32,8 @@ _LAZY = {
     "SerializationError": "errors",
     "TimeoutError": "errors",
     "TrioflowError": "errors",
+    "Actor": "actor",
+    "ActorFuture": "actor",
     "AsyncClient": "client",
     "Client": "client",
     "Future": "client",
@@ -39,7 +41,6 @@ _LAZY = {
     "default_client": "client",
     "fire_and_forget": "client",
     "futures_of": "client",
-    "get_client": "client",
     "open_client": "client",
     "wait": "client",
     "Event": "client",
@@ -59,9 +60,17 @@ _LAZY = {
     "Security": "security",
     "Worker": "worker",
     "get_worker": "worker",
+    "get_client": "client.current",
+    "worker_client": "client.current",
+    "rejoin": "worker.threads",
+    "print": "worker.printing",
+    "warn": "worker.printing",
+    "Reschedule": "errors",
+    "secede": "worker.threads",
 }
 
 if TYPE_CHECKING:
+    from .actor import Actor, ActorFuture
     from .client import (
         AsyncClient,
         Client,
@@ -78,10 +87,10 @@ if TYPE_CHECKING:
         default_client,
         fire_and_forget,
         futures_of,
-        get_client,
         open_client,
         wait,
     )
+    from .client.current import get_client, worker_client
     from .deploy import LocalCluster, open_cluster
     from .errors import (
         CancelledError,
@@ -90,6 +99,7 @@ if TYPE_CHECKING:
         FutureLostError,
         KilledWorker,
         ProtocolError,
+        Reschedule,
         SecurityError,
         SerializationError,
         TimeoutError,
@@ -101,6 +111,8 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
     from .security import Security
     from .worker import Worker, get_worker
+    from .worker.printing import print, warn  # noqa: A004
+    from .worker.threads import rejoin, secede
 
 
 def __getattr__(name: str) -> Any:
@@ -119,6 +131,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Actor",
+    "ActorFuture",
     "AsyncClient",
     "CancelledError",
     "Client",
@@ -135,6 +149,7 @@ __all__ = [
     "ProtocolError",
     "Pub",
     "Queue",
+    "Reschedule",
     "Scheduler",
     "Security",
     "SecurityError",
@@ -155,6 +170,11 @@ __all__ = [
     "get_worker",
     "open_client",
     "open_cluster",
+    "print",
     "progress",
+    "rejoin",
+    "secede",
     "wait",
+    "warn",
+    "worker_client",
 ]

@@ -51,6 +51,7 @@ from trioflow.scheduler.state import (
     InvalidEvent,
     InvalidTransition,
     KilledWorker,
+    LongRunningEvent,
     MissingDataEvent,
     NannyRestartedEvent,
     ReleaseKeysEvent,
@@ -598,6 +599,15 @@ class SchedulerMachine(RuleBasedStateMachine):
     def reschedule(self, data: st.DataObject) -> None:
         ts = data.draw(st.sampled_from(self.processing()), label="task")
         self.handle(RescheduleEvent(worker=ts.processing_on.address, key=ts.key))
+
+    @precondition(lambda self: any(ts.state == "processing" for ts in self.s.tasks.values()))
+    @rule(data=st.data())
+    def long_running(self, data: st.DataObject) -> None:
+        # The task seceded on its worker: counted out of that worker's load.
+        ts = data.draw(st.sampled_from(self.processing()), label="task")
+        ws = ts.processing_on
+        self.handle(LongRunningEvent(worker=ws.address, key=ts.key))
+        assert ts in ws.long_running or ts.state != "processing"
 
     @precondition(lambda self: any(ws.has_what for ws in self.s.workers.values()))
     @rule(data=st.data())

@@ -43,6 +43,7 @@ from .bridge import run_in_portal
 from .cluster import ClusterMixin
 from .data import DataMixin
 from .datasets import AsyncDatasetsMixin
+from .events import EventsMixin
 from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
 from .logs import LogsMixin
@@ -54,7 +55,7 @@ logger = logging.getLogger("trioflow.client")
 __all__ = ["AsyncClient", "funcname", "open_client"]
 
 
-class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, LogsMixin, AsyncDatasetsMixin):
+class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, LogsMixin, AsyncDatasetsMixin, EventsMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:
@@ -127,6 +128,7 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, 
             await old.aclose()
         self._batched = BatchedSend(comm)
         self.status = "running"
+        self._resubscribe()
         nursery.start_soon(self._run_batched)
         nursery.start_soon(self._receive_loop)
 
@@ -192,6 +194,8 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, 
                     st = self._states.pop(msg.key, None)
                     if st is not None:
                         st.cancel(msg.reason or "cancelled")
+                elif t is m.TopicEvent:
+                    self._topic_event(msg)
                 elif t is m.SchedulerClosing:
                     reason = f"the scheduler closed: {msg.reason}"
                     break

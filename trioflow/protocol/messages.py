@@ -223,6 +223,15 @@ class Reschedule(Message):
     key: str
 
 
+@message("long-running")
+class LongRunning(Message):
+    """The task left its worker's thread pool (``secede()``) to wait: the
+    scheduler counts it out of the worker's load, so that the tasks it
+    waits for may be sent there."""
+
+    key: str
+
+
 @message("release-worker-data")
 class ReleaseWorkerData(Message):
     """The worker no longer holds these keys (it dropped or lost them)."""
@@ -341,6 +350,28 @@ class CloseClient(Message):
     pass
 
 
+@message("log-event")
+class LogEvent(Message):
+    """Log ``msg`` (pickled by the sender; the scheduler never opens it)
+    under each of ``topics`` at ``time``; from a worker or a client."""
+
+    topics: list[str]
+    time: float
+    msg: Serialized
+
+
+@message("subscribe-topic")
+class SubscribeTopic(Message):
+    """Send this client every event logged under ``topic`` from now on."""
+
+    topic: str
+
+
+@message("unsubscribe-topic")
+class UnsubscribeTopic(Message):
+    topic: str
+
+
 # ---------------------------------------------------------------- scheduler -> client
 
 
@@ -368,12 +399,41 @@ class KeyCancelled(Message):
     reason: str = ""
 
 
+@message("topic-event")
+class TopicEvent(Message):
+    """An event logged under a topic this client subscribes to."""
+
+    topic: str
+    time: float
+    msg: Serialized
+
+
 @message("scheduler-closing")
 class SchedulerClosing(Message):
     reason: str
 
 
 # ---------------------------------------------------------------- requests to the scheduler
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class LoggedEvent:
+    """One event of a topic's log."""
+
+    time: float
+    msg: Serialized
+
+
+@message("get-events")
+class GetEvents(Message):
+    """The events logged under ``topic`` (None: every topic)."""
+
+    topic: str | None = None
+
+
+@message("events-reply")
+class EventsReply(Message):
+    events: dict[str, list[LoggedEvent]]
 
 
 @message("who-has")
@@ -478,6 +538,18 @@ class PutData(Message):
 @message("run-function")
 class RunFunction(Message):
     function: bytes
+    args: Serialized
+
+
+@message("actor-call")
+class ActorCall(Message):
+    """Call method ``name`` (``kind="call"``; ``args`` pickles ``(args,
+    kwargs)``) or read attribute ``name`` (``kind="getattr"``) of the actor
+    held under ``key``; the worker answers with a RunReply."""
+
+    key: str
+    name: str
+    kind: str
     args: Serialized
 
 

@@ -54,6 +54,7 @@ from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
 from . import state as ss
 from .admin import SchedulerAdmin
+from .events import EventLog
 from .extensions.serve import HANDLED as PRIMITIVE_REQUESTS
 from .extensions.serve import PrimitivesServer
 from .taskstream import TaskStream
@@ -137,7 +138,10 @@ class Scheduler:
         self.bytes_transferred = 0
         self.plugins: list[Any] = []
         self.events_handled = 0
+        #: Events logged by workers and clients, and who subscribes to them.
+        self.event_log = EventLog()
         self._request_handlers: dict[type, Callable[[Any], Any]] = {
+            m.GetEvents: self._get_events,
             m.WhoHas: self._who_has,
             m.HasWhat: self._has_what,
             m.IdentityRequest: self._identity,
@@ -172,6 +176,8 @@ class Scheduler:
             m.StealResponse: lambda a, msg: self._handle(ss.StealResponseEvent(worker=a, key=msg.key, stolen=msg.stolen)),
             m.Reschedule: lambda a, msg: self._handle(ss.RescheduleEvent(worker=a, key=msg.key)),
             m.ReleaseWorkerData: lambda a, msg: self._handle(ss.ReleaseWorkerDataEvent(worker=a, keys=msg.keys)),
+            m.LongRunning: lambda a, msg: self._handle(ss.LongRunningEvent(worker=a, key=msg.key)),
+            m.LogEvent: lambda a, msg: self._log_event(msg),
         }
         self._client_handlers: dict[type, Callable[[str, Any], None]] = {
             m.UpdateGraph: self._update_graph,
@@ -179,6 +185,9 @@ class Scheduler:
             m.CancelKeys: lambda c, msg: self._handle(ss.CancelKeysEvent(client=c, keys=msg.keys)),
             m.FireAndForget: lambda c, msg: self._handle(ss.FireAndForgetEvent(keys=msg.keys)),
             m.UpdateData: lambda c, msg: self._handle(ss.UpdateDataEvent(client=c, who_has=msg.who_has, nbytes=msg.nbytes)),
+            m.LogEvent: lambda c, msg: self._log_event(msg),
+            m.SubscribeTopic: lambda c, msg: self.event_log.subscribe(c, msg.topic),
+            m.UnsubscribeTopic: lambda c, msg: self.event_log.unsubscribe(c, msg.topic),
         }
         self._instruction_handlers: dict[type, Callable[[Any], None]] = {
             ss.DropWorker: self._drop_worker,
@@ -521,6 +530,7 @@ class Scheduler:
             return
         batched = BatchedSend(comm)
         self.client_streams[cid] = batched
+        self.event_log.add_client(cid)
         batched.send(m.ClientRegistered(scheduler_id=self.id, address=self.address))
         logger.info("Receive client connection: %s", cid)
         handlers = self._client_handlers
@@ -547,6 +557,7 @@ class Scheduler:
         finally:
             if self.client_streams.get(cid) is batched:
                 del self.client_streams[cid]
+                self.event_log.remove_client(cid)
                 self._handle(ss.RemoveClientEvent(client=cid))
                 logger.info("Remove client %s", cid)
 
@@ -564,7 +575,24 @@ class Scheduler:
                 for key in msg.keys:
                     b.send(m.KeyErred(key=key, exception=ser, exception_text=str(err), traceback_text="", type_name="ValueError"))
 
+    def log_event(self, topic: str | list[str], msg: Any) -> None:
+        """Log ``msg`` (picklable) under ``topic`` (or each of several), as
+        workers and clients do; subscribed clients get it."""
+        self._log_event(m.LogEvent(topics=[topic] if isinstance(topic, str) else list(topic), time=time.time(), msg=dumps(msg)))
+
+    def _log_event(self, msg: m.LogEvent) -> None:
+        for cid, out in self.event_log.log(msg.topics, msg.time, msg.msg):
+            b = self.client_streams.get(cid)
+            if b is not None:
+                try:
+                    b.send(out)
+                except CommClosedError:
+                    pass
+
     # ------------------------------------------------------------ requests
+
+    async def _get_events(self, msg: m.GetEvents) -> m.Message:
+        return m.EventsReply(events=self.event_log.get(msg.topic))
 
     async def _who_has(self, msg: m.WhoHas) -> m.Message:
         tasks = self.state.tasks

@@ -8,6 +8,8 @@ cached for the transfer that will follow).  It returns a plain tuple:
 - ``("ok", key, result, nbytes, type_name, start, stop, thread, serialized)``
 - ``("err", key, exception, exception_text, traceback_text, type_name,
   start, stop, thread)``
+- ``("reschedule", key, start, stop, thread)``: the task raised
+  :class:`~trioflow.errors.Reschedule`
 
 which the server turns into ExecuteSuccessEvent / ExecuteFailureEvent.
 """
@@ -19,6 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import Reschedule
 from ..protocol.serialize import (
     SerializationError,
     Serialized,
@@ -94,6 +97,8 @@ def make_job(key: str, function: bytes, args: Serialized, deps: dict[str, Any]) 
             func, a, kw = _load_task(function, args, deps)
             thread_state.key = key
             result = func(*a, **kw)
+        except Reschedule:
+            return ("reschedule", key, start, time.time(), index)
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             return error_record(key, exc, start, time.time(), index)
         finally:

@@ -41,6 +41,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -190,6 +191,14 @@ class Worker:
         # Tuning of the state machine, read once (none of it has a
         # dask.config key, so dask is not imported for it).
         self._tuning = load_config(use_dask=False).config.worker
+        #: The client that tasks get from get_client(): made on first use,
+        #: hosted in this worker's loop, closed with the worker.
+        self._task_client: Any = None
+        self._task_client_lock = threading.Lock()
+        #: Seceded runs waiting for a slot (rejoin): key -> their thread's event.
+        self._rejoin_waiters: dict[str, threading.Event] = {}
+        #: Actor instances held here, by key (see :mod:`trioflow.actor`).
+        self.actors: dict[str, Any] = {}
 
     async def __aenter__(self) -> Worker:
         """``async with Worker(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
@@ -270,6 +279,7 @@ class Worker:
                 nursery.start_soon(self._scheduler_loop, comm)
                 task_status.started(self)
                 await self._close_event.wait()
+                await self._close_task_client()
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
             failed = ended_in_failure(exc)
@@ -277,6 +287,10 @@ class Worker:
         finally:
             self.status = Status.failed if failed else Status.closed
             with trio.CancelScope(shield=True):
+                await self._close_task_client()
+                for waiter in list(self._rejoin_waiters.values()):
+                    waiter.set()  # a thread waiting to rejoin goes on (its result is lost)
+                self._rejoin_waiters.clear()
                 if self.executor is not None:
                     await self.executor.aclose(timeout=2)
                 if self.pool is not None:
@@ -285,6 +299,7 @@ class Worker:
                 self.data.close()
             self.data.clear()
             self._serialized.clear()
+            self.actors.clear()
             shutil.rmtree(self.local_directory, ignore_errors=True)
             self._closed.set()
 
@@ -520,6 +535,98 @@ class Worker:
     def _drop_data(self, inst: ws.DropData) -> None:
         self.data.pop(inst.key, None)
         self._serialized.pop(inst.key, None)
+        self.actors.pop(inst.key, None)
+
+    def _grant_rejoin(self, inst: ws.GrantRejoin) -> None:
+        waiter = self._rejoin_waiters.pop(inst.key, None)
+        if waiter is not None:
+            waiter.set()
+
+    # ------------------------------------------------------------ tasks reaching back (secede, rejoin, get_client)
+
+    def _secede_current(self) -> None:
+        """The calling task's thread leaves the pool (see :func:`trioflow.secede`).
+
+        Runs in an executor thread."""
+        assert self.executor is not None
+        key = getattr(thread_state, "key", None)
+        if key is None:
+            raise ValueError("secede() called outside of a task running on a worker")
+        self.executor.secede()
+        self._from_thread(self._handle_quietly, ws.SecedeEvent(key=key))
+
+    def _rejoin_current(self) -> None:
+        """Wait for a slot for the calling, seceded task (see :func:`trioflow.rejoin`).
+
+        Runs in an executor thread."""
+        key = getattr(thread_state, "key", None)
+        if key is None:
+            raise ValueError("rejoin() called outside of a task running on a worker")
+        waiter = threading.Event()
+
+        def ask() -> None:
+            assert self.state is not None
+            self._rejoin_waiters[key] = waiter
+            try:
+                instructions = self.state.handle(ws.RejoinEvent(key=key))
+            except ws.InvalidWorkerEvent:
+                # Not seceded (or a run from before a reconnect): nothing to wait for.
+                self._rejoin_waiters.pop(key, None)
+                waiter.set()
+                return
+            self._run_instructions(instructions)
+
+        self._from_thread(ask)
+        waiter.wait()
+
+    def log_event(self, topic: str | list[str], msg: Any) -> None:
+        """Log ``msg`` (picklable) under ``topic`` (or each of several) at
+        the scheduler; from a task or the worker's loop."""
+        event = m.LogEvent(topics=[topic] if isinstance(topic, str) else list(topic), time=time.time(), msg=dumps(msg))
+        if self.executor is not None and getattr(thread_state, "worker", None) is self:
+            try:
+                self.executor._token.run_sync_soon(self._send, event)
+            except trio.RunFinishedError:
+                pass
+        else:
+            self._send(event)
+
+    def _handle_quietly(self, event: Any) -> None:
+        if self.state is not None:
+            self._handle(event)
+
+    def _from_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self.executor is not None
+        return trio.from_thread.run_sync(fn, *args, trio_token=self.executor._token)
+
+    def _client_for_tasks(self) -> Any:
+        """The blocking client tasks share (see :func:`trioflow.get_client`),
+        connected on first use to this worker's scheduler with its security.
+
+        Runs in an executor thread."""
+        with self._task_client_lock:
+            if self._task_client is None:
+                assert self.executor is not None
+                from ..client.current import WorkerClient
+
+                token = self.executor._token
+                core = trio.from_thread.run(self._start_task_client, trio_token=token)
+                self._task_client = WorkerClient(core, token)
+            return self._task_client
+
+    async def _start_task_client(self) -> Any:
+        from ..client.core import AsyncClient
+
+        assert self._nursery is not None
+        core = AsyncClient(self.scheduler_address, security=self.security, timeout=self.connect_timeout)
+        await core._start(self._nursery)
+        return core
+
+    async def _close_task_client(self) -> None:
+        client, self._task_client = self._task_client, None
+        if client is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await client._core.aclose()
 
     def _disconnect_scheduler(self, inst: ws.DisconnectScheduler) -> None:
         # Only the liveness timer decides this, and _watch_scheduler acts
@@ -565,7 +672,9 @@ class Worker:
             current = self.state.is_current_run(key)
             if not current and key not in self.state.superseded:
                 continue  # started before a reconnect: the state knows nothing of it
-            if rec[0] == "ok":
+            if rec[0] == "reschedule":
+                events.append(ws.ExecuteRescheduleEvent(key=key))
+            elif rec[0] == "ok":
                 _, key, result, nbytes, type_name, start, stop, index, serialized = rec
                 # A superseded run's result is dropped: the key has a
                 # value put (scattered) here meanwhile, which wins.
@@ -749,6 +858,11 @@ class Worker:
         self._handle(ws.DataPutEvent(nbytes=nbytes))
         return m.Ok()
 
+    async def _serve_actor_call(self, msg: m.ActorCall) -> m.Message:
+        from ..actor import serve_actor_call
+
+        return await serve_actor_call(self, msg)
+
     async def _run_function(self, msg: m.RunFunction) -> m.Message:
         def run() -> Any:
             thread_state.worker = self
@@ -795,6 +909,7 @@ _INSTRUCTIONS: dict[type, Callable[[Worker, Any], None]] = {
     ws.DropData: Worker._drop_data,
     ws.ReportPause: Worker._report_pause,
     ws.DisconnectScheduler: Worker._disconnect_scheduler,
+    ws.GrantRejoin: Worker._grant_rejoin,
 }
 
 #: Peer request type -> the method of Worker that answers it.
@@ -802,4 +917,5 @@ _PEER_REQUESTS: dict[type, Callable[[Worker, Any], Awaitable[m.Message]]] = {
     m.GetData: Worker._serve_get_data,
     m.PutData: Worker._serve_put_data,
     m.RunFunction: Worker._run_function,
+    m.ActorCall: Worker._serve_actor_call,
 }

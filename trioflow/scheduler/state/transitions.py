@@ -112,6 +112,7 @@ class TransitionsLayer(QueuingLayer):
         ws = ts.processing_on
         if ws is not None:
             d = ws.processing.pop(ts, None)
+            ws.long_running.discard(ts)
             if d is not None:
                 ws.occupancy = max(ws.occupancy - d, 0.0) if ws.processing else 0.0
             ts.processing_on = None
