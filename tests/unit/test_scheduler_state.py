@@ -1655,6 +1655,25 @@ def test_restart_cancels_everything_and_waits_for_the_nannied_workers() -> None:
     assert not sim.s.restarts
 
 
+def test_restart_starts_none_of_the_tasks_it_cancels() -> None:
+    # Found by the stateful machine: restart cancelled one client's keys after
+    # another, so the slot the first client's task freed started the second
+    # client's queued task (on a worker about to close, and forgotten right
+    # after in the same batch).
+    sim = Sim(worker_saturation=0.5)
+    sim.handle(AddClientEvent(client="c2"))
+    sim.worker("a")
+    sim.submit(spec("x"))
+    sim.handle(UpdateGraphEvent(client="c2", tasks=[spec("y"), spec("z")], keys=["y", "z"]))
+    assert (sim.state("x"), sim.state("y"), sim.state("z")) == ("processing", "queued", "queued")
+    out = sim.handle(RestartEvent(request="r1", timeout=5))
+    assert not computes(out)
+    assert set(to_client(out, KeyCancelled)) == {"x", "y", "z"}
+    assert frees(out) == [(addr("a"), "x")]
+    assert [i.address for i in out if isinstance(i, ToWorker) and isinstance(i.msg, CloseWorker)] == [addr("a")]
+    assert sim.s.tasks == {} and sim.s.workers[addr("a")].status == "closing"
+
+
 def test_restart_reports_failed_nannies_and_workers_not_back_in_time() -> None:
     sim = Sim()
     sim.worker("a", nanny="tcp://nanny-a")
