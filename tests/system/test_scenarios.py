@@ -87,7 +87,9 @@ def worker_pid() -> int:
 @pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_map_submit_gather_on_two_worker_processes() -> None:
-    expected_total = dask.compute(sum(dask.delayed(inc)(dask.delayed(double)(i)) for i in range(20)), scheduler="sync")[0]
+    expected_total = dask.compute(
+        sum(dask.delayed(inc)(dask.delayed(double)(i)) for i in range(20)), scheduler="sync"
+    )[0]
 
     client = Client(n_workers=2, threads_per_worker=1)
     try:
@@ -132,7 +134,9 @@ def test_array_persist_then_sum() -> None:
         assert x.sum().compute() == pytest.approx(expected_sum)
         np.testing.assert_allclose(x.mean(axis=0).compute(), expected_mean)
         y = (x + x.T).sum(axis=1)[:5].compute()
-        np.testing.assert_allclose(y, dask.compute((make() + make().T).sum(axis=1)[:5], scheduler="sync")[0])
+        np.testing.assert_allclose(
+            y, dask.compute((make() + make().T).sum(axis=1)[:5], scheduler="sync")[0]
+        )
     finally:
         client.close()
 
@@ -144,10 +148,16 @@ def _frames() -> tuple[dd.DataFrame, dd.DataFrame]:
     rng = np.random.default_rng(7)
     index = pd.date_range("2026-01-01", periods=2000, freq="15min", name="timestamp")
     trades = pd.DataFrame(
-        {"symbol": rng.choice(["AAA", "BBB", "CCC", "DDD"], size=len(index)), "price": rng.uniform(10, 20, len(index)), "size": rng.integers(1, 100, len(index))},
+        {
+            "symbol": rng.choice(["AAA", "BBB", "CCC", "DDD"], size=len(index)),
+            "price": rng.uniform(10, 20, len(index)),
+            "size": rng.integers(1, 100, len(index)),
+        },
         index=index,
     )
-    sectors = pd.DataFrame({"symbol": ["AAA", "BBB", "CCC", "DDD"], "sector": ["tech", "tech", "energy", "food"]})
+    sectors = pd.DataFrame(
+        {"symbol": ["AAA", "BBB", "CCC", "DDD"], "sector": ["tech", "tech", "energy", "food"]}
+    )
     return dd.from_pandas(trades, npartitions=6), dd.from_pandas(sectors, npartitions=1)
 
 
@@ -203,7 +213,12 @@ def test_bag_pipeline() -> None:
     client = Client(n_workers=2, threads_per_worker=1)
     try:
         letters, count, frequencies = dask.compute(*pipeline())
-        assert client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.state.prefix_durations)) > 0
+        assert (
+            client.run_on_scheduler(
+                lambda dask_scheduler: len(dask_scheduler.state.prefix_durations)
+            )
+            > 0
+        )
     finally:
         client.close()
     assert (letters, count) == expected[:2]
@@ -305,10 +320,16 @@ def test_scikit_learn_grid_search_through_joblib(backend: str) -> None:
 
     with Client(processes=False) as client:
         with joblib.parallel_backend(backend):
-            search = GridSearchCV(RandomForestClassifier(random_state=0), grid, cv=3, n_jobs=-1).fit(X, y)
-        ran = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.state.prefix_durations))
+            search = GridSearchCV(
+                RandomForestClassifier(random_state=0), grid, cv=3, n_jobs=-1
+            ).fit(X, y)
+        ran = client.run_on_scheduler(
+            lambda dask_scheduler: list(dask_scheduler.state.prefix_durations)
+        )
     assert search.best_params_ == local.best_params_
-    np.testing.assert_array_equal(search.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"])
+    np.testing.assert_array_equal(
+        search.cv_results_["mean_test_score"], local.cv_results_["mean_test_score"]
+    )
     assert any("fit_and_score" in name for name in ran)  # the fits ran on the cluster
 
 
@@ -319,7 +340,9 @@ def test_scikit_learn_grid_search_through_joblib(backend: str) -> None:
 @pytest.mark.timeout(90)
 def test_killing_a_worker_process_mid_computation(tmp_path: Path) -> None:
     go = str(tmp_path / "go")
-    expected = dask.compute(sum(dask.delayed(lambda x: x * 10)(inc(i)) for i in range(40)), scheduler="sync")[0]
+    expected = dask.compute(
+        sum(dask.delayed(lambda x: x * 10)(inc(i)) for i in range(40)), scheduler="sync"
+    )[0]
 
     client = Client()
     try:
@@ -334,12 +357,19 @@ def test_killing_a_worker_process_mid_computation(tmp_path: Path) -> None:
             busy = client.processing()
             return next((w for w in busy if busy[w] and holds.get(w)), None)
 
-        address = wait_until(victim, timeout=30, what="a worker busy with the second round and holding results")
+        address = wait_until(
+            victim, timeout=30, what="a worker busy with the second round and holding results"
+        )
         pid = client.run(os.getpid)[address]
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: address not in client.scheduler_info()["workers"], timeout=30, what="the scheduler to notice the death")
+        wait_until(
+            lambda: address not in client.scheduler_info()["workers"],
+            timeout=30,
+            what="the scheduler to notice the death",
+        )
         Path(go).touch()
         assert total.result(timeout=60) == expected
+        assert pid not in client.run(os.getpid).values()  # it did die (and its nanny replaced it)
         assert client.gather(second) == [10 * inc(i) for i in range(40)]
     finally:
         Path(go).touch()
