@@ -42,6 +42,7 @@ from .bridge import run_in_portal
 from .data import DataMixin
 from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
+from .observe import ObserveMixin
 from .submit import SubmitMixin, funcname
 
 logger = logging.getLogger("trioflow.client")
@@ -49,7 +50,7 @@ logger = logging.getLogger("trioflow.client")
 __all__ = ["AsyncClient", "funcname", "open_client"]
 
 
-class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin):
+class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ObserveMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:

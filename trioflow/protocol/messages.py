@@ -434,6 +434,19 @@ class IdentityReply(Message):
     n_clients: int = 0
 
 
+@message("story")
+class StoryRequest(Message):
+    """The scheduler's transitions of these keys (``client.story``)."""
+
+    keys: list[str]
+
+
+@message("story-reply")
+class StoryReply(Message):
+    #: (key, from state, to state, worker it was processing on or "", time).
+    events: list[tuple[str, str, str, str, float]]
+
+
 @message("shutdown")
 class Shutdown(Message):
     pass

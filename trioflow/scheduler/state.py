@@ -43,6 +43,7 @@ it does not hold.
 
 from __future__ import annotations
 
+import collections
 import heapq
 import math
 import sys
@@ -98,6 +99,10 @@ SAMPLE = 32
 
 
 # ---------------------------------------------------------------- instructions
+
+
+#: Transitions kept for ``client.story`` (the newest).
+TRANSITION_LOG_LENGTH = 20_000
 
 
 @record
@@ -509,6 +514,9 @@ class SchedulerState:
         self.prefix_durations: dict[str, float] = {}
         self.names: dict[str, str] = {}  # worker name -> address
         self.transition_counter = 0
+        #: The newest transitions, for ``client.story``: (key, from, to,
+        #: worker it is processing on or "", time of the event).
+        self.transition_log: collections.deque[tuple[str, str, str, str, float]] = collections.deque(maxlen=TRANSITION_LOG_LENGTH)
         self.task_counts: dict[str, int] = dict.fromkeys(ALL_STATES[:-1], 0)
         self.now = 0.0
         self._out: list[Instruction] = []
@@ -1206,8 +1214,11 @@ class SchedulerState:
                 return
             raise InvalidTransition(f"no transition {start} -> {finish} for {ts.key!r}")
         self.transition_counter += 1
+        on = ts.processing_on
         func(self, ts, recs)
         end = ts.state
+        on = ts.processing_on or on
+        self.transition_log.append((ts.key, start, end, on.address if on is not None else "", self.now))
         if start == "processing-lost":
             start = "processing"
         self._count_move(ts, start, end)

@@ -55,6 +55,9 @@ class ThreadExecutor:
         self._context = context
         self._closed = False
         self.submitted = 0
+        #: Thread ident -> key of the task it runs now (for the profiler
+        #: and call_stack; written by the jobs, read by anyone).
+        self.running: dict[int, str] = {}
         self._threads = [
             threading.Thread(target=self._loop, args=(i,), name=f"{name}-{i}", daemon=True) for i in range(nthreads)
         ]
@@ -71,6 +74,7 @@ class ThreadExecutor:
     def _loop(self, index: int) -> None:
         thread_state.worker = self._context
         thread_state.thread_index = index
+        thread_state.running = self.running
         q = self._queue
         done = self._done
         while True:
