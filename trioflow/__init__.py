@@ -37,6 +37,8 @@ _LAZY = {
     "Nanny": "process.nanny",
     "Status": "process.lifecycle",
     "progress": "progress",
+    "get_task_stream": "diagnostics.report",
+    "performance_report": "diagnostics.report",
     "Scheduler": "scheduler",
     "Security": "security",
     "Worker": "worker",
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
         wait,
     )
     from .deploy import LocalCluster, open_cluster
+    from .diagnostics.report import get_task_stream, performance_report
     from .errors import (
         CancelledError,
         CommClosedError,
@@ -116,9 +119,11 @@ __all__ = [
     "default_client",
     "fire_and_forget",
     "futures_of",
+    "get_task_stream",
     "get_worker",
     "open_client",
     "open_cluster",
+    "performance_report",
     "progress",
     "wait",
 ]
