@@ -183,3 +183,34 @@ async def test_story_joins_scheduler_and_worker(trioflow_cluster: Any, trioflow_
         assert "compute-task" in whats and "memory" in whats
         times = [e[4] for e in story]
         assert times == sorted(times)
+
+
+# ---------------------------------------------------------------- notebook views
+
+
+def test_future_html_and_notebook_progress_bar_updates(tmp_path: Any) -> None:
+    from trioflow import Client, LocalCluster
+    from trioflow.progress import _notebook_progress
+
+    flag = str(tmp_path / "go")
+    shown: list[str] = []
+
+    class Handle:
+        def update(self, obj: Any) -> None:
+            shown.append(obj)
+            open(flag, "w").close()  # the first view is up: let the task finish
+
+    def display(obj: Any, display_id: bool = False) -> Handle:
+        assert display_id
+        return Handle()
+
+    with LocalCluster(n_workers=1, threads_per_worker=2) as cluster, Client(cluster) as client:
+        quick = client.submit(_answer, key="answer-<b>")
+        assert quick.result(timeout=10) == 42
+        slow = client.submit(_wait_on_event_in_named_function, flag, key="wait-1")
+        _notebook_progress([quick, slow], client, 0.001, display=display, html=str)
+        assert slow.result(timeout=10) == 1
+        page = quick._repr_html_()
+    assert "status: finished" in page and "answer-&lt;b&gt;" in page and "<b>" not in page
+    assert "1 / 1" in shown[0] and "0 / 1" in shown[0] and "1/2" in shown[0]
+    assert "2/2" in shown[-1] and "wait" in shown[-1]
