@@ -214,3 +214,36 @@ def test_future_html_and_notebook_progress_bar_updates(tmp_path: Any) -> None:
     assert "status: finished" in page and "answer-&lt;b&gt;" in page and "<b>" not in page
     assert "1 / 1" in shown[0] and "0 / 1" in shown[0] and "1/2" in shown[0]
     assert "2/2" in shown[-1] and "wait" in shown[-1]
+
+
+# ---------------------------------------------------------------- the live page's profile view
+
+
+async def _get(port: int, path: str) -> tuple[int, str]:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode()
+
+
+@pytest.mark.slow
+@pytest.mark.trioflow_cluster(n_workers=2, dashboard_address="127.0.0.1:0", worker_options={"profile_interval": 0.002})
+async def test_page_profile_view_filters_by_prefix_and_window(trioflow_cluster: Any, trioflow_client: Any) -> None:
+    cluster, client = trioflow_cluster, trioflow_client
+    port = cluster.scheduler.services["dashboard"]
+    with trio.fail_after(30):
+        for f in [await client.submit(_spin_in_named_function, 0.1, pure=False, key=f"spin-{i}") for i in range(4)]:
+            await f
+        status, page = await _get(port, "/profile?prefix=spin&last=60")
+        assert status == 200
+        assert "_burn_here" in page and 'value="spin" selected' in page
+        assert '<script src="/static/profile.js">' in page  # the zoom (inline scripts are refused by the CSP)
+        status, page = await _get(port, "/profile?prefix=nothing")
+        assert status == 200 and "_burn_here" not in page and "(0 samples)" in page
+        assert (await _get(port, "/profile?last=soon"))[0] == 400
+        status, js = await _get(port, "/static/profile.js")
+        assert status == 200 and "addEventListener" in js

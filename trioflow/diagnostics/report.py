@@ -31,7 +31,7 @@ from typing import Any
 
 from ..keys import key_prefix
 
-__all__ = ["get_task_stream", "performance_report", "profile_html", "render_report"]
+__all__ = ["get_task_stream", "performance_report", "profile_html", "profile_svg", "render_report"]
 
 
 def _default_client() -> Any:
@@ -187,26 +187,11 @@ svg text{font:11px sans-serif}.muted{color:#777}
 #profile rect{cursor:pointer}
 """
 
-# Click a frame to zoom the icicle onto it; click the root to zoom out.
-_PROFILE_JS = """
-(function(){
-  var svg=document.getElementById('profile'); if(!svg) return;
-  var W=+svg.getAttribute('data-width');
-  svg.addEventListener('click',function(ev){
-    var g=ev.target.closest('g[data-x]'); if(!g) return;
-    var x0=+g.getAttribute('data-x'), w0=+g.getAttribute('data-w'), d0=+g.getAttribute('data-d');
-    svg.querySelectorAll('g[data-x]').forEach(function(n){
-      var x=+n.getAttribute('data-x'), w=+n.getAttribute('data-w'), d=+n.getAttribute('data-d');
-      var inside = d<d0 || (x>=x0-1e-9 && x+w<=x0+w0+1e-9);
-      n.style.display = inside ? '' : 'none';
-      var r=n.querySelector('rect'), t=n.querySelector('text');
-      var nx = d<d0 ? 0 : (x-x0)/w0*W, nw = d<d0 ? W : w/w0*W;
-      r.setAttribute('x',nx); r.setAttribute('width',Math.max(nw-0.5,0.5));
-      if(t){t.setAttribute('x',nx+3); t.style.display = nw>40 ? '' : 'none';}
-    });
-  });
-})();
-"""
+def _profile_js() -> str:
+    """The profile's zoom script (``static/profile.js``, shared with the live page)."""
+    from importlib import resources
+
+    return resources.files("trioflow.diagnostics").joinpath("static", "profile.js").read_text(encoding="utf-8")
 
 
 def _color(name: str) -> str:
@@ -328,7 +313,7 @@ def _bandwidth_table(stream: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def _profile_svg(tree: dict[str, Any], width: int = 1200, row: int = 18, max_depth: int = 60) -> str:
+def profile_svg(tree: dict[str, Any], width: int = 1200, row: int = 18, max_depth: int = 60) -> str:
     total = tree["count"]
     if not total:
         return '<p class="muted">No profile samples (a short block, or the profiler is off).</p>'
@@ -369,7 +354,7 @@ def _page(title: str, body: Iterable[str], script: str = "") -> str:
 
 def profile_html(tree: dict[str, Any], title: str = "trioflow profile") -> str:
     """A self-contained page with ``tree`` as an icicle graph (click to zoom)."""
-    return _page(title, [f"<p>{tree['count']} samples; click a frame to zoom, the top row to zoom out.</p>", _profile_svg(tree)], _PROFILE_JS)
+    return _page(title, [f"<p>{tree['count']} samples; click a frame to zoom, the top row to zoom out.</p>", profile_svg(tree)], _profile_js())
 
 
 def render_report(
@@ -396,8 +381,8 @@ def render_report(
         _bandwidth_table(stream),
         "<h2>Profile</h2>",
         f'<p class="muted">{profile["count"]} samples; click a frame to zoom, the top row to zoom out.</p>',
-        _profile_svg(profile),
+        profile_svg(profile),
         "<h2>Code</h2>",
         f"<pre id='code'>{_esc(code)}</pre>",
     ]
-    return _page("trioflow performance report", body, _PROFILE_JS)
+    return _page("trioflow performance report", body, _profile_js())

@@ -434,6 +434,23 @@ class IdentityReply(Message):
     n_clients: int = 0
 
 
+@message("profile")
+class ProfileRequest(Message):
+    """A worker's profile tree (the live page's profile view)."""
+
+    prefix: str | None = None
+    start: float | None = None
+    stop: float | None = None
+
+
+@message("profile-reply")
+class ProfileReply(Message):
+    #: The tree in dask's dict shape, as JSON text.
+    tree: str
+    #: The task prefixes the worker has samples of.
+    prefixes: list[str] = attrs.field(factory=_empty_list)
+
+
 @message("story")
 class StoryRequest(Message):
     """The scheduler's transitions of these keys (``client.story``)."""

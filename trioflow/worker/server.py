@@ -38,6 +38,7 @@ answers at that address, giving up after ``death_timeout`` seconds.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import shutil
@@ -769,6 +770,15 @@ class Worker:
         self._handle(ws.DataPutEvent(nbytes=nbytes))
         return m.Ok()
 
+    async def _serve_profile(self, msg: m.ProfileRequest) -> m.Message:
+        return m.ProfileReply(tree=json.dumps(self.profile_tree(msg.prefix, msg.start, msg.stop)), prefixes=self.profiler.prefixes() if self.profiler else [])
+
+    def profile_tree(self, prefix: str | None = None, start: float | None = None, stop: float | None = None) -> dict[str, Any]:
+        """This worker's profile (dask's dict shape; empty with the profiler off)."""
+        from .profile import create
+
+        return create() if self.profiler is None else self.profiler.get(prefix, start, stop)
+
     async def _run_function(self, msg: m.RunFunction) -> m.Message:
         def run() -> Any:
             thread_state.worker = self
@@ -822,4 +832,5 @@ _PEER_REQUESTS: dict[type, Callable[[Worker, Any], Awaitable[m.Message]]] = {
     m.GetData: Worker._serve_get_data,
     m.PutData: Worker._serve_put_data,
     m.RunFunction: Worker._run_function,
+    m.ProfileRequest: Worker._serve_profile,
 }
