@@ -247,3 +247,23 @@ async def test_page_profile_view_filters_by_prefix_and_window(trioflow_cluster: 
         assert (await _get(port, "/profile?last=soon"))[0] == 400
         status, js = await _get(port, "/static/profile.js")
         assert status == 200 and "addEventListener" in js
+
+
+def _blob(i: int) -> bytes:
+    return bytes([i]) * 600_000
+
+
+@pytest.mark.trioflow_cluster(
+    n_workers=1, worker_options={"memory_limit": 100_000_000, "memory_target_fraction": 0.01, "memory_pause_fraction": None}
+)
+async def test_task_stream_shows_spilling_to_disk_and_back(trioflow_cluster: Any, trioflow_client: Any) -> None:
+    client = trioflow_client
+    with trio.fail_after(20):
+        blobs = [await client.submit(_blob, i) for i in range(4)]
+        for b in blobs:
+            await b
+        # The oldest went to disk (1 MB target); a task that needs it reads it back.
+        assert await (await client.submit(len, blobs[0])) == 600_000
+        actions = {ss["action"]: r for r in await client.get_task_stream() for ss in r["startstops"]}
+        assert actions["disk-write"]["nbytes"] >= 600_000
+        assert actions["disk-read"]["key"] == blobs[0].key

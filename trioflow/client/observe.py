@@ -99,7 +99,8 @@ class ObserveMixin(ClientParts):
         """Finished runs and transfers, in dask's record shape, oldest first.
 
         Each record: ``key``, ``worker``, ``thread``, ``startstops`` (a tuple of
-        ``{"action": "compute" | "transfer", "start", "stop", ...}``),
+        ``{"action": "compute" | "transfer" | "disk-write" | "disk-read",
+        "start", "stop", ...}``; a transfer has ``source``, the peer),
         ``status`` ("OK" or "error"), ``nbytes``, ``type``.
         """
         per_worker = await self.run(_worker_task_stream, _window(start), _window(stop))
@@ -188,6 +189,12 @@ def _worker_task_stream(start: float | None, stop: float | None) -> list[dict[st
                     "nbytes": t["bytes"],
                     "type": None,
                 }
+            )
+    disk_log = getattr(w.data, "disk_log", ())
+    for key, action, a, b, nbytes in list(disk_log):
+        if b >= lo and a <= hi:
+            out.append(
+                {"key": key, "worker": w.address, "thread": None, "startstops": [{"action": action, "start": a, "stop": b}], "status": "OK", "nbytes": nbytes, "type": None}
             )
     return out
 

@@ -223,7 +223,7 @@ def _fmt_bytes(n: float) -> str:
 def _task_stream_svg(stream: list[dict[str, Any]], start: float, stop: float, width: int = 1000) -> str:
     rows: dict[tuple[str, Any], int] = {}
     for r in stream:
-        rows.setdefault((r["worker"], r["thread"] if r["thread"] is not None else "transfer"), len(rows))
+        rows.setdefault((r["worker"], r["thread"] if r["thread"] is not None else "transfer/disk"), len(rows))
     if not rows:
         return '<p class="muted">No task ran in this block.</p>'
     t0 = min([start] + [ss["start"] for r in stream for ss in r["startstops"]])
@@ -235,12 +235,14 @@ def _task_stream_svg(stream: list[dict[str, Any]], start: float, stop: float, wi
     for (worker, thread), i in sorted(rows.items(), key=lambda kv: kv[1]):
         parts.append(f'<text x="2" y="{i * rh + 12}">{_esc(worker)} [{_esc(thread)}]</text>')
     for r in stream:
-        i = rows[(r["worker"], r["thread"] if r["thread"] is not None else "transfer")]
+        i = rows[(r["worker"], r["thread"] if r["thread"] is not None else "transfer/disk")]
         for ss in r["startstops"]:
             x = label + (ss["start"] - t0) / span * width
             w = max((ss["stop"] - ss["start"]) / span * width, 1.0)
             if ss["action"] == "transfer":
                 fill = "#e45756"
+            elif ss["action"].startswith("disk"):
+                fill = "#f58518" if ss["action"] == "disk-write" else "#eeca3b"
             elif r["status"] != "OK":
                 fill = "#000"
             else:
