@@ -231,7 +231,9 @@ async def _get(port: int, path: str) -> tuple[int, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.trioflow_cluster(n_workers=2, dashboard_address="127.0.0.1:0", worker_options={"profile_interval": 0.002})
+@pytest.mark.trioflow_cluster(
+    n_workers=2, dashboard_address="127.0.0.1:0", worker_options={"profile_interval": 0.002, "dashboard_address": "127.0.0.1:0"}
+)
 async def test_page_profile_view_filters_by_prefix_and_window(trioflow_cluster: Any, trioflow_client: Any) -> None:
     cluster, client = trioflow_cluster, trioflow_client
     port = cluster.scheduler.services["dashboard"]
@@ -245,6 +247,9 @@ async def test_page_profile_view_filters_by_prefix_and_window(trioflow_cluster: 
         status, page = await _get(port, "/profile?prefix=nothing")
         assert status == 200 and "_burn_here" not in page and "(0 samples)" in page
         assert (await _get(port, "/profile?last=soon"))[0] == 400
+        # A worker's own page shows its own threads.
+        pages = [(await _get(w.services["dashboard"], "/profile?prefix=spin"))[1] for w in cluster.workers]
+        assert any("_burn_here" in page for page in pages)
         status, js = await _get(port, "/static/profile.js")
         assert status == 200 and "addEventListener" in js
 

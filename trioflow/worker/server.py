@@ -771,7 +771,9 @@ class Worker:
         return m.Ok()
 
     async def _serve_profile(self, msg: m.ProfileRequest) -> m.Message:
-        return m.ProfileReply(tree=json.dumps(self.profile_tree(msg.prefix, msg.start, msg.stop)), prefixes=self.profiler.prefixes() if self.profiler else [])
+        # Merging a long window's trees takes a while: not on the event loop.
+        tree = await trio.to_thread.run_sync(lambda: json.dumps(self.profile_tree(msg.prefix, msg.start, msg.stop)))
+        return m.ProfileReply(tree=tree, prefixes=self.profiler.prefixes() if self.profiler else [])
 
     def profile_tree(self, prefix: str | None = None, start: float | None = None, stop: float | None = None) -> dict[str, Any]:
         """This worker's profile (dask's dict shape; empty with the profiler off)."""
