@@ -13,15 +13,22 @@ Mixed into :class:`~trioflow.client.core.AsyncClient`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from typing import Any
 
+import trio
+
+from ..comm import CommError
+from ..comm.pool import RemoteError
 from ..keys import key_prefix
 from ..protocol import messages as m
 from ..worker.profile import create, merge
 from ._parts import ClientParts
 from .futures import _flatten_futures
+
+logger = logging.getLogger("trioflow.client")
 
 __all__ = ["ObserveMixin"]
 
@@ -55,6 +62,29 @@ def _window(value: Any) -> float | None:
 class ObserveMixin(ClientParts):
     """Profile, task stream, call stacks and story (see the module docstring)."""
 
+    async def _on_workers(self, function: Any, *args: Any, workers: Any = None) -> dict[str, Any]:
+        """``run(function, *args)`` on the workers, except that a worker that
+        cannot answer (it died meanwhile, say) is left out with a log line:
+        what the others saw is still worth showing."""
+        try:
+            return await self.run(function, *args, workers=workers)  # the usual case: one round
+        except (CommError, OSError, RemoteError, trio.TooSlowError) as exc:
+            logger.info("%s: a worker did not answer (%s); asking one by one", function.__name__, exc)
+        ident = await self._rpc(m.IdentityRequest(), m.IdentityReply)
+        targets = list(ident.workers) if workers is None else ([workers] if isinstance(workers, str) else list(workers))
+        out: dict[str, Any] = {}
+
+        async def one(addr: str) -> None:
+            try:
+                out.update(await self.run(function, *args, workers=[addr]))
+            except (CommError, OSError, RemoteError, trio.TooSlowError, ValueError) as exc:
+                logger.info("%s: worker %s did not answer: %s", function.__name__, addr, exc)
+
+        async with trio.open_nursery() as n:
+            for a in targets:
+                n.start_soon(one, a)
+        return out
+
     async def profile(
         self,
         key: str | None = None,
@@ -77,7 +107,7 @@ class ObserveMixin(ClientParts):
             merge_workers: False returns ``{worker: tree}`` instead.
         """
         prefix = None if key is None else key_prefix(key)
-        trees = await self.run(_worker_profile, prefix, _window(start), _window(stop), workers=workers)
+        trees = await self._on_workers(_worker_profile, prefix, _window(start), _window(stop), workers=workers)
         if not merge_workers:
             return trees
         tree = merge(*trees.values()) if trees else create()
@@ -92,7 +122,7 @@ class ObserveMixin(ClientParts):
         """What running tasks are doing now: ``{worker: {key: [stack lines]}}``
         (outermost frame first), for ``keys`` (or the futures' keys; None: all)."""
         wanted = _keys_of(keys) + ([f.key for f in _flatten_futures(futures)] if futures is not None else [])
-        stacks = await self.run(_worker_call_stack, wanted or None)
+        stacks = await self._on_workers(_worker_call_stack, wanted or None)
         return {w: s for w, s in stacks.items() if s}
 
     async def get_task_stream(self, start: Any = None, stop: Any = None, count: int | None = None) -> list[dict[str, Any]]:
@@ -103,7 +133,7 @@ class ObserveMixin(ClientParts):
         "start", "stop", ...}``; a transfer has ``source``, the peer),
         ``status`` ("OK" or "error"), ``nbytes``, ``type``.
         """
-        per_worker = await self.run(_worker_task_stream, _window(start), _window(stop))
+        per_worker = await self._on_workers(_worker_task_stream, _window(start), _window(stop))
         records = [r for rs in per_worker.values() for r in rs]
         records.sort(key=lambda r: r["startstops"][0]["start"])
         if count is not None:
@@ -123,7 +153,7 @@ class ObserveMixin(ClientParts):
             wanted.extend(_keys_of(k))
         reply = await self._rpc(m.StoryRequest(keys=wanted), m.StoryReply)
         out: list[tuple[Any, ...]] = [(k, a, b, "scheduler", t, w) for k, a, b, w, t in reply.events]
-        for worker, events in (await self.run(_worker_story, wanted)).items():
+        for worker, events in (await self._on_workers(_worker_story, wanted)).items():
             out.extend((k, what, "", worker, t, detail) for k, what, t, detail in events)
         out.sort(key=lambda e: e[4])
         return out
