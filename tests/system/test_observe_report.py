@@ -111,4 +111,4 @@ def test_performance_report_is_one_self_contained_page(tmp_path: Any) -> None:
     assert any("_slow_load" in row for row in prefixes) and any("_slow_total" in row for row in prefixes), prefixes
     assert bars >= 16
     assert frames > 2
-    assert lines == 2
+    assert lines >= 4  # process and managed memory of each worker

@@ -114,7 +114,8 @@ class performance_report:  # noqa: N801 - dask's name, used as a context manager
             except (OSError, TypeError):
                 self.code = ""
         del frame
-        self.memory: dict[str, list[tuple[float, int]]] = {}
+        #: worker -> samples of (time, process memory, managed, spilled bytes).
+        self.memory: dict[str, list[tuple[float, int, int, int]]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.start = 0.0
@@ -124,7 +125,9 @@ class performance_report:  # noqa: N801 - dask's name, used as a context manager
     def _note_memory(self, info: dict[str, Any]) -> None:
         now = time.time()
         for addr, w in info.get("workers", {}).items():
-            self.memory.setdefault(addr, []).append((now, int(w.get("metrics", {}).get("memory", 0))))
+            metrics = w.get("metrics", {})
+            sample = (now, int(metrics.get("memory", 0)), int(metrics.get("managed", 0)), int(metrics.get("spilled", 0)))
+            self.memory.setdefault(addr, []).append(sample)
 
     def _sample_loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -280,20 +283,37 @@ def _prefix_table(stream: list[dict[str, Any]]) -> str:
     return "".join(out)
 
 
-def _memory_svg(memory: dict[str, list[tuple[float, int]]], width: int = 1000, height: int = 200) -> str:
+def _memory_svg(memory: dict[str, list[tuple[float, int, int, int]]], width: int = 1000, height: int = 200) -> str:
+    """Per worker: process memory (solid), managed (dashed), spilled to disk
+    (dotted, when any); then a table of the peaks, unmanaged = process - managed."""
     points = [p for samples in memory.values() for p in samples]
     if not points:
         return '<p class="muted">No memory samples.</p>'
-    t0 = min(t for t, _ in points)
-    span = max(max(t for t, _ in points) - t0, 1e-6)
-    top = max(max(b for _, b in points), 1)
+    t0 = min(p[0] for p in points)
+    span = max(max(p[0] for p in points) - t0, 1e-6)
+    top = max(max(max(p[1], p[2], p[3]) for p in points), 1)
     parts = [f'<svg id="memory" xmlns="http://www.w3.org/2000/svg" width="{width + 120}" height="{height + 30}">']
+    rows = []
     for i, (worker, samples) in enumerate(sorted(memory.items())):
-        pts = " ".join(f"{(t - t0) / span * width:.1f},{height - b / top * height + 5:.1f}" for t, b in samples)
-        parts.append(f'<polyline fill="none" stroke="{_color(worker)}" stroke-width="1.5" points="{pts}"><title>{_esc(worker)}</title></polyline>')
-        parts.append(f'<text x="{width + 5}" y="{14 + 14 * i}" fill="{_color(worker)}">{_esc(worker.rsplit(":", 1)[-1])}</text>')
-    parts.append(f'<text x="0" y="{height + 25}">peak {_fmt_bytes(top)} over {_fmt_seconds(span)}</text></svg>')
-    return "".join(parts)
+        color = _color(worker)
+        for column, dash, what in ((1, "", "process"), (2, ' stroke-dasharray="6 3"', "managed"), (3, ' stroke-dasharray="2 3"', "spilled")):
+            if column == 3 and not any(p[3] for p in samples):
+                continue
+            pts = " ".join(f"{(p[0] - t0) / span * width:.1f},{height - p[column] / top * height + 5:.1f}" for p in samples)
+            parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1.5"{dash} points="{pts}"><title>{_esc(worker)} {what}</title></polyline>')
+        parts.append(f'<text x="{width + 5}" y="{14 + 14 * i}" fill="{color}">{_esc(worker.rsplit(":", 1)[-1])}</text>')
+        rows.append(
+            f"<tr><td style='color:{color}'>{_esc(worker)}</td><td>{_fmt_bytes(max(p[1] for p in samples))}</td>"
+            f"<td>{_fmt_bytes(max(p[2] for p in samples))}</td><td>{_fmt_bytes(max(max(p[1] - p[2], 0) for p in samples))}</td>"
+            f"<td>{_fmt_bytes(max(p[3] for p in samples))}</td></tr>"
+        )
+    parts.append(f'<text x="0" y="{height + 25}">solid: process, dashed: managed, dotted: spilled; top {_fmt_bytes(top)}, {_fmt_seconds(span)}</text></svg>')
+    table = (
+        '<table id="memory-peaks"><tr><th>worker</th><th>peak process</th><th>peak managed</th><th>peak unmanaged</th><th>peak spilled</th></tr>'
+        + "".join(rows)
+        + "</table>"
+    )
+    return "".join(parts) + table
 
 
 def _bandwidth_table(stream: list[dict[str, Any]]) -> str:
@@ -362,7 +382,7 @@ def profile_html(tree: dict[str, Any], title: str = "trioflow profile") -> str:
 def render_report(
     stream: list[dict[str, Any]],
     profile: dict[str, Any],
-    memory: dict[str, list[tuple[float, int]]],
+    memory: dict[str, list[tuple[float, int, int, int]]],
     *,
     code: str = "",
     start: float = 0.0,
