@@ -133,7 +133,7 @@ async def test_named_function_dominates_its_prefix(trioflow_cluster: Any, triofl
         assert (await client.profile(key="spin", stop=time.time() - 3600))["count"] == 0
 
 
-@pytest.mark.trioflow_cluster(n_workers=1)
+@pytest.mark.trioflow_cluster(n_workers=1, dashboard_address="127.0.0.1:0")
 async def test_call_stack_of_a_waiting_task_names_its_function(trioflow_cluster: Any, trioflow_client: Any, tmp_path: Any) -> None:
     client = trioflow_client
     flag = str(tmp_path / "go")
@@ -144,7 +144,10 @@ async def test_call_stack_of_a_waiting_task_names_its_function(trioflow_cluster:
         ((worker, per_key),) = stacks.items()
         text = "".join(per_key[fut.key])
         assert "_wait_on_event_in_named_function" in text
-        assert "_parked_here" in text or "wait" in text
+        assert "_parked_here" in text
+        # The live page shows it too, under the worker's address.
+        status, page = await _get(trioflow_cluster.scheduler.services["dashboard"], "/call-stacks")
+        assert status == 200 and worker in page and fut.key in page and "_parked_here" in page
         open(flag, "w").close()
         assert await fut == 1
         assert await client.call_stack(keys=[fut.key]) == {}

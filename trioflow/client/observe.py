@@ -170,21 +170,9 @@ def _worker_profile(prefix: str | None, start: float | None, stop: float | None)
 
 
 def _worker_call_stack(keys: list[str] | None) -> dict[str, list[str]]:
-    import sys
-
     from ..worker import get_worker
-    from ..worker.profile import call_stack
 
-    w = get_worker()
-    if w.executor is None:
-        return {}
-    frames = sys._current_frames()
-    wanted = None if keys is None else set(keys)
-    return {
-        key: call_stack(frames.get(ident))
-        for ident, key in list(w.executor.running.items())
-        if wanted is None or key in wanted
-    }
+    return get_worker().call_stacks(keys)
 
 
 def _worker_task_stream(start: float | None, stop: float | None) -> list[dict[str, Any]]:

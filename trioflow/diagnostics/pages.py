@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-__all__ = ["format_bytes", "profile_page", "workers_page"]
+__all__ = ["call_stacks_page", "format_bytes", "profile_page", "workers_page"]
 
 
 def format_bytes(n: float) -> str:
@@ -112,4 +112,34 @@ def profile_page(source: Any, prefix: str, tree: dict[str, Any], prefixes: list[
 <p class="muted">Click a frame to zoom, the top row to zoom out.  Reloads every 5 s.</p>
 {profile_svg(tree)}
 </section></main><script src="{p}/static/profile.js"></script></body></html>
+"""
+
+
+def call_stacks_page(source: Any, prefix: str, stacks: dict[str, dict[str, list[str]]]) -> str:
+    """The ``/call-stacks`` page: what every running task is doing now, by
+    worker, reloading itself every 5 seconds."""
+    title = html.escape(source.title)
+    p = html.escape(prefix)
+    sections = []
+    for worker, per_key in sorted(stacks.items()):
+        tasks = "".join(
+            f"<details open><summary class=mono>{html.escape(key)}</summary><pre>{html.escape(''.join(lines)) or '(no Python frames)'}</pre></details>"
+            for key, lines in sorted(per_key.items())
+        )
+        sections.append(
+            f"<section class=\"panel worker-stacks\"><div class=\"panel-head\"><h2 class=mono>{html.escape(worker)} "
+            f"<span class=\"muted\">({len(per_key)} running)</span></h2></div>{tasks or '<p class=muted>idle</p>'}</section>"
+        )
+    if not sections:
+        sections.append('<section class="panel"><p class="empty">no workers</p></section>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="5">
+<title>Call stacks · {title}</title>
+<link rel="icon" href="{p}/static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="{p}/static/dashboard.css"></head>
+<body class="plain">
+<header class="topbar"><div class="brand"><img src="{p}/static/favicon.svg" alt="" width="22" height="22"> trioflow</div>
+<div class="address">{title}</div><nav class="links"><a href="{p}/status">live page</a> <a href="{p}/profile">profile</a></nav></header>
+<main>{"".join(sections)}</main></body></html>
 """

@@ -15,7 +15,8 @@ prefix redirect to ``<prefix>/``): ``/`` and ``/status`` the live page,
 external fonts), ``/ws`` the snapshot stream, ``/health`` (``ok``),
 ``/metrics`` (Prometheus text), ``/json/identity.json``, ``/workers`` (a plain
 table, no JavaScript), ``/profile?prefix=&last=`` (the workers' statistical
-profile as an icicle graph, asked of the workers when the page loads) and
+profile as an icicle graph, asked of the workers when the page loads),
+``/call-stacks`` (what each worker's running tasks are doing now) and
 ``/json/dashboard.json`` (this server's own
 :meth:`DashboardServer.statistics`).  A worker serves the same routes about
 itself.
@@ -100,7 +101,7 @@ import trio
 import trio_websocket
 
 from ..errors import _BadRequest
-from .pages import profile_page, workers_page
+from .pages import call_stacks_page, profile_page, workers_page
 from .sources import source_for
 
 logger = logging.getLogger("trioflow.diagnostics")
@@ -585,6 +586,9 @@ class DashboardServer:
             status, body, ctype, extra = 426, b"this is a websocket endpoint\n", b"text/plain", [(b"upgrade", b"websocket")]
         elif sub in ("/profile", "/profile/") and hasattr(self.source, "profile"):
             status, body, ctype, extra = await self._profile_route(target)
+        elif sub in ("/call-stacks", "/call-stacks/") and hasattr(self.source, "call_stacks"):
+            page = call_stacks_page(self.source, self.prefix, await self.source.call_stacks())
+            status, body, ctype, extra = 200, page.encode(), _STATIC_TYPES[".html"], []
         else:
             status, body, ctype, extra = self._route(sub)
         if status == 200 and ctype.startswith(b"text/html"):

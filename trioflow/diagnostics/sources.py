@@ -267,6 +267,33 @@ class SchedulerSource:
     def title(self) -> str:
         return f"trioflow scheduler {self.server.address}"
 
+    async def call_stacks(self) -> dict[str, dict[str, list[str]]]:
+        """Every worker's running tasks' stacks: {worker: {key: lines}}
+        (workers that do not answer within 5 s are left out)."""
+        from ..comm import ConnectionPool
+        from ..protocol import messages as m
+
+        sched = self.server
+        out: dict[str, dict[str, list[str]]] = {}
+        pool = ConnectionPool(security=sched.security, role="scheduler", name=sched.name)
+
+        async def one(addr: str) -> None:
+            try:
+                reply = await pool.rpc(addr, m.CallStackRequest(), m.CallStackReply, timeout=5)
+            except Exception as exc:  # noqa: BLE001 - a page never fails for one worker
+                logger.debug("no call stacks from %s: %s", addr, exc)
+                return
+            out[addr] = reply.stacks
+
+        try:
+            async with trio.open_nursery() as n:
+                for addr in list(sched.state.workers):
+                    n.start_soon(one, addr)
+        finally:
+            with trio.CancelScope(shield=True):
+                await pool.aclose()
+        return out
+
     async def profile(self, prefix: str | None, start: float | None, stop: float | None) -> tuple[dict[str, Any], list[str]]:
         """The workers' profiles merged, and the prefixes they have (workers
         that do not answer within 5 s are left out)."""
@@ -480,6 +507,11 @@ class WorkerSource:
         self._transfers_seen = 0
         self._rate = _Rate()
         self._probe = _ProcessProbe()
+
+    async def call_stacks(self) -> dict[str, dict[str, list[str]]]:
+        """This worker's running tasks' stacks: {its address: {key: lines}}."""
+        await trio.lowlevel.checkpoint()
+        return {self.server.address: self.server.call_stacks()}
 
     async def profile(self, prefix: str | None, start: float | None, stop: float | None) -> tuple[dict[str, Any], list[str]]:
         """This worker's profile and the prefixes it has samples of."""

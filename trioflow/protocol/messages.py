@@ -451,6 +451,19 @@ class ProfileReply(Message):
     prefixes: list[str] = attrs.field(factory=_empty_list)
 
 
+@message("call-stacks")
+class CallStackRequest(Message):
+    """What a worker's running tasks are doing now (the live page)."""
+
+    keys: list[str] | None = None
+
+
+@message("call-stacks-reply")
+class CallStackReply(Message):
+    #: key -> the task's stack as text lines, outermost frame first.
+    stacks: dict[str, list[str]]
+
+
 @message("story")
 class StoryRequest(Message):
     """The scheduler's transitions of these keys (``client.story``)."""

@@ -775,6 +775,25 @@ class Worker:
         tree = await trio.to_thread.run_sync(lambda: json.dumps(self.profile_tree(msg.prefix, msg.start, msg.stop)))
         return m.ProfileReply(tree=tree, prefixes=self.profiler.prefixes() if self.profiler else [])
 
+    async def _serve_call_stacks(self, msg: m.CallStackRequest) -> m.Message:
+        return m.CallStackReply(stacks=self.call_stacks(msg.keys))
+
+    def call_stacks(self, keys: list[str] | None = None) -> dict[str, list[str]]:
+        """The stacks of the tasks running now (``keys``: only those), as
+        text lines, outermost frame first."""
+        import sys
+
+        from .profile import call_stack
+
+        if self.executor is None:
+            return {}
+        frames = sys._current_frames()
+        wanted = None if keys is None else set(keys)
+        try:
+            return {k: call_stack(frames.get(ident)) for ident, k in list(self.executor.running.items()) if wanted is None or k in wanted}
+        finally:
+            del frames
+
     def profile_tree(self, prefix: str | None = None, start: float | None = None, stop: float | None = None) -> dict[str, Any]:
         """This worker's profile (dask's dict shape; empty with the profiler off)."""
         from .profile import create
@@ -835,4 +854,5 @@ _PEER_REQUESTS: dict[type, Callable[[Worker, Any], Awaitable[m.Message]]] = {
     m.PutData: Worker._serve_put_data,
     m.RunFunction: Worker._run_function,
     m.ProfileRequest: Worker._serve_profile,
+    m.CallStackRequest: Worker._serve_call_stacks,
 }
