@@ -56,6 +56,8 @@ _LAZY = {
     "Nanny": "process.nanny",
     "Status": "process.lifecycle",
     "progress": "progress",
+    "get_task_stream": "diagnostics.report",
+    "performance_report": "diagnostics.report",
     "Scheduler": "scheduler",
     "Security": "security",
     "Worker": "worker",
@@ -92,6 +94,7 @@ if TYPE_CHECKING:
     )
     from .client.current import get_client, worker_client
     from .deploy import LocalCluster, open_cluster
+    from .diagnostics.report import get_task_stream, performance_report
     from .errors import (
         CancelledError,
         CommClosedError,
@@ -167,9 +170,11 @@ __all__ = [
     "fire_and_forget",
     "futures_of",
     "get_client",
+    "get_task_stream",
     "get_worker",
     "open_client",
     "open_cluster",
+    "performance_report",
     "print",
     "progress",
     "rejoin",

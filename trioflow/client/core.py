@@ -47,6 +47,7 @@ from .events import EventsMixin
 from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
 from .logs import LogsMixin
+from .observe import ObserveMixin
 from .submit import SubmitMixin, funcname
 from .tracebacks import is_remote, with_remote_traceback
 
@@ -55,7 +56,7 @@ logger = logging.getLogger("trioflow.client")
 __all__ = ["AsyncClient", "funcname", "open_client"]
 
 
-class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, LogsMixin, AsyncDatasetsMixin, EventsMixin):
+class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, LogsMixin, AsyncDatasetsMixin, EventsMixin, ObserveMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:

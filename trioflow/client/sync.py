@@ -501,6 +501,27 @@ class Client(DatasetsMixin):
         _check_callable(function, "run_on_scheduler")
         return self._call(self._core.run_on_scheduler, function, *args, **kwargs)
 
+    # ------------------------------------------------------------ observing (see .observe)
+
+    def profile(self, key: str | None = None, start: Any = None, stop: Any = None, workers: Any = None, filename: str | None = None, merge_workers: bool = True) -> Any:
+        """The workers' statistical profile, merged (see :meth:`AsyncClient.profile`)."""
+        return self._call(self._core.profile, key, start, stop, workers, filename, merge_workers)
+
+    def call_stack(self, futures: Any = None, keys: Any = None) -> Any:
+        """What running tasks are doing now: ``{worker: {key: [lines]}}``."""
+        return self._call(self._core.call_stack, futures, keys)
+
+    def get_task_stream(self, start: Any = None, stop: Any = None, count: int | None = None, plot: bool = False, filename: str | None = None) -> Any:
+        """Finished runs and transfers in dask's record shape, oldest first."""
+        if plot or filename:
+            raise NotImplementedError("get_task_stream(plot=) needs Bokeh; use performance_report() for a page")
+        return self._call(self._core.get_task_stream, start, stop, count)
+
+    def story(self, *keys_or_futures: Any) -> Any:
+        """The transitions of keys across the scheduler and the workers, in time order."""
+        return self._call(self._core.story, *keys_or_futures)
+
+
     def retire_workers(self, workers: Any, timeout: Any = 60, close_workers: bool = True, remove: bool = True) -> list[str]:
         return self._call(self._core.retire_workers, workers, parse_timedelta(timeout))  # type: ignore[no-any-return]
 

@@ -494,6 +494,49 @@ class IdentityReply(Message):
     n_clients: int = 0
 
 
+@message("profile")
+class ProfileRequest(Message):
+    """A worker's profile tree (the live page's profile view)."""
+
+    prefix: str | None = None
+    start: float | None = None
+    stop: float | None = None
+
+
+@message("profile-reply")
+class ProfileReply(Message):
+    #: The tree in dask's dict shape, as JSON text.
+    tree: str
+    #: The task prefixes the worker has samples of.
+    prefixes: list[str] = attrs.field(factory=_empty_list)
+
+
+@message("call-stacks")
+class CallStackRequest(Message):
+    """What a worker's running tasks are doing now (the live page)."""
+
+    keys: list[str] | None = None
+
+
+@message("call-stacks-reply")
+class CallStackReply(Message):
+    #: key -> the task's stack as text lines, outermost frame first.
+    stacks: dict[str, list[str]]
+
+
+@message("story")
+class StoryRequest(Message):
+    """The scheduler's transitions of these keys (``client.story``)."""
+
+    keys: list[str]
+
+
+@message("story-reply")
+class StoryReply(Message):
+    #: (key, from state, to state, worker it was processing on or "", time).
+    events: list[tuple[str, str, str, str, float]]
+
+
 @message("shutdown")
 class Shutdown(Message):
     pass

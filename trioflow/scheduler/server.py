@@ -148,6 +148,7 @@ class Scheduler:
             m.Shutdown: self._shutdown,
             m.RetireWorkers: self._retire_workers,
             m.Restart: self._restart,
+            m.StoryRequest: self._story,
         }
         self.primitives = PrimitivesServer(self)
         self._build_dispatch_tables()
@@ -651,6 +652,13 @@ class Scheduler:
             n_tasks=len(self.state.tasks),
             n_clients=len(self.state.clients),
         )
+
+    async def _story(self, msg: m.StoryRequest) -> m.Message:
+        keys = set(msg.keys)
+        # The state's times are Trio's clock; the story's, the wall clock
+        # (as the workers' entries are).
+        shift = time.time() - trio.current_time()
+        return m.StoryReply(events=[(k, a, b, w, t + shift) for k, a, b, w, t in self.state.transition_log if k in keys])
 
     async def _shutdown(self, msg: m.Shutdown) -> m.Message:
         logger.info("shutdown requested by a client")

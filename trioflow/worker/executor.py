@@ -61,6 +61,9 @@ class ThreadExecutor:
         self._context = context
         self._closed = False
         self.submitted = 0
+        #: Thread ident -> key of the task it runs now (for the profiler
+        #: and call_stack; written by the jobs, read by anyone).
+        self.running: dict[int, str] = {}
         self._name = name
         self._threads: list[threading.Thread] = []
         for _ in range(nthreads):
@@ -102,6 +105,7 @@ class ThreadExecutor:
         thread_state.thread_index = index
         thread_state.executor = self
         thread_state.seceded = False
+        thread_state.running = self.running
         q = self._queue
         done = self._done
         while True:

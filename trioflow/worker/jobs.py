@@ -16,6 +16,7 @@ which the server turns into ExecuteSuccessEvent / ExecuteFailureEvent.
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -92,8 +93,12 @@ def _load_task(function: bytes, args: Serialized, deps: dict[str, Any]) -> tuple
 def make_job(key: str, function: bytes, args: Serialized, deps: dict[str, Any]) -> Callable[[], tuple[Any, ...]]:
     def job() -> tuple[Any, ...]:
         index = getattr(thread_state, "thread_index", 0)
+        running = getattr(thread_state, "running", None)
+        ident = threading.get_ident()
         start = time.time()
         try:
+            if running is not None:
+                running[ident] = key
             func, a, kw = _load_task(function, args, deps)
             thread_state.key = key
             result = func(*a, **kw)
@@ -103,6 +108,8 @@ def make_job(key: str, function: bytes, args: Serialized, deps: dict[str, Any]) 
             return error_record(key, exc, start, time.time(), index)
         finally:
             thread_state.key = None
+            if running is not None:
+                running.pop(ident, None)
         stop = time.time()
         serialized = None
         if not _trusted(result):

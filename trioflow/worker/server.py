@@ -37,6 +37,8 @@ answers at that address, giving up after ``death_timeout`` seconds.
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import os
 import shutil
@@ -71,6 +73,7 @@ from ..sizeof import sizeof
 from . import state as ws
 from .executor import ThreadExecutor, thread_state
 from .jobs import error_record, make_job
+from .profile import Sampler
 from .spill import SpillBuffer
 
 logger = logging.getLogger("trioflow.worker")
@@ -175,6 +178,14 @@ class Worker:
         self.bandwidth = 100e6
         self.transfer_log: list[dict[str, Any]] = []
         self.task_log: list[tuple[str, float, float, int]] = []
+        #: Finished runs for ``client.get_task_stream``, newest last:
+        #: (key, thread, start, stop, "OK" | "error", nbytes, type name).
+        self.task_records: collections.deque[tuple[str, int, float, float, str, int, str]] = collections.deque(maxlen=10_000)
+        #: What happened to keys here, for ``client.story``:
+        #: (key, what, wall-clock time, detail), newest last.
+        self.story_log: collections.deque[tuple[str, str, float, str]] = collections.deque(maxlen=20_000)
+        #: The statistical profiler (None while stopped or switched off).
+        self.profiler: Sampler | None = None
         self.close_reason = ""
         self._proc = ProcessMeter()
         self.services: dict[str, int] = {}
@@ -270,6 +281,9 @@ class Worker:
                         os.path.join(self.local_directory, "spill"), int(self.memory_limit * self.memory_target_fraction)
                     )
                 self.executor = ThreadExecutor(self.nthreads, name=f"trioflow-{self.name}", context=self)
+                if self.config.profile_interval:
+                    self.profiler = Sampler(self.executor.running, interval=self.config.profile_interval, cycle=self.config.profile_cycle_interval)
+                    self.profiler.start()
                 await self._register(comm)
                 self.status = Status.running
                 nursery.start_soon(self._executor_loop)
@@ -291,6 +305,8 @@ class Worker:
                 for waiter in list(self._rejoin_waiters.values()):
                     waiter.set()  # a thread waiting to rejoin goes on (its result is lost)
                 self._rejoin_waiters.clear()
+                if self.profiler is not None:
+                    await trio.to_thread.run_sync(self.profiler.stop)
                 if self.executor is not None:
                     await self.executor.aclose(timeout=2)
                 if self.pool is not None:
@@ -451,6 +467,7 @@ class Worker:
             self.state.scheduler_heard_at = trio.current_time()
             to_event = _FROM_SCHEDULER.get(type(msg))
             if to_event is not None:
+                self._note_story(msg)
                 self._handle(to_event(msg))
             elif type(msg) is m.CloseWorker:
                 logger.info("the scheduler asked us to close: %s", msg.reason)
@@ -460,6 +477,16 @@ class Worker:
             else:
                 logger.warning("unexpected %r from the scheduler, ignored", msg.op)
             del msg  # a ComputeTask's run spec is not kept alive while idle
+
+    def _note_story(self, msg: m.Message) -> None:
+        """Log what the scheduler asked of which keys (``client.story``)."""
+        now = time.time()
+        if type(msg) is m.ComputeTask:
+            self.story_log.append((msg.key, "compute-task", now, ""))
+        elif type(msg) is m.FreeKeys:
+            self.story_log.extend((k, "free-keys", now, "") for k in msg.keys)
+        elif type(msg) is m.StealRequest:
+            self.story_log.append((msg.key, "steal-request", now, ""))
 
     async def _watch_scheduler(self) -> None:
         """Fire the state's liveness timer: it gives up on a scheduler that
@@ -684,8 +711,14 @@ class Worker:
                         self._serialized[key] = serialized
                 events.append(ws.ExecuteSuccessEvent(key=key, nbytes=nbytes, type_name=type_name, start=start, stop=stop, thread=index))
                 self.task_log.append((key, start, stop, index))
+                self.task_records.append((key, index, start, stop, "OK", nbytes, type_name))
+                self.story_log.append((key, "executing", start, ""))
+                self.story_log.append((key, "memory", stop, ""))
             else:
                 _, key, ser, text, tb, type_name, start, stop, index = rec
+                self.task_records.append((key, index, start, stop, "error", 0, type_name))
+                self.story_log.append((key, "executing", start, ""))
+                self.story_log.append((key, "error", stop, text))
                 events.append(
                     ws.ExecuteFailureEvent(
                         key=key, exception=ser, exception_text=text, traceback_text=tb, type_name=type_name, start=start, stop=stop, thread=index
@@ -730,6 +763,7 @@ class Worker:
         if total > 1_000_000 and stop > start:
             self.bandwidth = 0.8 * self.bandwidth + 0.2 * (total / (stop - start))
         self.transfer_log.append({"who": inst.worker, "keys": list(nbytes), "bytes": total, "start": start, "stop": stop})
+        self.story_log.extend((k, "fetched", stop, inst.worker) for k in nbytes)
         self.bytes_transferred += total
         if len(self._unreported_transfers) < 1000:
             self._unreported_transfers.append((inst.worker, total, start, stop, len(nbytes)))
@@ -863,6 +897,36 @@ class Worker:
 
         return await serve_actor_call(self, msg)
 
+    async def _serve_profile(self, msg: m.ProfileRequest) -> m.Message:
+        # Merging a long window's trees takes a while: not on the event loop.
+        tree = await trio.to_thread.run_sync(lambda: json.dumps(self.profile_tree(msg.prefix, msg.start, msg.stop)))
+        return m.ProfileReply(tree=tree, prefixes=self.profiler.prefixes() if self.profiler else [])
+
+    async def _serve_call_stacks(self, msg: m.CallStackRequest) -> m.Message:
+        return m.CallStackReply(stacks=self.call_stacks(msg.keys))
+
+    def call_stacks(self, keys: list[str] | None = None) -> dict[str, list[str]]:
+        """The stacks of the tasks running now (``keys``: only those), as
+        text lines, outermost frame first."""
+        import sys
+
+        from .profile import call_stack
+
+        if self.executor is None:
+            return {}
+        frames = sys._current_frames()
+        wanted = None if keys is None else set(keys)
+        try:
+            return {k: call_stack(frames.get(ident)) for ident, k in list(self.executor.running.items()) if wanted is None or k in wanted}
+        finally:
+            del frames
+
+    def profile_tree(self, prefix: str | None = None, start: float | None = None, stop: float | None = None) -> dict[str, Any]:
+        """This worker's profile (dask's dict shape; empty with the profiler off)."""
+        from .profile import create
+
+        return create() if self.profiler is None else self.profiler.get(prefix, start, stop)
+
     async def _run_function(self, msg: m.RunFunction) -> m.Message:
         def run() -> Any:
             thread_state.worker = self
@@ -918,4 +982,6 @@ _PEER_REQUESTS: dict[type, Callable[[Worker, Any], Awaitable[m.Message]]] = {
     m.PutData: Worker._serve_put_data,
     m.RunFunction: Worker._run_function,
     m.ActorCall: Worker._serve_actor_call,
+    m.ProfileRequest: Worker._serve_profile,
+    m.CallStackRequest: Worker._serve_call_stacks,
 }

@@ -92,8 +92,11 @@ class TransitionsLayer(QueuingLayer):
                 return
             raise InvalidTransition(f"no transition {start} -> {finish} for {ts.key!r}")
         self.transition_counter += 1
+        on = ts.processing_on
         func(self, ts, recs)
         end = ts.state
+        on = ts.processing_on or on
+        self.transition_log.append((ts.key, start, end, on.address if on is not None else "", self.now))
         if start == "processing-lost":
             start = "processing"
         self._count_move(ts, start, end)
