@@ -10,8 +10,10 @@ the state dump, logs, versions, a task's run spec), and actions that change
 where data lives or what runs (retry, replicate, rebalance,
 restart_workers, upload_file).
 
-Actions on the state go through the state machine's own transitions and
-events; what they return is dispatched like any other instruction.  Files
+Actions on the state are events of the state machine, which decides what
+they do (retry, replicate and rebalance included: which copies go where);
+what it returns is dispatched like any other instruction, and this module
+only waits for the answers.  Files
 uploaded are kept (in memory) and installed on each worker before the
 state machine hears that it joined, so no task can run on a new worker
 before its uploads are importable.
@@ -31,7 +33,7 @@ from typing import Any
 import trio
 
 from .. import logs
-from ..comm import CommClosedError, ConnectionPool
+from ..comm import ConnectionPool
 from ..protocol import messages as m
 from ..protocol.serialize import (
     SerializationError,
@@ -48,6 +50,9 @@ from . import state as ss
 logger = logging.getLogger("trioflow.scheduler")
 
 __all__ = ["SchedulerAdmin", "error_reply"]
+
+#: Seconds replicate and rebalance wait for the workers' copies.
+COPY_TIMEOUT = 60.0
 
 
 def error_reply(exc: BaseException) -> m.RunReply:
@@ -104,12 +109,6 @@ class SchedulerAdmin:
 
     def _address(self, worker: str) -> str | None:
         return worker if worker in self.state.workers else self.state.names.get(worker)
-
-    def _flush(self) -> None:
-        """Dispatch what transitions made outside ``handle`` queued."""
-        out, self.state._out = self.state._out, []
-        if out:
-            self.scheduler._dispatch(out)
 
     # ------------------------------------------------------------ run_on_scheduler
 
@@ -224,123 +223,27 @@ class SchedulerAdmin:
             "logs": logs.recent_logs(1000),
         }
 
-    # ------------------------------------------------------------ retry
+    # ------------------------------------------------------------ retry, replicate, rebalance
+
+    # The machine decides (see :mod:`trioflow.scheduler.state.data_movement`);
+    # these only wait for it to say the copies are made.
 
     async def retry(self, msg: m.RetryKeys) -> m.Message:
         """Erred tasks (and the errors they were blamed on) back to work."""
-        recs: dict[ss.TaskState, ss.TaskStateName] = {}
-        for k in msg.keys:
-            ts = self.state.tasks.get(k)
-            if ts is None or ts.state != "erred":
-                continue
-            root = ts.exception_blame or ts
-            if root.state == "erred":
-                recs[root] = "released"
-            recs[ts] = "released"
-        if recs:
-            self.state._transitions(recs)
-            self._flush()
+        self.scheduler._handle(ss.RetryKeysEvent(keys=msg.keys))
         return m.Ok()
-
-    # ------------------------------------------------------------ where data lives
-
-    def _targets(self, workers: list[str] | None) -> list[Any]:
-        st = self.state
-        if workers is None:
-            return [w for w in st.workers.values() if w.status == "running"]
-        out = []
-        for name in workers:
-            a = self._address(name)
-            if a is not None and st.workers[a] not in out:
-                out.append(st.workers[a])
-        return out
-
-    def _acquire(self, plans: dict[str, dict[str, Any]]) -> None:
-        for addr, keys in plans.items():
-            b = self.scheduler.worker_streams.get(addr)
-            if b is None:
-                continue
-            who = {k: [w.address for w in ts.who_has] for k, ts in keys.items()}
-            nb = {k: ts.nbytes for k, ts in keys.items()}
-            try:
-                b.send(m.AcquireReplicas(who_has=who, nbytes=nb))
-            except CommClosedError:
-                pass
-
-    async def _wait_copies(self, wanted: dict[Any, set[Any]], timeout: float) -> None:
-        with trio.move_on_after(timeout):
-            while any(ts.state == "memory" and not targets <= ts.who_has for ts, targets in wanted.items()):
-                await trio.sleep(0.01)
 
     async def replicate(self, msg: m.Replicate) -> m.Message:
         """Copy each key to ``n`` workers (all of ``workers`` if None)."""
-        pool = self._targets(msg.workers)
-        if not pool:
-            return m.ErrorReply(message="replicate: no workers to copy to")
-        n = len(pool) if msg.n is None else msg.n
-        if n < 1:
-            return m.ErrorReply(message=f"replicate: n must be at least 1, got {n}")
-        plans: dict[str, dict[str, Any]] = {}
-        wanted: dict[Any, set[Any]] = {}
-        for k in msg.keys:
-            ts = self.state.tasks.get(k)
-            if ts is None or ts.state != "memory":
-                continue
-            have = [w for w in pool if w in ts.who_has]
-            missing = max(0, n - len(have))
-            new = sorted((w for w in pool if w not in ts.who_has), key=lambda w: w.nbytes)[:missing]
-            for w in new:
-                plans.setdefault(w.address, {})[k] = ts
-            if new:
-                wanted[ts] = set(new)
-        self._acquire(plans)
-        await self._wait_copies(wanted, 60)
+        event = ss.ReplicateEvent(request=self.scheduler._new_request(), keys=msg.keys, n=msg.n, workers=msg.workers, timeout=COPY_TIMEOUT)
+        await self.scheduler._run_request(event)
         return m.Ok()
 
     async def rebalance(self, msg: m.Rebalance) -> m.Message:
         """Move keys from the workers holding the most bytes to those holding
         the least, until each is within one key of the mean."""
-        pool = self._targets(msg.workers)
-        if len(pool) < 2:
-            return m.Ok()
-        keys = None if msg.keys is None else set(msg.keys)
-        load = {w: sum(max(ts.nbytes, 0) for ts in w.has_what if keys is None or ts.key in keys) for w in pool}
-        mean = sum(load.values()) / len(pool)
-        moves: list[tuple[Any, Any, Any]] = []  # (task, from, to)
-        for sender in sorted(pool, key=load.__getitem__, reverse=True):
-            for ts in sorted(sender.has_what, key=lambda t: -max(t.nbytes, 0)):
-                if load[sender] <= mean:
-                    break
-                if (keys is not None and ts.key not in keys) or ts.state != "memory":
-                    continue
-                size = max(ts.nbytes, 0)
-                receiver = min(pool, key=load.__getitem__)
-                if receiver is sender or receiver in ts.who_has or load[receiver] + size > mean + size / 2 or size == 0:
-                    continue
-                load[sender] -= size
-                load[receiver] += size
-                moves.append((ts, sender, receiver))
-        if not moves:
-            return m.Ok()
-        plans: dict[str, dict[str, Any]] = {}
-        wanted: dict[Any, set[Any]] = {}
-        for ts, _, receiver in moves:
-            plans.setdefault(receiver.address, {})[ts.key] = ts
-            wanted.setdefault(ts, set()).add(receiver)
-        self._acquire(plans)
-        await self._wait_copies(wanted, 60)
-        drop: dict[str, list[str]] = {}
-        for ts, sender, receiver in moves:
-            if receiver in ts.who_has and sender in ts.who_has:
-                drop.setdefault(sender.address, []).append(ts.key)
-        for addr, ks in drop.items():
-            self.scheduler._handle(ss.ReleaseWorkerDataEvent(worker=addr, keys=ks))
-            b = self.scheduler.worker_streams.get(addr)
-            if b is not None:
-                try:
-                    b.send(m.FreeKeys(keys=ks))
-                except CommClosedError:
-                    pass
+        event = ss.RebalanceEvent(request=self.scheduler._new_request(), keys=msg.keys, workers=msg.workers, timeout=COPY_TIMEOUT)
+        await self.scheduler._run_request(event)
         return m.Ok()
 
     # ------------------------------------------------------------ restart_workers

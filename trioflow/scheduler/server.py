@@ -17,9 +17,10 @@ Every message from a peer becomes a state-machine event in
 ``_client_handlers``), and the instructions it returns are queued on the
 batched streams of the workers and clients they name, or carried out by
 ``_instruction_handlers`` (close a dropped worker's connection, ask a nanny
-to restart, answer a retire or restart request).  Every decision, those of
-retirement, restart, liveness and fire-and-forget included, is the
-machine's; the shell does the IO.  The scheduler never
+to restart, answer a retire, restart, replicate or rebalance request).
+Every decision, those of retirement, restart, liveness, fire-and-forget,
+retry, replicate and rebalance included, is the machine's; the shell (and
+:mod:`.admin`) does the IO.  The scheduler never
 unpickles user data: run specs, results and exceptions pass through as
 :class:`~trioflow.protocol.serialize.Serialized` bytes.
 
@@ -195,6 +196,7 @@ class Scheduler:
             ss.RestartNanny: self._restart_nanny,
             ss.RetirementDone: self._request_done,
             ss.RestartDone: self._request_done,
+            ss.DataMoveDone: self._request_done,
         }
 
     def __repr__(self) -> str:
@@ -351,13 +353,15 @@ class Scheduler:
             await pool.aclose()
         self._handle(ss.NannyRestartedEvent(request=request, nanny=nanny, error=error))
 
-    def _request_done(self, inst: ss.RetirementDone | ss.RestartDone) -> None:
+    def _request_done(self, inst: ss.RetirementDone | ss.RestartDone | ss.DataMoveDone) -> None:
         pending = self._requests.get(inst.request)
         if pending is not None:
             pending.result = inst
             pending.done.set()
 
-    async def _run_request(self, event: ss.RetireWorkersEvent | ss.RestartEvent) -> ss.RetirementDone | ss.RestartDone:
+    async def _run_request(
+        self, event: ss.RetireWorkersEvent | ss.RestartEvent | ss.ReplicateEvent | ss.RebalanceEvent
+    ) -> ss.RetirementDone | ss.RestartDone | ss.DataMoveDone:
         """Hand a long request to the machine and wait until it says it is over
         (at its deadline at the latest: then a tick makes it end the request)."""
         pending = self._requests[event.request] = _PendingRequest(event.timeout)
@@ -712,14 +716,14 @@ class Scheduler:
 
 
 class _PendingRequest:
-    """A long request (retire, restart) waiting for the machine's answer."""
+    """A long request (retire, restart, replicate, rebalance) waiting for the machine's answer."""
 
     __slots__ = ("timeout", "done", "result")
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.done = trio.Event()
-        self.result: ss.RetirementDone | ss.RestartDone | None = None
+        self.result: ss.RetirementDone | ss.RestartDone | ss.DataMoveDone | None = None
 
 
 async def _run_batched(batched: BatchedSend, scope: trio.CancelScope) -> None:

@@ -53,7 +53,8 @@ what goes out), :mod:`.core` (the tables and shared bookkeeping),
 :mod:`.placement`, :mod:`.queuing` (the root-task queue),
 :mod:`.transitions`, :mod:`.stealing`, :mod:`.validation`,
 :mod:`.membership` (workers and clients coming and going: registration,
-liveness, retirement, restart, fire-and-forget) and :mod:`.machine`
+liveness, retirement, restart, fire-and-forget), :mod:`.data_movement`
+(replicate and rebalance: which copies go where) and :mod:`.machine`
 (``handle`` and the other event handlers).  Its exceptions are all
 imported from :mod:`trioflow.errors` through :mod:`.exceptions`.
 """
@@ -82,6 +83,7 @@ from .events import (
     AddKeysEvent,
     AddWorkerEvent,
     CancelKeysEvent,
+    DataMoveDone,
     DropWorker,
     Event,
     FireAndForgetEvent,
@@ -90,16 +92,19 @@ from .events import (
     LongRunningEvent,
     MissingDataEvent,
     NannyRestartedEvent,
+    RebalanceEvent,
     ReleaseKeysEvent,
     ReleaseWorkerDataEvent,
     RemoveClientEvent,
     RemoveWorkerEvent,
+    ReplicateEvent,
     RescheduleEvent,
     RestartDone,
     RestartEvent,
     RestartNanny,
     RetirementDone,
     RetireWorkersEvent,
+    RetryKeysEvent,
     StealResponseEvent,
     TaskErredEvent,
     TaskFinishedEvent,
@@ -128,6 +133,10 @@ __all__ = [
     "NannyRestartedEvent",
     "FireAndForgetEvent",
     "DropWorker",
+    "DataMoveDone",
+    "RetryKeysEvent",
+    "ReplicateEvent",
+    "RebalanceEvent",
     "ALL_STATES",
     "DEFAULT_BANDWIDTH",
     "DEFAULT_DURATION",

@@ -20,6 +20,7 @@ from ...protocol.serialize import dumps
 from .entities import (
     ALL_STATES,
     ClientState,
+    DataMove,
     Recommendations,
     Restart,
     Retirement,
@@ -113,6 +114,8 @@ class StateCore:
         self.retirements: dict[str, Retirement] = {}
         #: Restarts under way, by request.
         self.restarts: dict[str, Restart] = {}
+        #: Replications and rebalances under way, by request.
+        self.data_moves: dict[str, DataMove] = {}
 
     def heartbeat_interval(self) -> float:
         """Seconds between a worker's heartbeats: slower in a large cluster."""

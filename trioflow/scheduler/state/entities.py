@@ -360,6 +360,25 @@ class Restart:
         self.timeout = 0.0
 
 
+class DataMove:
+    """A replicate or rebalance under way: the copies asked of workers, and
+    (rebalance) the copies to drop from their senders once the receivers
+    hold them."""
+
+    __slots__ = ("request", "wanted", "drops", "deadline")
+
+    def __init__(self, request: str, deadline: float) -> None:
+        #: The request to answer when it is over.
+        self.request = request
+        #: Task -> the workers asked for a copy of it that do not hold one yet.
+        self.wanted: dict[TaskState, set[WorkerState]] = {}
+        #: (task, sender, receiver): rebalance moves; the sender's copy is
+        #: dropped at the end if the receiver holds one by then.
+        self.drops: list[tuple[TaskState, WorkerState, WorkerState]] = []
+        #: Scheduler time after which the copies are no longer waited for.
+        self.deadline = deadline
+
+
 #: What the transitions of one event are still to do: task -> the state it
 #: should move to next.
 Recommendations = dict[TaskState, TaskStateName]

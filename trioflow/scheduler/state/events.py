@@ -70,7 +70,15 @@ class RestartDone(Record):
     error: str
 
 
-Instruction = ToWorker | ToClient | DropWorker | RestartNanny | RetirementDone | RestartDone
+@record
+class DataMoveDone(Record):
+    """Replicate or rebalance ``request`` is over (its copies are made, or
+    its deadline passed)."""
+
+    request: str
+
+
+Instruction = ToWorker | ToClient | DropWorker | RestartNanny | RetirementDone | RestartDone | DataMoveDone
 
 # ---------------------------------------------------------------- events
 
@@ -245,6 +253,40 @@ class NannyRestartedEvent(Record):
     error: str = ""
 
 
+@record(kw_only=True)
+class RetryKeysEvent(Record):
+    """Send erred ``keys`` (and the errors they were blamed on) back to work."""
+
+    keys: list[str]
+
+
+@record(kw_only=True)
+class ReplicateEvent(Record):
+    """Copy each of ``keys`` in memory to ``n`` running workers (all of them
+    if None) among ``workers`` (addresses or names; all if None); answer
+    ``request`` with :class:`DataMoveDone` once the copies are made, or after
+    ``timeout`` seconds."""
+
+    request: str
+    keys: list[str]
+    n: int | None = None
+    workers: list[str] | None = None
+    timeout: float = 60.0
+
+
+@record(kw_only=True)
+class RebalanceEvent(Record):
+    """Move ``keys`` (all if None) from the running ``workers`` (all if None)
+    holding the most bytes to those holding the least; answer ``request``
+    with :class:`DataMoveDone` once the moves are made, or after ``timeout``
+    seconds."""
+
+    request: str
+    keys: list[str] | None = None
+    workers: list[str] | None = None
+    timeout: float = 60.0
+
+
 Event = (
     AddWorkerEvent
     | RemoveWorkerEvent
@@ -268,4 +310,7 @@ Event = (
     | RetireWorkersEvent
     | RestartEvent
     | NannyRestartedEvent
+    | RetryKeysEvent
+    | ReplicateEvent
+    | RebalanceEvent
 )

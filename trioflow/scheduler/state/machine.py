@@ -15,6 +15,7 @@ from typing import Any
 
 from ...protocol.messages import FreeKeys, TaskSpec
 from .core import _key_in_memory
+from .data_movement import DataMovementLayer
 from .entities import (
     NO_RESOURCES,
     NO_WORKERS,
@@ -35,13 +36,16 @@ from .events import (
     LongRunningEvent,
     MissingDataEvent,
     NannyRestartedEvent,
+    RebalanceEvent,
     ReleaseKeysEvent,
     ReleaseWorkerDataEvent,
     RemoveClientEvent,
     RemoveWorkerEvent,
+    ReplicateEvent,
     RescheduleEvent,
     RestartEvent,
     RetireWorkersEvent,
+    RetryKeysEvent,
     StealResponseEvent,
     TaskErredEvent,
     TaskFinishedEvent,
@@ -52,10 +56,9 @@ from .events import (
     UpdateGraphEvent,
 )
 from .exceptions import InvalidEvent, LostData
-from .membership import MembershipLayer
 
 
-class SchedulerState(MembershipLayer):
+class SchedulerState(DataMovementLayer):
     """The scheduler's state machine (see the package docstring)."""
 
     def handle(self, event: Event, now: float) -> list[Instruction]:
@@ -72,7 +75,7 @@ class SchedulerState(MembershipLayer):
         except InvalidEvent:
             self.now = before
             raise
-        if self.retirements or self.restarts:
+        if self.retirements or self.restarts or self.data_moves:
             self._progress_requests()
         if self._idle_candidates:
             self._steal_for_idle()
@@ -371,6 +374,19 @@ class SchedulerState(MembershipLayer):
             self._to_fill.add(ws)
             self._transitions({})
 
+    def _retry_keys(self, ev: RetryKeysEvent) -> None:
+        # The error a task was blamed on goes back to work with it.
+        recs: Recommendations = {}
+        for key in ev.keys:
+            ts = self.tasks.get(key)
+            if ts is None or ts.state != "erred":
+                continue
+            root = ts.exception_blame or ts
+            if root.state == "erred":
+                recs[root] = "released"
+            recs[ts] = "released"
+        self._transitions(recs)
+
     _handlers: dict[type, Any] = {}
 
 
@@ -423,4 +439,7 @@ SchedulerState._handlers = {
     RetireWorkersEvent: SchedulerState._retire_workers,
     RestartEvent: SchedulerState._restart,
     NannyRestartedEvent: SchedulerState._nanny_restarted,
+    RetryKeysEvent: SchedulerState._retry_keys,
+    ReplicateEvent: SchedulerState._replicate,
+    RebalanceEvent: SchedulerState._rebalance,
 }

@@ -250,7 +250,7 @@ class MembershipLayer(ValidationLayer):
             address = a if a in self.workers else self.names.get(a)
             if address is not None and address not in addresses:
                 addresses.append(address)
-        if ev.request in self.retirements or ev.request in self.restarts:
+        if ev.request in self.retirements or ev.request in self.restarts or ev.request in self.data_moves:
             raise InvalidEvent(f"request {ev.request!r} is already under way")
         r = Retirement(ev.request, addresses, self.now + max(ev.timeout, 0.0))
         leaving = set(addresses)
@@ -338,7 +338,7 @@ class MembershipLayer(ValidationLayer):
     # ------------------------------------------------------------ restart
 
     def _restart(self, ev: RestartEvent) -> None:
-        if ev.request in self.retirements or ev.request in self.restarts:
+        if ev.request in self.retirements or ev.request in self.restarts or ev.request in self.data_moves:
             raise InvalidEvent(f"request {ev.request!r} is already under way")
         # The workers without a nanny are closing before anything is
         # cancelled, and every key is cancelled in one cascade: cancelling
