@@ -45,6 +45,7 @@ from trioflow.scheduler.state import (
     AddKeysEvent,
     AddWorkerEvent,
     CancelKeysEvent,
+    DataMoveDone,
     DropWorker,
     FireAndForgetEvent,
     HeartbeatEvent,
@@ -54,16 +55,19 @@ from trioflow.scheduler.state import (
     LongRunningEvent,
     MissingDataEvent,
     NannyRestartedEvent,
+    RebalanceEvent,
     ReleaseKeysEvent,
     ReleaseWorkerDataEvent,
     RemoveClientEvent,
     RemoveWorkerEvent,
+    ReplicateEvent,
     RescheduleEvent,
     RestartDone,
     RestartEvent,
     RestartNanny,
     RetirementDone,
     RetireWorkersEvent,
+    RetryKeysEvent,
     SchedulerState,
     StealResponseEvent,
     TaskErredEvent,
@@ -184,7 +188,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.told: dict[tuple[str, str], str] = {}
         self.events: list = []  # accepted events, to replay
         self.steal_requests: set[tuple[str, str]] = set()  # (victim, key) not answered yet
-        self.open_requests: set[str] = set()  # retirements and restarts not answered yet
+        self.open_requests: set[str] = set()  # retirements, restarts, replications, rebalances not answered yet
         self.closing: set[str] = set()  # workers told to close
         self.acquires: list[tuple[str, dict[str, int]]] = []  # AcquireReplicas not carried out yet
         self.nanny_calls: set[tuple[str, str]] = set()  # (request, nanny) not answered yet
@@ -247,6 +251,9 @@ class SchedulerMachine(RuleBasedStateMachine):
                     self.assigned.get(ins.address, set()).difference_update(msg.keys)
                 elif isinstance(msg, AcquireReplicas):
                     assert s.workers[ins.address].status == "running", ins
+                    # Asked only for copies it lacks, of data held elsewhere.
+                    for k in msg.who_has:
+                        assert s.tasks[k].who_has and s.workers[ins.address] not in s.tasks[k].who_has, (ins, s.tasks[k])
                     self.acquires.append((ins.address, dict(msg.nbytes)))
                 elif isinstance(msg, CloseWorker):
                     assert ins.address in s.told_to_close and s.workers[ins.address].status == "closing", ins
@@ -260,7 +267,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.assigned.pop(ins.address, None)
             elif isinstance(ins, RestartNanny):
                 self.nanny_calls.add((ins.request, ins.nanny))
-            elif isinstance(ins, (RetirementDone, RestartDone)):
+            elif isinstance(ins, (RetirementDone, RestartDone, DataMoveDone)):
                 assert ins.request in self.open_requests, ins
                 self.open_requests.discard(ins.request)
                 if isinstance(ins, RetirementDone):
@@ -474,6 +481,71 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.open_requests.add(request)
         self.handle(RetireWorkersEvent(request=request, workers=workers, timeout=timeout))
 
+    @precondition(lambda self: self.s.tasks)
+    @rule(data=st.data())
+    def retry(self, data: st.DataObject) -> None:
+        s = self.s
+        keys = data.draw(st.lists(st.sampled_from(sorted(s.tasks) + ["never-heard-of"]), min_size=1, max_size=3, unique=True), label="retry")
+        erred = [s.tasks[k] for k in keys if k in s.tasks and s.tasks[k].state == "erred"]
+        self.handle(RetryKeysEvent(keys=keys))
+        # Each went back to work (or, wanted by nobody, was forgotten), unless
+        # another failed dependency erred it again at once, or it was blamed
+        # on lost scattered data (nothing can make that again).
+        for ts in erred:
+            lost = not (ts.exception_blame or ts).runnable
+            assert ts.state != "erred" or lost or any(d.state == "erred" for d in ts.dependencies), ts
+
+    def data_move_targets(self, data: st.DataObject) -> list[str] | None:
+        s = self.s
+        if data.draw(st.booleans(), label="all workers"):
+            return None
+        names = sorted(s.workers) + [ws.name for ws in s.workers.values()] + ["nobody"]
+        return data.draw(st.lists(st.sampled_from(names), max_size=3), label="workers")
+
+    @precondition(lambda self: self.s.tasks)
+    @rule(data=st.data(), n=st.sampled_from([None, 0, 1, 2]), timeout=st.sampled_from([0.0, 5.0]))
+    def replicate(self, data: st.DataObject, n: int | None, timeout: float) -> None:
+        s = self.s
+        keys = data.draw(st.lists(st.sampled_from(sorted(s.tasks) + ["never-heard-of"]), min_size=1, max_size=3, unique=True), label="keys")
+        workers = self.data_move_targets(data)
+        request = self.fresh("replicate")
+        ev = ReplicateEvent(request=request, keys=keys, n=n, workers=workers, timeout=timeout)
+        if not s._targets(workers) or n == 0:
+            expect_invalid(s, ev)
+            return
+        self.open_requests.add(request)
+        asked = len(self.acquires)
+        out = self.handle(ev)
+        pool = {w.address for w in s._targets(workers)}
+        for ins in out:
+            if isinstance(ins, ToWorker) and isinstance(ins.msg, AcquireReplicas):
+                assert ins.address in pool and set(ins.msg.who_has) <= set(keys), ins
+        if data.draw(st.booleans(), label="copies arrive"):
+            self.copies_arrive(asked)
+
+    @precondition(lambda self: self.s.tasks)
+    @rule(data=st.data(), timeout=st.sampled_from([0.0, 5.0]))
+    def rebalance(self, data: st.DataObject, timeout: float) -> None:
+        s = self.s
+        keys = None
+        if data.draw(st.booleans(), label="some keys"):
+            keys = data.draw(st.lists(st.sampled_from(sorted(s.tasks) + ["never-heard-of"]), max_size=3, unique=True), label="keys")
+        request = self.fresh("rebalance")
+        self.open_requests.add(request)
+        asked = len(self.acquires)
+        self.handle(RebalanceEvent(request=request, keys=keys, workers=self.data_move_targets(data), timeout=timeout))
+        if data.draw(st.booleans(), label="copies arrive"):
+            self.copies_arrive(asked)
+
+    def copies_arrive(self, since: int) -> None:
+        """The workers asked for copies from ``acquires[since:]`` on get them at once."""
+        s = self.s
+        while len(self.acquires) > since:
+            target, nbytes = self.acquires.pop(since)
+            got = {k: n for k, n in nbytes.items() if k in s.tasks and s.tasks[k].who_has and s.tasks[k].nbytes == n}
+            if target in s.workers and got:
+                self.handle(AddKeysEvent(worker=target, nbytes=got))
+
     @precondition(lambda self: self.acquires)
     @rule(data=st.data())
     def acquire_replicas(self, data: st.DataObject) -> None:
@@ -528,7 +600,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.handle(RemoveWorkerEvent(address=a, safe=safe, reason="test"))
         self.assigned.pop(a, None)
         # Removal is idempotent (a request past its deadline may end on any event).
-        assert [i for i in self.handle(RemoveWorkerEvent(address=a)) if not isinstance(i, (RetirementDone, RestartDone))] == []
+        assert [i for i in self.handle(RemoveWorkerEvent(address=a)) if not isinstance(i, (RetirementDone, RestartDone, DataMoveDone))] == []
 
     @precondition(lambda self: self.s.workers)
     @rule(data=st.data(), paused=st.booleans())
@@ -707,7 +779,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             self.handle(HeartbeatEvent(worker=a, metrics={}))
         self.now += 6.0
         self.handle(TickEvent())
-        assert not s.retirements and not s.restarts and not self.open_requests
+        assert not s.retirements and not s.restarts and not s.data_moves and not self.open_requests
         for a in sorted(self.closing & set(s.workers)):
             self.handle(RemoveWorkerEvent(address=a))
             self.assigned.pop(a, None)
@@ -1708,3 +1780,134 @@ def test_a_tick_removing_several_workers_sends_nothing_to_them() -> None:
     assert {i.address for i in out if isinstance(i, DropWorker)} == {addr("a"), addr("b")}
     assert [i for i in out if isinstance(i, ToWorker)] == []
     assert sim.state("z") == "no-worker" and sim.s.tasks["z"].suspicious == 1
+
+
+# ---------------------------------------------------------------- retry, replicate, rebalance
+
+
+def acquires(out: list) -> dict[str, dict[str, int]]:
+    """Worker -> the copies (key -> size) it is asked to fetch."""
+    return {i.address: i.msg.nbytes for i in out if isinstance(i, ToWorker) and isinstance(i.msg, AcquireReplicas)}
+
+
+def test_retry_sends_an_erred_task_and_the_error_it_was_blamed_on_back_to_work() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"), spec("y", ["x"]))
+    sim.err("x")
+    assert (sim.state("x"), sim.state("y")) == ("erred", "erred")
+    out = sim.handle(RetryKeysEvent(keys=["y", "never-heard-of"]))
+    assert computes(out) == [(addr("a"), "x")]
+    assert (sim.state("x"), sim.state("y")) == ("processing", "waiting")
+    sim.finish("x")
+    sim.finish("y")
+    assert sim.state("y") == "memory"
+
+
+def test_retry_leaves_a_task_that_is_not_erred_alone() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.submit(spec("x"))
+    before = snapshot(sim.s)
+    assert sim.handle(RetryKeysEvent(keys=["x"])) == []
+    assert snapshot(sim.s)["tasks"] == before["tasks"]
+
+
+def test_retry_keeps_lost_scattered_data_erred() -> None:
+    # Found by the stateful machine: released, lost scattered data stayed
+    # wanted and 'released' for ever (nothing can make it again).
+    sim = Sim()
+    sim.worker("a")
+    sim.handle(UpdateDataEvent(client="c", who_has={"s": [addr("a")]}, nbytes={"s": 5}))
+    sim.handle(RemoveWorkerEvent(address=addr("a")))
+    assert sim.state("s") == "erred"
+    assert sim.handle(RetryKeysEvent(keys=["s"])) == []
+    assert sim.state("s") == "erred"
+
+
+def test_replicate_copies_to_the_workers_holding_the_fewest_bytes_and_answers_once_they_have_them() -> None:
+    sim = Sim()
+    for name in "abc":
+        sim.worker(name)
+    sim.submit(spec("x", workers=[addr("a")]), spec("big", workers=[addr("b")]))
+    sim.finish("x", nbytes=10)
+    sim.finish("big", nbytes=1000)
+    out = sim.handle(ReplicateEvent(request="r1", keys=["x", "never-heard-of"], n=2, timeout=5))
+    assert acquires(out) == {addr("c"): {"x": 10}}  # c holds less than b
+    assert not [i for i in out if isinstance(i, DataMoveDone)]
+    out = sim.handle(AddKeysEvent(worker=addr("c"), nbytes={"x": 10}))
+    assert out == [DataMoveDone("r1")]
+    assert {w.address for w in sim.s.tasks["x"].who_has} == {addr("a"), addr("c")} and not sim.s.data_moves
+
+
+def test_replicate_to_all_named_workers_and_nothing_to_do() -> None:
+    sim = Sim()
+    sim.worker("a")
+    sim.worker("b")
+    sim.submit(spec("x", workers=[addr("a")]))
+    sim.finish("x")
+    out = sim.handle(ReplicateEvent(request="r1", keys=["x"], workers=["b", "nobody"], timeout=5))  # by name, n=None: all
+    assert acquires(out) == {addr("b"): {"x": 8}}
+    sim.handle(AddKeysEvent(worker=addr("b"), nbytes={"x": 8}))
+    # Enough copies already: answered at once.
+    assert sim.handle(ReplicateEvent(request="r2", keys=["x"], n=2, timeout=5)) == [DataMoveDone("r2")]
+
+
+def test_replicate_refuses_no_workers_and_n_below_one() -> None:
+    sim = Sim()
+    sim.worker("a")
+    expect_invalid(sim.s, ReplicateEvent(request="r1", keys=["x"], workers=["nobody"]))
+    expect_invalid(sim.s, ReplicateEvent(request="r1", keys=["x"], n=0))
+    sim.handle(RetireWorkersEvent(request="r2", workers=[addr("a")], timeout=5))
+    expect_invalid(sim.s, ReplicateEvent(request="r3", keys=["x"]))  # a closing worker takes no copy
+
+
+def test_a_data_move_ends_when_its_receiver_leaves_or_at_its_deadline() -> None:
+    sim = Sim()
+    sim.s.worker_ttl = 100.0
+    for name in "abc":
+        sim.worker(name)
+    sim.submit(spec("x", workers=[addr("a")]))
+    sim.finish("x")
+    sim.handle(ReplicateEvent(request="r1", keys=["x"], workers=["b"], timeout=5))
+    expect_invalid(sim.s, RebalanceEvent(request="r1"))  # request ids are unique
+    expect_invalid(sim.s, RestartEvent(request="r1", timeout=5))
+    out = sim.handle(RemoveWorkerEvent(address=addr("b")))
+    assert [i for i in out if isinstance(i, DataMoveDone)] == [DataMoveDone("r1")]
+    sim.handle(ReplicateEvent(request="r2", keys=["x"], workers=["c"], timeout=5))
+    assert sim.handle(TickEvent()) == []
+    sim.now += 5
+    assert sim.handle(TickEvent()) == [DataMoveDone("r2")]
+
+
+def test_rebalance_moves_bytes_from_the_fullest_worker_and_drops_the_senders_copies() -> None:
+    sim = Sim()
+    sim.worker("a", nthreads=3)
+    sim.worker("b")
+    sim.submit(*[spec(k, workers=[addr("a")]) for k in ("x", "y", "z")])
+    for k, n in (("x", 50), ("y", 30), ("z", 20)):
+        sim.finish(k, nbytes=n)
+    out = sim.handle(RebalanceEvent(request="r1", timeout=5))
+    # Mean 50: moving x (50) brings a to 50 and b to 50.
+    assert acquires(out) == {addr("b"): {"x": 50}}
+    out = sim.handle(AddKeysEvent(worker=addr("b"), nbytes={"x": 50}))
+    assert out == [ToWorker(addr("a"), FreeKeys(keys=["x"])), DataMoveDone("r1")]
+    assert {w.address for w in sim.s.tasks["x"].who_has} == {addr("b")}
+    assert sim.s.workers[addr("a")].nbytes == 50 == sim.s.workers[addr("b")].nbytes
+
+
+def test_rebalance_keeps_the_senders_copy_when_the_move_did_not_happen() -> None:
+    sim = Sim()
+    sim.s.worker_ttl = 100.0
+    sim.worker("a", nthreads=2)
+    sim.worker("b")
+    sim.submit(*[spec(k, workers=[addr("a")]) for k in ("x", "y")])
+    sim.finish("x", nbytes=50)
+    sim.finish("y", nbytes=50)
+    out = sim.handle(RebalanceEvent(request="r1", keys=["y"], timeout=5))  # only y may move
+    assert acquires(out) == {addr("b"): {"y": 50}}
+    sim.now += 5
+    assert sim.handle(TickEvent()) == [DataMoveDone("r1")]
+    assert {w.address for w in sim.s.tasks["y"].who_has} == {addr("a")}
+    # Fewer than two workers: nothing to balance.
+    assert sim.handle(RebalanceEvent(request="r2", workers=["a"], timeout=5)) == [DataMoveDone("r2")]

@@ -382,6 +382,10 @@ class SchedulerState(DataMovementLayer):
             if ts is None or ts.state != "erred":
                 continue
             root = ts.exception_blame or ts
+            if not root.runnable:
+                # Lost scattered data: nothing can make it again.  Released,
+                # it would stay wanted and released for ever.
+                continue
             if root.state == "erred":
                 recs[root] = "released"
             recs[ts] = "released"
