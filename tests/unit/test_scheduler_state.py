@@ -1563,7 +1563,7 @@ def test_event_classes_all_end_in_event() -> None:
     from trioflow.scheduler.state import events
 
     names = [n for n, v in vars(events).items() if isinstance(v, type) and v.__module__ == events.__name__]
-    instructions = {"ToWorker", "ToClient", "DropWorker", "RestartNanny", "RetirementDone", "RestartDone"}
+    instructions = {"ToWorker", "ToClient", "DropWorker", "RestartNanny", "RetirementDone", "RestartDone", "DataMoveDone"}
     assert {n for n in names if not n.endswith("Event")} == instructions
     assert set(SchedulerState._handlers) == {v for n, v in vars(events).items() if n.endswith("Event") and isinstance(v, type)}
 
