@@ -14,7 +14,7 @@ import h11
 import trio
 
 from .assets import _CSP, _STATIC_TYPES
-from .http import HTTPHandling, _is_websocket, _linger
+from .http_protocol import HTTPHandling, _is_websocket, _linger
 from .pages import call_stacks_page, profile_page, workers_page
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ class Routing(HTTPHandling):
         def statistics(self) -> dict[str, Any]: ...
 
         async def _websocket(self, conn: h11.Connection, stream: trio.SocketStream, req: h11.Request) -> None: ...
-
 
     async def _serve_request(self, conn: h11.Connection, stream: trio.SocketStream, req: h11.Request, has_body: bool) -> bool:
         """Answer one request; return whether the connection may be reused."""

@@ -82,10 +82,11 @@ snapshot) is dropped.
 
 **Parts.** This module holds the server object (listening, accepting,
 connection limits) and its configuration; :class:`DashboardServer` takes its
-other parts from one module each: :mod:`.http` (a connection's HTTP/1.1
-request loop and the protocol helpers), :mod:`.routes` (which answer each
-path gets), :mod:`.viewers` (the snapshot feed and the websocket viewers)
-and :mod:`.assets` (the static files and the content security policy).
+other parts from one module each: :mod:`.http_protocol` (a connection's
+HTTP/1.1 request loop and the protocol helpers), :mod:`.routes` (which
+answer each path gets), :mod:`.viewers` (the snapshot feed and the
+websocket viewers) and :mod:`.assets` (the static files and the content
+security policy).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ import attrs
 import trio
 
 from .assets import _load_static
-from .http import _peer, _plain_response
+from .http_protocol import _peer, _plain_response
 from .routes import Routing
 from .sources import source_for
 from .viewers import ViewerHandling, _Feed

@@ -17,7 +17,7 @@ import h11
 import trio
 import trio_websocket
 
-from .http import HTTPHandling, _header, _linger, _peer, _serialize_head
+from .http_protocol import HTTPHandling, _header, _linger, _peer, _serialize_head
 
 if TYPE_CHECKING:
     from .server import DashboardConfig
