@@ -45,6 +45,14 @@ _LAZY = {
     "Scheduler": "scheduler",
     "Security": "security",
     "Worker": "worker",
+    "PluginError": "errors",
+    "WorkerPlugin": "plugins",
+    "SchedulerPlugin": "plugins",
+    "NannyPlugin": "plugins",
+    "UploadFile": "plugins",
+    "UploadDirectory": "plugins",
+    "Environ": "plugins",
+    "PipInstall": "plugins",
     "get_worker": "worker",
 }
 
@@ -67,11 +75,21 @@ if TYPE_CHECKING:
         CommError,
         FutureLostError,
         KilledWorker,
+        PluginError,
         ProtocolError,
         SecurityError,
         SerializationError,
         TimeoutError,
         TrioflowError,
+    )
+    from .plugins import (
+        Environ,
+        NannyPlugin,
+        PipInstall,
+        SchedulerPlugin,
+        UploadDirectory,
+        UploadFile,
+        WorkerPlugin,
     )
     from .process.lifecycle import Status
     from .process.nanny import Nanny
@@ -98,6 +116,14 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AsyncClient",
+    "Environ",
+    "NannyPlugin",
+    "PipInstall",
+    "PluginError",
+    "SchedulerPlugin",
+    "UploadDirectory",
+    "UploadFile",
+    "WorkerPlugin",
     "CancelledError",
     "Client",
     "CommClosedError",

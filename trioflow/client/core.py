@@ -14,6 +14,7 @@ The client is split by concern; each part is a mixin of this class:
 - :mod:`.graphs`: dask graphs and collections (``get``, ``compute``, ``persist``);
 - :mod:`.data`: results, ``gather``, ``scatter``;
 - :mod:`.admin`: cluster administration and diagnostics;
+- :mod:`.plugins`: ``register_plugin`` and ``unregister_*_plugin``;
 - :mod:`.bridge`: running the client for asyncio (and any Trio) callers.
 
 ``open_client`` runs the client in the caller's Trio loop; the blocking
@@ -42,6 +43,7 @@ from .bridge import run_in_portal
 from .data import DataMixin
 from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
+from .plugins import PluginsMixin
 from .submit import SubmitMixin, funcname
 
 logger = logging.getLogger("trioflow.client")
@@ -49,7 +51,7 @@ logger = logging.getLogger("trioflow.client")
 __all__ = ["AsyncClient", "funcname", "open_client"]
 
 
-class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin):
+class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, PluginsMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:
