@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+import pickle
 import traceback
 from typing import Any
 
 import trio
 
 from .protocol import messages as m
-from .protocol.serialize import SerializationError, dumps_function, loads_function
+from .protocol.serialize import SerializationError, dumps_function
 
 logger = logging.getLogger("trioflow.plugins")
 
@@ -80,7 +81,7 @@ class PluginHost:
         one of that name first); returns the failures (empty: it went well)."""
         role = type(self.owner).__name__.lower()
         try:
-            plugin = loads_function(data)
+            plugin = pickle.loads(data)  # not loads_function: its cache would share one object between hosts
         except Exception as exc:  # noqa: BLE001 - reported to the client
             return [failure(name, "unpickle", f"{role} {self.where()}", exc)]
         failures = await self.teardown(name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import pickle
 from typing import Any
 
 import trio
@@ -24,7 +25,6 @@ import trio
 from .._plugin_host import failure, run_hook
 from ..comm import ConnectionPool
 from ..protocol import messages as m
-from ..protocol.serialize import loads_function
 
 logger = logging.getLogger("trioflow.scheduler")
 
@@ -80,7 +80,7 @@ class SchedulerPlugins:
         if msg.idempotent and msg.name in self.running:
             return m.PluginReply()
         try:
-            plugin = loads_function(msg.plugin)
+            plugin = pickle.loads(msg.plugin)
         except Exception as exc:  # noqa: BLE001 - reported to the client
             return m.PluginReply(failures=[failure(msg.name, "unpickle", "scheduler", exc)])
         old = self.running.pop(msg.name, None)
