@@ -10,6 +10,7 @@ they run travels by value (the worker processes cannot import this file).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import sys
@@ -23,6 +24,7 @@ import trio
 from support import wait_until
 
 from trioflow import (
+    CommError,
     Environ,
     NannyPlugin,
     PipInstall,
@@ -318,8 +320,10 @@ async def test_environ_reaches_process_workers_started_later() -> None:
                 (nanny,) = cluster.workers
                 old_pid = nanny.pid
                 await client.register_plugin(Environ({VAR: "from-plugin"}))
+                # Registered while the worker restarts (the scheduler knows no
+                # nanny then): it reaches the nanny when its worker is back.
                 await client.register_plugin(MarkNanny())
-                assert nanny.marked is True
+                await wait_until(lambda: getattr(nanny, "marked", False), timeout=30, what="the nanny plugin")
                 # restart = True: the nanny starts a fresh worker, which sees the variable.
                 await wait_until(lambda: nanny.pid != old_pid and nanny.status == "running", timeout=30, what="the worker's restart")
                 await wait_until(lambda: len(cluster.scheduler.state.workers) == 1, timeout=30)
@@ -331,9 +335,10 @@ async def test_environ_reaches_process_workers_started_later() -> None:
                 await wait_until(lambda: getattr(late, "marked", False), timeout=30, what="the late nanny's plugins")
                 while True:  # its first worker process started before the plugin reached it
                     with trio.move_on_after(5):
-                        got = await client.run(_getenv, workers=[late.worker_address])
-                        if got == {late.worker_address: "from-plugin"}:
-                            break
+                        address = late.worker_address
+                        with contextlib.suppress(ValueError, CommError):  # not registered (yet, or any more), or restarting
+                            if await client.run(_getenv, workers=[address]) == {address: "from-plugin"}:
+                                break
                     await trio.sleep(0.05)
     finally:
         os.environ.pop(VAR, None)
