@@ -204,6 +204,13 @@ class PluginError(TrioflowError, RuntimeError):
         self.plugin = plugin
         self.failures = list(failures or [])
 
+    def __reduce__(self) -> tuple[Callable[..., PluginError], tuple[str, str, list[tuple[str, str, str]]]]:
+        return _plugin_error, (str(self), self.plugin, self.failures)
+
+
+def _plugin_error(message: str, plugin: str, failures: list[tuple[str, str, str]]) -> PluginError:
+    return PluginError(message, plugin=plugin, failures=failures)
+
 
 class UserError(TrioflowError):
     """A failure the user can fix; the command-line programs print it as one line, exit 1."""
