@@ -165,8 +165,11 @@ def save_and_load(directory: str, filename: str, data: bytes, load: bool = True)
         The path written.
 
     Raises:
-        Whatever importing the module raises.
+        ValueError: ``filename`` has a directory part.
+        Exception: whatever importing the module raises.
     """
+    if os.path.basename(filename) != filename or filename in ("", ".", ".."):
+        raise ValueError(f"upload: expected a bare file name, got {filename!r}")
     os.makedirs(directory, exist_ok=True)
     out = os.path.join(directory, filename)
     tmp = f"{out}.tmp-{os.getpid()}"

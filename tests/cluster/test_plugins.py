@@ -63,6 +63,20 @@ class Recorder(WorkerPlugin):
         self.events.append(("transition", key, start, finish))
 
 
+class AsyncSetup(WorkerPlugin):
+    """dask allows coroutine hooks: awaited in the worker's loop."""
+
+    name = "async-setup"
+
+    async def setup(self, worker: Any) -> None:
+        await trio.sleep(0)
+        self.ready = worker.address
+
+    async def teardown(self, worker: Any) -> None:
+        await trio.sleep(0)
+        worker.async_teardown = True
+
+
 class Failing(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         raise ValueError(f"no setup for {worker.name}")
@@ -107,7 +121,7 @@ class SchedFailing(SchedulerPlugin):
 async def test_worker_plugin_on_every_worker_and_later_ones() -> None:
     with trio.fail_after(30):
         async with open_cluster(n_workers=2) as cluster, open_client(cluster) as client:
-            assert await client.register_plugin(Recorder()) == {}
+            assert await client.register_plugin(Recorder()) == {w.address: {"status": "OK"} for w in cluster.workers}
             for w in cluster.workers:
                 assert w.plugins["recorder"].events == [("setup", w.address)]
             # A worker that joins later gets it before it takes work.
@@ -119,7 +133,7 @@ async def test_worker_plugin_on_every_worker_and_later_ones() -> None:
             await wait_until(lambda: ("transition", fut.key, "executing", "memory") in late.plugins["recorder"].events)
             assert ("transition", fut.key, "ready", "executing") in late.plugins["recorder"].events
 
-            await client.unregister_worker_plugin("recorder")
+            assert await client.unregister_worker_plugin("recorder") == {w.address: {"status": "OK"} for w in cluster.workers}
             assert all(w.plugins == {} and w.torn_down_plugins == ["recorder"] for w in cluster.workers)
             later = await cluster.start_worker()
             assert later.plugins == {}
@@ -138,6 +152,16 @@ async def test_register_again_replaces_unless_idempotent() -> None:
             await client.register_plugin(Recorder(), name="r")
             assert w.plugins["r"] is not first
             assert first.events[-1] == ("teardown", w.address)
+
+
+async def test_coroutine_hooks_are_awaited() -> None:
+    with trio.fail_after(30):
+        async with open_cluster(n_workers=1) as cluster, open_client(cluster) as client:
+            await client.register_plugin(AsyncSetup())
+            (w,) = cluster.workers
+            assert w.plugins["async-setup"].ready == w.address
+            await client.unregister_worker_plugin("async-setup")
+            assert w.async_teardown is True
 
 
 async def test_raising_worker_plugin_names_plugin_and_worker() -> None:
@@ -165,7 +189,7 @@ async def test_register_plugin_refuses_non_plugins() -> None:
 async def test_scheduler_plugin_hooks_and_unregister() -> None:
     with trio.fail_after(30):
         async with open_cluster(n_workers=1) as cluster, open_client(cluster) as client:
-            await client.register_plugin(SchedRecorder())
+            assert await client.register_plugin(SchedRecorder()) == {}
             (plugin,) = cluster.scheduler.plugins
             assert plugin.events == [("start", cluster.scheduler.address)]
             fut = await client.submit(inc, 1)

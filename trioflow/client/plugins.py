@@ -61,7 +61,9 @@ class PluginsMixin(ClientParts):
                 (default: ``plugin.idempotent``).
 
         Returns:
-            ``{}`` once every worker (or nanny, or the scheduler) has it set up.
+            Once every worker (or nanny) has it set up, ``{address:
+            {"status": "OK"}}`` for each, as dask; ``{}`` for a scheduler
+            plugin or an idempotent one already registered.
 
         Raises:
             PluginError: a hook raised; the message names the plugin, the hook
@@ -78,7 +80,7 @@ class PluginsMixin(ClientParts):
         msg = m.RegisterPlugin(kind=kind, name=name, plugin=dumps_function(plugin), idempotent=idempotent)
         reply = await self._plugin_rpc(msg)
         raise_plugin_failures(name, reply.failures)
-        return {}
+        return {a: {"status": "OK"} for a in reply.done}
 
     async def register_worker_plugin(self, plugin: Any = None, name: str | None = None, nanny: bool | None = None) -> dict[str, Any]:
         """Deprecated (as in dask): use :meth:`register_plugin`."""
@@ -115,7 +117,7 @@ class PluginsMixin(ClientParts):
         except RemoteError as exc:
             raise ValueError(str(exc)) from None
         raise_plugin_failures(name, reply.failures)
-        return {}
+        return {a: {"status": "OK"} for a in reply.done}
 
     async def _plugin_rpc(self, msg: m.Message) -> m.PluginReply:
         return await self._rpc(msg, m.PluginReply, timeout=PLUGIN_TIMEOUT)  # type: ignore[no-any-return]

@@ -241,6 +241,9 @@ class Nanny:
             failed = ended_in_failure(exc)
             raise
         finally:
+            if self.plugins:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._plugin_host.teardown_all()
             self.status = Status.failed if failed or self.failure is not None else Status.closed
             self._closed.set()
 

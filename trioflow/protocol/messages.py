@@ -591,6 +591,8 @@ class PluginReply(Message):
     """The answer to the plugin requests: what failed (empty: all went well)."""
 
     failures: list[PluginFailure] = attrs.field(factory=_empty_list)
+    #: The workers (or nannies) where it went well.
+    done: list[str] = attrs.field(factory=_empty_list)
 
 
 #: Sub-structures that travel inside messages (not messages themselves).

@@ -57,8 +57,7 @@ class SchedulerPlugins:
         if msg.idempotent and msg.name in store:
             return m.PluginReply()
         store[msg.name] = msg.plugin
-        targets = self._targets(msg.kind)
-        return m.PluginReply(failures=await self._fan_out(targets, m.PluginSetup(name=msg.name, plugin=msg.plugin)))
+        return await self._fan_out(self._targets(msg.kind), m.PluginSetup(name=msg.name, plugin=msg.plugin))
 
     async def unregister(self, msg: m.UnregisterPlugin) -> m.Message:
         if msg.kind == "scheduler":
@@ -74,7 +73,7 @@ class SchedulerPlugins:
         store = self.worker if msg.kind == "worker" else self.nanny
         if store.pop(msg.name, None) is None:
             return m.ErrorReply(message=f"could not find {msg.kind} plugin {msg.name!r}")
-        return m.PluginReply(failures=await self._fan_out(self._targets(msg.kind), m.PluginTeardown(name=msg.name)))
+        return await self._fan_out(self._targets(msg.kind), m.PluginTeardown(name=msg.name))
 
     async def _register_scheduler_plugin(self, msg: m.RegisterPlugin) -> m.PluginReply:
         if msg.idempotent and msg.name in self.running:
@@ -102,10 +101,11 @@ class SchedulerPlugins:
             return list(workers)
         return sorted({w.nanny for w in workers.values() if w.nanny})
 
-    async def _fan_out(self, targets: list[str], msg: m.Message) -> list[m.PluginFailure]:
+    async def _fan_out(self, targets: list[str], msg: m.Message) -> m.PluginReply:
         failures: list[m.PluginFailure] = []
+        done: list[str] = []
         if not targets:
-            return failures
+            return m.PluginReply()
         pool = ConnectionPool(security=self.scheduler.security, role="scheduler", name=self.scheduler.name)
         name = getattr(msg, "name", "?")
 
@@ -116,6 +116,8 @@ class SchedulerPlugins:
                 failures.append(failure(name, "setup" if isinstance(msg, m.PluginSetup) else "teardown", address, exc))
                 return
             failures.extend(reply.failures)
+            if not reply.failures:
+                done.append(address)
 
         try:
             async with trio.open_nursery() as n:
@@ -124,7 +126,7 @@ class SchedulerPlugins:
         finally:
             with trio.CancelScope(shield=True):
                 await pool.aclose()
-        return failures
+        return m.PluginReply(failures=failures, done=sorted(done))
 
     # ------------------------------------------------------------ later joiners
 
@@ -145,7 +147,7 @@ class SchedulerPlugins:
             nursery.start_soon(self._late_nanny_setup, nanny, name, data)
 
     async def _late_nanny_setup(self, nanny: str, name: str, data: bytes) -> None:
-        for f in await self._fan_out([nanny], m.PluginSetup(name=name, plugin=data)):
+        for f in (await self._fan_out([nanny], m.PluginSetup(name=name, plugin=data))).failures:
             logger.warning("nanny plugin %r failed in %s on %s: %s: %s", f.plugin, f.phase, f.where, f.type_name, f.message)
 
     # ------------------------------------------------------------ hooks

@@ -21,7 +21,9 @@ to restart, answer a retire or restart request).  Every decision, those of
 retirement, restart, liveness and fire-and-forget included, is the
 machine's; the shell does the IO.  The scheduler never
 unpickles user data: run specs, results and exceptions pass through as
-:class:`~trioflow.protocol.serialize.Serialized` bytes.
+:class:`~trioflow.protocol.serialize.Serialized` bytes.  The one exception
+is scheduler plugins a client registers explicitly (:mod:`.plugins`): they
+run here, called by this shell, never by the machine.
 
 A peer's bad input never takes the scheduler down: a malformed frame or
 unknown op closes that one connection (logged in one line); a well-formed
