@@ -24,8 +24,10 @@ import trio
 from support import wait_until
 
 from trioflow import (
+    Client,
     CommError,
     Environ,
+    LocalCluster,
     NannyPlugin,
     PipInstall,
     PluginError,
@@ -90,6 +92,9 @@ class SchedRecorder(SchedulerPlugin):
 
     async def start(self, scheduler: Any) -> None:
         self.events.append(("start", scheduler.address))
+
+    async def before_close(self) -> None:
+        self.events.append(("before_close",))
 
     async def close(self) -> None:
         self.events.append(("close",))
@@ -212,6 +217,15 @@ async def test_scheduler_plugin_hooks_and_unregister() -> None:
                 await client.unregister_scheduler_plugin("sched-recorder")
 
 
+async def test_scheduler_plugins_close_with_the_scheduler() -> None:
+    with trio.fail_after(30):
+        async with open_cluster(n_workers=0) as cluster:
+            async with open_client(cluster) as client:
+                await client.register_plugin(SchedRecorder())
+            (plugin,) = cluster.scheduler.plugins
+        assert plugin.events[-2:] == [("before_close",), ("close",)]
+
+
 async def test_raising_scheduler_plugin() -> None:
     with trio.fail_after(30):
         async with open_cluster(n_workers=0) as cluster, open_client(cluster) as client:
@@ -226,6 +240,29 @@ async def test_register_worker_plugin_is_deprecated() -> None:
             with pytest.deprecated_call():
                 await client.register_worker_plugin(Recorder())
             assert "recorder" in cluster.workers[0].plugins
+
+
+def _plugin_names() -> list[str]:
+    from trioflow import get_worker
+
+    return sorted(get_worker().plugins)
+
+
+def test_blocking_client_registers_and_unregisters() -> None:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+        workers = client.scheduler_info()["workers"]
+        assert len(workers) == 2
+        assert client.register_plugin(Recorder()) == {a: {"status": "OK"} for a in workers}
+        assert list(client.run(_plugin_names).values()) == [["recorder"], ["recorder"]]
+        with pytest.raises(PluginError, match="plugin 'bad' failed in setup on worker"):
+            client.register_plugin(Failing(), name="bad")
+        client.unregister_worker_plugin("recorder")
+        assert list(client.run(_plugin_names).values()) == [[], []]
+        client.register_plugin(SchedRecorder())
+        client.unregister_scheduler_plugin("sched-recorder")
+        with pytest.deprecated_call():
+            client.register_worker_plugin(Recorder(), name="again")
+        assert list(client.run(_plugin_names).values()) == [["again"], ["again"]]
 
 
 def _import_and_read(module: str, attr: str) -> Any:

@@ -206,9 +206,11 @@ class SchedulerPlugins:
                     p.transition(key, start, finish, stimulus_id="")
 
     async def close(self) -> None:
-        for name, plugin in list(self.running.items()):
-            with _logged(name, "close"):
-                await run_hook(plugin, "close", thread=False)
+        """The scheduler is closing: ``before_close``, then ``close``, on each plugin."""
+        for hook in ("before_close", "close"):
+            for name, plugin in list(self.running.items()):
+                with _logged(name, hook):
+                    await run_hook(plugin, hook, thread=False)
 
 
 class _logged:
