@@ -19,8 +19,8 @@ user code: only plugins a client registers explicitly, never task data.  Their
 hooks are called by the scheduler's shell, from what its state machine
 emits (the machine itself never sees a plugin); ``transition`` is reported
 for the transitions visible from outside the machine: a task sent to a worker
-(``waiting -> processing``), its result known (``processing -> memory``) or
-its failure (``processing -> erred``).  Likewise a worker reports
+(``waiting -> processing``), its result taken (``processing -> memory``) or
+its failure (``processing -> erred``), for every task of a graph.  Likewise a worker reports
 ``ready -> executing``, ``executing -> memory`` and ``executing -> error``.
 
 A hook that raises during setup (or in the scheduler's ``start``) fails the

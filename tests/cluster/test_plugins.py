@@ -200,6 +200,17 @@ async def test_scheduler_plugin_hooks_and_unregister() -> None:
             fut = await client.submit(inc, 1)
             assert await fut == 2
             await wait_until(lambda: ("transition", fut.key, "processing", "memory") in plugin.events)
+            # Intermediate tasks too (no client hears of them), and failures.
+            inner = await client.submit(inc, 10)
+            outer = await client.submit(inc, inner)
+            del inner
+            assert await outer == 12
+            bad = await client.submit(inc, "x")
+            with pytest.raises(TypeError):
+                await bad
+            steps = {(k, a, b) for (_, k, a, b) in (e for e in plugin.events if e[0] == "transition")}
+            assert len({k for k, a, b in steps if (a, b) == ("processing", "memory")}) == 3
+            assert (bad.key, "processing", "erred") in steps
             assert ("update_graph", client.id, frozenset([fut.key])) in plugin.events
             assert ("transition", fut.key, "waiting", "processing") in plugin.events
             late = await cluster.start_worker()

@@ -10,7 +10,9 @@ exception to "the scheduler never unpickles user data": a plugin a client
 registers explicitly is unpickled and its hooks run here, in the loop (a
 hook that returns an awaitable is awaited in a task of its own).  The state
 machine never sees them: the shell calls :meth:`SchedulerPlugins.notify`
-from what it hands to the machine and what the machine emits.
+from what it hands to the machine and what the machine emits, and reports
+transitions from the machine's instructions (a task sent to a worker) and
+from the tasks' states after a worker's result or failure.
 """
 
 from __future__ import annotations
@@ -181,29 +183,36 @@ class SchedulerPlugins:
                     self.scheduler._nursery.start_soon(_await_logged, name, hook, result)
 
     def transitions(self, instructions: list[Any]) -> None:
-        """Report the transitions the machine's instructions show (see
-        :mod:`trioflow.plugins`)."""
+        """Report the tasks the machine sends to workers (``waiting ->
+        processing``; see :mod:`trioflow.plugins`)."""
         from . import state as ss
 
-        seen: set[tuple[str, str]] = set()
         for inst in instructions:
-            kind = type(inst)
-            if kind is ss.ToWorker and type(inst.msg) is m.ComputeTask:
-                step = (inst.msg.key, "processing")
-            elif kind is ss.ToClient and type(inst.msg) is m.KeyInMemory:
-                step = (inst.msg.key, "memory")
-            elif kind is ss.ToClient and type(inst.msg) is m.KeyErred:
-                step = (inst.msg.key, "erred")
-            else:
-                continue
-            if step in seen:
-                continue  # one message per client that wants the key
-            seen.add(step)
-            key, finish = step
-            start = "waiting" if finish == "processing" else "processing"
-            for p in self._watchers:
-                with _logged(getattr(p, "name", type(p).__name__), "transition"):
-                    p.transition(key, start, finish, stimulus_id="")
+            if type(inst) is ss.ToWorker and type(inst.msg) is m.ComputeTask:
+                self._report(inst.msg.key, "waiting", "processing")
+
+    def after_event(self, event: Any) -> None:
+        """Report a task's result or failure once the machine has taken it
+        (``processing -> memory | erred``): a stale report from a worker the
+        task no longer runs on leaves the task processing, and is not one."""
+        from . import state as ss
+
+        kind = type(event)
+        if kind is ss.TaskFinishedEvent:
+            finish = "memory"
+        elif kind is ss.TaskErredEvent:
+            finish = "erred"
+        else:
+            return
+        ts = self.scheduler.state.tasks.get(event.key)
+        # Gone already: it reached memory and nobody wanted it any more.
+        if (ts is None and finish == "memory") or (ts is not None and ts.state == finish):
+            self._report(event.key, "processing", finish)
+
+    def _report(self, key: str, start: str, finish: str) -> None:
+        for p in self._watchers:
+            with _logged(getattr(p, "name", type(p).__name__), "transition"):
+                p.transition(key, start, finish, stimulus_id="")
 
     async def close(self) -> None:
         """The scheduler is closing: ``before_close``, then ``close``, on each plugin."""

@@ -293,6 +293,8 @@ class Scheduler:
         instructions = self.state.handle(event, trio.current_time())
         self.events_handled += 1
         self._dispatch(instructions)
+        if self._plugins.watch_transitions:
+            self._plugins.after_event(event)
 
     def _dispatch(self, instructions: list[Any]) -> None:
         workers = self.worker_streams
