@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from trioflow.process.system import total_memory
 
 from trioflow import Client, LocalCluster, Security
 from trioflow.deploy import nprocesses_nthreads
 from trioflow.deploy.utils import cpu_count
 from trioflow.process.nanny import Nanny
+from trioflow.process.system import total_memory
 from trioflow.worker import Worker
 
 

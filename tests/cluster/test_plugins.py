@@ -399,7 +399,7 @@ async def test_environ_reaches_process_workers_started_later() -> None:
                 # restart = True: the nanny starts a fresh worker, which sees the variable.
                 await wait_until(lambda: nanny.pid != old_pid and nanny.status == "running", timeout=30, what="the worker's restart")
                 await wait_until(lambda: len(cluster.scheduler.state.workers) == 1, timeout=30)
-                assert list((await client.run(_getenv)).values()) == ["from-plugin"]
+                assert await (await client.submit(_getenv, pure=False)) == "from-plugin"
 
                 # A nanny started after registration gets the plugins too.
                 os.environ.pop(VAR, None)  # in-process nannies share our environment
@@ -409,7 +409,7 @@ async def test_environ_reaches_process_workers_started_later() -> None:
                     with trio.move_on_after(5):
                         address = late.worker_address
                         with contextlib.suppress(ValueError, CommError):  # not registered (yet, or any more), or restarting
-                            if await client.run(_getenv, workers=[address]) == {address: "from-plugin"}:
+                            if await (await client.submit(_getenv, workers=[address], pure=False)) == "from-plugin":
                                 break
                     await trio.sleep(0.05)
     finally:

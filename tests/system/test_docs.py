@@ -282,6 +282,7 @@ def _flags(command: Any) -> set[str]:
 
 def test_every_flag_is_documented() -> None:
     from trioflow.cli import group, scheduler_command, worker_command
+    from trioflow.cli.config import config_command
     from trioflow.cli.local import local_command  # noqa: F401 - registers `trioflow local`
 
     text = (DOCS / "command-line.rst").read_text()
@@ -292,6 +293,7 @@ def test_every_flag_is_documented() -> None:
             ("trioflow-scheduler", scheduler_command),
             ("trioflow-worker", worker_command),
             ("trioflow local", group.commands["local"]),
+            ("trioflow config", config_command),
         )
     }
     missing = {k: v for k, v in missing.items() if v}

@@ -123,19 +123,24 @@ def scheduler_command(
     if local_directory:
         os.makedirs(local_directory, exist_ok=True)
     modules = [load_preload(p) for p in preload]
-    from ..config import SchedulerConfig
+    from ..config import SchedulerConfig, build_config
     from ..scheduler.server import Scheduler
 
     dash = _dashboard_address(dashboard_address, dashboard_port, host or "", 8787) if dashboard else None
     try:
-        config = SchedulerConfig(
-            address=listen,
-            scheduler_file=scheduler_file,
-            dashboard_address=dash,
-            dashboard_prefix=prefix,
-            dashboard_whitelist=whitelist,
-            use_xheaders=use_xheaders,
-            worker_ttl=worker_ttl,
+        # Settings not given on the command line come from the configuration.
+        config = build_config(
+            SchedulerConfig,
+            "trioflow-scheduler",
+            dict(
+                address=listen,
+                scheduler_file=scheduler_file,
+                dashboard_address=dash,
+                dashboard_prefix=prefix,
+                dashboard_whitelist=whitelist,
+                use_xheaders=use_xheaders,
+                **({"worker_ttl": worker_ttl} if worker_ttl is not None else {}),
+            ),
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -328,23 +333,28 @@ def worker_command(
     bind_host = host or "0.0.0.0"
     dash = _dashboard_address(dashboard_address, dashboard_port, host or "", 8789) if dashboard else None
     modules = nanny_modules if nanny else worker_modules
-    from ..config import WorkerConfig
+    from ..config import WorkerConfig, build_config
 
     # The workers' configuration, built once; each process gets its name and
     # listener (and the scheduler's address, once known) by ``evolve``.
+    # Settings not given on the command line come from the configuration.
     try:
-        template = WorkerConfig(
-            scheduler_address=scheduler or "",
-            nthreads=nthreads,
-            memory_limit=limit,
-            resources=res,
-            contact_address=contact_address,
-            local_directory=local_directory,
-            reconnect=reconnect,
-            death_timeout=death_timeout,
-            dashboard_address=dash,
-            dashboard_prefix=prefix,
-            preload=list(preload) if nanny else [],
+        template = build_config(
+            WorkerConfig,
+            "trioflow-worker",
+            dict(
+                scheduler_address=scheduler or "",
+                nthreads=nthreads,
+                memory_limit=limit,
+                resources=res,
+                contact_address=contact_address,
+                local_directory=local_directory,
+                reconnect=reconnect,
+                dashboard_address=dash,
+                dashboard_prefix=prefix,
+                preload=list(preload) if nanny else [],
+                **({"death_timeout": death_timeout} if death_timeout is not None else {}),
+            ),
         )
     except ValueError as exc:
         raise UserError(str(exc)) from None
@@ -369,10 +379,12 @@ def worker_command(
                 listen_address=listen_address or _pick_listen(protocol, bind_host, worker_ports, i, nprocs),
             )
             if nanny:
-                from ..config import NannyConfig
+                from ..config import NannyConfig, build_config
                 from ..process.nanny import Nanny
 
-                nconfig = NannyConfig(worker=wconfig, listen_address=_pick_listen(protocol, bind_host, nanny_ports, i, nprocs))
+                nconfig = build_config(
+                    NannyConfig, "trioflow-worker", {"worker": wconfig, "listen_address": _pick_listen(protocol, bind_host, nanny_ports, i, nprocs)}
+                )
                 node: Any = Nanny(config=nconfig, security=security)
             else:
                 from ..worker.server import Worker
@@ -453,6 +465,9 @@ def worker_main(args: list[str] | None = None) -> None:
 
 def main(args: list[str] | None = None) -> None:
     from . import local  # noqa: F401 - registers `trioflow local`
+    from .config import config_command
+
+    group.add_command(config_command, "config")
 
     run_cli(group, "trioflow", args)
 

@@ -10,6 +10,7 @@ from .futures import (
     futures_of,
     wait,
 )
-from .sync import Client, default_client
+from .primitives import Event, Lock, MultiLock, Pub, Queue, Semaphore, Sub, Variable
+from .sync import Client, default_client, get_client
 
-__all__ = ["AsyncClient", "CancelledError", "Client", "Future", "FutureLostError", "as_completed", "default_client", "fire_and_forget", "futures_of", "open_client", "wait"]
+__all__ = ["AsyncClient", "CancelledError", "Client", "Future", "FutureLostError", "as_completed", "default_client", "fire_and_forget", "futures_of", "get_client", "open_client", "wait", "Event", "Lock", "MultiLock", "Pub", "Queue", "Semaphore", "Sub", "Variable"]

@@ -16,6 +16,7 @@ import trio
 
 from ..comm import CommError
 from ..comm.pool import RemoteError
+from ..durations import parse_timedelta
 from ..protocol import messages as m
 from ..protocol.serialize import SerializationError, dumps, dumps_function, loads
 from ._parts import ClientParts
@@ -24,6 +25,35 @@ from .futures import FutureState, _flatten_futures
 logger = logging.getLogger("trioflow.client")
 
 __all__ = ["AdminMixin"]
+
+
+def _seconds(value: Any, default: float) -> float:
+    t = parse_timedelta(value)
+    return default if t is None else t
+
+
+def _call_on_worker(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run on a worker for ``Client.run``: pass the worker as ``dask_worker``
+    if the function takes it, and run a coroutine it returns to completion."""
+    import inspect
+
+    from ..worker.executor import thread_state
+
+    try:
+        params = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        params = {}  # type: ignore[assignment]
+    if "dask_worker" in params:
+        kwargs["dask_worker"] = getattr(thread_state, "worker", None)
+    result = function(*args, **kwargs)
+    if inspect.isawaitable(result):
+        import asyncio
+
+        async def main() -> Any:
+            return await result
+
+        result = asyncio.run(main())
+    return result
 
 
 class AdminMixin(ClientParts):
@@ -56,9 +86,10 @@ class AdminMixin(ClientParts):
         self._send(m.FireAndForget(keys=keys))
         await trio.lowlevel.checkpoint()
 
-    async def restart(self, timeout: float = 60) -> None:
+    async def restart(self, timeout: Any = 60) -> None:
         """Forget all tasks (futures are cancelled) and restart every worker
         through its nanny; waits until they are back."""
+        timeout = _seconds(timeout, 60)
         from ..comm.pool import RemoteError as _RemoteError
 
         try:
@@ -66,29 +97,55 @@ class AdminMixin(ClientParts):
         except _RemoteError as exc:
             raise RuntimeError(str(exc)) from None
 
-    async def who_has(self, futures: Any = None) -> dict[str, list[str]]:
+    async def who_has(self, futures: Any = None, workers: Any = None) -> dict[str, list[str]]:
+        """``{key: workers holding it}`` for ``futures`` (all keys if None);
+        only holders among ``workers`` when given."""
         keys = None if futures is None else [f.key for f in _flatten_futures(futures)]
         reply = await self._rpc(m.WhoHas(keys=keys), m.WhoHasReply)
-        return reply.who_has  # type: ignore[no-any-return]
+        if workers is None:
+            return dict(reply.who_has)
+        wanted = await self._worker_addresses(workers)
+        return {k: [a for a in v if a in wanted] for k, v in reply.who_has.items()}
 
     async def has_what(self, workers: Any = None) -> dict[str, list[str]]:
+        """``{worker: keys it holds}`` (every worker, or ``workers``)."""
         ws = [workers] if isinstance(workers, str) else (list(workers) if workers is not None else None)
         reply = await self._rpc(m.HasWhat(workers=ws), m.HasWhatReply)
-        return reply.has_what  # type: ignore[no-any-return]
+        return dict(reply.has_what)
 
-    async def scheduler_info(self) -> dict[str, Any]:
+    async def _worker_addresses(self, workers: Any) -> set[str]:
+        """The addresses of ``workers`` (addresses or names)."""
+        ws = [workers] if isinstance(workers, str) else list(workers)
         ident = await self._rpc(m.IdentityRequest(), m.IdentityReply)
+        names = {w.name: a for a, w in ident.workers.items()}
+        return {names.get(w, w) for w in ws}
+
+    async def scheduler_info(self, n_workers: int = 5, **kwargs: Any) -> dict[str, Any]:
+        """The scheduler's identity and its workers (the first ``n_workers``
+        of them; all with ``n_workers=-1``)."""
+        ident = await self._rpc(m.IdentityRequest(), m.IdentityReply)
+        if not isinstance(n_workers, int) or isinstance(n_workers, bool):
+            raise TypeError(f"n_workers must be an int, got {type(n_workers).__name__}")
+        items = list(ident.workers.items())
+        if n_workers >= 0:
+            items = items[:n_workers]
         return {
             "type": "Scheduler",
             "id": ident.scheduler_id,
             "address": ident.address,
             "services": dict(ident.services),
             "started": ident.started,
+            "n_workers": len(ident.workers),
+            "total_threads": sum(w.nthreads for w in ident.workers.values()),
+            "total_memory": sum(w.memory_limit for w in ident.workers.values()),
             "n_tasks": ident.n_tasks,
             "n_clients": ident.n_clients,
             "workers": {
                 a: {
+                    "type": "Worker",
+                    "id": w.name,
                     "name": w.name,
+                    "host": a.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]"),
                     "nthreads": w.nthreads,
                     "memory_limit": w.memory_limit,
                     "resources": dict(w.resources),
@@ -100,18 +157,26 @@ class AdminMixin(ClientParts):
                     "last_seen": w.last_seen,
                     "services": dict(w.services),
                 }
-                for a, w in ident.workers.items()
+                for a, w in items
             },
         }
 
-    async def nthreads(self) -> dict[str, int]:
+    async def nthreads(self, workers: Any = None) -> dict[str, int]:
+        """``{worker: threads}`` (every worker, or ``workers``)."""
         ident = await self._rpc(m.IdentityRequest(), m.IdentityReply)
-        return {a: w.nthreads for a, w in ident.workers.items()}
+        out = {a: w.nthreads for a, w in ident.workers.items()}
+        if workers is None:
+            return out
+        names = {w.name: a for a, w in ident.workers.items()}
+        ws = [workers] if isinstance(workers, str) else list(workers)
+        return {a: out[a] for a in (names.get(w, w) for w in ws) if a in out}
 
     ncores = nthreads
 
-    async def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> None:
-        """Wait until at least ``n_workers`` workers are connected."""
+    async def wait_for_workers(self, n_workers: int, timeout: Any = None) -> None:
+        """Wait until at least ``n_workers`` workers are connected (``timeout``:
+        seconds or a duration string like ``"10s"``)."""
+        timeout = parse_timedelta(timeout)
         # Asked often at first (a cluster starting up is usually a few
         # milliseconds from ready), then every 0.1 s.
         delay = 0.005
@@ -123,9 +188,30 @@ class AdminMixin(ClientParts):
                 await trio.sleep(delay)
                 delay = min(delay * 1.5, 0.1)
 
-    async def run(self, function: Callable[..., Any], *args: Any, workers: Any = None, **kwargs: Any) -> dict[str, Any]:
+    async def run(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        workers: Any = None,
+        wait: bool = True,
+        nanny: bool = False,
+        on_error: str = "raise",
+        **kwargs: Any,
+    ) -> dict[str, Any] | None:
         """Run ``function(*args, **kwargs)`` once on each worker (outside the
-        task system); returns ``{worker address: result}``."""
+        task system); returns ``{worker address: result}``.
+
+        A coroutine function runs to completion on the worker; a
+        ``dask_worker`` parameter receives the worker.  ``wait=False``
+        returns None at once and lets the calls run.  ``on_error``:
+        ``"raise"`` the first error, ``"return"`` it as that worker's result,
+        or ``"ignore"`` (leave that worker out).
+
+        Raises:
+            ValueError: an unknown worker or ``on_error`` value.
+        """
+        if on_error not in ("raise", "return", "ignore"):
+            raise ValueError(f"on_error must be 'raise', 'return' or 'ignore', got {on_error!r}")
         ident = await self._rpc(m.IdentityRequest(), m.IdentityReply)
         targets = list(ident.workers)
         if workers is not None:
@@ -135,10 +221,10 @@ class AdminMixin(ClientParts):
             if unknown:
                 raise ValueError(f"run(): no worker with address or name {unknown[0]!r}")
             targets = [names.get(w, w) for w in wanted]
-        fbytes = dumps_function(function)
-        args_ser = dumps((args, kwargs))
+        fbytes = dumps_function(_call_on_worker)
+        args_ser = dumps(((function, *args), kwargs))
         results: dict[str, Any] = {}
-        errors: list[BaseException] = []
+        errors: dict[str, BaseException] = {}
 
         async def one(addr: str) -> None:
             # Errors are collected, not raised: raised in the nursery they
@@ -147,29 +233,37 @@ class AdminMixin(ClientParts):
             try:
                 reply = await self._pool.rpc(addr, m.RunFunction(function=fbytes, args=args_ser), m.RunReply)
             except (CommError, OSError, RemoteError, trio.TooSlowError) as exc:
-                errors.append(exc)
+                errors[addr] = exc
                 return
             if reply.result is not None:
                 try:
                     results[addr] = loads(reply.result)
                 except SerializationError as exc:
-                    errors.append(exc)
+                    errors[addr] = exc
             else:
                 st = FutureState()
                 st.err(reply.exception, reply.exception_text, reply.traceback_text, reply.type_name)
-                errors.append(st.make_exception())
+                errors[addr] = st.make_exception()
 
+        if not wait:
+            assert self._nursery is not None
+            for a in targets:
+                self._nursery.start_soon(one, a)
+            return None
         async with trio.open_nursery() as n:
             for a in targets:
                 n.start_soon(one, a)
-        if errors:
-            raise errors[0]
+        if errors and on_error == "raise":
+            raise next(iter(errors[a] for a in targets if a in errors))
+        if on_error == "return":
+            results.update(errors)
         return {a: results[a] for a in targets if a in results}
 
-    async def retire_workers(self, workers: Any, timeout: float = 60) -> list[str]:
+    async def retire_workers(self, workers: Any, timeout: Any = 60) -> list[str]:
         """Close ``workers`` once the data only they hold has a copy on the
         other workers; returns those retired.  A worker whose data could
         not be copied within ``timeout`` seconds stays (not listed)."""
+        timeout = _seconds(timeout, 60)
         ws = [workers] if isinstance(workers, str) else list(workers)
         # The scheduler answers within ``timeout``: wait a little longer.
         reply = await self._rpc(m.RetireWorkers(workers=ws, timeout=timeout), m.RetireWorkersReply, timeout=timeout + 10)

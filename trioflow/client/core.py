@@ -14,6 +14,8 @@ The client is split by concern; each part is a mixin of this class:
 - :mod:`.graphs`: dask graphs and collections (``get``, ``compute``, ``persist``);
 - :mod:`.data`: results, ``gather``, ``scatter``;
 - :mod:`.admin`: cluster administration and diagnostics;
+- :mod:`.cluster`: more of it (run_on_scheduler, replicate, upload_file, ...);
+- :mod:`.logs`: the scheduler's and workers' logs, ``forward_logging``;
 - :mod:`.plugins`: ``register_plugin`` and ``unregister_*_plugin``;
 - :mod:`.bridge`: running the client for asyncio (and any Trio) callers.
 
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -40,18 +41,22 @@ from ..protocol import messages as m
 from ..scheduler_file import wait_for_scheduler_file
 from .admin import AdminMixin
 from .bridge import run_in_portal
+from .cluster import ClusterMixin
 from .data import DataMixin
+from .datasets import AsyncDatasetsMixin
 from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
+from .logs import LogsMixin
 from .plugins import PluginsMixin
 from .submit import SubmitMixin, funcname
+from .tracebacks import is_remote, with_remote_traceback
 
 logger = logging.getLogger("trioflow.client")
 
 __all__ = ["AsyncClient", "funcname", "open_client"]
 
 
-class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, PluginsMixin):
+class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, LogsMixin, AsyncDatasetsMixin, PluginsMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:
@@ -86,6 +91,8 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, PluginsMixin):
         self.reconnect = True
         #: Set by :meth:`shutdown`: the scheduler's going away is then expected.
         self._shutdown_requested = False
+        #: (logger name, level) -> the scope of its forward_logging poll.
+        self._forwarding: dict[Any, trio.CancelScope] = {}
 
     def __repr__(self) -> str:
         return f"<AsyncClient {self.id} scheduler={self.scheduler_address} status={self.status}>"
@@ -287,7 +294,13 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, PluginsMixin):
 
     def _sync_call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` in the client's loop from a blocking thread."""
-        return self._portal.call(fn, *args)
+        try:
+            return self._portal.call(fn, *args)
+        except Exception as exc:
+            if is_remote(exc):
+                # A task's error: show its frames, not the portal's.
+                raise with_remote_traceback(exc) from exc.__cause__
+            raise
 
     # ------------------------------------------------------------ reaching the host loop (see .bridge)
 
@@ -314,7 +327,12 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, PluginsMixin):
             return await fn(*args)
         if self._portal is None:
             raise RuntimeError("this client runs in another Trio loop; use it from that loop")
-        return await run_in_portal(self._portal, fn, *args)
+        try:
+            return await run_in_portal(self._portal, fn, *args)
+        except Exception as exc:
+            if is_remote(exc):
+                raise with_remote_traceback(exc) from exc.__cause__
+            raise
 
     def _call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run the plain function ``fn(*args)`` in the client's loop: now if
@@ -383,8 +401,12 @@ async def _resolve_address(address: Any, scheduler_file: str | None, timeout: fl
     if scheduler_file is not None:
         return await wait_for_scheduler_file(scheduler_file, timeout)
     if address is None:
-        env = os.environ.get("TRIOFLOW_SCHEDULER_ADDRESS")
-        if env:
-            return env
+        # TRIOFLOW_SCHEDULER_ADDRESS, the configuration file, or dask's
+        # scheduler-address (see trioflow.config).
+        from ..config import get_config
+
+        configured = get_config().scheduler_address
+        if configured:
+            return configured
         raise ValueError("no scheduler address given (pass an address, a cluster, or scheduler_file=)")
     return address

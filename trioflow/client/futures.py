@@ -29,15 +29,18 @@ from __future__ import annotations
 import collections
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import sniffio
 import trio
 
+from ..durations import parse_timedelta
 from ..errors import CancelledError, FutureLostError, RemoteError, RemoteException
 from ..protocol.serialize import SerializationError, Serialized, loads
 from .bridge import in_trio
+from .tracebacks import remote_traceback, with_remote_traceback
 
 if TYPE_CHECKING:
     from .core import AsyncClient
@@ -151,8 +154,11 @@ class FutureState:
             try:
                 exc.add_note("Remote traceback:\n" + self.traceback_text.rstrip())
                 exc._trioflow_noted = True  # type: ignore[attr-defined]
+                # Raised with the task's own frames (see .tracebacks).
+                exc._trioflow_tb_text = self.traceback_text  # type: ignore[attr-defined]
             except (AttributeError, TypeError):
                 pass
+            with_remote_traceback(exc)
         return exc
 
 
@@ -220,12 +226,14 @@ class Future:
         ``TimeoutError``); in Trio code, ``await future`` or
         ``await future.result()``.
         """
+        timeout = parse_timedelta(timeout)
         if self._blocking():
             return self.client._sync_call(self.client._result_async, self, timeout)
         return self.client._awaitable(self.client._result_async, self, timeout)
 
     def exception(self, timeout: float | None = None) -> Any:
         """The task's exception, or None if it succeeded (waits like :meth:`result`)."""
+        timeout = parse_timedelta(timeout)
         if self._blocking():
             if not self._state.wait_sync(timeout):
                 raise TimeoutError(f"future {self.key!r} not done after {timeout}s")
@@ -241,9 +249,41 @@ class Future:
 
         return self.client._awaitable(_exc)
 
-    def traceback(self) -> str | None:
-        """The remote traceback text of a failed task, or None."""
-        return self._state.traceback_text or None if self._state.status == "error" else None
+    def traceback(self, timeout: Any = None) -> Any:
+        """The failed task's traceback (a traceback object of the task's own
+        frames: ``traceback.print_tb(future.traceback())``), or None if it
+        did not fail.  Waits for the task like :meth:`result` (an awaitable
+        for asynchronous clients).
+
+        Raises:
+            TimeoutError: not done within ``timeout``.
+        """
+        timeout = parse_timedelta(timeout)
+
+        def tb() -> Any:
+            if self._state.status != "error" or not self._state.traceback_text:
+                return None
+            return remote_traceback(self._state.traceback_text)
+
+        if self._blocking():
+            if not self._state.wait_sync(timeout):
+                raise TimeoutError(f"future {self.key!r} not done after {timeout}s")
+            return tb()
+
+        async def _tb() -> Any:
+            with trio.move_on_after(timeout if timeout is not None else float("inf")):
+                await self._state.wait()
+            if not self._state.done():
+                raise TimeoutError(f"future {self.key!r} not done after {timeout}s")
+            return tb()
+
+        return self.client._awaitable(_tb)
+
+    def retry(self) -> Any:
+        """Run this failed future's task again (see ``Client.retry``)."""
+        if self._blocking():
+            return self.client._sync_call(self.client.retry, [self])
+        return self.client._awaitable(self.client.retry, [self])
 
     def cancel(self) -> Any:
         """Cancel this future's task."""
@@ -350,6 +390,7 @@ def wait(fs: Any, timeout: float | None = None, return_when: str = ALL_COMPLETED
     Raises:
         TimeoutError: not done within ``timeout`` seconds.
     """
+    timeout = parse_timedelta(timeout)
     futures = _flatten_futures(fs)
     if not futures:
         return DoneAndNotDone(set(), set()) if not _in_async_loop() else _completed(DoneAndNotDone(set(), set()))
@@ -366,67 +407,162 @@ async def _completed(value: Any) -> Any:
 class as_completed:
     """Iterate over futures in the order they finish.
 
-    Works as a plain iterator with blocking clients and as an async iterator
-    in Trio code.  ``with_results=True`` yields ``(future, result)`` pairs.
-    :meth:`add` adds more futures while iterating.
+    A plain iterator with blocking clients, an async iterator in Trio or
+    asyncio code.  A future added twice is yielded twice.
+
+    Args:
+        futures: the futures to watch (more with :meth:`add`/:meth:`update`).
+        with_results: yield ``(future, result)`` pairs; a cancelled future
+            comes with a :class:`CancelledError` as its result.
+        raise_errors: with ``with_results``, raise a failed future's
+            exception (else yield ``(future, (type, exception, traceback))``).
+        timeout: how long (from now) iteration may take in total; after it,
+            the iterator raises ``TimeoutError``.
     """
 
-    def __init__(self, futures: Iterable[Future] = (), with_results: bool = False, raise_errors: bool = True) -> None:
+    def __init__(
+        self,
+        futures: Iterable[Future] | None = None,
+        loop: Any = None,
+        with_results: bool = False,
+        raise_errors: bool = True,
+        *,
+        timeout: Any = None,
+    ) -> None:
         self.with_results = with_results
         self.raise_errors = raise_errors
+        t = parse_timedelta(timeout)
+        self._deadline = None if t is None else time.monotonic() + t
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._ready: collections.deque[Future] = collections.deque()
-        self._pending: set[Future] = set()
+        #: future -> how many times it is still to be yielded once done.
+        self._pending: dict[Future, int] = {}
         self._event: trio.Event | None = None
         self._client: Any = None
-        for f in futures:
-            self.add(f)
+        if futures is not None:
+            self.update(futures)
+
+    def __repr__(self) -> str:
+        with self._lock:
+            return f"<as_completed: waiting={len(self._pending)} done={len(self._ready)}>"
 
     def add(self, future: Future) -> None:
-        """Add a future to the set being watched."""
-        if self._client is None:
-            self._client = future.client
-        with self._lock:
-            self._pending.add(future)
-
-        def on_done(fut: Future) -> None:
-            with self._cond:
-                self._pending.discard(fut)
-                self._ready.append(fut)
-                self._cond.notify_all()
-            if self._event is not None:
-                self._event.set()
-
-        future.add_done_callback(on_done)
+        """Add a future; it is yielded once it finishes."""
+        self.update((future,))
 
     def update(self, futures: Iterable[Future]) -> None:
+        """Add several futures.
+
+        Raises:
+            TypeError: something that is not a Future.
+        """
+        futures = list(futures)
         for f in futures:
-            self.add(f)
+            if not isinstance(f, Future):
+                raise TypeError(f"Input must be a future, got {f!r}")
+        for f in futures:
+            if self._client is None:
+                self._client = f.client
+            with self._lock:
+                first = f not in self._pending
+                self._pending[f] = self._pending.get(f, 0) + 1
+            if first:
+                f.add_done_callback(self._on_done)
+
+    def _on_done(self, fut: Future) -> None:
+        with self._cond:
+            n = self._pending.pop(fut, 0)
+            self._ready.extend([fut] * n)
+            self._cond.notify_all()
+        if self._event is not None:
+            self._event.set()
 
     def count(self) -> int:
+        """Futures yet to be yielded: still running, or done and not yet taken."""
         with self._lock:
-            return len(self._pending) + len(self._ready)
+            return sum(self._pending.values()) + len(self._ready)
 
     def is_empty(self) -> bool:
+        """No futures running or waiting to be yielded."""
         return self.count() == 0
+
+    def has_ready(self) -> bool:
+        """Some finished future waits to be yielded."""
+        with self._lock:
+            return bool(self._ready)
+
+    def clear(self) -> None:
+        """Forget every future, running or done."""
+        with self._lock:
+            self._pending.clear()
+            self._ready.clear()
+
+    def _remaining(self) -> float | None:
+        return None if self._deadline is None else self._deadline - time.monotonic()
+
+    def _item(self, fut: Future, value: Any = None) -> Any:
+        """What the iterator yields for ``fut`` (``value``: its result)."""
+        if not self.with_results:
+            return fut
+        if fut.status == "cancelled":
+            return fut, CancelledError(fut.key)
+        if fut.status in ("error", "lost"):
+            exc = fut._state.make_exception()
+            if self.raise_errors:
+                raise exc
+            return fut, (type(exc), exc, exc.__traceback__)
+        return fut, value
 
     # sync iteration
     def __iter__(self) -> Iterator[Any]:
         return self
 
-    def __next__(self) -> Any:
+    def _take(self, block: bool) -> Future | None:
         with self._cond:
             while not self._ready:
-                if not self._pending:
-                    raise StopIteration
-                self._cond.wait(0.5)
-            fut = self._ready.popleft()
-        if self.with_results:
-            if fut.status == "error" and not self.raise_errors:
-                return fut, fut.exception()
-            return fut, fut.result()
-        return fut
+                if not block or not self._pending:
+                    return None
+                left = self._remaining()
+                if left is not None and left <= 0:
+                    raise TimeoutError("as_completed() timed out")
+                self._cond.wait(0.1 if left is None else min(0.1, left))
+            return self._ready.popleft()
+
+    def __next__(self) -> Any:
+        fut = self._take(True)
+        if fut is None:
+            raise StopIteration
+        if self.with_results and fut.status == "finished":
+            return self._item(fut, fut.result())
+        return self._item(fut)
+
+    next = __next__
+
+    def next_batch(self, block: bool = True) -> list[Any]:
+        """Every finished future not yet yielded (at least one with
+        ``block=True``, waiting for it; possibly none with ``block=False``).
+
+        Raises:
+            StopIteration: ``block=True`` and nothing is left.
+        """
+        batch = [next(self)] if block else []
+        while True:
+            fut = self._take(False)
+            if fut is None:
+                return batch
+            if self.with_results and fut.status == "finished":
+                batch.append(self._item(fut, fut.result()))
+            else:
+                batch.append(self._item(fut))
+
+    def batches(self) -> Iterator[list[Any]]:
+        """Lists of the futures finished since the last list, until none is left."""
+        while True:
+            try:
+                yield self.next_batch(block=True)
+            except StopIteration:
+                return
 
     # async iteration
     def __aiter__(self) -> as_completed:
@@ -438,20 +574,23 @@ class as_completed:
         return await self._client._across(self._anext_in_loop)
 
     async def _anext_in_loop(self) -> Any:
-        while True:
-            with self._lock:
-                if self._ready:
-                    fut = self._ready.popleft()
-                    break
-                if not self._pending:
-                    raise StopAsyncIteration
-                self._event = trio.Event()
-            await self._event.wait()
-        if self.with_results:
-            if fut.status == "error" and not self.raise_errors:
-                return fut, await fut.exception()
-            return fut, await fut.client._result_async(fut, None)
-        return fut
+        left = self._remaining()
+        try:
+            with trio.fail_after(float("inf") if left is None else max(left, 0)):
+                while True:
+                    with self._lock:
+                        if self._ready:
+                            fut = self._ready.popleft()
+                            break
+                        if not self._pending:
+                            raise StopAsyncIteration
+                        self._event = trio.Event()
+                    await self._event.wait()
+        except trio.TooSlowError:
+            raise TimeoutError("as_completed() timed out") from None
+        if self.with_results and fut.status == "finished":
+            return self._item(fut, await fut.client._result_async(fut, None))
+        return self._item(fut)
 
 
 def fire_and_forget(futures: Any) -> None:

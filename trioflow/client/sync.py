@@ -20,36 +20,96 @@ autoawait, FastAPI) in a Trio loop of its own in a thread.  See
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import functools
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import sniffio
 
+from ..durations import parse_timedelta
 from .bridge import SystemTaskHost, ThreadHost
 from .core import AsyncClient, open_client
+from .datasets import DatasetsMixin
 from .futures import Future
+from .tracebacks import is_remote, with_remote_traceback
 
 logger = logging.getLogger("trioflow.client")
 
-__all__ = ["Client", "default_client"]
+__all__ = ["Client", "default_client", "get_client"]
 
 _current: list[Client] = []
+#: The client of ``with client.as_current():`` blocks (innermost).
+_as_current: contextvars.ContextVar[Client | None] = contextvars.ContextVar("trioflow_current_client", default=None)
+
+_NO_CLIENT = (
+    "No clients found\n"
+    "Start a client and point it to the scheduler address:\n"
+    "    from trioflow import Client\n"
+    "    client = Client('tcp://scheduler-address:8786')"
+)
 
 
-def default_client() -> Client:
-    """The most recently created blocking client that is still open."""
-    for c in reversed(_current):
-        if c.status == "running":
-            return c
-    raise ValueError("no trioflow Client is running")
+def default_client(c: Client | None = None) -> Client:
+    """``c`` if given, else the current client (see :meth:`Client.current`).
+
+    Raises:
+        ValueError: no client is running.
+    """
+    if c is not None:
+        return c
+    return Client.current()
 
 
-class Client:
+def get_client(address: str | None = None, timeout: Any = None, resolve_address: bool = True) -> Client:
+    """The client a piece of code should use.
+
+    Inside a task, the worker's client (when the worker provides one);
+    elsewhere the current client (see :meth:`Client.current`) if it talks to
+    ``address`` (or no address is given), else a new client for ``address``.
+
+    Raises:
+        ValueError: no client is running and no address was given.
+    """
+    from ..worker.executor import thread_state
+
+    worker = getattr(thread_state, "worker", None)
+    if worker is not None and hasattr(worker, "_get_client"):
+        return worker._get_client(timeout=timeout)  # type: ignore[no-any-return]
+    try:
+        client: Client | None = Client.current()
+    except ValueError:
+        client = None
+    if client is not None and (address is None or client.scheduler.address == address):
+        return client
+    if address is not None:
+        return Client(address, timeout=10 if timeout is None else timeout)
+    raise ValueError("No global client found and no address provided")
+
+
+class _SchedulerHandle:
+    """``client.scheduler``: where the scheduler is (dask's rpc object has
+    ``.address``)."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    @property
+    def address(self) -> str:
+        return self._client.scheduler_address
+
+    def __repr__(self) -> str:
+        return f"<scheduler {self.address}>"
+
+
+class Client(DatasetsMixin):
     """Connect to a trioflow scheduler (dask-compatible).
 
     ``Client("tcp://host:8786")``, ``Client(cluster)``, or
@@ -76,14 +136,26 @@ class Client:
         address: Any = None,
         *,
         security: Any = None,
-        timeout: float = 10,
+        timeout: Any = 10,
         name: str | None = None,
         scheduler_file: str | None = None,
         set_as_default: bool = True,
         asynchronous: bool = False,
+        direct_to_workers: bool | None = None,
+        loop: Any = None,
         **cluster_kwargs: Any,
     ) -> None:
         from ..deploy import cluster_for_client
+
+        # None: the default (dask reads it from its configuration).
+        timeout = parse_timedelta(10 if timeout is None else timeout)
+        #: Accepted for dask compatibility: data always moves between the
+        #: client and the workers directly.
+        self.direct_to_workers = direct_to_workers
+        # ``loop`` (dask's Tornado loop to run on) is accepted and unused: a
+        # blocking client runs in a Trio thread of its own, an asynchronous
+        # one in the caller's loop (docs/migrating.rst).
+        del loop
 
         # No address: start a LocalCluster (cluster_kwargs) and close it with
         # us.  An asynchronous client starts it when awaited, in a thread, so
@@ -177,7 +249,14 @@ class Client:
         core = self._running_core()
         if self._asynchronous:
             return core._awaitable(functools.partial(fn, *args, **kwargs))
-        return self._portal.call(functools.partial(fn, *args, **kwargs))
+        try:
+            return self._portal.call(functools.partial(fn, *args, **kwargs))
+        except Exception as exc:
+            if is_remote(exc):
+                # A task's error: its traceback is the task's frames and
+                # this call's, not the portal's machinery.
+                raise with_remote_traceback(exc) from exc.__cause__
+            raise
 
     def _running_core(self) -> AsyncClient:
         core: AsyncClient | None = getattr(self, "_core", None)
@@ -221,12 +300,44 @@ class Client:
     def asynchronous(self) -> bool:
         return self._asynchronous
 
+    @property
+    def scheduler(self) -> _SchedulerHandle:
+        """The scheduler: ``client.scheduler.address``."""
+        return _SchedulerHandle(self)
+
+    @classmethod
+    def current(cls, allow_global: bool = True) -> Client:
+        """The client of the innermost ``with client.as_current():`` block,
+        else (``allow_global``) the newest client that is running.
+
+        Raises:
+            ValueError: there is none.
+        """
+        c = _as_current.get()
+        if c is not None:
+            return c
+        if allow_global:
+            for c in reversed(_current):
+                if c.status == "running":
+                    return c
+        raise ValueError(_NO_CLIENT)
+
+    @contextlib.contextmanager
+    def as_current(self) -> Iterator[Client]:
+        """Make this client :meth:`current` inside the ``with`` block (in
+        this thread or task only)."""
+        token = _as_current.set(self)
+        try:
+            yield self
+        finally:
+            _as_current.reset(token)
+
     def _info_now(self) -> dict[str, Any] | None:
         """scheduler_info() if it can be had without awaiting, else None."""
         if self.status != "running" or self._portal is None:
             return None
         try:
-            return self._portal.call(self._core.scheduler_info)  # type: ignore[no-any-return]
+            return self._portal.call(self._core.scheduler_info, -1)  # type: ignore[no-any-return]
         except Exception:  # noqa: BLE001
             return None
 
@@ -323,35 +434,70 @@ class Client:
         iterables = tuple(list(it) for it in iterables)
         return self._call(self._core.map, func, *iterables, **kwargs)  # type: ignore[no-any-return]
 
-    def gather(self, futures: Any, errors: str = "raise") -> Any:
+    def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None, asynchronous: bool | None = None) -> Any:
+        """The futures' values, in the same structure.  ``direct`` is
+        accepted for dask compatibility (data always comes straight from the
+        workers).
+
+        Raises:
+            ValueError: ``errors`` is not ``"raise"`` or ``"skip"``.
+        """
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
         return self._call(self._core.gather, futures, errors=errors)
 
-    def scatter(self, data: Any, workers: Any = None, broadcast: bool = False, hash: bool = True) -> Any:
+    def scatter(
+        self,
+        data: Any,
+        workers: Any = None,
+        broadcast: bool = False,
+        direct: bool | None = None,
+        hash: bool = True,
+        timeout: Any = None,
+        asynchronous: bool | None = None,
+    ) -> Any:
+        """Put ``data`` on the workers; futures in the same structure.
+        ``direct`` is accepted for dask compatibility (data always goes
+        straight to the workers)."""
+        if isinstance(data, Future) or (isinstance(data, (list, tuple, set)) and any(isinstance(x, Future) for x in data)):
+            raise TypeError("Trying to scatter a Future: futures are already on the cluster")
         return self._call(self._core.scatter, data, workers=workers, broadcast=broadcast, hash=hash)
 
     def cancel(self, futures: Any) -> Any:
         return self._call(self._core.cancel, futures)
 
-    def restart(self, timeout: float = 60) -> Any:
+    def restart(self, timeout: Any = 60, wait_for_workers: bool = True) -> Any:
         """Forget all tasks and restart the workers (through their nannies)."""
-        return self._call(self._core.restart, timeout)
+        return self._call(self._core.restart, parse_timedelta(timeout))
 
-    def who_has(self, futures: Any = None) -> dict[str, list[str]]:
-        return self._call(self._core.who_has, futures)  # type: ignore[no-any-return]
+    def who_has(self, futures: Any = None, workers: Any = None) -> dict[str, list[str]]:
+        return self._call(self._core.who_has, futures, workers=workers)  # type: ignore[no-any-return]
 
     def has_what(self, workers: Any = None) -> dict[str, list[str]]:
         return self._call(self._core.has_what, workers)  # type: ignore[no-any-return]
 
-    def nthreads(self) -> dict[str, int]:
-        return self._call(self._core.nthreads)  # type: ignore[no-any-return]
+    def nthreads(self, workers: Any = None) -> dict[str, int]:
+        return self._call(self._core.nthreads, workers)  # type: ignore[no-any-return]
 
     ncores = nthreads
 
-    def scheduler_info(self) -> dict[str, Any]:
-        return self._call(self._core.scheduler_info)  # type: ignore[no-any-return]
+    def scheduler_info(self, n_workers: int = 5, **kwargs: Any) -> dict[str, Any]:
+        """The scheduler and (the first ``n_workers``, all with -1 of) its workers."""
+        return self._call(self._core.scheduler_info, n_workers)  # type: ignore[no-any-return]
 
-    def run(self, function: Callable[..., Any], *args: Any, workers: Any = None, **kwargs: Any) -> dict[str, Any]:
-        return self._call(self._core.run, function, *args, workers=workers, **kwargs)  # type: ignore[no-any-return]
+    def run(
+        self,
+        function: Callable[..., Any],
+        *args: Any,
+        workers: Any = None,
+        wait: bool = True,
+        nanny: bool = False,
+        on_error: str = "raise",
+        **kwargs: Any,
+    ) -> Any:
+        """Run ``function`` on each worker; ``{worker: result}`` (None with ``wait=False``)."""
+        _check_callable(function, "run")
+        return self._call(self._core.run, function, *args, workers=workers, wait=wait, nanny=nanny, on_error=on_error, **kwargs)
 
     def register_plugin(self, plugin: Any, name: str | None = None, idempotent: bool | None = None) -> Any:
         """See :meth:`AsyncClient.register_plugin <trioflow.client.plugins.PluginsMixin.register_plugin>`."""
@@ -377,11 +523,113 @@ class Client:
     def unregister_scheduler_plugin(self, name: str) -> Any:
         return self._call(self._core.unregister_scheduler_plugin, name)
 
-    def retire_workers(self, workers: Any, timeout: float = 60) -> list[str]:
-        return self._call(self._core.retire_workers, workers, timeout)  # type: ignore[no-any-return]
+    def run_on_scheduler(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``function`` in the scheduler's process; its result."""
+        _check_callable(function, "run_on_scheduler")
+        return self._call(self._core.run_on_scheduler, function, *args, **kwargs)
 
-    def wait_for_workers(self, n_workers: int, timeout: float | None = None) -> Any:
-        return self._call(self._core.wait_for_workers, n_workers, timeout)
+    def retire_workers(self, workers: Any, timeout: Any = 60, close_workers: bool = True, remove: bool = True) -> list[str]:
+        return self._call(self._core.retire_workers, workers, parse_timedelta(timeout))  # type: ignore[no-any-return]
+
+    def wait_for_workers(self, n_workers: int, timeout: Any = None) -> Any:
+        if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
+            raise ValueError(f"n_workers must be a positive int, got {n_workers!r}")
+        return self._call(self._core.wait_for_workers, n_workers, parse_timedelta(timeout))
+
+    def processing(self, workers: Any = None) -> dict[str, list[str]]:
+        """``{worker: keys it is running or has queued}``."""
+        return self._call(self._core.processing, workers)  # type: ignore[no-any-return]
+
+    def nbytes(self, keys: Any = None, summary: bool = True) -> dict[str, int]:
+        """Bytes of each key in memory (summed per key prefix with ``summary``)."""
+        return self._call(self._core.nbytes, keys, summary)  # type: ignore[no-any-return]
+
+    def replicate(self, futures: Any, n: int | None = None, workers: Any = None, branching_factor: int = 2) -> Any:
+        """Copy the futures' data to ``n`` workers (all when None)."""
+        return self._call(self._core.replicate, futures, n=n, workers=workers, branching_factor=branching_factor)
+
+    def rebalance(self, futures: Any = None, workers: Any = None, **kwargs: Any) -> Any:
+        """Even out the memory the workers hold."""
+        return self._call(self._core.rebalance, futures, workers)
+
+    def restart_workers(self, workers: Any, timeout: Any = "default", raise_for_error: bool = True) -> Any:
+        """Restart these workers through their nannies; ``{worker: "OK" or error}``."""
+        if isinstance(workers, str) or not isinstance(workers, (list, tuple, set)):
+            raise TypeError(f"workers must be a list of worker addresses or names, got {type(workers).__name__}")
+        return self._call(self._core.restart_workers, list(workers), timeout, raise_for_error)
+
+    def upload_file(self, filename: str, load: bool = True) -> Any:
+        """Make a local ``.py``, ``.zip`` or ``.egg`` file importable on every
+        worker, including those that join later."""
+        return self._call(self._core.upload_file, filename, load)
+
+    def get_versions(self, check: bool = False, packages: Any = None) -> Any:
+        """``{"scheduler", "workers", "client"}`` versions; ``check=True``
+        raises ValueError when required packages differ."""
+        return self._call(self._core.get_versions, check, packages)
+
+    def write_scheduler_file(self, scheduler_file: str) -> Any:
+        """Write the scheduler's address to ``scheduler_file`` (JSON)."""
+        return self._call(self._core.write_scheduler_file, scheduler_file)
+
+    def dump_cluster_state(
+        self, filename: str = "dump-cluster-state", write_from_scheduler: bool | None = None, exclude: Any = (), format: str = "msgpack", **storage_options: Any
+    ) -> Any:
+        """Write the cluster's state to ``filename.msgpack.gz`` or ``filename.yaml``."""
+        if format not in ("msgpack", "yaml"):
+            raise ValueError(f"Unsupported format {format!r}; expected 'msgpack' or 'yaml'")
+        return self._call(self._core.dump_cluster_state, filename, write_from_scheduler, exclude, format)
+
+    def get_scheduler_logs(self, n: int | None = None) -> Any:
+        """The scheduler's newest ``n`` log lines, ``(level, line)`` pairs."""
+        return self._call(self._core.get_scheduler_logs, n)
+
+    def get_worker_logs(self, n: int | None = None, workers: Any = None, nanny: bool = False) -> Any:
+        """``{worker: its newest n log lines}``."""
+        return self._call(self._core.get_worker_logs, n, workers, nanny)
+
+    def forward_logging(self, logger_name: str | None = None, level: int = logging.NOTSET) -> Any:
+        """Replay here what tasks log on the workers (see :meth:`AsyncClient.forward_logging`)."""
+        return self._call(self._core.forward_logging, logger_name, level)
+
+    def unforward_logging(self, logger_name: str | None = None, level: int = logging.NOTSET) -> Any:
+        return self._call(self._core.unforward_logging, logger_name, level)
+
+    def retry(self, futures: Any) -> Any:
+        """Run failed futures' tasks again."""
+        return self._call(self._core.retry, futures)
+
+    def futures_of(self, collections: Any) -> list[Future]:
+        from .futures import futures_of
+
+        return futures_of(collections)
+
+    def recreate_task_locally(self, future: Future) -> Any:
+        """Run ``future``'s task here, in this thread (dependencies fetched
+        from the cluster), and return its result: for debugging."""
+        if self._asynchronous:
+            return self._recreate_async(future, False)
+        func, args, kwargs = self._call(self._core._task_to_recreate, future, False)
+        return func(*args, **kwargs)
+
+    def recreate_error_locally(self, future: Future) -> Any:
+        """Run the task that made ``future`` fail here, in this thread, so
+        the exception is raised where a debugger can reach it.
+
+        Raises:
+            ValueError: ``future`` did not fail.
+            Exception: what the task raises.
+        """
+        if self._asynchronous:
+            return self._recreate_async(future, True)
+        func, args, kwargs = self._call(self._core._task_to_recreate, future, True)
+        func(*args, **kwargs)
+        return None
+
+    async def _recreate_async(self, future: Future, errored: bool) -> Any:
+        func, args, kwargs = await self._call(self._core._task_to_recreate, future, errored)
+        result = func(*args, **kwargs)
+        return None if errored else result
 
     @property
     def dashboard_link(self) -> str | None:
@@ -449,6 +697,11 @@ class Client:
         cfg, self._dask_config = self._dask_config, None
         if cfg is not None:
             cfg.__exit__(None, None, None)
+
+
+def _check_callable(function: Any, method: str) -> None:
+    if not callable(function):
+        raise TypeError(f"{method}() needs a callable, got {type(function).__name__}")
 
 
 async def _ready(value: Any) -> Any:

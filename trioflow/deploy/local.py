@@ -25,7 +25,14 @@ import attrs
 import trio
 
 from ..comm.inproc import new_inproc_name
-from ..config import NannyConfig, SchedulerConfig, WorkerConfig, build_config, parse_memory_limit
+from ..config import (
+    NannyConfig,
+    SchedulerConfig,
+    WorkerConfig,
+    build_config,
+    get_config,
+    parse_memory_limit,
+)
 from ..scheduler.server import Scheduler
 from ..worker.server import Worker
 from .utils import cpu_count, nprocesses_nthreads
@@ -94,7 +101,7 @@ class InProcessCluster:
             config = _evolve(self.worker_config, name=name, **options)
             from ..process.nanny import Nanny
 
-            node: Any = Nanny(config=NannyConfig(worker=config, **nanny), security=self.security)
+            node: Any = Nanny(config=build_config(NannyConfig, "LocalCluster", {"worker": config, **nanny}), security=self.security)
         else:
             config = _evolve(self.worker_config, name=name, **options)
             node = Worker(config=config, security=self.security)
@@ -510,19 +517,6 @@ def _close_live_clusters() -> None:
             pass
 
 
-def _dask_configured_address() -> str | None:
-    """dask's ``scheduler-address`` setting, which dask users already set;
-    read only when dask is already imported (trioflow never imports it)."""
-    import sys
-
-    dask = sys.modules.get("dask")
-    config = getattr(dask, "config", None)
-    if config is None:
-        return None
-    value = config.get("scheduler-address", None)
-    return str(value) if value else None
-
-
 def _port_free(host: str, port: int) -> bool:
     """Whether a listener could bind ``host:port`` now (as trio binds: with
     SO_REUSEADDR, so a port in TIME_WAIT counts as free)."""
@@ -546,9 +540,10 @@ def cluster_for_client(
     """What a blocking ``Client`` connects to: ``(address or cluster, the
     cluster it started for itself or None)``.
 
-    With no address, no scheduler file, no ``TRIOFLOW_SCHEDULER_ADDRESS``
-    in the environment and no ``scheduler-address`` in dask's configuration
-    (looked at only if dask is already imported), the client starts a :class:`LocalCluster` with
+    With no address, no scheduler file and no configured
+    ``scheduler_address`` (:func:`trioflow.config.get_config`:
+    ``TRIOFLOW_SCHEDULER_ADDRESS``, the YAML file, or dask's
+    ``scheduler-address``), the client starts a :class:`LocalCluster` with
     ``cluster_kwargs`` (every ``LocalCluster`` argument; the client's
     ``security`` too) and must close it
     with itself.  Otherwise ``cluster_kwargs`` are ignored, as dask ignores
@@ -558,14 +553,12 @@ def cluster_for_client(
         TypeError: ``address`` is neither an address, a cluster object nor
             None (a cluster *class*, say).
     """
-    import os
-
     if address is not None and not isinstance(address, str) and (
         isinstance(address, type) or not isinstance(getattr(address, "scheduler_address", None), str)
     ):
         raise TypeError(f"Scheduler address must be a string or a Cluster instance, got {type(address)}")
-    if address is None and scheduler_file is None and not os.environ.get("TRIOFLOW_SCHEDULER_ADDRESS"):
-        configured = _dask_configured_address()
+    if address is None and scheduler_file is None:
+        configured = get_config().scheduler_address
         if configured:
             return configured, None
         if security is not None:

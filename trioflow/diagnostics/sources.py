@@ -19,7 +19,7 @@ rate and only while someone watches.  Its cost is proportional to the
 number of workers and task prefixes plus the (capped) number of tasks that
 finished since the last call, never to the number of tasks in the graph
 (except on a worker page, whose per-prefix counts walk the worker's own
-tasks, capped at :data:`MAX_WORKER_TASKS_SCANNED`).
+tasks, capped at ``dashboard.max_worker_tasks_scanned``).
 
 The worker's ``task_log`` / ``transfer_log`` (and the scheduler's
 ``transfer_stream``) are lists their owners append to and trim from the front.
@@ -41,6 +41,7 @@ import attrs
 import trio
 
 from .._version import __version__
+from ..config import load_config
 from ..keys import key_prefix
 from ..process.system import ProcessMeter
 
@@ -159,8 +160,8 @@ class _Rate:
         return self.value
 
 
-def _cut(key: str) -> str:
-    return key if len(key) <= MAX_KEY_CHARS else key[: MAX_KEY_CHARS - 1] + "…"
+def _cut(key: str, limit: int = MAX_KEY_CHARS) -> str:
+    return key if len(key) <= limit else key[: limit - 1] + "…"
 
 
 def _r(x: float, nd: int = 3) -> float:
@@ -253,6 +254,8 @@ class SchedulerSource:
 
     def __init__(self, scheduler: Any) -> None:
         self.server = scheduler
+        #: The page's caps (dashboard.* of trioflow.config), read once.
+        self._caps = load_config(use_dask=False).config.dashboard
         self._stream = _RingTail(scheduler.task_stream)
         # Transfers reach the page only if the scheduler keeps a stream of
         # them: (receiving worker, peer, nbytes, start, stop, nkeys) tuples.
@@ -273,20 +276,19 @@ class SchedulerSource:
         self._rate.prime((e[3] for e in items), time.time())
         return [self._stream_entry(e) for e in items], [list(t)[:6] for t in transfers]
 
-    @staticmethod
-    def _stream_entry(e: tuple[str, str, float, float, int]) -> list[Any]:
+    def _stream_entry(self, e: tuple[str, str, float, float, int]) -> list[Any]:
         key, worker, start, stop, thread = e
-        return [_cut(key), key_prefix(key), worker, thread, _r(start), _r(stop)]
+        return [_cut(key, self._caps.max_key_chars), key_prefix(key), worker, thread, _r(start), _r(stop)]
 
     def snapshot(self) -> dict[str, Any]:
         s = self.server
         st = s.state
         now = time.time()
         loop_now = _now_loop()
-        items, n_new = self._stream.take(MAX_STREAM_PER_SNAPSHOT)
-        transfers, _ = self._transfers.take(MAX_STREAM_PER_SNAPSHOT)
+        items, n_new = self._stream.take(self._caps.max_stream_per_snapshot)
+        transfers, _ = self._transfers.take(self._caps.max_stream_per_snapshot)
         rate = self._rate.add(n_new, now)
-        rows = [_scheduler_worker_row(ws, loop_now) for ws in itertools.islice(st.workers.values(), MAX_WORKER_ROWS)]
+        rows = [_scheduler_worker_row(ws, loop_now) for ws in itertools.islice(st.workers.values(), self._caps.max_worker_rows)]
         rows.sort(key=lambda r: (r["name"], r["address"]))
         rss, cpu = self._probe.read()
         return {
@@ -311,7 +313,7 @@ class SchedulerSource:
                 "bandwidth": _r(sum(float(ws.metrics.get("bandwidth", 0.0) or 0.0) for ws in st.workers.values()), 0),
                 "events": s.events_handled,
                 "process": {"memory": rss, "cpu": _r(cpu, 1)},
-                "truncated_workers": max(len(st.workers) - MAX_WORKER_ROWS, 0),
+                "truncated_workers": max(len(st.workers) - self._caps.max_worker_rows, 0),
             },
             "workers": rows,
             "prefixes": self._prefixes(),
@@ -341,10 +343,10 @@ class SchedulerSource:
             d = durations.get(prefix)
             row["duration"] = _r(d, 4) if d is not None else None
             out.append(row)
-        if len(out) > MAX_PREFIXES:
+        if len(out) > self._caps.max_prefixes:
             # Keep the busiest ones: those with work still to do first.
             out.sort(key=lambda r: (r["waiting"] + r["processing"], r["total"]), reverse=True)
-            out = out[:MAX_PREFIXES]
+            out = out[:self._caps.max_prefixes]
         return out
 
     # ------------------------------------------------------------ endpoints
@@ -438,6 +440,8 @@ class WorkerSource:
 
     def __init__(self, worker: Any) -> None:
         self.server = worker
+        #: The page's caps (dashboard.* of trioflow.config), read once.
+        self._caps = load_config(use_dask=False).config.dashboard
         self._stream = _Tail(lambda: worker.task_log)
         self._transfers = _Tail(lambda: worker.transfer_log)
         self._count_tail = _Tail(lambda: worker.transfer_log)
@@ -453,7 +457,7 @@ class WorkerSource:
 
     def _stream_entry(self, e: tuple[str, float, float, int]) -> list[Any]:
         key, start, stop, thread = e
-        return [_cut(key), key_prefix(key), self.server.address, thread, _r(start), _r(stop)]
+        return [_cut(key, self._caps.max_key_chars), key_prefix(key), self.server.address, thread, _r(start), _r(stop)]
 
     def _transfer_entry(self, t: dict[str, Any]) -> list[Any]:
         return [self.server.address, t.get("who", ""), int(t.get("bytes", 0)), _r(t.get("start", 0.0)), _r(t.get("stop", 0.0)), len(t.get("keys", ()))]
@@ -497,7 +501,7 @@ class WorkerSource:
         prefixes: dict[str, dict[str, Any]] = {}
         if st is None:
             return states, []
-        for t in itertools.islice(st.tasks.values(), MAX_WORKER_TASKS_SCANNED):
+        for t in itertools.islice(st.tasks.values(), self._caps.max_worker_tasks_scanned):
             states[t.state] = states.get(t.state, 0) + 1
             group = _WORKER_STATE_GROUP.get(t.state)
             if group is None:
@@ -509,16 +513,16 @@ class WorkerSource:
             row[group] += 1
             row["total"] += 1
         out = list(prefixes.values())
-        if len(out) > MAX_PREFIXES:
+        if len(out) > self._caps.max_prefixes:
             out.sort(key=lambda r: r["total"], reverse=True)
-            out = out[:MAX_PREFIXES]
+            out = out[:self._caps.max_prefixes]
         return states, out
 
     def snapshot(self) -> dict[str, Any]:
         w = self.server
         now = time.time()
-        items, n_new = self._stream.take(MAX_STREAM_PER_SNAPSHOT)
-        transfers, _ = self._transfers.take(MAX_STREAM_PER_SNAPSHOT)
+        items, n_new = self._stream.take(self._caps.max_stream_per_snapshot)
+        transfers, _ = self._transfers.take(self._caps.max_stream_per_snapshot)
         rate = self._rate.add(n_new, now)
         self.poll()
         row = self.row()

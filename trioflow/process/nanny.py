@@ -60,7 +60,7 @@ import attrs
 import trio
 
 from ..comm import Comm, CommClosedError, CommError, listen
-from ..config import NannyConfig, WorkerConfig, build_config
+from ..config import NannyConfig, WorkerConfig, build_config, load_config
 from ..errors import NannyStartError, find_leaf, leaves
 from ..protocol import messages as m
 from ..protocol.codec import ProtocolError, check_count, check_prefix, decode, encode, pack_prefix
@@ -74,8 +74,8 @@ logger = logging.getLogger("trioflow.nanny")
 
 __all__ = ["Nanny", "NannyStartError", "read_start_message", "run_worker_process"]
 
-READY_TIMEOUT = 60.0
-MEMORY_TERMINATE_FRACTION = 0.95
+READY_TIMEOUT = 60.0  # default of nanny.ready_timeout (trioflow.config)
+MEMORY_TERMINATE_FRACTION = 0.95  # default of worker.memory.terminate
 
 
 class Nanny:
@@ -89,8 +89,8 @@ class Nanny:
         security: Any = None,
         listen_address: str | None = None,
         worker_listen_address: str | None = None,
-        grace: float = 5.0,
-        memory_terminate_fraction: float = MEMORY_TERMINATE_FRACTION,
+        grace: float | None = None,
+        memory_terminate_fraction: float | None = None,
         env: dict[str, str] | None = None,
         **worker_settings: Any,
     ) -> None:
@@ -121,13 +121,14 @@ class Nanny:
                 "Nanny",
                 {"scheduler_address": scheduler_address, "listen_address": worker_listen_address, **worker_settings},
             )
-            config = NannyConfig(
-                worker=worker,
-                listen_address=listen_address,
-                grace=grace,
-                memory_terminate_fraction=memory_terminate_fraction,
-                env=dict(env or {}),
-            )
+            nanny_settings: dict[str, Any] = {"worker": worker, "listen_address": listen_address, "env": dict(env or {})}
+            if grace is not None:
+                nanny_settings["grace"] = grace
+            if memory_terminate_fraction is not None:
+                nanny_settings["memory_terminate_fraction"] = memory_terminate_fraction
+            # What is not given comes from the configuration (nanny.grace,
+            # worker.memory.terminate).
+            config = build_config(NannyConfig, "Nanny", nanny_settings)
         elif scheduler_address is not None or worker_settings or listen_address is not None or worker_listen_address is not None:
             raise TypeError("Nanny() takes config= or the scheduler address and keywords, not both")
         #: The configuration, whole (the attributes below are copies of it).
@@ -139,6 +140,8 @@ class Nanny:
         self.listen_address = config.listen_address
         self.grace = config.grace
         self.memory_terminate_fraction = config.memory_terminate_fraction
+        #: Seconds a new worker process gets to report ready (nanny.ready_timeout).
+        self.ready_timeout = load_config(use_dask=False).config.nanny.ready_timeout
         self.env = dict(config.env)
         self.address = ""
         self.worker_address = ""
@@ -308,7 +311,7 @@ class Nanny:
                     # wait for the scheduler (death_timeout is the worker's).
                     line = await self._read_status(ready, None)
             if line is None:  # start-up timeout
-                logger.error("worker process %d did not start within %ss", proc.pid, READY_TIMEOUT)
+                logger.error("worker process %d did not start within %ss", proc.pid, self.ready_timeout)
                 await self._stop_process(proc)
                 return proc.returncode if proc.returncode is not None else -1
             if line.startswith(b"READY "):
@@ -362,7 +365,7 @@ class Nanny:
         """One status line from the worker process (b"" at EOF), or None on
         timeout (only with ``proc``: the start-up phase)."""
         buf = self._status_buf
-        with trio.move_on_after(READY_TIMEOUT if proc is not None else float("inf")):
+        with trio.move_on_after(self.ready_timeout if proc is not None else float("inf")):
             while b"\n" not in buf:
                 chunk = await stream.receive_some(4096)
                 if not chunk:
@@ -425,9 +428,10 @@ class Nanny:
                 pass
             await proc.wait()
 
-    async def restart(self, timeout: float = READY_TIMEOUT) -> None:
+    async def restart(self, timeout: float | None = None) -> None:
         """Stop the worker process (cleanly, with the ladder) and wait, at most
-        ``timeout`` seconds, until the supervise loop has a new one registered.
+        ``timeout`` seconds (default :attr:`ready_timeout`), until the
+        supervise loop has a new one registered.
 
         Raises:
             TimeoutError: no new worker within ``timeout``.
@@ -436,6 +440,8 @@ class Nanny:
         if old is None or old.returncode is not None:
             return
         self._restart_requested = True
+        if timeout is None:
+            timeout = self.ready_timeout
         await self._stop_process(old)
         with trio.move_on_after(timeout):
             while not (self.process is not old and self.status is Status.running):

@@ -537,6 +537,295 @@ class StartWorkerProcess(Message):
     nanny: str = ""
 
 
+# ---------------------------------------------------------------- coordination primitives
+#
+# Requests to the scheduler on pooled connections (see
+# trioflow.scheduler.extensions).  ``client`` is the asking client's id: what
+# it holds or waits for goes when it leaves.  ``timeout`` None waits forever.
+# A wait that reaches its timeout is answered with PrimitiveTimedOut.  User
+# values travel as ``data`` (opaque to the scheduler) plus ``keys``, the
+# futures they reference, which the scheduler keeps alive meanwhile.
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class PrimitiveItem:
+    """One user value kept by a primitive: bytes and the future keys inside."""
+
+    data: Serialized
+    keys: list[str] = attrs.field(factory=_empty_list)
+
+
+@message("primitive-timed-out")
+class PrimitiveTimedOut(Message):
+    pass
+
+
+@message("bool-reply")
+class BoolReply(Message):
+    value: bool
+
+
+@message("int-reply")
+class IntReply(Message):
+    value: int
+
+
+@message("names-reply")
+class NamesReply(Message):
+    names: list[str]
+
+
+@message("item-reply")
+class ItemReply(Message):
+    """A user value; ``data`` None: there is none (no such dataset)."""
+
+    data: Serialized | None
+    keys: list[str] = attrs.field(factory=_empty_list)
+
+
+@message("items-reply")
+class ItemsReply(Message):
+    items: list[PrimitiveItem]
+
+
+@message("variable-set")
+class VariableSet(Message):
+    client: str
+    name: str
+    data: Serialized
+    keys: list[str] = attrs.field(factory=_empty_list)
+
+
+@message("variable-get")
+class VariableGet(Message):
+    """Answered with ItemReply once the variable has a value."""
+
+    client: str
+    name: str
+    timeout: float | None = None
+
+
+@message("variable-delete")
+class VariableDelete(Message):
+    client: str
+    name: str
+
+
+@message("queue-create")
+class QueueCreate(Message):
+    """Use (and create, if new) a queue; answered with its maxsize."""
+
+    client: str
+    name: str
+    maxsize: int = 0
+
+
+@message("queue-release")
+class QueueRelease(Message):
+    client: str
+    name: str
+
+
+@message("queue-put")
+class QueuePut(Message):
+    client: str
+    name: str
+    data: Serialized
+    keys: list[str] = attrs.field(factory=_empty_list)
+    timeout: float | None = None
+
+
+@message("queue-get")
+class QueueGet(Message):
+    """``batch`` 0: one item (ItemReply); -1: all there are, without waiting;
+    n > 0: n items at once (ItemsReply)."""
+
+    client: str
+    name: str
+    timeout: float | None = None
+    batch: int = 0
+
+
+@message("queue-size")
+class QueueSize(Message):
+    client: str
+    name: str
+
+
+@message("lock-acquire")
+class LockAcquire(Message):
+    client: str
+    name: str
+    id: str
+    timeout: float | None = None
+
+
+@message("lock-release")
+class LockRelease(Message):
+    client: str
+    name: str
+    id: str
+
+
+@message("lock-locked")
+class LockLocked(Message):
+    client: str
+    name: str
+
+
+@message("multi-lock-acquire")
+class MultiLockAcquire(Message):
+    client: str
+    id: str
+    names: list[str]
+    num_locks: int | None = None
+    timeout: float | None = None
+
+
+@message("multi-lock-release")
+class MultiLockRelease(Message):
+    client: str
+    id: str
+
+
+@message("event-set")
+class EventSet(Message):
+    client: str
+    name: str
+
+
+@message("event-clear")
+class EventClear(Message):
+    client: str
+    name: str
+
+
+@message("event-is-set")
+class EventIsSet(Message):
+    client: str
+    name: str
+
+
+@message("event-wait")
+class EventWait(Message):
+    """Answered with BoolReply(True) once set, or PrimitiveTimedOut."""
+
+    client: str
+    name: str
+    timeout: float | None = None
+
+
+@message("semaphore-create")
+class SemaphoreCreate(Message):
+    """Use (and create, if new) a semaphore; answered with its max_leases."""
+
+    client: str
+    name: str
+    max_leases: int
+
+
+@message("semaphore-acquire")
+class SemaphoreAcquire(Message):
+    client: str
+    name: str
+    lease_id: str
+    timeout: float | None = None
+    #: The worker the acquiring task runs on ("" outside tasks).
+    worker: str = ""
+
+
+@message("semaphore-release")
+class SemaphoreRelease(Message):
+    """Answered with BoolReply: False when the lease was not held (expired)."""
+
+    client: str
+    name: str
+    lease_id: str
+
+
+@message("semaphore-refresh")
+class SemaphoreRefresh(Message):
+    client: str
+    name: str
+    lease_ids: list[str]
+
+
+@message("semaphore-value")
+class SemaphoreValue(Message):
+    client: str
+    name: str
+
+
+@message("semaphore-close")
+class SemaphoreClose(Message):
+    client: str
+    name: str
+
+
+@message("publish")
+class Publish(Message):
+    """Answered with IntReply: the number of subscribers reached."""
+
+    client: str
+    name: str
+    data: Serialized
+
+
+@message("subscribe-add")
+class SubscribeAdd(Message):
+    client: str
+    name: str
+    id: str
+
+
+@message("subscribe-remove")
+class SubscribeRemove(Message):
+    client: str
+    id: str
+
+
+@message("subscribe-get")
+class SubscribeGet(Message):
+    client: str
+    id: str
+    timeout: float | None = None
+
+
+@message("keys-received")
+class KeysReceived(Message):
+    """The client now has futures for keys a primitive handed it, and has
+    said so on its stream: the scheduler may drop its own hold on them."""
+
+    client: str
+    keys: list[str]
+
+
+@message("dataset-publish")
+class DatasetPublish(Message):
+    client: str
+    name: str
+    data: Serialized
+    keys: list[str] = attrs.field(factory=_empty_list)
+    override: bool = False
+
+
+@message("dataset-get")
+class DatasetGet(Message):
+    client: str
+    name: str
+
+
+@message("dataset-unpublish")
+class DatasetUnpublish(Message):
+    client: str
+    name: str
+
+
+@message("dataset-list")
+class DatasetList(Message):
+    client: str
+
+
 # ---------------------------------------------------------------- plugins
 
 
@@ -594,6 +883,82 @@ class PluginReply(Message):
     #: The workers (or nannies) where it went well.
     done: list[str] = attrs.field(factory=_empty_list)
 
-
 #: Sub-structures that travel inside messages (not messages themselves).
-STRUCTURES: tuple[type, ...] = (TaskSpec, WorkerInfo, TLSSettings, WorkerConfig, PluginFailure)
+STRUCTURES: tuple[type, ...] = (TaskSpec, WorkerInfo, TLSSettings, WorkerConfig, PrimitiveItem, PluginFailure)
+
+
+# ---------------------------------------------------------------- client administration (scheduler/admin.py)
+
+
+@message("run-on-scheduler")
+class RunOnScheduler(Message):
+    """Call a function in the scheduler's process (answered by :class:`RunReply`).
+    ``wait=False``: answer at once, the function runs on."""
+
+    function: bytes
+    args: Serialized
+    wait: bool = True
+
+
+@message("scheduler-query")
+class SchedulerQuery(Message):
+    """A read-only question about the cluster; ``what`` is one of
+    :data:`QUERIES`.  Answered by :class:`QueryReply`."""
+
+    what: str
+    keys: list[str] | None = None
+    workers: list[str] | None = None
+    n: int = -1
+
+
+#: What :class:`SchedulerQuery` may ask.
+QUERIES = ("processing", "nbytes", "state", "logs", "versions", "task")
+
+
+@message("query-reply")
+class QueryReply(Message):
+    """The answer to a :class:`SchedulerQuery`, as plain data (msgpack-able
+    values serialized by the scheduler)."""
+
+    result: Serialized
+
+
+@message("retry-keys")
+class RetryKeys(Message):
+    keys: list[str]
+    client: str = ""
+
+
+@message("replicate")
+class Replicate(Message):
+    keys: list[str]
+    n: int | None = None
+    workers: list[str] | None = None
+
+
+@message("rebalance")
+class Rebalance(Message):
+    keys: list[str] | None = None
+    workers: list[str] | None = None
+
+
+@message("restart-workers")
+class RestartWorkers(Message):
+    workers: list[str]
+    timeout: float = 60.0
+
+
+@message("restart-workers-reply")
+class RestartWorkersReply(Message):
+    #: worker -> "OK" or why it could not be restarted.
+    results: dict[str, str]
+
+
+@message("upload-file")
+class UploadFile(Message):
+    """A file to put on every worker, present and future (``upload_file``)."""
+
+    filename: str
+    data: bytes
+    load: bool = True
+

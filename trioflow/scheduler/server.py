@@ -47,7 +47,7 @@ import trio
 
 from ..comm import BatchedSend, Comm, CommClosedError, listen
 from ..comm.addressing import Address, parse_address
-from ..config import SchedulerConfig, build_config
+from ..config import SchedulerConfig, build_config, get_config
 from ..process.lifecycle import FINAL, Status, ended_in_failure
 from ..process.malloc import trim_process_memory
 from ..process.system import default_host
@@ -55,6 +55,9 @@ from ..protocol import messages as m
 from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
 from . import state as ss
+from .admin import SchedulerAdmin
+from .extensions.serve import HANDLED as PRIMITIVE_REQUESTS
+from .extensions.serve import PrimitivesServer
 from .plugins import SchedulerPlugins
 from .taskstream import TaskStream
 
@@ -63,7 +66,7 @@ logger = logging.getLogger("trioflow.scheduler")
 __all__ = ["Scheduler"]
 
 #: Finished tasks kept for the page's task stream (the newest): ~1.3 MB.
-TASK_STREAM_LENGTH = 10_000
+TASK_STREAM_LENGTH = 10_000  # the default of scheduler.task_stream_length (trioflow.config)
 
 
 class Scheduler:
@@ -103,12 +106,14 @@ class Scheduler:
         self.security = security
         self.id = f"scheduler-{uuid.uuid4().hex[:12]}"
         self.name = config.name
+        tuning = get_config().scheduler  # read once; see trioflow.config
         self.state = ss.SchedulerState(
             allowed_failures=config.allowed_failures,
             validate=config.validate,
             worker_saturation=config.worker_saturation,
             scheduler_id=self.id,
             worker_ttl=config.worker_ttl,
+            bandwidth=float(tuning.bandwidth),
         )
         self.worker_ttl = config.worker_ttl
         self.scheduler_file = config.scheduler_file
@@ -128,7 +133,7 @@ class Scheduler:
         self._nursery: trio.Nursery | None = None
         self._requests: dict[str, _PendingRequest] = {}
         self._request_counter = 0
-        self.task_stream = TaskStream(TASK_STREAM_LENGTH)
+        self.task_stream = TaskStream(tuning.task_stream_length)
         #: Transfers between workers, as the workers report them in heartbeats:
         #: (worker, peer it fetched from, bytes, start, stop, number of keys).
         self.transfer_stream: list[tuple[str, str, int, float, float, int]] = []
@@ -147,7 +152,10 @@ class Scheduler:
             m.RegisterPlugin: self._plugins.register,
             m.UnregisterPlugin: self._plugins.unregister,
         }
+        self.primitives = PrimitivesServer(self)
         self._build_dispatch_tables()
+        self.admin = SchedulerAdmin(self)
+        self._request_handlers.update(self.admin.handlers())
 
     async def __aenter__(self) -> Scheduler:
         """``async with Scheduler(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
@@ -215,6 +223,7 @@ class Scheduler:
                     port = await nursery.start(serve_dashboard, self, self.dashboard_address)
                     self.services["dashboard"] = port
                 nursery.start_soon(self._liveness_loop)
+                nursery.start_soon(self.primitives.run)
                 self._write_scheduler_file()
                 self.status = Status.running
                 task_status.started(self)
@@ -293,6 +302,10 @@ class Scheduler:
         instructions = self.state.handle(event, trio.current_time())
         self.events_handled += 1
         self._dispatch(instructions)
+        if type(event) is ss.RemoveClientEvent:
+            self.primitives.remove_client(event.client)
+        elif type(event) is ss.RemoveWorkerEvent:
+            self.primitives.remove_worker(event.address)
         if self._plugins.watch_transitions:
             self._plugins.after_event(event)
 
@@ -385,6 +398,15 @@ class Scheduler:
                     msg = await comm.recv()
                 except CommClosedError:
                     return
+            if type(msg) in PRIMITIVE_REQUESTS:
+                # It answers on comm itself (and takes back what an
+                # undeliverable answer granted).
+                try:
+                    await self.primitives.serve_request(comm, msg)
+                except CommClosedError:
+                    return
+                msg = None
+                continue
             handler = self._request_handlers.get(type(msg))
             if handler is None:
                 reply: m.Message = m.ErrorReply(message=f"the scheduler does not serve {msg.op!r} requests on this connection")
@@ -420,6 +442,7 @@ class Scheduler:
             services=reg.services,
             nbytes=reg.nbytes,
         )
+        await self.admin.worker_joining(address)
         try:
             instructions = self.state.handle(event, trio.current_time())
         except ss.InvalidEvent as exc:

@@ -51,7 +51,7 @@ import trio
 
 from ..comm import BatchedSend, Comm, CommClosedError, CommError, ConnectionPool, connect, listen
 from ..comm.addressing import Address, parse_address
-from ..config import WorkerConfig, build_config
+from ..config import WorkerConfig, build_config, load_config
 from ..errors import RegistrationRefused
 from ..process.lifecycle import FINAL, Status, ended_in_failure
 from ..process.malloc import trim_process_memory
@@ -187,6 +187,9 @@ class Worker:
         # restarts the worker at 95%.)  None switches a threshold off.
         self.memory_target_fraction = config.memory_target_fraction
         self.memory_pause_fraction = config.memory_pause_fraction
+        # Tuning of the state machine, read once (none of it has a
+        # dask.config key, so dask is not imported for it).
+        self._tuning = load_config(use_dask=False).config.worker
         from .._plugin_host import PluginHost
 
         #: Worker plugins registered by clients (see :mod:`trioflow.plugins`).
@@ -247,7 +250,17 @@ class Worker:
                 self.address = self._contact(listener.address, comm)
                 if not self.name:
                     self.name = self.address
-                self.state = ws.WorkerState(address=self.address, nthreads=self.nthreads, resources=self.resources, validate=self.validate)
+                t = self._tuning
+                self.state = ws.WorkerState(
+                    address=self.address,
+                    nthreads=self.nthreads,
+                    resources=self.resources,
+                    validate=self.validate,
+                    prefetch_max=t.prefetch_max,
+                    prefetch_horizon=t.prefetch_horizon,
+                    prefetch_below=t.prefetch_below,
+                    memory_resume_fraction=t.memory.resume,
+                )
                 if self.memory_limit and self.memory_target_fraction:
                     self.data = SpillBuffer(
                         os.path.join(self.local_directory, "spill"), int(self.memory_limit * self.memory_target_fraction)
@@ -645,7 +658,7 @@ class Worker:
             if rss is None:
                 continue
             if rss > pause_at and isinstance(self.data, SpillBuffer) and self.data.fast:
-                self.data.spill_lru(int(rss - pause_at * ws.MEMORY_RESUME_FRACTION))
+                self.data.spill_lru(int(rss - pause_at * self._tuning.memory.resume))
                 if trim_process_memory():
                     rss = self._proc.rss() or rss
             self._handle(ws.MemorySampleEvent(rss=rss, pause_at=pause_at))  # the state decides

@@ -140,13 +140,26 @@ class WorkerStateRecord:
         max_transfer_bytes: int = 50_000_000,
         max_concurrent_fetches: int = 4,
         validate: bool = False,
+        prefetch_max: int = PREFETCH_MAX,
+        prefetch_horizon: float = PREFETCH_HORIZON,
+        prefetch_below: float = PREFETCH_BELOW,
+        memory_resume_fraction: float = MEMORY_RESUME_FRACTION,
     ) -> None:
         #: This worker's contact address (never a peer to fetch from).
         self.address = address
         #: Executor threads: runs started without a prefetch condition.
         self.nthreads = nthreads
+        #: Prefetch tuning (``worker.prefetch_*`` of trioflow.config; the
+        #: module constants are the defaults): per thread at most
+        #: ``prefetch_max`` runs, about ``prefetch_horizon`` seconds of
+        #: them, of tasks measured shorter than ``prefetch_below``.
+        self.prefetch_max = prefetch_max
+        self.prefetch_horizon = prefetch_horizon
+        self.prefetch_below = prefetch_below
+        #: Resume below this fraction of the pause threshold.
+        self.memory_resume_fraction = memory_resume_fraction
         #: Runs the executor may hold at once, prefetched ones included.
-        self.slots = nthreads + (prefetch if prefetch is not None else PREFETCH_MAX * nthreads)
+        self.slots = nthreads + (prefetch if prefetch is not None else prefetch_max * nthreads)
         #: Run time per key prefix (moving average), for prefetching.
         self.durations: dict[str, float] = {}
         #: Resources this worker has (names to amounts) ...

@@ -8,8 +8,8 @@ Executor slots: the executor runs ``nthreads`` tasks at once but is handed up
 to ``nthreads + prefetch`` of them, so a thread that finishes a task starts
 the next one without a round trip through the event loop (a thread hand-off
 per task costs more than a small task).  Only tasks whose prefix has been
-measured to run shorter than :data:`PREFETCH_BELOW` take a prefetch slot,
-only as many as :data:`PREFETCH_HORIZON` of their work, and only while
+measured to run shorter than ``prefetch_below`` (:data:`PREFETCH_BELOW`) take a prefetch slot,
+only as many as ``prefetch_horizon`` (:data:`PREFETCH_HORIZON`) of their work, and only while
 everything already in the executor is measured short too (a task handed over
 cannot be stolen any more, so none may wait behind a long run).  For longer
 tasks the round trip is noise, and a task handed over early is committed to
@@ -28,13 +28,7 @@ import heapq
 
 from ...keys import key_prefix
 from ...protocol.messages import ComputeTask, StealResponse, TaskErred, TaskFinished
-from .entities import (
-    MEMORY_RESUME_FRACTION,
-    PREFETCH_BELOW,
-    PREFETCH_HORIZON,
-    PREFETCH_MAX,
-    WorkerTask,
-)
+from .entities import WorkerTask
 from .events import (
     ComputeTaskEvent,
     DataPutEvent,
@@ -302,7 +296,7 @@ class Execution(Fetching):
         if ev.rss > ev.pause_at and not self.paused:
             self.paused = True
             self._out.append(ReportPause(True, ev.rss))
-        elif ev.rss < ev.pause_at * MEMORY_RESUME_FRACTION and self.paused:
+        elif ev.rss < ev.pause_at * self.memory_resume_fraction and self.paused:
             self.paused = False
             self._out.append(ReportPause(False, ev.rss))
 
@@ -319,9 +313,9 @@ class Execution(Fetching):
 
 
     def _short(self, prefix: str) -> float | None:
-        """The measured run time of a key prefix if under PREFETCH_BELOW."""
+        """The measured run time of a key prefix if under ``prefetch_below``."""
         d = self.durations.get(prefix)
-        return d if d is not None and d < PREFETCH_BELOW else None
+        return d if d is not None and d < self.prefetch_below else None
 
     def _runs_only_short(self) -> bool:
         """Is every run in the executor (superseded ones too) measured short?"""
@@ -342,7 +336,7 @@ class Execution(Fetching):
         d = self._short(ts.prefix)
         if d is None or not (self._runs_only_short() if only_short is None else only_short):
             return False
-        per_thread = min(PREFETCH_MAX, max(1, int(PREFETCH_HORIZON / d))) if d > 0 else PREFETCH_MAX
+        per_thread = min(self.prefetch_max, max(1, int(self.prefetch_horizon / d))) if d > 0 else self.prefetch_max
         return self.n_executing < self.nthreads + max(2, per_thread * self.nthreads)
 
     def _measured(self, prefix: str, start: float, stop: float) -> None:

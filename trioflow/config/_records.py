@@ -248,19 +248,62 @@ class SchedulerConfig:
     worker_saturation: float = attrs.field(default=1.1, converter=_float, validator=_positive)
 
 
+#: Record fields whose default comes from the configuration tree
+#: (:func:`trioflow.config.get_config`) when not given explicitly.
+_FROM_TREE: dict[str, dict[str, str]] = {
+    "WorkerConfig": {
+        "memory_target_fraction": "worker.memory.target",
+        "memory_pause_fraction": "worker.memory.pause",
+        "heartbeat_interval": "worker.heartbeat_interval",
+        "death_timeout": "worker.death_timeout",
+        "connect_timeout": "comm.connect_timeout",
+    },
+    "NannyConfig": {
+        "grace": "nanny.grace",
+        "memory_terminate_fraction": "worker.memory.terminate",
+    },
+    "SchedulerConfig": {
+        "worker_saturation": "scheduler.worker_saturation",
+        "allowed_failures": "scheduler.allowed_failures",
+        "worker_ttl": "scheduler.worker_ttl",
+    },
+}
+
+
+def configured_defaults(cls: type, given: Any = ()) -> dict[str, Any]:
+    """The values of ``cls``'s fields that the configuration tree sets, for
+    the fields not in ``given``.
+
+    Raises:
+        ConfigError: a bad value in a configuration source.
+    """
+    wanted = {f: k for f, k in _FROM_TREE.get(cls.__name__, {}).items() if f not in given}
+    if not wanted:
+        return {}
+    from ._sources import load_config  # not at import: _kinds imports this module
+
+    loaded = load_config()
+    return {field: loaded.get(key) for field, key in wanted.items()}
+
+
 def build_config(cls: type[_C], owner: str, settings: dict[str, Any]) -> _C:
     """``cls(**settings)``, with a one-line error naming ``owner``'s keyword
-    for a keyword the record does not have.
+    for a keyword the record does not have.  Fields not in ``settings``
+    that the configuration tree holds (memory fractions, timeouts, the
+    scheduler's worker-saturation and allowed-failures, ...) take its values
+    (:func:`trioflow.config.get_config`), so explicit arguments win over
+    every configuration source.
 
     Raises:
         TypeError: an unknown keyword.
-        ValueError: a bad value (the record's one-line message).
+        ValueError: a bad value (the record's one-line message, or a
+            :class:`~trioflow.config.ConfigError` naming the key and source).
     """
     names = {a.alias or a.name for a in attrs.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(settings) - names)
     if unknown:
         raise TypeError(f"{owner}() got an unexpected keyword argument {unknown[0]!r}")
-    return cls(**settings)
+    return cls(**{**configured_defaults(cls, settings), **settings})
 
 
 # ---------------------------------------------------------------- sizes
@@ -305,7 +348,7 @@ def parse_memory_limit(limit: str | int | float | None, nthreads: int = 1, n_wor
         ValueError: anything else; the message says what is accepted.
     """
     if total is None:
-        from .process.system import total_memory  # not at import: it loads socket
+        from ..process.system import total_memory  # not at import: it loads socket
 
         total = total_memory()
     if limit is None or limit == 0 or limit == "0":
