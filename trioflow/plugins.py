@@ -155,59 +155,10 @@ def _host_directory(host: Any) -> str:
     return getattr(host, "local_directory", "") or tempfile.gettempdir()
 
 
-def save_and_load(directory: str, filename: str, data: bytes, load: bool = True) -> str:
-    """Write ``data`` as ``directory/filename``; with ``load``, put
-    ``directory`` (or the archive, for ``.egg``/``.zip``) on ``sys.path`` and
-    import or reload the module the file holds.  Shared by :class:`UploadFile`
-    and ``Client.upload_file``.
-
-    Returns:
-        The path written.
-
-    Raises:
-        ValueError: ``filename`` has a directory part.
-        Exception: whatever importing the module raises.
-    """
-    if os.path.basename(filename) != filename or filename in ("", ".", ".."):
-        raise ValueError(f"upload: expected a bare file name, got {filename!r}")
-    os.makedirs(directory, exist_ok=True)
-    out = os.path.join(directory, filename)
-    tmp = f"{out}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, out)
-    if not load:
-        return out
-    base, ext = os.path.splitext(filename)
-    if ext in (".egg", ".zip"):
-        if out not in sys.path:
-            sys.path.insert(0, out)
-        importlib.invalidate_caches()
-        if ext == ".egg":
-            # An egg holds one distribution: import its top-level packages.
-            with zipfile.ZipFile(out) as z:
-                names = {n.split("/")[0] for n in z.namelist() if not n.startswith("EGG-INFO")}
-            modules = sorted(os.path.splitext(n)[0] for n in names)
-        else:
-            modules = []
-    elif ext == ".py":
-        if directory not in sys.path:
-            sys.path.insert(0, directory)
-        importlib.invalidate_caches()
-        modules = [base]
-    else:
-        modules = []
-    for name in modules:
-        if name in sys.modules:
-            importlib.reload(sys.modules[name])
-        else:
-            importlib.import_module(name)
-    return out
-
-
 class UploadFile(WorkerPlugin):
     """Send a local file (``.py``, ``.egg`` or ``.zip``) to every worker,
-    into its local directory, and import it there (``load=True``).
+    into ``uploads`` in its local directory (where ``Client.upload_file``
+    puts files, with the same code), and import it there (``load=True``).
 
     The file is read when the plugin is made.  It works standalone too:
     ``UploadFile(path).setup(worker)`` writes and loads it on ``worker``
@@ -223,7 +174,9 @@ class UploadFile(WorkerPlugin):
             self.data = f.read()
 
     def setup(self, worker: Any) -> None:
-        save_and_load(_host_directory(worker), self.filename, self.data, self.load)
+        from .uploads import install_upload  # the code of Client.upload_file
+
+        install_upload(self.filename, self.data, self.load, directory=os.path.join(_host_directory(worker), "uploads"))
 
 
 class Environ(NannyPlugin):

@@ -291,11 +291,23 @@ async def test_upload_file(tmp_path: Path) -> None:
             async with open_cluster(n_workers=1) as cluster, open_client(cluster) as client:
                 await client.register_plugin(UploadFile(str(src)))
                 (w,) = cluster.workers
-                assert (Path(w.local_directory) / "tf_uploaded_mod.py").read_text() == "ANSWER = 42\n"
+                assert (Path(w.local_directory) / "uploads" / "tf_uploaded_mod.py").read_text() == "ANSWER = 42\n"
                 assert await (await client.submit(_import_and_read, "tf_uploaded_mod", "ANSWER")) == 42
     finally:
         sys.path[:] = saved
         sys.modules.pop("tf_uploaded_mod", None)
+
+
+def test_upload_file_works_standalone(tmp_path: Path) -> None:
+    """The plugin needs nothing of a worker but its ``local_directory``."""
+
+    class Host:
+        local_directory = str(tmp_path / "host")
+
+    src = tmp_path / "tf_standalone_data.txt"
+    src.write_bytes(b"payload")
+    UploadFile(str(src)).setup(Host())
+    assert (tmp_path / "host" / "uploads" / "tf_standalone_data.txt").read_bytes() == b"payload"
 
 
 async def test_upload_directory(tmp_path: Path) -> None:
