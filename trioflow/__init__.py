@@ -32,6 +32,8 @@ _LAZY = {
     "SerializationError": "errors",
     "TimeoutError": "errors",
     "TrioflowError": "errors",
+    "Actor": "actor",
+    "ActorFuture": "actor",
     "AsyncClient": "client",
     "Client": "client",
     "Future": "client",
@@ -39,7 +41,6 @@ _LAZY = {
     "default_client": "client",
     "fire_and_forget": "client",
     "futures_of": "client",
-    "get_client": "client",
     "open_client": "client",
     "wait": "client",
     "Event": "client",
@@ -55,6 +56,8 @@ _LAZY = {
     "Nanny": "process.nanny",
     "Status": "process.lifecycle",
     "progress": "progress",
+    "get_task_stream": "diagnostics.report",
+    "performance_report": "diagnostics.report",
     "Scheduler": "scheduler",
     "Security": "security",
     "Worker": "worker",
@@ -67,9 +70,17 @@ _LAZY = {
     "Environ": "plugins",
     "PipInstall": "plugins",
     "get_worker": "worker",
+    "get_client": "client.current",
+    "worker_client": "client.current",
+    "rejoin": "worker.threads",
+    "print": "worker.printing",
+    "warn": "worker.printing",
+    "Reschedule": "errors",
+    "secede": "worker.threads",
 }
 
 if TYPE_CHECKING:
+    from .actor import Actor, ActorFuture
     from .client import (
         AsyncClient,
         Client,
@@ -86,11 +97,12 @@ if TYPE_CHECKING:
         default_client,
         fire_and_forget,
         futures_of,
-        get_client,
         open_client,
         wait,
     )
+    from .client.current import get_client, worker_client
     from .deploy import LocalCluster, open_cluster
+    from .diagnostics.report import get_task_stream, performance_report
     from .errors import (
         CancelledError,
         CommClosedError,
@@ -99,6 +111,7 @@ if TYPE_CHECKING:
         KilledWorker,
         PluginError,
         ProtocolError,
+        Reschedule,
         SecurityError,
         SerializationError,
         TimeoutError,
@@ -119,6 +132,8 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
     from .security import Security
     from .worker import Worker, get_worker
+    from .worker.printing import print, warn  # noqa: A004
+    from .worker.threads import rejoin, secede
 
 
 def __getattr__(name: str) -> Any:
@@ -137,6 +152,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Actor",
+    "ActorFuture",
     "AsyncClient",
     "Environ",
     "NannyPlugin",
@@ -161,6 +178,7 @@ __all__ = [
     "ProtocolError",
     "Pub",
     "Queue",
+    "Reschedule",
     "Scheduler",
     "Security",
     "SecurityError",
@@ -178,9 +196,16 @@ __all__ = [
     "fire_and_forget",
     "futures_of",
     "get_client",
+    "get_task_stream",
     "get_worker",
     "open_client",
     "open_cluster",
+    "performance_report",
+    "print",
     "progress",
+    "rejoin",
+    "secede",
     "wait",
+    "warn",
+    "worker_client",
 ]

@@ -18,7 +18,15 @@ objects, so the client does it) and submits one trioflow task per node:
   from each dependency's dask key to a reference that the worker's unpickler
   resolves to the dependency's value (see ``dumps_with_deps``);
 * tasks are sent in ``dask.order`` order, which becomes the tie-breaking
-  priority on the scheduler and the workers.
+  priority on the scheduler and the workers;
+* ``dask.annotate(priority=, retries=, resources=, workers=,
+  allow_other_workers=)`` is honoured: the annotations of the graph's layers
+  (per key, from ``__dask_annotations__`` of the expression) win over those
+  in effect where ``compute``/``persist``/``get`` was called
+  (``dask.get_annotations()``, which the client captures in the caller's
+  thread), which win over the call's own keyword options.  Other
+  annotations are ignored.  (``client.submit`` and ``client.map`` take the
+  annotations in effect for the options they are not given.)
 
 Graph values that are trioflow futures (a persisted collection) are not
 tasks: they become dependencies on the existing keys.
@@ -94,8 +102,14 @@ def graph_to_specs(
     resources: dict[str, float] | None = None,
     retries: int = 0,
     function_bytes: bytes,
+    annotations: Mapping[str, Any] | None = None,
 ) -> list[m.TaskSpec]:
     """Turn a dask graph into trioflow task specs, in dask's execution order.
+
+    Args:
+        annotations: the dask annotations in effect for the whole graph
+            (values may be callables of the key); the graph's own per-key
+            annotations win over them.
 
     Raises:
         SerializationError: a task cannot be pickled (names the type).
@@ -103,8 +117,14 @@ def graph_to_specs(
     from dask._task_spec import Alias, DataNode, convert_legacy_graph
     from dask.order import order
 
+    per_key: dict[str, dict[Any, Any]] = {}
     if hasattr(dsk, "__dask_graph__"):  # dask.compute hands schedulers an expression
+        get_annotations = getattr(dsk, "__dask_annotations__", None)
+        if get_annotations is not None:
+            per_key = {a: v for a, v in get_annotations().items() if a in _ANNOTATIONS}
         dsk = dsk.__dask_graph__()
+    defaults: dict[str, Any] = {"priority": priority, "workers": workers, "allow_other_workers": allow_other_workers, "resources": resources, "retries": retries}
+    overall = {a: v for a, v in (annotations or {}).items() if a in _ANNOTATIONS}
     raw = dict(dsk)
     # Persisted pieces: the value is a trioflow future for that key (or an alias of one).
     existing: dict[Any, Any] = {}
@@ -140,25 +160,57 @@ def graph_to_specs(
         for f in found:
             if f not in deps:
                 deps.append(f)
+        opts = _options_for(k, defaults, overall, per_key) if overall or per_key else defaults
+        w = opts["workers"]
         specs.append(
             m.TaskSpec(
                 key=stringify(k),
                 function=function_bytes,
                 args=ser,
                 dependencies=deps,
-                priority=priority,
-                workers=list(workers or ()),
-                allow_other_workers=allow_other_workers,
-                resources=dict(resources or {}),
-                retries=retries,
+                priority=int(opts["priority"] or 0),
+                workers=[w] if isinstance(w, str) else list(w or ()),
+                allow_other_workers=bool(opts["allow_other_workers"]),
+                resources={r: float(n) for r, n in (opts["resources"] or {}).items()},
+                retries=int(opts["retries"] or 0),
             )
         )
     return specs
 
 
-def collections_graph(collections: list[Any], *, optimize_graph: bool, finalize: bool) -> tuple[Mapping[Any, Any], Any]:
-    """Materialize dask collections: (graph, keys) — for ``compute`` with
-    ``finalize=True`` the keys are one finalize key per collection."""
+#: The dask annotations a trioflow task honours.
+_ANNOTATIONS = ("priority", "workers", "allow_other_workers", "resources", "retries")
+
+
+def _options_for(key: Any, defaults: dict[str, Any], overall: Mapping[str, Any], per_key: Mapping[str, Mapping[Any, Any]]) -> dict[str, Any]:
+    opts = dict(defaults)
+    for name, value in overall.items():
+        if not opts[name]:  # options given to the call itself win
+            opts[name] = value(key) if callable(value) else value
+    for name, values in per_key.items():
+        value = values.get(key)
+        if value is not None:
+            opts[name] = value
+    return opts
+
+
+def current_annotations() -> dict[str, Any]:
+    """``dask.get_annotations()`` here (in this thread and context), or {}
+    when dask was never imported."""
+    import sys
+
+    if "dask" not in sys.modules:
+        return {}
+    import dask
+
+    return dict(dask.get_annotations())
+
+
+def collections_graph(collections: list[Any], *, optimize_graph: bool, finalize: bool) -> tuple[Any, Any]:
+    """Dask collections as one optimized expression: (expression, keys) —
+    for ``compute`` with ``finalize=True`` the keys are one finalize key per
+    collection.  :func:`graph_to_specs` takes the expression (its graph and
+    its annotations)."""
     from dask.base import collections_to_expr
 
     expr = collections_to_expr(collections, optimize_graph)
@@ -168,4 +220,4 @@ def collections_graph(collections: list[Any], *, optimize_graph: bool, finalize:
         expr = FinalizeCompute(expr)
     expr = expr.optimize()
     keys = expr.__dask_keys__()
-    return expr.__dask_graph__(), keys
+    return expr, keys

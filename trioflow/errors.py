@@ -37,6 +37,7 @@ __all__ = [
     "RegistrationRefused",
     "RemoteError",
     "RemoteException",
+    "Reschedule",
     "SecurityError",
     "SerializationError",
     "TimeoutError",
@@ -122,6 +123,11 @@ RemoteException = RemoteError
 
 
 # ---------------------------------------------------------------- the wire
+
+
+class Reschedule(TrioflowError):
+    """Raised in a task: do not fail, run the task again, where the
+    scheduler places it now (dask's ``distributed.Reschedule``)."""
 
 
 class CommError(TrioflowError, ConnectionError):

@@ -14,14 +14,14 @@ restarts its nanny's worker the first time it is set up there, so that what
 it changed in the nanny's process (environment variables, files) reaches a
 fresh worker process.
 
-Scheduler plugins are the one place where the scheduler unpickles and runs
-user code: only plugins a client registers explicitly, never task data.  Their
+Scheduler plugins are one of the two places where the scheduler unpickles
+and runs user code (with ``Client.run_on_scheduler``): only what a client
+sends for that explicitly, never task data.  Their
 hooks are called by the scheduler's shell, from what its state machine
-emits (the machine itself never sees a plugin); ``transition`` is reported
-for the transitions visible from outside the machine: a task sent to a worker
-(``waiting -> processing``), its result taken (``processing -> memory``) or
-its failure (``processing -> erred``), for every task of a graph.  Likewise a worker reports
-``ready -> executing``, ``executing -> memory`` and ``executing -> error``.
+emits (the machine itself never sees a plugin): ``transition`` for every
+transition in the machine's transition log, after each event.  A worker
+reports ``ready -> executing``, ``executing -> memory`` and
+``executing -> error``, from its machine's instructions.
 
 A hook that raises during setup (or in the scheduler's ``start``) fails the
 client's ``register_plugin`` with a :class:`~trioflow.errors.PluginError`

@@ -10,8 +10,9 @@ from typing import Any
 import trio
 
 from .client.futures import Future, _flatten_futures
+from .keys import key_prefix
 
-__all__ = ["progress", "progress_async"]
+__all__ = ["html_bars", "progress", "progress_async"]
 
 
 def _bar(done: int, total: int, errors: int, elapsed: float, width: int = 40) -> str:
@@ -64,20 +65,42 @@ def _in_notebook() -> bool:
         return False
 
 
-def _notebook_progress(flat: list[Future], client: Any, interval: float) -> None:  # pragma: no cover - needs Jupyter
-    from IPython.display import HTML, display  # type: ignore[import-not-found]
+def html_bars(flat: list[Future], elapsed: float) -> str:
+    """The notebook view of ``flat``: one bar per task prefix (done in green,
+    erred in red), plain inline HTML and CSS (no ipywidgets, no script)."""
+    from html import escape
 
-    handle = display(HTML(""), display_id=True)
+    groups: dict[str, list[int]] = {}
+    for f in flat:
+        g = groups.setdefault(key_prefix(f.key), [0, 0, 0])
+        g[0] += 1
+        if f.done():
+            g[1 if f.status == "finished" else 2] += 1
+    rows = []
+    for prefix, (total, ok, bad) in groups.items():
+        rows.append(
+            "<tr><td style='text-align:left;padding-right:8px'>" + escape(prefix) + "</td><td>"
+            "<div style='width:300px;height:12px;border:1px solid #999;display:flex'>"
+            f"<div style='width:{100 * ok / total:.1f}%;background:#4c9'></div>"
+            f"<div style='width:{100 * bad / total:.1f}%;background:#e45756'></div></div></td>"
+            f"<td style='padding-left:8px'>{ok + bad} / {total}{f' ({bad} erred)' if bad else ''}</td></tr>"
+        )
+    done = sum(1 for f in flat if f.done())
+    return f"<div class='trioflow-progress'><table>{''.join(rows)}</table>{done}/{len(flat)} in {elapsed:.1f}s</div>"
+
+
+def _notebook_progress(flat: list[Future], client: Any, interval: float, display: Any = None, html: Any = None) -> None:
+    """Update one output cell with :func:`html_bars` until every future is
+    done (``display`` / ``html``: IPython's, or fakes in tests)."""
+    if display is None or html is None:
+        from IPython.display import HTML, display  # type: ignore[import-not-found]
+
+        html = HTML
+    handle = display(html(""), display_id=True)
     start = time.monotonic()
     while True:
-        done = sum(1 for f in flat if f.done())
-        pct = 100 * done / len(flat)
-        handle.update(
-            HTML(
-                f"<div style='width:300px;border:1px solid #888'><div style='width:{pct:.0f}%;background:#4c9;height:12px'></div></div>"
-                f"{done}/{len(flat)} in {time.monotonic() - start:.1f}s"
-            )
-        )
-        if done == len(flat):
+        done = all(f.done() for f in flat)
+        handle.update(html(html_bars(flat, time.monotonic() - start)))
+        if done:
             return
         time.sleep(interval)

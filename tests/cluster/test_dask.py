@@ -106,7 +106,7 @@ def test_a_task_on_a_thread_worker_can_compute_a_collection() -> None:
     """The client installs itself as dask's scheduler process-wide; a task on
     the only thread of an in-process worker computing a collection must not
     wait for that thread (it runs on dask's local synchronous scheduler)."""
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster, Client(cluster) as c:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as c:
         assert c.submit(_compute_inside_a_task, 100).result(timeout=20) == sum(range(100))
         # The client itself still computes through the cluster.
         assert int(da.arange(10, chunks=5).sum().compute()) == 45

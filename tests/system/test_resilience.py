@@ -346,9 +346,11 @@ _FROM_WORKER = [
     m.MissingData,
     m.StealResponse,
     m.Reschedule,
+    m.LongRunning,
+    m.LogEvent,
     m.ReleaseWorkerData,
 ]
-_FROM_CLIENT = [m.UpdateGraph, m.ReleaseKeys, m.CancelKeys, m.FireAndForget, m.UpdateData]
+_FROM_CLIENT = [m.UpdateGraph, m.ReleaseKeys, m.CancelKeys, m.FireAndForget, m.UpdateData, m.LogEvent, m.SubscribeTopic, m.UnsubscribeTopic]
 _KEY_POOL = [f"fuzz-key-{i}" for i in range(6)]
 
 
@@ -697,6 +699,8 @@ async def test_client_reconnects_when_a_scheduler_is_back() -> None:
             await nursery.start(worker.serve)
             async with open_client(address) as client:
                 assert await (await client.submit(abs, -1)) == 1
+                heard: list[Any] = []
+                await client.subscribe_topic("news", heard.append)
                 pending = await client.submit(time.sleep, 5, pure=False)
                 await first.aclose()
                 with pytest.raises(FutureLostError, match="scheduler"):
@@ -708,6 +712,11 @@ async def test_client_reconnects_when_a_scheduler_is_back() -> None:
                 while client.status != "running":
                     await trio.sleep(0.05)
                 assert await (await client.submit(abs, -7)) == 7
+                # Subscriptions hold with the new scheduler too.
+                second.log_event("news", "back")
+                while not heard:
+                    await trio.sleep(0.01)
+                assert heard[0][1] == "back"
                 await worker2.aclose()
                 await second.aclose()
             await worker.aclose()

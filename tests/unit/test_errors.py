@@ -21,6 +21,7 @@ BASES: dict[type[BaseException], type[BaseException]] = {
     errors.FutureLostError: Exception,
     errors.KilledWorker: Exception,
     errors.LostData: Exception,
+    errors.Reschedule: Exception,
     errors.RemoteError: RuntimeError,
     errors.CommError: ConnectionError,
     errors.CommClosedError: errors.CommError,

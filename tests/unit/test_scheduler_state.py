@@ -51,6 +51,7 @@ from trioflow.scheduler.state import (
     InvalidEvent,
     InvalidTransition,
     KilledWorker,
+    LongRunningEvent,
     MissingDataEvent,
     NannyRestartedEvent,
     ReleaseKeysEvent,
@@ -598,6 +599,15 @@ class SchedulerMachine(RuleBasedStateMachine):
     def reschedule(self, data: st.DataObject) -> None:
         ts = data.draw(st.sampled_from(self.processing()), label="task")
         self.handle(RescheduleEvent(worker=ts.processing_on.address, key=ts.key))
+
+    @precondition(lambda self: any(ts.state == "processing" for ts in self.s.tasks.values()))
+    @rule(data=st.data())
+    def long_running(self, data: st.DataObject) -> None:
+        # The task seceded on its worker: counted out of that worker's load.
+        ts = data.draw(st.sampled_from(self.processing()), label="task")
+        ws = ts.processing_on
+        self.handle(LongRunningEvent(worker=ws.address, key=ts.key))
+        assert ts in ws.long_running or ts.state != "processing"
 
     @precondition(lambda self: any(ws.has_what for ws in self.s.workers.values()))
     @rule(data=st.data())
@@ -1643,6 +1653,25 @@ def test_restart_cancels_everything_and_waits_for_the_nannied_workers() -> None:
     out = sim.handle(AddWorkerEvent(address=addr("a2"), name="a2", nthreads=1, memory_limit=0, nanny="tcp://nanny-a"))
     assert [i for i in out if isinstance(i, RestartDone)] == [RestartDone("r1", "")]
     assert not sim.s.restarts
+
+
+def test_restart_starts_none_of_the_tasks_it_cancels() -> None:
+    # Found by the stateful machine: restart cancelled one client's keys after
+    # another, so the slot the first client's task freed started the second
+    # client's queued task (on a worker about to close, and forgotten right
+    # after in the same batch).
+    sim = Sim(worker_saturation=0.5)
+    sim.handle(AddClientEvent(client="c2"))
+    sim.worker("a")
+    sim.submit(spec("x"))
+    sim.handle(UpdateGraphEvent(client="c2", tasks=[spec("y"), spec("z")], keys=["y", "z"]))
+    assert (sim.state("x"), sim.state("y"), sim.state("z")) == ("processing", "queued", "queued")
+    out = sim.handle(RestartEvent(request="r1", timeout=5))
+    assert not computes(out)
+    assert set(to_client(out, KeyCancelled)) == {"x", "y", "z"}
+    assert frees(out) == [(addr("a"), "x")]
+    assert [i.address for i in out if isinstance(i, ToWorker) and isinstance(i.msg, CloseWorker)] == [addr("a")]
+    assert sim.s.tasks == {} and sim.s.workers[addr("a")].status == "closing"
 
 
 def test_restart_reports_failed_nannies_and_workers_not_back_in_time() -> None:

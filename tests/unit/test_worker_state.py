@@ -29,6 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from trioflow.protocol.messages import (
     AddKeys,
     ComputeTask,
+    LongRunning,
     MissingData,
     ReleaseWorkerData,
     Reschedule,
@@ -48,18 +49,22 @@ from trioflow.worker.state import (
     DropData,
     Execute,
     ExecuteFailureEvent,
+    ExecuteRescheduleEvent,
     ExecuteSuccessEvent,
     FreeKeysEvent,
     GatherDep,
     GatherDepDoneEvent,
     GatherDepFailedEvent,
+    GrantRejoin,
     HeartbeatAckEvent,
     InvalidWorkerEvent,
     MemorySampleEvent,
     PauseEvent,
     RegisteredEvent,
+    RejoinEvent,
     ReportPause,
     SchedulerTimerEvent,
+    SecedeEvent,
     SendMsg,
     StealRequestEvent,
     WorkerState,
@@ -193,6 +198,7 @@ class WorkerMachine(RuleBasedStateMachine):
         self.answered: set[str] = set()  # wanted keys the worker reported on
         self.acquired: set[str] = set()  # keys asked for as replicas, not freed or computed since
         self.missing: set[str] = set()  # keys a peer did not have (MissingData)
+        self.rejoin_waiting: set[str] = set()  # seceded runs blocked in rejoin()
 
     @initialize(
         nthreads=st.integers(1, 3),
@@ -239,6 +245,9 @@ class WorkerMachine(RuleBasedStateMachine):
                 self.store.discard(ins.key)
             elif isinstance(ins, ReportPause):
                 assert ins.paused == w.paused, ins
+            elif isinstance(ins, GrantRejoin):
+                assert ins.key in self.rejoin_waiting, ins
+                self.rejoin_waiting.discard(ins.key)
             else:
                 msg = ins.msg
                 if isinstance(msg, (TaskFinished, TaskErred)):
@@ -261,6 +270,8 @@ class WorkerMachine(RuleBasedStateMachine):
                         # Given back: the scheduler sends it elsewhere.
                         assert msg.key not in w.tasks or w.tasks[msg.key].state == "memory", msg
                         self.wanted.discard(msg.key)
+                elif isinstance(msg, LongRunning):
+                    assert msg.key in self.running and msg.key in w.seceded, msg
                 else:
                     assert isinstance(msg, MissingData), msg
                     self.missing.add(msg.key)
@@ -285,6 +296,11 @@ class WorkerMachine(RuleBasedStateMachine):
             assert {t.key for t in group} <= set(self.flights[peer])
         assert {k for k, t in w.tasks.items() if t.state == "memory"} == self.store
         assert w.nbytes_in_memory == sum(max(t.nbytes, 0) for t in w.tasks.values() if t.state == "memory")
+        # A seceded run holds no slot until granted one back.
+        assert w.seceded <= self.running and set(w.rejoining) == self.rejoin_waiting
+        assert w.n_executing == len(self.running) - len(w.seceded)
+        # A run waiting to rejoin gets the first free thread.
+        assert not w.rejoining or w.n_executing >= w.nthreads, (w.rejoining, w.n_executing)
 
     @invariant()
     def resources_respected(self) -> None:
@@ -364,12 +380,15 @@ class WorkerMachine(RuleBasedStateMachine):
 
     # ------------------------------------------------------------ the executor
 
-    @precondition(lambda self: self.running)
-    @rule(data=st.data(), ok=st.booleans(), nbytes=st.integers(0, 100), seconds=st.sampled_from([1e-4, 1.0]))
-    def execution_done(self, data: st.DataObject, ok: bool, nbytes: int, seconds: float) -> None:
-        key = data.draw(st.sampled_from(sorted(self.running)), label="key")
+    @precondition(lambda self: self.running - self.rejoin_waiting)
+    @rule(data=st.data(), ok=st.booleans(), nbytes=st.integers(0, 100), seconds=st.sampled_from([1e-4, 1.0]), reschedule=st.booleans())
+    def execution_done(self, data: st.DataObject, ok: bool, nbytes: int, seconds: float, reschedule: bool) -> None:
+        # (A run blocked in rejoin() cannot return.)
+        key = data.draw(st.sampled_from(sorted(self.running - self.rejoin_waiting)), label="key")
         self.running.discard(key)
-        if ok:
+        if not ok and reschedule:
+            self.handle(ExecuteRescheduleEvent(key=key))
+        elif ok:
             # The shell stores the result only for the task's current run.
             if self.w.is_current_run(key):
                 self.store.add(key)
@@ -378,6 +397,20 @@ class WorkerMachine(RuleBasedStateMachine):
             self.handle(success(key, nbytes, seconds))
         else:
             self.handle(failure(key))
+
+    @precondition(lambda self: self.running - self.w.seceded)
+    @rule(data=st.data())
+    def secede(self, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from(sorted(self.running - self.w.seceded)), label="key")
+        self.handle(SecedeEvent(key=key))
+        assert key in self.w.seceded
+
+    @precondition(lambda self: self.w.seceded - self.rejoin_waiting)
+    @rule(data=st.data())
+    def rejoin(self, data: st.DataObject) -> None:
+        key = data.draw(st.sampled_from(sorted(self.w.seceded - self.rejoin_waiting)), label="key")
+        self.rejoin_waiting.add(key)
+        self.handle(RejoinEvent(key=key))
 
     # ------------------------------------------------------------ the peers
 
@@ -420,6 +453,7 @@ class WorkerMachine(RuleBasedStateMachine):
         for peer in PEERS:
             if peer not in self.flights:
                 cases.append(GatherDepDoneEvent(worker=peer, nbytes={}, missing=[]))
+        cases += [SecedeEvent(key=k) for k in sorted(w.seceded)] + [RejoinEvent(key=k) for k in not_running]
         expect_invalid(w, data.draw(st.sampled_from(cases), label="event"))
 
     # ------------------------------------------------------------ the end
@@ -430,6 +464,7 @@ class WorkerMachine(RuleBasedStateMachine):
             if self.running:
                 key = sorted(self.running)[0]
                 self.running.discard(key)
+                self.rejoin_waiting.discard(key)
                 if self.w.is_current_run(key):
                     self.store.add(key)
                 self.handle(success(key))

@@ -44,9 +44,11 @@ from .bridge import run_in_portal
 from .cluster import ClusterMixin
 from .data import DataMixin
 from .datasets import AsyncDatasetsMixin
+from .events import EventsMixin
 from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
 from .logs import LogsMixin
+from .observe import ObserveMixin
 from .plugins import PluginsMixin
 from .submit import SubmitMixin, funcname
 from .tracebacks import is_remote, with_remote_traceback
@@ -56,7 +58,7 @@ logger = logging.getLogger("trioflow.client")
 __all__ = ["AsyncClient", "funcname", "open_client"]
 
 
-class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, LogsMixin, AsyncDatasetsMixin, PluginsMixin):
+class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, LogsMixin, AsyncDatasetsMixin, EventsMixin, ObserveMixin, PluginsMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:
@@ -129,6 +131,7 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, 
             await old.aclose()
         self._batched = BatchedSend(comm)
         self.status = "running"
+        self._resubscribe()
         nursery.start_soon(self._run_batched)
         nursery.start_soon(self._receive_loop)
 
@@ -194,6 +197,8 @@ class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, 
                     st = self._states.pop(msg.key, None)
                     if st is not None:
                         st.cancel(msg.reason or "cancelled")
+                elif t is m.TopicEvent:
+                    self._topic_event(msg)
                 elif t is m.SchedulerClosing:
                     reason = f"the scheduler closed: {msg.reason}"
                     break

@@ -38,6 +38,7 @@ import trio
 
 from ..durations import parse_timedelta
 from ..errors import CancelledError, FutureLostError, RemoteError, RemoteException
+from ..keys import key_prefix
 from ..protocol.serialize import SerializationError, Serialized, loads
 from .bridge import in_trio
 from .tracebacks import remote_traceback, with_remote_traceback
@@ -196,8 +197,18 @@ class Future:
         return f"<Future: {self.status}, key: {self.key}>"
 
     def _repr_html_(self) -> str:
-        color = {"finished": "green", "error": "red", "pending": "gray"}.get(self.status, "orange")
-        return f"<b>Future: {self.key}</b> <span style='color:{color}'>status: {self.status}</span>"
+        """Jupyter's view: the status in colour, the key, the error or size when known."""
+        from html import escape
+
+        st = self._state
+        color = {"finished": "#2a7", "error": "#c33", "pending": "#888", "lost": "#c33"}.get(st.status, "#d80")
+        rows = [f"<strong>Future: {escape(key_prefix(self.key))}</strong>", f"<span style='color:{color}'>status: {escape(st.status)}</span>"]
+        if st.status == "finished" and st.nbytes >= 0:
+            rows.append(f"{st.nbytes:,} bytes")
+        if st.exception_text:
+            rows.append(f"<span style='color:#c33'>{escape(st.exception_text[:200])}</span>")
+        rows.append(f"key: <code>{escape(self.key)}</code>")
+        return "<div class='trioflow-future'>" + ", ".join(rows) + "</div>"
 
     def __dask_tokenize__(self) -> str:
         # A future stands for its key: the same key, the same dask token.

@@ -38,6 +38,7 @@ class GraphMixin(ClientParts):
             allow_other_workers=bool(options.get("allow_other_workers")),
             resources=options.get("resources"),
             retries=int(options.get("retries") or 0),
+            annotations=options["annotations"] if options.get("annotations") is not None else daskgraph.current_annotations(),
         )
         spec_keys = {s.key for s in specs}
         str_wanted = [daskgraph.stringify(k) for k in wanted]

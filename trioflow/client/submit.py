@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import sys
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
@@ -39,7 +40,7 @@ GRAPH_PIECE_BYTES = 4 * 1024 * 1024
 #: the whole graph first.
 MAP_CHUNK_TASKS = 1_000
 #: Keyword arguments of ``submit`` that are options, not the function's.
-_SUBMIT_OPTIONS = ("key", "workers", "resources", "retries", "priority", "allow_other_workers", "pure")
+_SUBMIT_OPTIONS = ("key", "workers", "resources", "retries", "priority", "allow_other_workers", "pure", "actor")
 _fn_cache: weakref.WeakKeyDictionary[Any, bytes] = weakref.WeakKeyDictionary()
 
 
@@ -118,6 +119,18 @@ class SubmitMixin(ClientParts):
         for d in deps:
             if d not in self._states:
                 raise ValueError(f"argument future {d!r} does not belong to this client (or was cancelled or released)")
+        if "dask" in sys.modules:
+            # dask.annotate(...) around submit/map: for the options not given.
+            from ..daskgraph import current_annotations
+
+            ann = current_annotations()
+            if ann:
+                ann = {k: v(key) if callable(v) else v for k, v in ann.items()}
+                priority = priority or ann.get("priority") or 0
+                workers = workers or ann.get("workers")
+                resources = resources or ann.get("resources")
+                retries = retries or ann.get("retries") or 0
+                allow_other_workers = allow_other_workers or bool(ann.get("allow_other_workers"))
         if isinstance(workers, str):
             workers = [workers]
         return m.TaskSpec(
@@ -168,6 +181,7 @@ class SubmitMixin(ClientParts):
         priority: int = 0,
         allow_other_workers: bool = False,
         pure: bool = True,
+        actor: bool = False,
         **kwargs: Any,
     ) -> Future:
         """Run ``func(*args, **kwargs)`` on the cluster; returns its Future.
@@ -179,7 +193,7 @@ class SubmitMixin(ClientParts):
         """
         spec = self._submit_spec(
             func, args, kwargs, key=key, pure=pure, workers=workers, resources=resources,
-            priority=priority, retries=retries, allow_other_workers=allow_other_workers,
+            priority=priority, retries=retries, allow_other_workers=allow_other_workers, actor=actor,
         )
         fut = Future(spec.key, self)
         self._send(m.UpdateGraph(tasks=[spec], keys=[spec.key]))
@@ -199,9 +213,16 @@ class SubmitMixin(ClientParts):
         priority: int = 0,
         allow_other_workers: bool = False,
         pure: bool = True,
+        actor: bool = False,
     ) -> m.TaskSpec:
         if not callable(func):
             raise TypeError(f"submit() needs a callable, got {type(func).__name__}")
+        if actor:
+            # The task makes the instance on its worker and returns a proxy
+            # (trioflow.actor); every submission is a new instance.
+            from ..actor import _ActorCreate
+
+            func, pure = _ActorCreate(func), False
         return self._make_spec(
             func, args, kwargs, key=key, pure=pure, workers=workers, resources=resources,
             priority=priority, retries=retries or 0, allow_other_workers=allow_other_workers,

@@ -24,6 +24,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -41,7 +42,7 @@ from .tracebacks import is_remote, with_remote_traceback
 
 logger = logging.getLogger("trioflow.client")
 
-__all__ = ["Client", "default_client", "get_client"]
+__all__ = ["Client", "default_client"]
 
 _current: list[Client] = []
 #: The client of ``with client.as_current():`` blocks (innermost).
@@ -65,31 +66,6 @@ def default_client(c: Client | None = None) -> Client:
         return c
     return Client.current()
 
-
-def get_client(address: str | None = None, timeout: Any = None, resolve_address: bool = True) -> Client:
-    """The client a piece of code should use.
-
-    Inside a task, the worker's client (when the worker provides one);
-    elsewhere the current client (see :meth:`Client.current`) if it talks to
-    ``address`` (or no address is given), else a new client for ``address``.
-
-    Raises:
-        ValueError: no client is running and no address was given.
-    """
-    from ..worker.executor import thread_state
-
-    worker = getattr(thread_state, "worker", None)
-    if worker is not None and hasattr(worker, "_get_client"):
-        return worker._get_client(timeout=timeout)  # type: ignore[no-any-return]
-    try:
-        client: Client | None = Client.current()
-    except ValueError:
-        client = None
-    if client is not None and (address is None or client.scheduler.address == address):
-        return client
-    if address is not None:
-        return Client(address, timeout=10 if timeout is None else timeout)
-    raise ValueError("No global client found and no address provided")
 
 
 class _SchedulerHandle:
@@ -156,6 +132,11 @@ class Client(DatasetsMixin):
         # blocking client runs in a Trio thread of its own, an asynchronous
         # one in the caller's loop (docs/migrating.rst).
         del loop
+
+        if address is None and scheduler_file is None:
+            # Inside a task: the worker's scheduler, with the worker's security
+            # (the address is resolved here: the client's loop is another thread).
+            address, security = _task_scheduler(address, security)
 
         # No address: start a LocalCluster (cluster_kwargs) and close it with
         # us.  An asynchronous client starts it when awaited, in a thread, so
@@ -432,7 +413,7 @@ class Client(DatasetsMixin):
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> list[Future]:
         """See :meth:`AsyncClient.map`."""
         iterables = tuple(list(it) for it in iterables)
-        return self._call(self._core.map, func, *iterables, **kwargs)  # type: ignore[no-any-return]
+        return self._call(self._core.map, func, *iterables, **_map_annotations(kwargs))  # type: ignore[no-any-return]
 
     def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None, asynchronous: bool | None = None) -> Any:
         """The futures' values, in the same structure.  ``direct`` is
@@ -469,6 +450,22 @@ class Client(DatasetsMixin):
     def restart(self, timeout: Any = 60, wait_for_workers: bool = True) -> Any:
         """Forget all tasks and restart the workers (through their nannies)."""
         return self._call(self._core.restart, parse_timedelta(timeout))
+
+    def log_event(self, topic: str | list[str], msg: Any) -> Any:
+        """See :meth:`AsyncClient.log_event <trioflow.client.events.EventsMixin.log_event>`."""
+        return self._call(self._core.log_event, topic, msg)
+
+    def get_events(self, topic: str | None = None) -> Any:
+        """See :meth:`AsyncClient.get_events <trioflow.client.events.EventsMixin.get_events>`."""
+        return self._call(self._core.get_events, topic)
+
+    def subscribe_topic(self, topic: str, handler: Callable[[Any], Any]) -> Any:
+        """See :meth:`AsyncClient.subscribe_topic <trioflow.client.events.EventsMixin.subscribe_topic>`
+        (the handler runs in the client's loop thread)."""
+        return self._call(self._core.subscribe_topic, topic, handler)
+
+    def unsubscribe_topic(self, topic: str) -> Any:
+        return self._call(self._core.unsubscribe_topic, topic)
 
     def who_has(self, futures: Any = None, workers: Any = None) -> dict[str, list[str]]:
         return self._call(self._core.who_has, futures, workers=workers)  # type: ignore[no-any-return]
@@ -527,6 +524,27 @@ class Client(DatasetsMixin):
         """Run ``function`` in the scheduler's process; its result."""
         _check_callable(function, "run_on_scheduler")
         return self._call(self._core.run_on_scheduler, function, *args, **kwargs)
+
+    # ------------------------------------------------------------ observing (see .observe)
+
+    def profile(self, key: str | None = None, start: Any = None, stop: Any = None, workers: Any = None, filename: str | None = None, merge_workers: bool = True) -> Any:
+        """The workers' statistical profile, merged (see :meth:`AsyncClient.profile`)."""
+        return self._call(self._core.profile, key, start, stop, workers, filename, merge_workers)
+
+    def call_stack(self, futures: Any = None, keys: Any = None) -> Any:
+        """What running tasks are doing now: ``{worker: {key: [lines]}}``."""
+        return self._call(self._core.call_stack, futures, keys)
+
+    def get_task_stream(self, start: Any = None, stop: Any = None, count: int | None = None, plot: bool = False, filename: str | None = None) -> Any:
+        """Finished runs and transfers in dask's record shape, oldest first."""
+        if plot or filename:
+            raise NotImplementedError("get_task_stream(plot=) needs Bokeh; use performance_report() for a page")
+        return self._call(self._core.get_task_stream, start, stop, count)
+
+    def story(self, *keys_or_futures: Any) -> Any:
+        """The transitions of keys across the scheduler and the workers, in time order."""
+        return self._call(self._core.story, *keys_or_futures)
+
 
     def retire_workers(self, workers: Any, timeout: Any = 60, close_workers: bool = True, remove: bool = True) -> list[str]:
         return self._call(self._core.retire_workers, workers, parse_timedelta(timeout))  # type: ignore[no-any-return]
@@ -646,15 +664,15 @@ class Client(DatasetsMixin):
 
     def get(self, dsk: Any, keys: Any, **options: Any) -> Any:
         """The dask scheduler protocol: ``dask.compute(x, scheduler=client.get)``."""
-        return self._call(self._core.get, dsk, keys, **options)
+        return self._call(self._core.get, dsk, keys, **_with_annotations(options))
 
     def compute(self, collections: Any, sync: bool = False, **options: Any) -> Any:
         """Futures for dask collections (their values with ``sync=True``)."""
-        return self._call(self._core.compute, collections, sync=sync, **options)
+        return self._call(self._core.compute, collections, sync=sync, **_with_annotations(options))
 
     def persist(self, collections: Any, **options: Any) -> Any:
         """Dask collections of the same kind, backed by futures."""
-        return self._call(self._core.persist, collections, **options)
+        return self._call(self._core.persist, collections, **_with_annotations(options))
 
     def _set_dask_default(self) -> None:
         """Make this client dask's scheduler while it lives (only if dask is
@@ -691,7 +709,7 @@ class Client(DatasetsMixin):
             import dask.local
 
             return dask.local.get_sync(dsk, keys, **options)
-        return self._portal.call(functools.partial(self._core.get, dsk, keys, **options))
+        return self._portal.call(functools.partial(self._core.get, dsk, keys, **_with_annotations(options)))
 
     def _unset_dask_default(self) -> None:
         cfg, self._dask_config = self._dask_config, None
@@ -715,6 +733,43 @@ async def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
         if hasattr(result, "__await__"):
             result = await result
         return result
+
+
+def _task_scheduler(address: Any, security: Any) -> tuple[Any, Any]:
+    """(address, security) for a client made with no address: the worker's
+    scheduler inside a task (unless the environment names one)."""
+    import os
+
+    from ..worker.executor import thread_state
+
+    worker = getattr(thread_state, "worker", None)
+    if worker is None or os.environ.get("TRIOFLOW_SCHEDULER_ADDRESS"):
+        return address, security
+    return worker.scheduler_address, security if security is not None else worker.security
+
+
+def _map_annotations(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``map``'s keyword arguments with the dask annotations in effect in
+    the caller's thread as options, where not given (``map`` prepares its
+    tasks in the client's loop thread, which does not see them)."""
+    if "dask" not in sys.modules:
+        return kwargs
+    from ..daskgraph import current_annotations
+
+    for name, value in current_annotations().items():
+        if name in ("priority", "workers", "resources", "retries", "allow_other_workers") and not callable(value):
+            kwargs.setdefault(name, value)
+    return kwargs
+
+
+def _with_annotations(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with the dask annotations in effect in the caller's
+    thread (a context variable, invisible from the client's loop thread)."""
+    if "annotations" not in options:
+        from ..daskgraph import current_annotations
+
+        options["annotations"] = current_annotations()
+    return options
 
 
 def _close_clients_at_exit() -> None:

@@ -200,6 +200,11 @@ class WorkerConfig:
     #: Modules (dotted names or ``.py`` paths) the worker's process imports
     #: and whose ``trioflow_setup(worker)`` it calls once registered.
     preload: list[str] = attrs.field(factory=list, converter=_str_list, validator=_str_list_check)
+    #: Seconds between samples of the statistical profiler (None: off).
+    profile_interval: float | None = attrs.field(default=0.01, converter=_optional_float, validator=_optional_positive)
+    #: Seconds of profile gathered into one entry of its history (the
+    #: resolution of ``client.profile(start=, stop=)``).
+    profile_cycle_interval: float = attrs.field(default=1.0, converter=_float, validator=_positive)
 
 
 @attrs.frozen(kw_only=True)

@@ -1,11 +1,12 @@
-"""Server-rendered pages: the plain workers table (no JavaScript needed)."""
+"""Server-rendered pages: the plain workers table (no JavaScript needed) and
+the profile view (an icicle graph in SVG; a small static script zooms it)."""
 
 from __future__ import annotations
 
 import html
 from typing import Any
 
-__all__ = ["workers_page", "format_bytes"]
+__all__ = ["call_stacks_page", "format_bytes", "profile_page", "workers_page"]
 
 
 def format_bytes(n: float) -> str:
@@ -74,4 +75,71 @@ def workers_page(source: Any, prefix: str) -> str:
 <tbody>
 {"".join(body)}
 </tbody></table></section></main></body></html>
+"""
+
+
+#: Time windows the profile page offers (seconds back from now; 0: all).
+PROFILE_WINDOWS = (10, 60, 300, 900, 0)
+
+
+def profile_page(source: Any, prefix: str, tree: dict[str, Any], prefixes: list[str], task_prefix: str | None, last: int) -> str:
+    """The ``/profile`` page: the merged profile of ``task_prefix`` over the
+    ``last`` seconds (0: since start), reloading itself every 5 seconds."""
+    from .report import profile_svg
+
+    title = html.escape(source.title)
+    p = html.escape(prefix)
+    options = ['<option value="">all tasks</option>'] + [
+        f'<option value="{html.escape(x)}"{" selected" if x == task_prefix else ""}>{html.escape(x)}</option>' for x in prefixes
+    ]
+    windows = [
+        f'<option value="{w}"{" selected" if w == last else ""}>{f"last {w} s" if w else "since start"}</option>' for w in PROFILE_WINDOWS
+    ]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="5">
+<title>Profile · {title}</title>
+<link rel="icon" href="{p}/static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="{p}/static/dashboard.css"></head>
+<body class="plain">
+<header class="topbar"><div class="brand"><img src="{p}/static/favicon.svg" alt="" width="22" height="22"> trioflow</div>
+<div class="address">{title}</div><nav class="links"><a href="{p}/status">live page</a> <a href="{p}/workers">workers</a></nav></header>
+<main><section class="panel"><div class="panel-head"><h2>Profile <span class="muted">({tree["count"]} samples)</span></h2></div>
+<form method="get" action="{p}/profile" id="profile-filter">
+<label>Tasks <select name="prefix">{"".join(options)}</select></label>
+<label>Window <select name="last">{"".join(windows)}</select></label>
+<button type="submit">Show</button></form>
+<p class="muted">Click a frame to zoom, the top row to zoom out.  Reloads every 5 s.</p>
+{profile_svg(tree)}
+</section></main><script src="{p}/static/profile.js"></script></body></html>
+"""
+
+
+def call_stacks_page(source: Any, prefix: str, stacks: dict[str, dict[str, list[str]]]) -> str:
+    """The ``/call-stacks`` page: what every running task is doing now, by
+    worker, reloading itself every 5 seconds."""
+    title = html.escape(source.title)
+    p = html.escape(prefix)
+    sections = []
+    for worker, per_key in sorted(stacks.items()):
+        tasks = "".join(
+            f"<details open><summary class=mono>{html.escape(key)}</summary><pre>{html.escape(''.join(lines)) or '(no Python frames)'}</pre></details>"
+            for key, lines in sorted(per_key.items())
+        )
+        sections.append(
+            f"<section class=\"panel worker-stacks\"><div class=\"panel-head\"><h2 class=mono>{html.escape(worker)} "
+            f"<span class=\"muted\">({len(per_key)} running)</span></h2></div>{tasks or '<p class=muted>idle</p>'}</section>"
+        )
+    if not sections:
+        sections.append('<section class="panel"><p class="empty">no workers</p></section>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="refresh" content="5">
+<title>Call stacks · {title}</title>
+<link rel="icon" href="{p}/static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="{p}/static/dashboard.css"></head>
+<body class="plain">
+<header class="topbar"><div class="brand"><img src="{p}/static/favicon.svg" alt="" width="22" height="22"> trioflow</div>
+<div class="address">{title}</div><nav class="links"><a href="{p}/status">live page</a> <a href="{p}/profile">profile</a></nav></header>
+<main>{"".join(sections)}</main></body></html>
 """

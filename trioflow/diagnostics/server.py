@@ -14,7 +14,10 @@ prefix redirect to ``<prefix>/``): ``/`` and ``/status`` the live page,
 ``/static/*`` its JS, CSS and icon (shipped in the package: no CDN, no
 external fonts), ``/ws`` the snapshot stream, ``/health`` (``ok``),
 ``/metrics`` (Prometheus text), ``/json/identity.json``, ``/workers`` (a plain
-table, no JavaScript) and ``/json/dashboard.json`` (this server's own
+table, no JavaScript), ``/profile?prefix=&last=`` (the workers' statistical
+profile as an icicle graph, asked of the workers when the page loads),
+``/call-stacks`` (what each worker's running tasks are doing now) and
+``/json/dashboard.json`` (this server's own
 :meth:`DashboardServer.statistics`).  A worker serves the same routes about
 itself.
 
@@ -98,7 +101,7 @@ import trio
 import trio_websocket
 
 from ..errors import _BadRequest
-from .pages import workers_page
+from .pages import call_stacks_page, profile_page, workers_page
 from .sources import source_for
 
 logger = logging.getLogger("trioflow.diagnostics")
@@ -581,6 +584,11 @@ class DashboardServer:
                 status, body, ctype, extra = 404, b"not found\n", b"text/plain", []
         elif sub == "/ws":
             status, body, ctype, extra = 426, b"this is a websocket endpoint\n", b"text/plain", [(b"upgrade", b"websocket")]
+        elif sub in ("/profile", "/profile/") and hasattr(self.source, "profile"):
+            status, body, ctype, extra = await self._profile_route(target)
+        elif sub in ("/call-stacks", "/call-stacks/") and hasattr(self.source, "call_stacks"):
+            page = call_stacks_page(self.source, self.prefix, await self.source.call_stacks())
+            status, body, ctype, extra = 200, page.encode(), _STATIC_TYPES[".html"], []
         else:
             status, body, ctype, extra = self._route(sub)
         if status == 200 and ctype.startswith(b"text/html"):
@@ -589,6 +597,18 @@ class DashboardServer:
         if close:
             await _linger(stream)
         return ok and not close
+
+    async def _profile_route(self, target: str) -> tuple[int, bytes, bytes, list[tuple[bytes, bytes]]]:
+        """``/profile?prefix=inc&last=60``: the profile view (see :func:`.pages.profile_page`)."""
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+        task_prefix = (query.get("prefix") or [""])[0] or None
+        try:
+            last = max(0, int((query.get("last") or ["0"])[0]))
+        except ValueError:
+            return 400, b"last= takes whole seconds\n", b"text/plain; charset=utf-8", []
+        start = time.time() - last if last else None
+        tree, prefixes = await self.source.profile(task_prefix, start, None)
+        return 200, profile_page(self.source, self.prefix, tree, prefixes, task_prefix, last).encode(), _STATIC_TYPES[".html"], []
 
     def _strip_prefix(self, path: str) -> str | None:
         if not self.prefix:

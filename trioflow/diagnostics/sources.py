@@ -32,6 +32,7 @@ ring that counts its appends; :class:`_RingTail` remembers that count.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -44,6 +45,8 @@ from .._version import __version__
 from ..config import load_config
 from ..keys import key_prefix
 from ..process.system import ProcessMeter
+
+logger = logging.getLogger("trioflow.diagnostics")
 
 __all__ = ["SchedulerSource", "WorkerSource", "source_for", "MAX_STREAM_PER_SNAPSHOT"]
 
@@ -267,6 +270,65 @@ class SchedulerSource:
     def title(self) -> str:
         return f"trioflow scheduler {self.server.address}"
 
+    async def call_stacks(self) -> dict[str, dict[str, list[str]]]:
+        """Every worker's running tasks' stacks: {worker: {key: lines}}
+        (workers that do not answer within 5 s are left out)."""
+        from ..comm import ConnectionPool
+        from ..protocol import messages as m
+
+        sched = self.server
+        out: dict[str, dict[str, list[str]]] = {}
+        pool = ConnectionPool(security=sched.security, role="scheduler", name=sched.name)
+
+        async def one(addr: str) -> None:
+            try:
+                reply = await pool.rpc(addr, m.CallStackRequest(), m.CallStackReply, timeout=5)
+            except Exception as exc:  # noqa: BLE001 - a page never fails for one worker
+                logger.debug("no call stacks from %s: %s", addr, exc)
+                return
+            out[addr] = reply.stacks
+
+        try:
+            async with trio.open_nursery() as n:
+                for addr in list(sched.state.workers):
+                    n.start_soon(one, addr)
+        finally:
+            with trio.CancelScope(shield=True):
+                await pool.aclose()
+        return out
+
+    async def profile(self, prefix: str | None, start: float | None, stop: float | None) -> tuple[dict[str, Any], list[str]]:
+        """The workers' profiles merged, and the prefixes they have (workers
+        that do not answer within 5 s are left out)."""
+        import json
+
+        from ..comm import ConnectionPool
+        from ..protocol import messages as m
+        from ..worker.profile import merge
+
+        sched = self.server
+        trees: list[dict[str, Any]] = []
+        prefixes: set[str] = set()
+        pool = ConnectionPool(security=sched.security, role="scheduler", name=sched.name)
+
+        async def one(addr: str) -> None:
+            try:
+                reply = await pool.rpc(addr, m.ProfileRequest(prefix=prefix, start=start, stop=stop), m.ProfileReply, timeout=5)
+            except Exception as exc:  # noqa: BLE001 - a page never fails for one worker
+                logger.debug("no profile from %s: %s", addr, exc)
+                return
+            trees.append(json.loads(reply.tree))
+            prefixes.update(reply.prefixes)
+
+        try:
+            async with trio.open_nursery() as n:
+                for addr in list(sched.state.workers):
+                    n.start_soon(one, addr)
+        finally:
+            with trio.CancelScope(shield=True):
+                await pool.aclose()
+        return merge(*trees), sorted(prefixes)
+
     # ------------------------------------------------------------ live page
 
     def seed(self, limit: int) -> tuple[list[list[Any]], list[list[Any]]]:
@@ -449,6 +511,17 @@ class WorkerSource:
         self._transfers_seen = 0
         self._rate = _Rate()
         self._probe = _ProcessProbe()
+
+    async def call_stacks(self) -> dict[str, dict[str, list[str]]]:
+        """This worker's running tasks' stacks: {its address: {key: lines}}."""
+        await trio.lowlevel.checkpoint()
+        return {self.server.address: self.server.call_stacks()}
+
+    async def profile(self, prefix: str | None, start: float | None, stop: float | None) -> tuple[dict[str, Any], list[str]]:
+        """This worker's profile and the prefixes it has samples of."""
+        w = self.server
+        tree = await trio.to_thread.run_sync(w.profile_tree, prefix, start, stop)  # a merge: not on the loop
+        return tree, (w.profiler.prefixes() if w.profiler is not None else [])
 
     @property
     def title(self) -> str:

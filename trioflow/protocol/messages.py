@@ -226,6 +226,15 @@ class Reschedule(Message):
     key: str
 
 
+@message("long-running")
+class LongRunning(Message):
+    """The task left its worker's thread pool (``secede()``) to wait: the
+    scheduler counts it out of the worker's load, so that the tasks it
+    waits for may be sent there."""
+
+    key: str
+
+
 @message("release-worker-data")
 class ReleaseWorkerData(Message):
     """The worker no longer holds these keys (it dropped or lost them)."""
@@ -344,6 +353,28 @@ class CloseClient(Message):
     pass
 
 
+@message("log-event")
+class LogEvent(Message):
+    """Log ``msg`` (pickled by the sender; the scheduler never opens it)
+    under each of ``topics`` at ``time``; from a worker or a client."""
+
+    topics: list[str]
+    time: float
+    msg: Serialized
+
+
+@message("subscribe-topic")
+class SubscribeTopic(Message):
+    """Send this client every event logged under ``topic`` from now on."""
+
+    topic: str
+
+
+@message("unsubscribe-topic")
+class UnsubscribeTopic(Message):
+    topic: str
+
+
 # ---------------------------------------------------------------- scheduler -> client
 
 
@@ -371,12 +402,41 @@ class KeyCancelled(Message):
     reason: str = ""
 
 
+@message("topic-event")
+class TopicEvent(Message):
+    """An event logged under a topic this client subscribes to."""
+
+    topic: str
+    time: float
+    msg: Serialized
+
+
 @message("scheduler-closing")
 class SchedulerClosing(Message):
     reason: str
 
 
 # ---------------------------------------------------------------- requests to the scheduler
+
+
+@attrs.frozen(kw_only=True, slots=True)
+class LoggedEvent:
+    """One event of a topic's log."""
+
+    time: float
+    msg: Serialized
+
+
+@message("get-events")
+class GetEvents(Message):
+    """The events logged under ``topic`` (None: every topic)."""
+
+    topic: str | None = None
+
+
+@message("events-reply")
+class EventsReply(Message):
+    events: dict[str, list[LoggedEvent]]
 
 
 @message("who-has")
@@ -437,6 +497,49 @@ class IdentityReply(Message):
     n_clients: int = 0
 
 
+@message("profile")
+class ProfileRequest(Message):
+    """A worker's profile tree (the live page's profile view)."""
+
+    prefix: str | None = None
+    start: float | None = None
+    stop: float | None = None
+
+
+@message("profile-reply")
+class ProfileReply(Message):
+    #: The tree in dask's dict shape, as JSON text.
+    tree: str
+    #: The task prefixes the worker has samples of.
+    prefixes: list[str] = attrs.field(factory=_empty_list)
+
+
+@message("call-stacks")
+class CallStackRequest(Message):
+    """What a worker's running tasks are doing now (the live page)."""
+
+    keys: list[str] | None = None
+
+
+@message("call-stacks-reply")
+class CallStackReply(Message):
+    #: key -> the task's stack as text lines, outermost frame first.
+    stacks: dict[str, list[str]]
+
+
+@message("story")
+class StoryRequest(Message):
+    """The scheduler's transitions of these keys (``client.story``)."""
+
+    keys: list[str]
+
+
+@message("story-reply")
+class StoryReply(Message):
+    #: (key, from state, to state, worker it was processing on or "", time).
+    events: list[tuple[str, str, str, str, float]]
+
+
 @message("shutdown")
 class Shutdown(Message):
     pass
@@ -481,6 +584,18 @@ class PutData(Message):
 @message("run-function")
 class RunFunction(Message):
     function: bytes
+    args: Serialized
+
+
+@message("actor-call")
+class ActorCall(Message):
+    """Call method ``name`` (``kind="call"``; ``args`` pickles ``(args,
+    kwargs)``) or read attribute ``name`` (``kind="getattr"``) of the actor
+    held under ``key``; the worker answers with a RunReply."""
+
+    key: str
+    name: str
+    kind: str
     args: Serialized
 
 

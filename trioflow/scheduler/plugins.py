@@ -6,18 +6,19 @@ Worker and nanny plugins stay opaque bytes here: kept by name, sent to every
 worker (or nanny) the scheduler knows when registered, and to those that
 join later (workers in their ``WorkerRegistered``; nannies when their worker
 registers, each nanny setting a plugin up once).  Scheduler plugins are the
-exception to "the scheduler never unpickles user data": a plugin a client
-registers explicitly is unpickled and its hooks run here, in the loop (a
+exception (with ``run_on_scheduler``) to "the scheduler never unpickles user
+data": a plugin a client registers explicitly is unpickled and its hooks
+run here, in the loop (a
 hook that returns an awaitable is awaited in a task of its own).  The state
 machine never sees them: the shell calls :meth:`SchedulerPlugins.notify`
-from what it hands to the machine and what the machine emits, and reports
-transitions from the machine's instructions (a task sent to a worker) and
-from the tasks' states after a worker's result or failure.
+from what it hands to the machine, and reports the transitions the machine
+made from its ``transition_log`` after each event.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 import pickle
 from typing import Any
@@ -47,6 +48,8 @@ class SchedulerPlugins:
         #: Scheduler plugins, by name (also ``scheduler.plugins``).
         self.running: dict[str, Any] = {}
         self._watchers: list[Any] = []
+        #: ``transition_counter`` of the machine when last reported.
+        self._seen = 0
 
     # ------------------------------------------------------------ requests
 
@@ -169,6 +172,7 @@ class SchedulerPlugins:
         self._watchers = [
             p for p in self.running.values() if getattr(type(p), "transition", None) not in (None, SchedulerPlugin.transition)
         ]
+        self._seen = self.scheduler.state.transition_counter
 
     def notify(self, hook: str, *args: Any, **kwargs: Any) -> None:
         """Call ``hook`` on every scheduler plugin; a failure is logged, an
@@ -182,32 +186,19 @@ class SchedulerPlugins:
                 if inspect.isawaitable(result) and self.scheduler._nursery is not None:
                     self.scheduler._nursery.start_soon(_await_logged, name, hook, result)
 
-    def transitions(self, instructions: list[Any]) -> None:
-        """Report the tasks the machine sends to workers (``waiting ->
-        processing``; see :mod:`trioflow.plugins`)."""
-        from . import state as ss
-
-        for inst in instructions:
-            if type(inst) is ss.ToWorker and type(inst.msg) is m.ComputeTask:
-                self._report(inst.msg.key, "waiting", "processing")
-
-    def after_event(self, event: Any) -> None:
-        """Report a task's result or failure once the machine has taken it
-        (``processing -> memory | erred``): a stale report from a worker the
-        task no longer runs on leaves the task processing, and is not one."""
-        from . import state as ss
-
-        kind = type(event)
-        if kind is ss.TaskFinishedEvent:
-            finish = "memory"
-        elif kind is ss.TaskErredEvent:
-            finish = "erred"
-        else:
+    def report_transitions(self) -> None:
+        """Tell the watching plugins of the transitions the machine made since
+        the last call (the newest entries of its ``transition_log``)."""
+        state = self.scheduler.state
+        count = state.transition_counter
+        new = count - self._seen
+        self._seen = count
+        if new <= 0 or not self._watchers:
             return
-        ts = self.scheduler.state.tasks.get(event.key)
-        # Gone already: it reached memory and nobody wanted it any more.
-        if (ts is None and finish == "memory") or (ts is not None and ts.state == finish):
-            self._report(event.key, "processing", finish)
+        log = state.transition_log
+        new = min(new, len(log))
+        for key, start, finish, _worker, _when in itertools.islice(log, len(log) - new, None):
+            self._report(key, start, finish)
 
     def _report(self, key: str, start: str, finish: str) -> None:
         for p in self._watchers:

@@ -21,9 +21,10 @@ to restart, answer a retire or restart request).  Every decision, those of
 retirement, restart, liveness and fire-and-forget included, is the
 machine's; the shell does the IO.  The scheduler never
 unpickles user data: run specs, results and exceptions pass through as
-:class:`~trioflow.protocol.serialize.Serialized` bytes.  The one exception
-is scheduler plugins a client registers explicitly (:mod:`.plugins`): they
-run here, called by this shell, never by the machine.
+:class:`~trioflow.protocol.serialize.Serialized` bytes.  The exceptions
+are what a client sends to run here explicitly: ``run_on_scheduler``
+(:mod:`.admin`) and scheduler plugins (:mod:`.plugins`), called by this
+shell, never by the machine.
 
 A peer's bad input never takes the scheduler down: a malformed frame or
 unknown op closes that one connection (logged in one line); a well-formed
@@ -56,6 +57,7 @@ from ..protocol.codec import ProtocolError
 from ..protocol.serialize import dumps
 from . import state as ss
 from .admin import SchedulerAdmin
+from .events import EventLog
 from .extensions.serve import HANDLED as PRIMITIVE_REQUESTS
 from .extensions.serve import PrimitivesServer
 from .plugins import SchedulerPlugins
@@ -142,13 +144,17 @@ class Scheduler:
         self.plugins: list[Any] = []
         self._plugins = SchedulerPlugins(self)
         self.events_handled = 0
+        #: Events logged by workers and clients, and who subscribes to them.
+        self.event_log = EventLog()
         self._request_handlers: dict[type, Callable[[Any], Any]] = {
+            m.GetEvents: self._get_events,
             m.WhoHas: self._who_has,
             m.HasWhat: self._has_what,
             m.IdentityRequest: self._identity,
             m.Shutdown: self._shutdown,
             m.RetireWorkers: self._retire_workers,
             m.Restart: self._restart,
+            m.StoryRequest: self._story,
             m.RegisterPlugin: self._plugins.register,
             m.UnregisterPlugin: self._plugins.unregister,
         }
@@ -179,6 +185,8 @@ class Scheduler:
             m.StealResponse: lambda a, msg: self._handle(ss.StealResponseEvent(worker=a, key=msg.key, stolen=msg.stolen)),
             m.Reschedule: lambda a, msg: self._handle(ss.RescheduleEvent(worker=a, key=msg.key)),
             m.ReleaseWorkerData: lambda a, msg: self._handle(ss.ReleaseWorkerDataEvent(worker=a, keys=msg.keys)),
+            m.LongRunning: lambda a, msg: self._handle(ss.LongRunningEvent(worker=a, key=msg.key)),
+            m.LogEvent: lambda a, msg: self._log_event(msg),
         }
         self._client_handlers: dict[type, Callable[[str, Any], None]] = {
             m.UpdateGraph: self._update_graph,
@@ -186,6 +194,9 @@ class Scheduler:
             m.CancelKeys: lambda c, msg: self._handle(ss.CancelKeysEvent(client=c, keys=msg.keys)),
             m.FireAndForget: lambda c, msg: self._handle(ss.FireAndForgetEvent(keys=msg.keys)),
             m.UpdateData: lambda c, msg: self._handle(ss.UpdateDataEvent(client=c, who_has=msg.who_has, nbytes=msg.nbytes)),
+            m.LogEvent: lambda c, msg: self._log_event(msg),
+            m.SubscribeTopic: lambda c, msg: self.event_log.subscribe(c, msg.topic),
+            m.UnsubscribeTopic: lambda c, msg: self.event_log.unsubscribe(c, msg.topic),
         }
         self._instruction_handlers: dict[type, Callable[[Any], None]] = {
             ss.DropWorker: self._drop_worker,
@@ -306,8 +317,6 @@ class Scheduler:
             self.primitives.remove_client(event.client)
         elif type(event) is ss.RemoveWorkerEvent:
             self.primitives.remove_worker(event.address)
-        if self._plugins.watch_transitions:
-            self._plugins.after_event(event)
 
     def _dispatch(self, instructions: list[Any]) -> None:
         workers = self.worker_streams
@@ -327,7 +336,7 @@ class Scheduler:
                 except CommClosedError:
                     pass  # its receive loop will notice and clean up
         if self._plugins.watch_transitions:
-            self._plugins.transitions(instructions)
+            self._plugins.report_transitions()
 
     def _drop_worker(self, inst: ss.DropWorker) -> None:
         """The machine removed a worker (silent too long): close its connection."""
@@ -543,6 +552,7 @@ class Scheduler:
             return
         batched = BatchedSend(comm)
         self.client_streams[cid] = batched
+        self.event_log.add_client(cid)
         batched.send(m.ClientRegistered(scheduler_id=self.id, address=self.address))
         logger.info("Receive client connection: %s", cid)
         if self._plugins.active:
@@ -571,6 +581,7 @@ class Scheduler:
         finally:
             if self.client_streams.get(cid) is batched:
                 del self.client_streams[cid]
+                self.event_log.remove_client(cid)
                 self._handle(ss.RemoveClientEvent(client=cid))
                 logger.info("Remove client %s", cid)
                 if self._plugins.active:
@@ -592,7 +603,24 @@ class Scheduler:
                 for key in msg.keys:
                     b.send(m.KeyErred(key=key, exception=ser, exception_text=str(err), traceback_text="", type_name="ValueError"))
 
+    def log_event(self, topic: str | list[str], msg: Any) -> None:
+        """Log ``msg`` (picklable) under ``topic`` (or each of several), as
+        workers and clients do; subscribed clients get it."""
+        self._log_event(m.LogEvent(topics=[topic] if isinstance(topic, str) else list(topic), time=time.time(), msg=dumps(msg)))
+
+    def _log_event(self, msg: m.LogEvent) -> None:
+        for cid, out in self.event_log.log(msg.topics, msg.time, msg.msg):
+            b = self.client_streams.get(cid)
+            if b is not None:
+                try:
+                    b.send(out)
+                except CommClosedError:
+                    pass
+
     # ------------------------------------------------------------ requests
+
+    async def _get_events(self, msg: m.GetEvents) -> m.Message:
+        return m.EventsReply(events=self.event_log.get(msg.topic))
 
     async def _who_has(self, msg: m.WhoHas) -> m.Message:
         tasks = self.state.tasks
@@ -651,6 +679,13 @@ class Scheduler:
             n_tasks=len(self.state.tasks),
             n_clients=len(self.state.clients),
         )
+
+    async def _story(self, msg: m.StoryRequest) -> m.Message:
+        keys = set(msg.keys)
+        # The state's times are Trio's clock; the story's, the wall clock
+        # (as the workers' entries are).
+        shift = time.time() - trio.current_time()
+        return m.StoryReply(events=[(k, a, b, w, t + shift) for k, a, b, w, t in self.state.transition_log if k in keys])
 
     async def _shutdown(self, msg: m.Shutdown) -> m.Message:
         logger.info("shutdown requested by a client")

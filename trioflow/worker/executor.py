@@ -20,6 +20,12 @@ write to the scheduler.
 Jobs are plain callables returning a result record; they run with the
 ``trioflow`` thread-local set so ``get_worker()`` works inside tasks.
 
+A task may leave the pool while it waits (:func:`trioflow.secede`):
+:meth:`ThreadExecutor.secede` starts a thread to take its place, so the
+pool keeps ``nthreads`` threads pulling jobs, and the seceded thread ends
+once its job returns (a rejoined task only holds a slot of the worker's
+state machine until then, not a thread of the pool).
+
 .. warning::
    A running Python function cannot be cancelled.  :meth:`aclose` stops the
    threads after their current job; it waits a bounded time and then
@@ -55,11 +61,37 @@ class ThreadExecutor:
         self._context = context
         self._closed = False
         self.submitted = 0
-        self._threads = [
-            threading.Thread(target=self._loop, args=(i,), name=f"{name}-{i}", daemon=True) for i in range(nthreads)
-        ]
-        for t in self._threads:
-            t.start()
+        #: Thread ident -> key of the task it runs now (for the profiler
+        #: and call_stack; written by the jobs, read by anyone).
+        self.running: dict[int, str] = {}
+        self._name = name
+        self._threads: list[threading.Thread] = []
+        for _ in range(nthreads):
+            self._add_thread()
+
+    def _add_thread(self) -> None:
+        index = len(self._threads)
+        t = threading.Thread(target=self._loop, args=(index,), name=f"{self._name}-{index}", daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def secede(self) -> None:
+        """The calling executor thread leaves the pool: a new thread takes
+        its place, and the caller ends once its current job returns.
+
+        Raises:
+            RuntimeError: not called from a thread of this executor in the
+                pool (or the executor is closed).
+        """
+        if getattr(thread_state, "executor", None) is not self:
+            raise RuntimeError("secede() called outside of a task running in this executor")
+        if thread_state.seceded:
+            return  # out of the pool already (seceded before, then rejoined)
+        thread_state.seceded = True
+        with self._lock:
+            if self._closed:
+                return
+            self._add_thread()
 
     def submit(self, job: Callable[[], Any]) -> None:
         """Queue ``job``; its return value arrives through :meth:`next_batch`."""
@@ -71,9 +103,14 @@ class ThreadExecutor:
     def _loop(self, index: int) -> None:
         thread_state.worker = self._context
         thread_state.thread_index = index
+        thread_state.executor = self
+        thread_state.seceded = False
+        thread_state.running = self.running
         q = self._queue
         done = self._done
         while True:
+            if thread_state.seceded:
+                return  # replaced in the pool (secede): end after the job
             job = q.get()
             if job is _STOP:
                 return
@@ -115,14 +152,16 @@ class ThreadExecutor:
         """Stop the threads (after their current job), waiting at most ``timeout``."""
         if self._closed:
             return
-        self._closed = True
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
         # Drop queued jobs that have not started.
         try:
             while True:
                 self._queue.get_nowait()
         except queue.Empty:
             pass
-        for _ in self._threads:
+        for _ in threads:
             self._queue.put(_STOP)
         # Join in real time (not Trio's clock, which may be a MockClock).
         with trio.CancelScope(shield=True):
@@ -132,5 +171,7 @@ class ThreadExecutor:
         import time
 
         deadline = time.monotonic() + timeout
-        for t in self._threads:
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
             t.join(max(deadline - time.monotonic(), 0))

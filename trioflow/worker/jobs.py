@@ -8,17 +8,21 @@ cached for the transfer that will follow).  It returns a plain tuple:
 - ``("ok", key, result, nbytes, type_name, start, stop, thread, serialized)``
 - ``("err", key, exception, exception_text, traceback_text, type_name,
   start, stop, thread)``
+- ``("reschedule", key, start, stop, thread)``: the task raised
+  :class:`~trioflow.errors.Reschedule`
 
 which the server turns into ExecuteSuccessEvent / ExecuteFailureEvent.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import Reschedule
 from ..protocol.serialize import (
     SerializationError,
     Serialized,
@@ -89,15 +93,23 @@ def _load_task(function: bytes, args: Serialized, deps: dict[str, Any]) -> tuple
 def make_job(key: str, function: bytes, args: Serialized, deps: dict[str, Any]) -> Callable[[], tuple[Any, ...]]:
     def job() -> tuple[Any, ...]:
         index = getattr(thread_state, "thread_index", 0)
+        running = getattr(thread_state, "running", None)
+        ident = threading.get_ident()
         start = time.time()
         try:
+            if running is not None:
+                running[ident] = key
             func, a, kw = _load_task(function, args, deps)
             thread_state.key = key
             result = func(*a, **kw)
+        except Reschedule:
+            return ("reschedule", key, start, time.time(), index)
         except BaseException as exc:  # noqa: BLE001 - user code may raise anything
             return error_record(key, exc, start, time.time(), index)
         finally:
             thread_state.key = None
+            if running is not None:
+                running.pop(ident, None)
         stop = time.time()
         serialized = None
         if not _trusted(result):

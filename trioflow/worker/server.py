@@ -37,10 +37,13 @@ answers at that address, giving up after ``death_timeout`` seconds.
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -70,6 +73,7 @@ from ..sizeof import sizeof
 from . import state as ws
 from .executor import ThreadExecutor, thread_state
 from .jobs import error_record, make_job
+from .profile import Sampler
 from .spill import SpillBuffer
 
 logger = logging.getLogger("trioflow.worker")
@@ -174,6 +178,14 @@ class Worker:
         self.bandwidth = 100e6
         self.transfer_log: list[dict[str, Any]] = []
         self.task_log: list[tuple[str, float, float, int]] = []
+        #: Finished runs for ``client.get_task_stream``, newest last:
+        #: (key, thread, start, stop, "OK" | "error", nbytes, type name).
+        self.task_records: collections.deque[tuple[str, int, float, float, str, int, str]] = collections.deque(maxlen=10_000)
+        #: What happened to keys here, for ``client.story``:
+        #: (key, what, wall-clock time, detail), newest last.
+        self.story_log: collections.deque[tuple[str, str, float, str]] = collections.deque(maxlen=20_000)
+        #: The statistical profiler (None while stopped or switched off).
+        self.profiler: Sampler | None = None
         self.close_reason = ""
         self._proc = ProcessMeter()
         self.services: dict[str, int] = {}
@@ -190,6 +202,14 @@ class Worker:
         # Tuning of the state machine, read once (none of it has a
         # dask.config key, so dask is not imported for it).
         self._tuning = load_config(use_dask=False).config.worker
+        #: The client that tasks get from get_client(): made on first use,
+        #: hosted in this worker's loop, closed with the worker.
+        self._task_client: Any = None
+        self._task_client_lock = threading.Lock()
+        #: Seceded runs waiting for a slot (rejoin): key -> their thread's event.
+        self._rejoin_waiters: dict[str, threading.Event] = {}
+        #: Actor instances held here, by key (see :mod:`trioflow.actor`).
+        self.actors: dict[str, Any] = {}
         from .._plugin_host import PluginHost
 
         #: Worker plugins registered by clients (see :mod:`trioflow.plugins`).
@@ -266,6 +286,9 @@ class Worker:
                         os.path.join(self.local_directory, "spill"), int(self.memory_limit * self.memory_target_fraction)
                     )
                 self.executor = ThreadExecutor(self.nthreads, name=f"trioflow-{self.name}", context=self)
+                if self.config.profile_interval:
+                    self.profiler = Sampler(self.executor.running, interval=self.config.profile_interval, cycle=self.config.profile_cycle_interval)
+                    self.profiler.start()
                 await self._register(comm)
                 self.status = Status.running
                 nursery.start_soon(self._executor_loop)
@@ -275,6 +298,7 @@ class Worker:
                 nursery.start_soon(self._scheduler_loop, comm)
                 task_status.started(self)
                 await self._close_event.wait()
+                await self._close_task_client()
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
             failed = ended_in_failure(exc)
@@ -282,6 +306,12 @@ class Worker:
         finally:
             self.status = Status.failed if failed else Status.closed
             with trio.CancelScope(shield=True):
+                await self._close_task_client()
+                for waiter in list(self._rejoin_waiters.values()):
+                    waiter.set()  # a thread waiting to rejoin goes on (its result is lost)
+                self._rejoin_waiters.clear()
+                if self.profiler is not None:
+                    await trio.to_thread.run_sync(self.profiler.stop)
                 if self.executor is not None:
                     await self.executor.aclose(timeout=2)
                 if self.plugins:
@@ -293,6 +323,7 @@ class Worker:
                 self.data.close()
             self.data.clear()
             self._serialized.clear()
+            self.actors.clear()
             shutil.rmtree(self.local_directory, ignore_errors=True)
             self._closed.set()
 
@@ -447,6 +478,7 @@ class Worker:
             self.state.scheduler_heard_at = trio.current_time()
             to_event = _FROM_SCHEDULER.get(type(msg))
             if to_event is not None:
+                self._note_story(msg)
                 self._handle(to_event(msg))
             elif type(msg) is m.CloseWorker:
                 logger.info("the scheduler asked us to close: %s", msg.reason)
@@ -456,6 +488,16 @@ class Worker:
             else:
                 logger.warning("unexpected %r from the scheduler, ignored", msg.op)
             del msg  # a ComputeTask's run spec is not kept alive while idle
+
+    def _note_story(self, msg: m.Message) -> None:
+        """Log what the scheduler asked of which keys (``client.story``)."""
+        now = time.time()
+        if type(msg) is m.ComputeTask:
+            self.story_log.append((msg.key, "compute-task", now, ""))
+        elif type(msg) is m.FreeKeys:
+            self.story_log.extend((k, "free-keys", now, "") for k in msg.keys)
+        elif type(msg) is m.StealRequest:
+            self.story_log.append((msg.key, "steal-request", now, ""))
 
     async def _watch_scheduler(self) -> None:
         """Fire the state's liveness timer: it gives up on a scheduler that
@@ -533,6 +575,98 @@ class Worker:
     def _drop_data(self, inst: ws.DropData) -> None:
         self.data.pop(inst.key, None)
         self._serialized.pop(inst.key, None)
+        self.actors.pop(inst.key, None)
+
+    def _grant_rejoin(self, inst: ws.GrantRejoin) -> None:
+        waiter = self._rejoin_waiters.pop(inst.key, None)
+        if waiter is not None:
+            waiter.set()
+
+    # ------------------------------------------------------------ tasks reaching back (secede, rejoin, get_client)
+
+    def _secede_current(self) -> None:
+        """The calling task's thread leaves the pool (see :func:`trioflow.secede`).
+
+        Runs in an executor thread."""
+        assert self.executor is not None
+        key = getattr(thread_state, "key", None)
+        if key is None:
+            raise ValueError("secede() called outside of a task running on a worker")
+        self.executor.secede()
+        self._from_thread(self._handle_quietly, ws.SecedeEvent(key=key))
+
+    def _rejoin_current(self) -> None:
+        """Wait for a slot for the calling, seceded task (see :func:`trioflow.rejoin`).
+
+        Runs in an executor thread."""
+        key = getattr(thread_state, "key", None)
+        if key is None:
+            raise ValueError("rejoin() called outside of a task running on a worker")
+        waiter = threading.Event()
+
+        def ask() -> None:
+            assert self.state is not None
+            self._rejoin_waiters[key] = waiter
+            try:
+                instructions = self.state.handle(ws.RejoinEvent(key=key))
+            except ws.InvalidWorkerEvent:
+                # Not seceded (or a run from before a reconnect): nothing to wait for.
+                self._rejoin_waiters.pop(key, None)
+                waiter.set()
+                return
+            self._run_instructions(instructions)
+
+        self._from_thread(ask)
+        waiter.wait()
+
+    def log_event(self, topic: str | list[str], msg: Any) -> None:
+        """Log ``msg`` (picklable) under ``topic`` (or each of several) at
+        the scheduler; from a task or the worker's loop."""
+        event = m.LogEvent(topics=[topic] if isinstance(topic, str) else list(topic), time=time.time(), msg=dumps(msg))
+        if self.executor is not None and getattr(thread_state, "worker", None) is self:
+            try:
+                self.executor._token.run_sync_soon(self._send, event)
+            except trio.RunFinishedError:
+                pass
+        else:
+            self._send(event)
+
+    def _handle_quietly(self, event: Any) -> None:
+        if self.state is not None:
+            self._handle(event)
+
+    def _from_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        assert self.executor is not None
+        return trio.from_thread.run_sync(fn, *args, trio_token=self.executor._token)
+
+    def _client_for_tasks(self) -> Any:
+        """The blocking client tasks share (see :func:`trioflow.get_client`),
+        connected on first use to this worker's scheduler with its security.
+
+        Runs in an executor thread."""
+        with self._task_client_lock:
+            if self._task_client is None:
+                assert self.executor is not None
+                from ..client.current import WorkerClient
+
+                token = self.executor._token
+                core = trio.from_thread.run(self._start_task_client, trio_token=token)
+                self._task_client = WorkerClient(core, token)
+            return self._task_client
+
+    async def _start_task_client(self) -> Any:
+        from ..client.core import AsyncClient
+
+        assert self._nursery is not None
+        core = AsyncClient(self.scheduler_address, security=self.security, timeout=self.connect_timeout)
+        await core._start(self._nursery)
+        return core
+
+    async def _close_task_client(self) -> None:
+        client, self._task_client = self._task_client, None
+        if client is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(2):
+                await client._core.aclose()
 
     def _disconnect_scheduler(self, inst: ws.DisconnectScheduler) -> None:
         # Only the liveness timer decides this, and _watch_scheduler acts
@@ -578,7 +712,9 @@ class Worker:
             current = self.state.is_current_run(key)
             if not current and key not in self.state.superseded:
                 continue  # started before a reconnect: the state knows nothing of it
-            if rec[0] == "ok":
+            if rec[0] == "reschedule":
+                events.append(ws.ExecuteRescheduleEvent(key=key))
+            elif rec[0] == "ok":
                 _, key, result, nbytes, type_name, start, stop, index, serialized = rec
                 # A superseded run's result is dropped: the key has a
                 # value put (scattered) here meanwhile, which wins.
@@ -588,8 +724,14 @@ class Worker:
                         self._serialized[key] = serialized
                 events.append(ws.ExecuteSuccessEvent(key=key, nbytes=nbytes, type_name=type_name, start=start, stop=stop, thread=index))
                 self.task_log.append((key, start, stop, index))
+                self.task_records.append((key, index, start, stop, "OK", nbytes, type_name))
+                self.story_log.append((key, "executing", start, ""))
+                self.story_log.append((key, "memory", stop, ""))
             else:
                 _, key, ser, text, tb, type_name, start, stop, index = rec
+                self.task_records.append((key, index, start, stop, "error", 0, type_name))
+                self.story_log.append((key, "executing", start, ""))
+                self.story_log.append((key, "error", stop, text))
                 events.append(
                     ws.ExecuteFailureEvent(
                         key=key, exception=ser, exception_text=text, traceback_text=tb, type_name=type_name, start=start, stop=stop, thread=index
@@ -634,6 +776,7 @@ class Worker:
         if total > 1_000_000 and stop > start:
             self.bandwidth = 0.8 * self.bandwidth + 0.2 * (total / (stop - start))
         self.transfer_log.append({"who": inst.worker, "keys": list(nbytes), "bytes": total, "start": start, "stop": stop})
+        self.story_log.extend((k, "fetched", stop, inst.worker) for k in nbytes)
         self.bytes_transferred += total
         if len(self._unreported_transfers) < 1000:
             self._unreported_transfers.append((inst.worker, total, start, stop, len(nbytes)))
@@ -762,6 +905,41 @@ class Worker:
         self._handle(ws.DataPutEvent(nbytes=nbytes))
         return m.Ok()
 
+    async def _serve_actor_call(self, msg: m.ActorCall) -> m.Message:
+        from ..actor import serve_actor_call
+
+        return await serve_actor_call(self, msg)
+
+    async def _serve_profile(self, msg: m.ProfileRequest) -> m.Message:
+        # Merging a long window's trees takes a while: not on the event loop.
+        tree = await trio.to_thread.run_sync(lambda: json.dumps(self.profile_tree(msg.prefix, msg.start, msg.stop)))
+        return m.ProfileReply(tree=tree, prefixes=self.profiler.prefixes() if self.profiler else [])
+
+    async def _serve_call_stacks(self, msg: m.CallStackRequest) -> m.Message:
+        return m.CallStackReply(stacks=self.call_stacks(msg.keys))
+
+    def call_stacks(self, keys: list[str] | None = None) -> dict[str, list[str]]:
+        """The stacks of the tasks running now (``keys``: only those), as
+        text lines, outermost frame first."""
+        import sys
+
+        from .profile import call_stack
+
+        if self.executor is None:
+            return {}
+        frames = sys._current_frames()
+        wanted = None if keys is None else set(keys)
+        try:
+            return {k: call_stack(frames.get(ident)) for ident, k in list(self.executor.running.items()) if wanted is None or k in wanted}
+        finally:
+            del frames
+
+    def profile_tree(self, prefix: str | None = None, start: float | None = None, stop: float | None = None) -> dict[str, Any]:
+        """This worker's profile (dask's dict shape; empty with the profiler off)."""
+        from .profile import create
+
+        return create() if self.profiler is None else self.profiler.get(prefix, start, stop)
+
     async def _run_function(self, msg: m.RunFunction) -> m.Message:
         def run() -> Any:
             thread_state.worker = self
@@ -828,6 +1006,7 @@ _INSTRUCTIONS: dict[type, Callable[[Worker, Any], None]] = {
     ws.DropData: Worker._drop_data,
     ws.ReportPause: Worker._report_pause,
     ws.DisconnectScheduler: Worker._disconnect_scheduler,
+    ws.GrantRejoin: Worker._grant_rejoin,
 }
 
 #: Peer request type -> the method of Worker that answers it.
@@ -835,6 +1014,9 @@ _PEER_REQUESTS: dict[type, Callable[[Worker, Any], Awaitable[m.Message]]] = {
     m.GetData: Worker._serve_get_data,
     m.PutData: Worker._serve_put_data,
     m.RunFunction: Worker._run_function,
+    m.ActorCall: Worker._serve_actor_call,
+    m.ProfileRequest: Worker._serve_profile,
+    m.CallStackRequest: Worker._serve_call_stacks,
     m.PluginSetup: Worker._plugin_setup,
     m.PluginTeardown: Worker._plugin_teardown,
 }

@@ -23,9 +23,11 @@ Thread safety: the buffer is used from the worker's event loop only.
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import struct
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -53,6 +55,9 @@ class SpillBuffer(MutableMapping[str, Any]):
         self.unspilled_count = 0
         self._counter = 0
         self._paths: dict[str, str] = {}
+        #: Recent disk traffic for the task stream: (key, "disk-write" or
+        #: "disk-read", start, stop, bytes), newest last.
+        self.disk_log: collections.deque[tuple[str, str, float, float, int]] = collections.deque(maxlen=1000)
 
     # ------------------------------------------------------------ mapping
 
@@ -161,6 +166,7 @@ class SpillBuffer(MutableMapping[str, Any]):
         return path
 
     def _write(self, key: str, value: Any) -> None:
+        start = time.time()
         ser = dumps(value)
         path = self._path(key)
         frames = [ser.data, *ser.buffers]
@@ -173,6 +179,7 @@ class SpillBuffer(MutableMapping[str, Any]):
         size = os.path.getsize(path)
         self.slow[key] = size
         self.slow_bytes += size
+        self.disk_log.append((key, "disk-write", start, time.time(), size))
 
     def serialized(self, key: str) -> Serialized | None:
         """A spilled value as it lies on disk, which is its wire form: sent
@@ -195,7 +202,10 @@ class SpillBuffer(MutableMapping[str, Any]):
         return Serialized(kind=kind, data=frames[0], buffers=tuple(frames[1:]))
 
     def _read(self, key: str) -> Any:
-        return loads(self._read_serialized(key))
+        start = time.time()
+        value = loads(self._read_serialized(key))
+        self.disk_log.append((key, "disk-read", start, time.time(), self.slow.get(key, 0)))
+        return value
 
     def _forget_slow(self, key: str) -> None:
         self.slow_bytes -= self.slow.pop(key)

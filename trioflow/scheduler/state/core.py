@@ -12,6 +12,7 @@ CPython), not an extra hop.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable
 
 from ...protocol.messages import KeyErred, KeyInMemory
@@ -32,6 +33,8 @@ from .exceptions import InvalidEvent
 FIRE_AND_FORGET = "fire-and-forget"
 DEFAULT_DURATION = 0.5
 DEFAULT_BANDWIDTH = 100e6
+#: Transitions kept for ``client.story`` (the newest).
+TRANSITION_LOG_LENGTH = 20_000
 
 
 def _key_in_memory(ts: TaskState) -> KeyInMemory:
@@ -83,6 +86,9 @@ class StateCore:
         self.prefix_durations: dict[str, float] = {}
         self.names: dict[str, str] = {}  # worker name -> address
         self.transition_counter = 0
+        #: The newest transitions, for ``client.story``: (key, from, to,
+        #: worker it is processing on or "", time of the event).
+        self.transition_log: collections.deque[tuple[str, str, str, str, float]] = collections.deque(maxlen=TRANSITION_LOG_LENGTH)
         self.task_counts: dict[str, int] = dict.fromkeys(ALL_STATES[:-1], 0)
         self.now = 0.0
         self._out: list[Instruction] = []

@@ -242,6 +242,7 @@ class WorkerState:
         "resources",
         "used_resources",
         "processing",
+        "long_running",
         "has_what",
         "nbytes",
         "occupancy",
@@ -271,6 +272,9 @@ class WorkerState:
         self.used_resources = {k: 0.0 for k in resources}
         #: Tasks sent to it -> their expected duration.
         self.processing: dict[TaskState, float] = {}
+        #: Tasks in ``processing`` that left the worker's thread pool
+        #: (secede): they occupy no thread, the root-task queue leaves them out.
+        self.long_running: set[TaskState] = set()
         #: Results it holds (a dict as an insertion-ordered set).
         self.has_what: dict[TaskState, None] = {}
         #: Bytes of results it holds.

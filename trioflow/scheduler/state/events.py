@@ -172,6 +172,15 @@ class RescheduleEvent(Record):
 
 
 @record(kw_only=True)
+class LongRunningEvent(Record):
+    """A task left its worker's thread pool (``secede``): it runs on, but
+    holds no thread."""
+
+    worker: str
+    key: str
+
+
+@record(kw_only=True)
 class ReleaseWorkerDataEvent(Record):
     worker: str
     keys: list[str]
@@ -251,6 +260,7 @@ Event = (
     | MissingDataEvent
     | ReleaseWorkerDataEvent
     | RescheduleEvent
+    | LongRunningEvent
     | HeartbeatEvent
     | StealResponseEvent
     | TickEvent

@@ -32,6 +32,7 @@ from .events import (
     FireAndForgetEvent,
     HeartbeatEvent,
     Instruction,
+    LongRunningEvent,
     MissingDataEvent,
     NannyRestartedEvent,
     ReleaseKeysEvent,
@@ -356,6 +357,20 @@ class SchedulerState(MembershipLayer):
             return
         self._transitions({ts: "released"})
 
+    def _long_running(self, ev: LongRunningEvent) -> None:
+        ts = self.tasks.get(ev.key)
+        ws = self.workers.get(ev.worker)
+        if ts is None or ws is None or ts.state != "processing" or ts.processing_on is not ws:
+            return
+        ws.long_running.add(ts)
+        # Its expected duration no longer holds the worker's queue back.
+        d = ws.processing.get(ts, 0.0)
+        ws.processing[ts] = 0.0
+        ws.occupancy = max(ws.occupancy - d, 0.0)
+        if self.queued:
+            self._to_fill.add(ws)
+            self._transitions({})
+
     _handlers: dict[type, Any] = {}
 
 
@@ -401,6 +416,7 @@ SchedulerState._handlers = {
     ReleaseWorkerDataEvent: SchedulerState._release_worker_data,
     HeartbeatEvent: SchedulerState._heartbeat,
     RescheduleEvent: SchedulerState._reschedule,
+    LongRunningEvent: SchedulerState._long_running,
     StealResponseEvent: SchedulerState._steal_response,
     TickEvent: SchedulerState._tick,
     FireAndForgetEvent: SchedulerState._fire_and_forget_keys,

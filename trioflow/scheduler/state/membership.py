@@ -340,16 +340,23 @@ class MembershipLayer(ValidationLayer):
     def _restart(self, ev: RestartEvent) -> None:
         if ev.request in self.retirements or ev.request in self.restarts:
             raise InvalidEvent(f"request {ev.request!r} is already under way")
-        for cs in [*self.clients.values(), self.fire_and_forget]:
-            keys = [ts.key for ts in cs.wants_what]
-            if keys:
-                self._cancel(keys)
+        # The workers without a nanny are closing before anything is
+        # cancelled, and every key is cancelled in one cascade: cancelling
+        # one client's keys after another let a slot freed by the first
+        # start a queued task of the next (cancelled right after, in the
+        # same batch, on a worker told to close).
+        closing = [a for a, ws in self.workers.items() if not ws.nanny]
+        for address in closing:
+            self.told_to_close.add(address)
+            self.workers[address].status = "closing"
+            self._to_fill.discard(self.workers[address])
+            self._idle_candidates.discard(self.workers[address])
+        keys = list(dict.fromkeys(ts.key for cs in [*self.clients.values(), self.fire_and_forget] for ts in cs.wants_what))
+        if keys:
+            self._cancel(keys)
+        for address in closing:
+            self._out.append(ToWorker(address, CloseWorker(reason="restart (no nanny to restart it)")))
         nannies = [w.nanny for w in self.workers.values() if w.nanny]
-        for address, ws in self.workers.items():
-            if not ws.nanny:
-                self.told_to_close.add(address)
-                ws.status = "closing"
-                self._out.append(ToWorker(address, CloseWorker(reason="restart (no nanny to restart it)")))
         rs = Restart(ev.request, nannies, self.now + ev.timeout)
         rs.timeout = ev.timeout
         for nanny in nannies:

@@ -31,7 +31,7 @@ class QueuingLayer(PlacementLayer):
         return self.worker_saturation != float("inf") and not ts.dependencies and not ts.workers and not ts.resources
 
     def _saturated(self, ws: WorkerState) -> bool:
-        n = len(ws.processing)
+        n = len(ws.processing) - len(ws.long_running)
         if n < max(math.ceil(ws.nthreads * self.worker_saturation), 1):
             return False
         # Tasks of a prefix not seen finishing yet count DEFAULT_DURATION, so

@@ -92,8 +92,11 @@ class TransitionsLayer(QueuingLayer):
                 return
             raise InvalidTransition(f"no transition {start} -> {finish} for {ts.key!r}")
         self.transition_counter += 1
+        on = ts.processing_on
         func(self, ts, recs)
         end = ts.state
+        on = ts.processing_on or on
+        self.transition_log.append((ts.key, start, end, on.address if on is not None else "", self.now))
         if start == "processing-lost":
             start = "processing"
         self._count_move(ts, start, end)
@@ -112,6 +115,7 @@ class TransitionsLayer(QueuingLayer):
         ws = ts.processing_on
         if ws is not None:
             d = ws.processing.pop(ts, None)
+            ws.long_running.discard(ts)
             if d is not None:
                 ws.occupancy = max(ws.occupancy - d, 0.0) if ws.processing else 0.0
             ts.processing_on = None

@@ -90,6 +90,7 @@ class ValidationLayer(StealingLayer):
             assert ws.status != "closing" or address in self.told_to_close, ws
             for ts in ws.processing:
                 assert ts.processing_on is ws and ts.state == "processing", (ws, ts)
+            assert ws.long_running <= ws.processing.keys(), (ws, ws.long_running)
             for ts in ws.has_what:
                 assert ws in ts.who_has, (ws, ts)
             for name, used in ws.used_resources.items():

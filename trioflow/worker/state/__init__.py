@@ -7,11 +7,16 @@ finished, a fetch from a peer came back) through :meth:`WorkerState.handle`
 and returns instructions for the shell in :mod:`trioflow.worker.server`:
 :class:`Execute` a task, :class:`GatherDep` from a peer, :class:`SendMsg` to
 the scheduler, :class:`DropData` from the local store, :class:`ReportPause`
-(memory), :class:`DisconnectScheduler` (silent too long).  It holds keys
-and sizes, never the values: the shell owns the data store, the threads and
-the sockets.  No trio import, no clock reads: events that need the time
+(memory), :class:`DisconnectScheduler` (silent too long), :class:`GrantRejoin`
+(a seceded run gets a slot back).  It holds keys and sizes, never the
+values: the shell owns the data store, the threads and the sockets.  No trio import, no clock reads: events that need the time
 carry it (:class:`RegisteredEvent`, :class:`SchedulerTimerEvent`).  Every
 decision is made here; the shell measures, moves bytes and carries out.
+
+A run may leave its slot while it waits (``secede()`` in the task,
+:class:`SecedeEvent`): it stays 'executing' but is counted out of
+``n_executing`` (``seceded``) until it asks back (:class:`RejoinEvent`) and
+a slot is free; rejoining runs get slots before ready tasks.
 
 Task states on a worker:
 
@@ -68,6 +73,7 @@ from .events import (
     DataPutEvent,
     Event,
     ExecuteFailureEvent,
+    ExecuteRescheduleEvent,
     ExecuteSuccessEvent,
     FreeKeysEvent,
     GatherDepDoneEvent,
@@ -77,7 +83,9 @@ from .events import (
     MemorySampleEvent,
     PauseEvent,
     RegisteredEvent,
+    RejoinEvent,
     SchedulerTimerEvent,
+    SecedeEvent,
     StealRequestEvent,
 )
 from .instructions import (
@@ -85,6 +93,7 @@ from .instructions import (
     DropData,
     Execute,
     GatherDep,
+    GrantRejoin,
     Instruction,
     ReportPause,
     SendMsg,
@@ -108,19 +117,23 @@ __all__ = [
     "Event",
     "Execute",
     "ExecuteFailureEvent",
+    "ExecuteRescheduleEvent",
     "ExecuteSuccessEvent",
     "FreeKeysEvent",
     "GatherDep",
     "GatherDepDoneEvent",
     "GatherDepFailedEvent",
+    "GrantRejoin",
     "HeartbeatAckEvent",
     "Instruction",
     "InvalidWorkerEvent",
     "MemorySampleEvent",
     "PauseEvent",
     "RegisteredEvent",
+    "RejoinEvent",
     "ReportPause",
     "SchedulerTimerEvent",
+    "SecedeEvent",
     "SendMsg",
     "StealRequestEvent",
     "TaskStateName",

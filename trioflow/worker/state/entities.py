@@ -179,6 +179,11 @@ class WorkerStateRecord:
         #: resources they hold until their thread returns.  Their results
         #: are dropped.
         self.superseded: dict[str, dict[str, float]] = {}
+        #: Keys of runs that left the executor's pool (secede): they hold no
+        #: slot (``n_executing`` leaves them out) until rejoined.
+        self.seceded: set[str] = set()
+        #: Seceded runs waiting for a slot to rejoin, first come first served.
+        self.rejoining: list[str] = []
         #: Dependencies to fetch, grouped by the peer chosen for each.
         self.fetch_by_worker: dict[str, dict[WorkerTask, None]] = {}
         #: Transfers under way: peer -> the keys asked of it.
@@ -230,7 +235,7 @@ class WorkerStateRecord:
     @property
     def n_executing(self) -> int:
         """Runs holding an executor slot, superseded ones included."""
-        return len(self.executing) + len(self.superseded)
+        return len(self.executing) + len(self.superseded) - len(self.seceded)
 
     @property
     def n_ready(self) -> int:

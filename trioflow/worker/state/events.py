@@ -2,7 +2,9 @@
 
 One rule for names: every event class ends in ``Event``.  Events come from
 the scheduler (:class:`ComputeTaskEvent`, :class:`FreeKeysEvent`, ...), from
-the executor (:class:`ExecuteSuccessEvent`, :class:`ExecuteFailureEvent`),
+the executor (:class:`ExecuteSuccessEvent`, :class:`ExecuteFailureEvent`,
+:class:`ExecuteRescheduleEvent`), from tasks themselves
+(:class:`SecedeEvent`, :class:`RejoinEvent`),
 from transfers (:class:`GatherDepDoneEvent`, :class:`GatherDepFailedEvent`),
 from clients (:class:`DataPutEvent`), from the memory monitor
 (:class:`MemorySampleEvent`; :class:`PauseEvent` directly) and from the clock (:class:`SchedulerTimerEvent`).
@@ -26,6 +28,7 @@ __all__ = [
     "DataPutEvent",
     "Event",
     "ExecuteFailureEvent",
+    "ExecuteRescheduleEvent",
     "ExecuteSuccessEvent",
     "FreeKeysEvent",
     "GatherDepDoneEvent",
@@ -35,7 +38,9 @@ __all__ = [
     "MemorySampleEvent",
     "PauseEvent",
     "RegisteredEvent",
+    "RejoinEvent",
     "SchedulerTimerEvent",
+    "SecedeEvent",
     "StealRequestEvent",
 ]
 
@@ -162,6 +167,32 @@ class SchedulerTimerEvent(Record):
     now: float
 
 
+@record(kw_only=True)
+class ExecuteRescheduleEvent(Record):
+    """A run raised :class:`~trioflow.errors.Reschedule`: the scheduler is
+    to place the task again."""
+
+    key: str
+
+
+@record(kw_only=True)
+class SecedeEvent(Record):
+    """The run of ``key`` left the executor's pool (``secede()`` in the
+    task): its thread waits on something else, and its slot is free for
+    another task."""
+
+    key: str
+
+
+@record(kw_only=True)
+class RejoinEvent(Record):
+    """The seceded run of ``key`` wants a slot again (``rejoin()``): it is
+    granted (:class:`~.instructions.GrantRejoin`) as soon as one is free,
+    before any ready task starts."""
+
+    key: str
+
+
 Event = (
     ComputeTaskEvent
     | FreeKeysEvent
@@ -177,4 +208,7 @@ Event = (
     | RegisteredEvent
     | HeartbeatAckEvent
     | SchedulerTimerEvent
+    | SecedeEvent
+    | RejoinEvent
+    | ExecuteRescheduleEvent
 )

@@ -27,20 +27,30 @@ from __future__ import annotations
 import heapq
 
 from ...keys import key_prefix
-from ...protocol.messages import ComputeTask, StealResponse, TaskErred, TaskFinished
+from ...protocol.messages import (
+    ComputeTask,
+    LongRunning,
+    Reschedule,
+    StealResponse,
+    TaskErred,
+    TaskFinished,
+)
 from .entities import WorkerTask
 from .events import (
     ComputeTaskEvent,
     DataPutEvent,
     ExecuteFailureEvent,
+    ExecuteRescheduleEvent,
     ExecuteSuccessEvent,
     InvalidWorkerEvent,
     MemorySampleEvent,
     PauseEvent,
+    RejoinEvent,
+    SecedeEvent,
     StealRequestEvent,
 )
 from .fetching import Fetching
-from .instructions import DropData, Execute, ReportPause, SendMsg
+from .instructions import DropData, Execute, GrantRejoin, ReportPause, SendMsg
 
 __all__ = ["Execution"]
 
@@ -187,6 +197,10 @@ class Execution(Fetching):
         Raises:
             InvalidWorkerEvent: no run of ``key`` goes on; nothing changed.
         """
+        if key in self.seceded:
+            self.seceded.discard(key)
+            if key in self.rejoining:
+                self.rejoining.remove(key)
         held = self.superseded.pop(key, None)
         if held is not None:
             self.executed_count += 1
@@ -243,6 +257,25 @@ class Execution(Fetching):
             ts.state = "fetch"
             self._queue_fetch(ts)
 
+    def _execute_reschedule(self, ev: ExecuteRescheduleEvent) -> None:
+        ts = self._run_returned(ev.key)
+        if ts is None:
+            return
+        self._release_deps_of(ts)
+        cancelled, ts.cancelled = ts.cancelled, False
+        # A stale run (the scheduler has the key elsewhere and asked for a
+        # copy) has nothing to reschedule: fetch the copy, as after a failure.
+        stale, ts.replica = ts.replica, False
+        if stale or any(t.state == "waiting" for t in ts.dependents):
+            # Local tasks wait for it too: fetch it from wherever the
+            # scheduler has or computes it (with no holder, _queue_fetch
+            # reschedules them).
+            ts.state = "fetch"
+            self._queue_fetch(ts)
+        else:
+            self._set_gone(ts)
+        if not cancelled and not stale:
+            self._out.append(SendMsg(Reschedule(key=ev.key)))
 
     def _data_put(self, ev: DataPutEvent) -> None:
         for key, n in ev.nbytes.items():
@@ -286,6 +319,30 @@ class Execution(Fetching):
             self._drop(ts)
         self._out.append(SendMsg(StealResponse(key=ev.key, stolen=stolen)))
 
+
+    def _secede(self, ev: SecedeEvent) -> None:
+        ts = self.tasks.get(ev.key)
+        running = ev.key in self.superseded or (ts is not None and ts.state == "executing")
+        if not running or ev.key in self.seceded:
+            raise InvalidWorkerEvent(f"secede from {ev.key!r}, which is not a run holding a slot here")
+        self.seceded.add(ev.key)
+        if ts is not None and ts.state == "executing":
+            # The scheduler counts it out of this worker's load too: tasks
+            # it waits for (submitted from inside it) must be sent here.
+            self._out.append(SendMsg(LongRunning(key=ev.key)))
+
+    def _rejoin(self, ev: RejoinEvent) -> None:
+        if ev.key not in self.seceded or ev.key in self.rejoining:
+            raise InvalidWorkerEvent(f"rejoin of {ev.key!r}, which has not seceded")
+        self.rejoining.append(ev.key)
+
+    def _grant_rejoins(self) -> None:
+        """Give free slots to seceded runs asking to rejoin, before ready
+        tasks (as a thread pool serves a rejoining thread first)."""
+        while self.rejoining and self.n_executing < self.nthreads:
+            key = self.rejoining.pop(0)
+            self.seceded.discard(key)
+            self._out.append(GrantRejoin(key))
 
     def _pause(self, ev: PauseEvent) -> None:
         self.paused = ev.paused
@@ -351,6 +408,8 @@ class Execution(Fetching):
 
     def _start_runs(self) -> None:
         """Hand ready tasks to the executor, by priority, while slots allow."""
+        if self.rejoining:
+            self._grant_rejoins()
         if self.paused:
             return
         only_short = self._runs_only_short()

@@ -6,7 +6,7 @@ from ...protocol.messages import Message
 from ...protocol.serialize import Serialized
 from ...records import Record, record
 
-__all__ = ["DisconnectScheduler", "DropData", "Execute", "GatherDep", "Instruction", "ReportPause", "SendMsg"]
+__all__ = ["DisconnectScheduler", "DropData", "Execute", "GatherDep", "GrantRejoin", "Instruction", "ReportPause", "SendMsg"]
 
 
 @record
@@ -60,4 +60,12 @@ class DisconnectScheduler(Record):
     reason: str
 
 
-Instruction = Execute | GatherDep | SendMsg | DropData | ReportPause | DisconnectScheduler
+@record
+class GrantRejoin(Record):
+    """A slot is free for the seceded run of ``key`` that asked to rejoin:
+    let its thread go on."""
+
+    key: str
+
+
+Instruction = Execute | GatherDep | SendMsg | DropData | ReportPause | DisconnectScheduler | GrantRejoin

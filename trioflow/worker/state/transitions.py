@@ -24,6 +24,7 @@ from .events import (
     ComputeTaskEvent,
     DataPutEvent,
     ExecuteFailureEvent,
+    ExecuteRescheduleEvent,
     ExecuteSuccessEvent,
     FreeKeysEvent,
     GatherDepDoneEvent,
@@ -32,7 +33,9 @@ from .events import (
     MemorySampleEvent,
     PauseEvent,
     RegisteredEvent,
+    RejoinEvent,
     SchedulerTimerEvent,
+    SecedeEvent,
     StealRequestEvent,
 )
 from .execution import Execution
@@ -54,6 +57,9 @@ HANDLERS: Final[dict[type, Callable[[Any, Any], None]]] = {
     # from the executor
     ExecuteSuccessEvent: Execution._execute_success,
     ExecuteFailureEvent: Execution._execute_failure,
+    ExecuteRescheduleEvent: Execution._execute_reschedule,
+    SecedeEvent: Execution._secede,
+    RejoinEvent: Execution._rejoin,
     # from transfers
     GatherDepDoneEvent: Fetching._gather_done,
     GatherDepFailedEvent: Fetching._gather_failed,

@@ -42,6 +42,11 @@ def check(ws: WorkerState) -> None:
         # Never a second run of a key beside its superseded one.
         t = ws.tasks.get(key)
         assert t is None or t.state not in ("waiting", "ready", "executing"), t
+    for key in ws.seceded:
+        # A seceded run is still a run: current or superseded.
+        t = ws.tasks.get(key)
+        assert key in ws.superseded or (t is not None and t in ws.executing), key
+    assert set(ws.rejoining) <= ws.seceded, ws.rejoining
     assert ws.n_executing <= ws.slots
     # No thread idles while a ready task could run: every ready task is
     # queued, or set aside because its resources are taken right now.
