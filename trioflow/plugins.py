@@ -207,7 +207,7 @@ class _WorkersOrNannies:
         return self.restart_workers
 
 
-class UploadDirectory(_WorkersOrNannies, WorkerPlugin, NannyPlugin):  # type: ignore[misc]
+class UploadDirectory(_WorkersOrNannies, WorkerPlugin, NannyPlugin):  # type: ignore[misc,override]
     """Send a local directory to every worker (zipped, unpacked into the
     worker's local directory); ``update_path`` puts it on ``sys.path``.
     With ``restart_workers=True`` it goes to the nannies, which restart their
@@ -276,7 +276,7 @@ def _install_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-class PipInstall(_WorkersOrNannies, WorkerPlugin, NannyPlugin):  # type: ignore[misc]
+class PipInstall(_WorkersOrNannies, WorkerPlugin, NannyPlugin):  # type: ignore[misc,override]
     """``pip install`` packages in every worker's environment (one install
     at a time per environment and machine).  ``restart_workers=True`` installs
     from the nannies and restarts their workers, so new versions of modules
