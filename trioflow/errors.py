@@ -32,6 +32,7 @@ __all__ = [
     "LeakError",
     "LostData",
     "NannyStartError",
+    "PluginError",
     "ProtocolError",
     "RegistrationRefused",
     "RemoteError",
@@ -193,6 +194,28 @@ class InvalidTransition(TrioflowError, RuntimeError):
 
 class NannyStartError(TrioflowError, RuntimeError):
     """The nanny's first worker process could not start; the message says why in one line."""
+
+
+class PluginError(TrioflowError, RuntimeError):
+    """A plugin registered with ``Client.register_plugin`` raised.
+
+    The message names the plugin, the hook and where it failed (``setup``
+    on worker ``tcp://...``); ``failures`` lists every place as
+    ``(where, phase, "Type: message")``, and ``__cause__`` is the first
+    original exception when it could be sent back.
+    """
+
+    def __init__(self, message: str, *, plugin: str = "", failures: list[tuple[str, str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+        self.failures = list(failures or [])
+
+    def __reduce__(self) -> tuple[Callable[..., PluginError], tuple[str, str, list[tuple[str, str, str]]]]:
+        return _plugin_error, (str(self), self.plugin, self.failures)
+
+
+def _plugin_error(message: str, plugin: str, failures: list[tuple[str, str, str]]) -> PluginError:
+    return PluginError(message, plugin=plugin, failures=failures)
 
 
 class UserError(TrioflowError):

@@ -27,8 +27,10 @@ def _directory() -> str:
     return path
 
 
-def install_upload(filename: str, data: bytes, load: bool = True) -> str:
-    """Write ``data`` as ``filename`` and make it importable; returns its path.
+def install_upload(filename: str, data: bytes, load: bool = True, directory: str | None = None) -> str:
+    """Write ``data`` as ``filename`` (in ``directory``, by default the
+    current worker's ``uploads``) and make it importable; returns its path.
+    :class:`~trioflow.UploadFile` uses it too.
 
     Raises:
         ValueError: a name with a directory part.
@@ -36,7 +38,10 @@ def install_upload(filename: str, data: bytes, load: bool = True) -> str:
     """
     if os.path.basename(filename) != filename or filename in ("", ".", ".."):
         raise ValueError(f"upload_file: expected a bare file name, got {filename!r}")
-    directory = _directory()
+    if directory is None:
+        directory = _directory()
+    else:
+        os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, filename)
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "wb") as f:

@@ -34,6 +34,7 @@ BASES: dict[type[BaseException], type[BaseException]] = {
     errors.InvalidEvent: ValueError,
     errors.InvalidTransition: RuntimeError,
     errors.NannyStartError: RuntimeError,
+    errors.PluginError: RuntimeError,
     errors.UserError: Exception,
     errors.LeakError: AssertionError,
     errors._EncryptedKey: Exception,
@@ -73,7 +74,7 @@ def test_trioflow_error_catches_each_and_the_standard_base_holds(cls: type[BaseE
 
 def test_public_names_are_the_classes_in_trioflow_errors() -> None:
     for name in ["CancelledError", "CommClosedError", "CommError", "FutureLostError", "KilledWorker",
-                 "ProtocolError", "SecurityError", "SerializationError", "TrioflowError"]:
+                 "PluginError", "ProtocolError", "SecurityError", "SerializationError", "TrioflowError"]:
         assert getattr(trioflow, name) is getattr(errors, name), name
         assert name in trioflow.__all__
     assert trioflow.TimeoutError is TimeoutError is asyncio.TimeoutError

@@ -32,13 +32,16 @@ def _seconds(value: Any, default: float) -> float:
     return default if t is None else t
 
 
-def _call_on_worker(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+def _call_on_worker(function: Callable[..., Any] | bytes, *args: Any, **kwargs: Any) -> Any:
     """Run on a worker for ``Client.run``: pass the worker as ``dask_worker``
     if the function takes it, and run a coroutine it returns to completion."""
     import inspect
 
+    from ..protocol.serialize import loads_function
     from ..worker.executor import thread_state
 
+    if isinstance(function, bytes):  # pickled as a task's function (by value where it must be)
+        function = loads_function(function)
     try:
         params = inspect.signature(function).parameters
     except (TypeError, ValueError):
@@ -222,7 +225,10 @@ class AdminMixin(ClientParts):
                 raise ValueError(f"run(): no worker with address or name {unknown[0]!r}")
             targets = [names.get(w, w) for w in wanted]
         fbytes = dumps_function(_call_on_worker)
-        args_ser = dumps(((function, *args), kwargs))
+        # The function travels as a task's function does (cloudpickle: by value
+        # for __main__, lambdas and modules registered by value), not with
+        # the arguments (plain pickle, by reference).
+        args_ser = dumps(((dumps_function(function), *args), kwargs))
         results: dict[str, Any] = {}
         errors: dict[str, BaseException] = {}
 

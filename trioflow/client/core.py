@@ -16,6 +16,7 @@ The client is split by concern; each part is a mixin of this class:
 - :mod:`.admin`: cluster administration and diagnostics;
 - :mod:`.cluster`: more of it (run_on_scheduler, replicate, upload_file, ...);
 - :mod:`.logs`: the scheduler's and workers' logs, ``forward_logging``;
+- :mod:`.plugins`: ``register_plugin`` and ``unregister_*_plugin``;
 - :mod:`.bridge`: running the client for asyncio (and any Trio) callers.
 
 ``open_client`` runs the client in the caller's Trio loop; the blocking
@@ -48,6 +49,7 @@ from .futures import FutureLostError, FutureState
 from .graphs import GraphMixin
 from .logs import LogsMixin
 from .observe import ObserveMixin
+from .plugins import PluginsMixin
 from .submit import SubmitMixin, funcname
 from .tracebacks import is_remote, with_remote_traceback
 
@@ -56,7 +58,7 @@ logger = logging.getLogger("trioflow.client")
 __all__ = ["AsyncClient", "funcname", "open_client"]
 
 
-class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, LogsMixin, AsyncDatasetsMixin, EventsMixin, ObserveMixin):
+class AsyncClient(SubmitMixin, GraphMixin, DataMixin, AdminMixin, ClusterMixin, LogsMixin, AsyncDatasetsMixin, EventsMixin, ObserveMixin, PluginsMixin):
     """A client in the current Trio loop; make one with :func:`open_client`."""
 
     def __init__(self, address: str, *, security: Any = None, name: str | None = None, timeout: float = 10) -> None:

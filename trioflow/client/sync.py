@@ -496,6 +496,30 @@ class Client(DatasetsMixin):
         _check_callable(function, "run")
         return self._call(self._core.run, function, *args, workers=workers, wait=wait, nanny=nanny, on_error=on_error, **kwargs)
 
+    def register_plugin(self, plugin: Any, name: str | None = None, idempotent: bool | None = None) -> Any:
+        """See :meth:`AsyncClient.register_plugin <trioflow.client.plugins.PluginsMixin.register_plugin>`."""
+        return self._call(self._core.register_plugin, plugin, name, idempotent)
+
+    def register_worker_plugin(self, plugin: Any = None, name: str | None = None, nanny: bool | None = None) -> Any:
+        """Deprecated (as in dask): use :meth:`register_plugin`."""
+        import warnings
+
+        warnings.warn("register_worker_plugin is deprecated; use register_plugin", DeprecationWarning, stacklevel=2)
+        return self._call(self._core.register_plugin, plugin, name, None)
+
+    def register_scheduler_plugin(self, plugin: Any, name: str | None = None, idempotent: bool | None = None) -> Any:
+        """Deprecated (as in dask): use :meth:`register_plugin`."""
+        import warnings
+
+        warnings.warn("register_scheduler_plugin is deprecated; use register_plugin", DeprecationWarning, stacklevel=2)
+        return self._call(self._core.register_plugin, plugin, name, idempotent)
+
+    def unregister_worker_plugin(self, name: str, nanny: bool | None = None) -> Any:
+        return self._call(self._core.unregister_worker_plugin, name, nanny)
+
+    def unregister_scheduler_plugin(self, name: str) -> Any:
+        return self._call(self._core.unregister_scheduler_plugin, name)
+
     def run_on_scheduler(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``function`` in the scheduler's process; its result."""
         _check_callable(function, "run_on_scheduler")

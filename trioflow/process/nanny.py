@@ -153,6 +153,11 @@ class Nanny:
         self._closed = trio.Event()
         self._worker_ready = trio.Event()
         self._nursery: trio.Nursery | None = None
+        from .._plugin_host import PluginHost
+
+        #: Nanny plugins registered by clients (see :mod:`trioflow.plugins`).
+        self._plugin_host = PluginHost(self)
+        self.plugins = self._plugin_host.plugins
 
     async def __aenter__(self) -> Nanny:
         """``async with Nanny(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
@@ -239,6 +244,9 @@ class Nanny:
             failed = ended_in_failure(exc)
             raise
         finally:
+            if self.plugins:
+                with trio.CancelScope(shield=True), trio.move_on_after(5):
+                    await self._plugin_host.teardown_all()
             self.status = Status.failed if failed or self.failure is not None else Status.closed
             self._closed.set()
 
@@ -483,6 +491,10 @@ class Nanny:
                     reply: m.Message = m.Ok()
                 except TimeoutError as exc:
                     reply = m.ErrorReply(message=str(exc))
+            elif isinstance(msg, m.PluginSetup):
+                reply = await self._plugin_setup(msg)
+            elif isinstance(msg, m.PluginTeardown):
+                reply = m.PluginReply(failures=await self._plugin_host.teardown(msg.name))
             elif isinstance(msg, m.NannyKill):
                 logger.info("close requested: %s", msg.reason or "no reason given")
                 self._closing = True
@@ -493,6 +505,26 @@ class Nanny:
             else:
                 reply = m.ErrorReply(message=f"a nanny does not serve {msg.op!r} requests")
             await comm.send(reply)
+
+
+    async def _plugin_setup(self, msg: m.PluginSetup) -> m.Message:
+        """Set a nanny plugin up (once: the scheduler sends it again each time
+        our worker registers); one with ``restart`` restarts the worker after
+        the reply, so that a fresh worker process sees what it changed."""
+        if self._plugin_host.has(msg.name, msg.plugin):
+            return m.PluginReply()
+        failures = await self._plugin_host.setup(msg.name, msg.plugin)
+        plugin = self.plugins.get(msg.name)
+        if plugin is not None and getattr(plugin, "restart", False) and self._nursery is not None:
+            self._nursery.start_soon(self._restart_for_plugin, msg.name)
+        return m.PluginReply(failures=failures)
+
+    async def _restart_for_plugin(self, name: str) -> None:
+        logger.info("restarting the worker for plugin %r", name)
+        try:
+            await self.restart()
+        except TimeoutError as exc:
+            logger.warning("restart for plugin %r: %s", name, exc)
 
 
 def _describe_exit(code: int) -> str:

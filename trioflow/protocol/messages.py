@@ -138,6 +138,9 @@ class WorkerRegistered(Message):
     #: worker gives up on a silent scheduler after about as long.
     worker_ttl: float = 0.0
     forget: list[str] = attrs.field(factory=_empty_list)  # held keys the scheduler doesn't want
+    #: Worker plugins registered by clients (name -> pickled plugin), set up
+    #: by the worker before it takes work.
+    plugins: dict[str, bytes] = attrs.field(factory=_empty_dict)
 
 
 @message("register-client")
@@ -938,8 +941,65 @@ class DatasetList(Message):
     client: str
 
 
+# ---------------------------------------------------------------- plugins
+
+
+@record(kw_only=True)
+class PluginFailure(Record):
+    """A plugin hook that raised: which plugin, which hook, where (a worker's
+    or nanny's address, or ``"scheduler"``), and the exception as data."""
+
+    plugin: str
+    phase: str
+    where: str
+    type_name: str
+    message: str
+    traceback_text: str = ""
+    exception: bytes | None = None
+
+
+@message("register-plugin")
+class RegisterPlugin(Message):
+    """Client -> scheduler: set up ``plugin`` (cloudpickled) of ``kind``
+    (``"worker"``, ``"nanny"`` or ``"scheduler"``) everywhere, now and on
+    whatever joins later."""
+
+    kind: str
+    name: str
+    plugin: bytes
+    idempotent: bool = False
+
+
+@message("unregister-plugin")
+class UnregisterPlugin(Message):
+    kind: str
+    name: str
+
+
+@message("plugin-setup")
+class PluginSetup(Message):
+    """Scheduler -> worker or nanny: set this plugin up (replacing one of
+    the same name)."""
+
+    name: str
+    plugin: bytes
+
+
+@message("plugin-teardown")
+class PluginTeardown(Message):
+    name: str
+
+
+@message("plugin-reply")
+class PluginReply(Message):
+    """The answer to the plugin requests: what failed (empty: all went well)."""
+
+    failures: list[PluginFailure] = attrs.field(factory=_empty_list)
+    #: The workers (or nannies) where it went well.
+    done: list[str] = attrs.field(factory=_empty_list)
+
 #: Sub-structures that travel inside messages (not messages themselves).
-STRUCTURES: tuple[type, ...] = (TaskSpec, WorkerInfo, TLSSettings, WorkerConfig, PrimitiveItem)
+STRUCTURES: tuple[type, ...] = (TaskSpec, WorkerInfo, TLSSettings, WorkerConfig, PrimitiveItem, PluginFailure)
 
 
 # ---------------------------------------------------------------- client administration (scheduler/admin.py)
@@ -1016,3 +1076,4 @@ class UploadFile(Message):
     filename: str
     data: bytes
     load: bool = True
+

@@ -22,7 +22,10 @@ Every decision, those of retirement, restart, liveness, fire-and-forget,
 retry, replicate and rebalance included, is the machine's; the shell (and
 :mod:`.admin`) does the IO.  The scheduler never
 unpickles user data: run specs, results and exceptions pass through as
-:class:`~trioflow.protocol.serialize.Serialized` bytes.
+:class:`~trioflow.protocol.serialize.Serialized` bytes.  The exceptions
+are what a client sends to run here explicitly: ``run_on_scheduler``
+(:mod:`.admin`) and scheduler plugins (:mod:`.plugins`), called by this
+shell, never by the machine.
 
 A peer's bad input never takes the scheduler down: a malformed frame or
 unknown op closes that one connection (logged in one line); a well-formed
@@ -58,6 +61,7 @@ from .admin import SchedulerAdmin
 from .events import EventLog
 from .extensions.serve import HANDLED as PRIMITIVE_REQUESTS
 from .extensions.serve import PrimitivesServer
+from .plugins import SchedulerPlugins
 from .taskstream import TaskStream
 
 logger = logging.getLogger("trioflow.scheduler")
@@ -137,7 +141,9 @@ class Scheduler:
         #: (worker, peer it fetched from, bytes, start, stop, number of keys).
         self.transfer_stream: list[tuple[str, str, int, float, float, int]] = []
         self.bytes_transferred = 0
+        #: Scheduler plugins registered by clients (see :mod:`trioflow.plugins`).
         self.plugins: list[Any] = []
+        self._plugins = SchedulerPlugins(self)
         self.events_handled = 0
         #: Events logged by workers and clients, and who subscribes to them.
         self.event_log = EventLog()
@@ -150,6 +156,8 @@ class Scheduler:
             m.RetireWorkers: self._retire_workers,
             m.Restart: self._restart,
             m.StoryRequest: self._story,
+            m.RegisterPlugin: self._plugins.register,
+            m.UnregisterPlugin: self._plugins.unregister,
         }
         self.primitives = PrimitivesServer(self)
         self._build_dispatch_tables()
@@ -233,6 +241,9 @@ class Scheduler:
                 self.status = Status.running
                 task_status.started(self)
                 await self._close_event.wait()
+                if self._plugins.active:
+                    with trio.move_on_after(5):
+                        await self._plugins.close()
                 await self._tell_everyone_closing()
                 nursery.cancel_scope.cancel()
         except BaseException as exc:
@@ -326,6 +337,8 @@ class Scheduler:
                     b.send(inst.msg)
                 except CommClosedError:
                     pass  # its receive loop will notice and clean up
+        if self._plugins.watch_transitions:
+            self._plugins.report_transitions()
 
     def _drop_worker(self, inst: ss.DropWorker) -> None:
         """The machine removed a worker (silent too long): close its connection."""
@@ -452,9 +465,15 @@ class Scheduler:
         batched = BatchedSend(comm)
         self.worker_streams[address] = batched
         self.worker_comms[address] = comm
-        # The machine's first message to the worker is its WorkerRegistered.
+        # The machine's first message to the worker is its WorkerRegistered
+        # (which carries the worker plugins).
+        if self._plugins.worker:
+            instructions = [_with_plugins(i, self._plugins) for i in instructions]
         self._dispatch(instructions)
         logger.info("Register worker %s (%s, %d threads)", address, reg.name, reg.nthreads)
+        self._plugins.worker_joined(reg.nanny)
+        if self._plugins.active:
+            self._plugins.notify("add_worker", scheduler=self, worker=address)
         return batched
 
     async def _worker_stream(self, comm: Comm, reg: m.RegisterWorker) -> None:
@@ -494,6 +513,8 @@ class Scheduler:
                 if self.status == "running" or self.status == "closing":
                     self._handle(ss.RemoveWorkerEvent(address=address, reason="connection closed", safe=safe))
                 logger.info("Remove worker %s", address)
+                if self._plugins.active:
+                    self._plugins.notify("remove_worker", scheduler=self, worker=address, stimulus_id="remove-worker")
 
     # Worker messages -> state-machine events (see ``_worker_handlers``).
 
@@ -538,6 +559,8 @@ class Scheduler:
         self.event_log.add_client(cid)
         batched.send(m.ClientRegistered(scheduler_id=self.id, address=self.address))
         logger.info("Receive client connection: %s", cid)
+        if self._plugins.active:
+            self._plugins.notify("add_client", scheduler=self, client=cid)
         handlers = self._client_handlers
         try:
             async with trio.open_nursery() as n:
@@ -565,12 +588,16 @@ class Scheduler:
                 self.event_log.remove_client(cid)
                 self._handle(ss.RemoveClientEvent(client=cid))
                 logger.info("Remove client %s", cid)
+                if self._plugins.active:
+                    self._plugins.notify("remove_client", scheduler=self, client=cid)
 
     # Client messages -> state-machine events (see ``_client_handlers``).
 
     def _update_graph(self, cid: str, msg: m.UpdateGraph) -> None:
         try:
             self._handle(ss.UpdateGraphEvent(client=cid, tasks=msg.tasks, keys=msg.keys))
+            if self._plugins.active:
+                self._plugins.notify("update_graph", self, client=cid, keys=set(msg.keys), tasks=[t.key for t in msg.tasks], stimulus_id="update-graph")
         except ss.InvalidEvent as exc:
             # Tell the client: every future it asked for errs with the reason.
             err = ValueError(f"invalid graph: {exc}")
@@ -684,6 +711,8 @@ class Scheduler:
     async def _restart(self, msg: m.Restart) -> m.Message:
         """Forget every task, restart the workers through their nannies (and
         close those without one), and wait for the nannied ones to return."""
+        if self._plugins.active:
+            self._plugins.notify("restart", self)
         done = await self._run_request(ss.RestartEvent(request=self._new_request(), timeout=msg.timeout))
         assert isinstance(done, ss.RestartDone)
         return m.ErrorReply(message=done.error) if done.error else m.Ok()
@@ -731,6 +760,12 @@ async def _run_batched(batched: BatchedSend, scope: trio.CancelScope) -> None:
         await batched.run()
     except CommClosedError:
         scope.cancel()
+
+
+def _with_plugins(inst: Any, plugins: SchedulerPlugins) -> Any:
+    if type(inst) is ss.ToWorker and type(inst.msg) is m.WorkerRegistered:
+        return ss.ToWorker(address=inst.address, msg=plugins.registered_message(inst.msg))
+    return inst
 
 
 def _contact(bound: str) -> str:

@@ -210,6 +210,11 @@ class Worker:
         self._rejoin_waiters: dict[str, threading.Event] = {}
         #: Actor instances held here, by key (see :mod:`trioflow.actor`).
         self.actors: dict[str, Any] = {}
+        from .._plugin_host import PluginHost
+
+        #: Worker plugins registered by clients (see :mod:`trioflow.plugins`).
+        self._plugin_host = PluginHost(self)
+        self.plugins = self._plugin_host.plugins
 
     async def __aenter__(self) -> Worker:
         """``async with Worker(...)`` in Trio or asyncio (see :class:`~trioflow.client.bridge.ServerContext`)."""
@@ -309,6 +314,9 @@ class Worker:
                     await trio.to_thread.run_sync(self.profiler.stop)
                 if self.executor is not None:
                     await self.executor.aclose(timeout=2)
+                if self.plugins:
+                    with trio.move_on_after(5):
+                        await self._plugin_host.teardown_all()
                 if self.pool is not None:
                     await self.pool.aclose()
             if isinstance(self.data, SpillBuffer):
@@ -410,6 +418,9 @@ class Worker:
         if not isinstance(reply, m.WorkerRegistered):
             raise CommError(f"unexpected registration reply {reply.op!r}")
         self.scheduler_id = reply.scheduler_id
+        for name, data in reply.plugins.items():
+            if not self._plugin_host.has(name, data):
+                await self._plugin_host.setup(name, data)  # failures are logged
         self._handle(
             ws.RegisteredEvent(
                 now=trio.current_time(), heartbeat_interval=reply.heartbeat_interval, worker_ttl=reply.worker_ttl, forget=reply.forget
@@ -551,6 +562,8 @@ class Worker:
     def _run_instructions(self, instructions: list[Any]) -> None:
         for inst in instructions:
             _INSTRUCTIONS[type(inst)](self, inst)
+        if self._plugin_host.watchers:
+            _report_transitions(self._plugin_host, instructions)
 
     def _send_msg(self, inst: ws.SendMsg) -> None:
         self._send(inst.msg)
@@ -952,6 +965,26 @@ class Worker:
             ser = None
         return m.RunReply(result=None, exception=ser, exception_text=f"{type(value).__name__}: {value}", traceback_text=tb, type_name=type(value).__name__)
 
+    async def _plugin_setup(self, msg: m.PluginSetup) -> m.Message:
+        return m.PluginReply(failures=await self._plugin_host.setup(msg.name, msg.plugin))
+
+    async def _plugin_teardown(self, msg: m.PluginTeardown) -> m.Message:
+        return m.PluginReply(failures=await self._plugin_host.teardown(msg.name))
+
+
+def _report_transitions(host: Any, instructions: list[Any]) -> None:
+    """Tell worker plugins of the transitions the machine's instructions show."""
+    for inst in instructions:
+        kind = type(inst)
+        if kind is ws.Execute:
+            host.transition(inst.key, "ready", "executing")
+        elif kind is ws.SendMsg:
+            msg = inst.msg
+            if type(msg) is m.TaskFinished:
+                host.transition(msg.key, "executing", "memory")
+            elif type(msg) is m.TaskErred:
+                host.transition(msg.key, "executing", "error")
+
 
 # ---------------------------------------------------------------- dispatch tables
 
@@ -984,4 +1017,6 @@ _PEER_REQUESTS: dict[type, Callable[[Worker, Any], Awaitable[m.Message]]] = {
     m.ActorCall: Worker._serve_actor_call,
     m.ProfileRequest: Worker._serve_profile,
     m.CallStackRequest: Worker._serve_call_stacks,
+    m.PluginSetup: Worker._plugin_setup,
+    m.PluginTeardown: Worker._plugin_teardown,
 }
