@@ -69,14 +69,14 @@ def test_an_async_session(cluster: LocalCluster, backend: str) -> None:
     async def session(address: str) -> None:
         async with Client(address, asynchronous=True) as c:
             assert c.asynchronous and c.status == "running"
-            f = await c.submit(inc, 1)
+            f = c.submit(inc, 1)
             assert isinstance(f, Future)
             assert await f == 2
             assert await f.result() == 2
-            fs = await c.map(inc, range(10))
+            fs = c.map(inc, range(10))
             assert await c.gather(fs) == list(range(1, 11))
             [x] = await c.scatter([10])
-            assert await (await c.submit(add, x, 1)) == 11
+            assert await c.submit(add, x, 1) == 11
             finished = [g async for g in as_completed(fs)]
             assert sorted(g.key for g in finished) == sorted(g.key for g in fs)
             pairs = [p async for p in as_completed(fs[:3], with_results=True)]
@@ -89,7 +89,7 @@ def test_an_async_session(cluster: LocalCluster, backend: str) -> None:
             assert await c.sync(_user_coroutine, 4) == 8
             assert len((await c.scheduler_info())["workers"]) == 2
             assert sum((await c.nthreads()).values()) == 2
-            bad = await c.submit(fail)
+            bad = c.submit(fail)
             with pytest.raises(ZeroDivisionError, match="boom"):
                 await bad
             assert isinstance(await bad.exception(), ZeroDivisionError)
@@ -97,10 +97,10 @@ def test_an_async_session(cluster: LocalCluster, backend: str) -> None:
             # dask collections
             import dask.array as da
 
-            x = await c.persist(da.arange(1000, chunks=250))
+            x = c.persist(da.arange(1000, chunks=250))
             done, _ = await wait(x)
             assert len(done) == 4
-            total = await c.compute(x.sum())
+            total = c.compute(x.sum())
             assert isinstance(total, Future) and await total == sum(range(1000))
             assert await c.compute(x.sum(), sync=True) == sum(range(1000))
         assert c.status == "closed"
@@ -117,7 +117,7 @@ def test_await_client_then_close(cluster: LocalCluster, backend: str) -> None:
             c.submit(inc, 1)
         assert await c is c
         try:
-            futures = await c.map(inc, range(5), key=[f"x-{i}" for i in range(5)])
+            futures = c.map(inc, range(5), key=[f"x-{i}" for i in range(5)])
             assert [await f for f in futures] == [1, 2, 3, 4, 5]
             await c.cancel(futures[:1])
             assert futures[0].cancelled()
@@ -134,7 +134,7 @@ def test_cancelling_the_caller_leaves_the_client_usable(cluster: LocalCluster, b
     async def session(address: str) -> None:
         _gate.clear()
         async with Client(address, asynchronous=True) as c:
-            f = await c.submit(gated, 7, pure=False)
+            f = c.submit(gated, 7, pure=False)
             with anyio.CancelScope() as scope:
                 scope.cancel()
                 await f  # cancelled at once, as any await in a cancelled scope
@@ -161,7 +161,7 @@ def test_servers_in_async_with(backend: str) -> None:
             async with Worker(s.address, nthreads=1):
                 async with Client(s.address, asynchronous=True) as c:
                     await c.wait_for_workers(1)
-                    assert await c.gather(await c.map(inc, range(3))) == [1, 2, 3]
+                    assert await c.gather(c.map(inc, range(3))) == [1, 2, 3]
         assert s.status == "closed"
 
     run(backend, session)
@@ -190,7 +190,7 @@ def test_local_cluster_asynchronous(backend: str) -> None:
         async with LocalCluster(n_workers=1, processes=False, dashboard_address=None, asynchronous=True) as cluster:
             assert cluster.scheduler_address.startswith("tcp://")
             async with Client(cluster, asynchronous=True) as c:
-                assert await (await c.submit(inc, 1)) == 2
+                assert await c.submit(inc, 1) == 2
                 await cluster.scale(2)
                 await c.wait_for_workers(2)
         cluster2 = await LocalCluster(n_workers=1, processes=False, dashboard_address=None, asynchronous=True)
@@ -227,9 +227,9 @@ def test_ipython_autoawait_session(cluster: LocalCluster) -> None:
         shell.user_ns.update(Client=Client, inc=inc, address=cluster.scheduler_address)
         cells = [
             "client = await Client(address, asynchronous=True)",
-            "futures = await client.map(inc, range(4))",
+            "futures = client.map(inc, range(4))",
             "total = sum(await client.gather(futures))",
-            "one = await (await client.submit(inc, 41))",
+            "one = await client.submit(inc, 41)",
             "await client.close()",
         ]
         for cell in cells:
@@ -265,7 +265,7 @@ def test_a_forgotten_close_in_trio_ends_with_the_run(cluster: LocalCluster) -> N
     async def session(address: str) -> None:
         c = await Client(address, asynchronous=True)
         clients.append(c)
-        assert await (await c.submit(inc, 1)) == 2
+        assert await c.submit(inc, 1) == 2
 
     run("trio", session, cluster.scheduler_address)
     assert clients[0].status == "closed"
@@ -283,7 +283,7 @@ def test_nanny_in_async_with(backend: str) -> None:
                 async with Client(s.address, asynchronous=True) as c:
                     await c.wait_for_workers(1, timeout=20)
                     # (a worker process cannot import this test module)
-                    assert await (await c.submit(operator.add, 1, 1)) == 2
+                    assert await c.submit(operator.add, 1, 1) == 2
 
     run(backend, session)
 
@@ -294,12 +294,12 @@ def test_as_completed_grows_while_iterated(cluster: LocalCluster, backend: str) 
 
     async def session(address: str) -> list[int]:
         async with Client(address, asynchronous=True) as c:
-            ac = as_completed([await c.submit(inc, 0)], with_results=True)
+            ac = as_completed([c.submit(inc, 0)], with_results=True)
             results = []
             async for _, value in ac:
                 results.append(value)
                 if value < 5:
-                    ac.add(await c.submit(inc, value))
+                    ac.add(c.submit(inc, value))
             return results
 
     assert run(backend, session, cluster.scheduler_address) == [1, 2, 3, 4, 5]
