@@ -8,6 +8,7 @@ of IPython's top-level ``await`` (its asyncio runner).
 
 from __future__ import annotations
 
+import inspect
 import io
 import operator
 import threading
@@ -17,7 +18,16 @@ from typing import Any
 import anyio
 import pytest
 
-from trioflow import Client, Future, LocalCluster, as_completed, progress, wait
+from trioflow import (
+    Client,
+    Future,
+    LocalCluster,
+    as_completed,
+    fire_and_forget,
+    futures_of,
+    progress,
+    wait,
+)
 from trioflow.client.bridge import ServerContext, wait_concurrent
 
 BACKENDS = ["asyncio", "trio"]
@@ -36,6 +46,12 @@ def fail() -> None:
 
 
 _gate = threading.Event()
+_ran = threading.Event()
+
+
+def gated_mark() -> None:
+    _gate.wait(30)
+    _ran.set()
 
 
 def gated(x: int) -> int:
@@ -303,3 +319,144 @@ def test_as_completed_grows_while_iterated(cluster: LocalCluster, backend: str) 
             return results
 
     assert run(backend, session, cluster.scheduler_address) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_return_shapes_are_dasks(cluster: LocalCluster, backend: str) -> None:
+    """As in dask: submit, map, compute (without sync) and persist give
+    their Futures or collections at once; the calls that wait for the
+    cluster give awaitables."""
+    import dask
+    import dask.array as da
+    from dask.delayed import Delayed
+
+    async def awaited(value: Any) -> Any:
+        assert inspect.isawaitable(value), value
+        return await value
+
+    async def session(address: str) -> None:
+        async with Client(address, asynchronous=True) as c:
+            f = c.submit(inc, 1)
+            assert isinstance(f, Future) and await f == 2
+            fs = c.map(add, range(3), [10] * 3)
+            assert isinstance(fs, list) and all(isinstance(g, Future) for g in fs)
+            assert await awaited(c.gather(fs)) == [10, 11, 12]
+            [x] = await awaited(c.scatter([5]))
+            assert isinstance(x, Future)
+            x_arr = c.persist(da.arange(10, chunks=5))
+            assert isinstance(x_arr, da.Array) and len(futures_of(x_arr)) == 2
+            p, q = c.persist([dask.delayed(inc)(1), dask.delayed(inc)(2)])
+            assert isinstance(p, Delayed) and isinstance(q, Delayed)
+            total = c.compute(x_arr.sum())
+            assert isinstance(total, Future) and await total == 45
+            both = c.compute([x_arr.sum(), 7])
+            assert isinstance(both[0], Future) and both[1] == 7 and await both[0] == 45
+            assert await awaited(c.compute(p + q, sync=True)) == 5
+            assert await awaited(c.compute([p, 7], sync=True)) == [2, 7]
+            done, not_done = await awaited(wait(fs))
+            assert done == set(fs) and not not_done
+            assert await awaited(progress(fs, file=io.StringIO())) is None
+            assert set((await awaited(c.run(inc, 1))).values()) == {2}
+            assert len((await awaited(c.scheduler_info()))["workers"]) == 2
+            assert await awaited(c.wait_for_workers(2)) is None
+            assert await awaited(c.cancel([f])) is None
+            assert [g async for g in as_completed(c.map(inc, range(3), pure=False))]
+        assert c.status == "closed"
+
+    run(backend, session, cluster.scheduler_address)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_futures_made_at_once_keep_their_dependencies(cluster: LocalCluster, backend: str) -> None:
+    """A future dropped right after a task that needs it was submitted (or
+    mapped, or persisted on) is not released before that task is sent."""
+    import dask
+
+    async def session(address: str) -> None:
+        async with Client(address, asynchronous=True) as c:
+            x = c.submit(inc, 1, pure=False)
+            y = c.submit(inc, x)
+            ys = c.map(add, [x] * 3, range(3))
+            d = c.persist(dask.delayed(add)(x, 100))
+            del x
+            assert await y == 3
+            assert await c.gather(ys) == [2, 3, 4]
+            assert await c.compute(d, sync=True) == 102
+
+    run(backend, session, cluster.scheduler_address)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_map_errors_at_once_and_sends_nothing_of_a_failed_map(cluster: LocalCluster, backend: str) -> None:
+    from trioflow.protocol.serialize import SerializationError
+
+    async def session(address: str) -> None:
+        async with Client(address, asynchronous=True) as c:
+            with pytest.raises(SerializationError, match="lock"):
+                c.map(inc, [1, 2, threading.Lock()], pure=False)
+            with pytest.raises(TypeError, match="callable"):
+                c.map(3, [1])
+            with pytest.raises(ValueError, match="keys"):
+                c.map(inc, [1, 2], key=["only-one"])
+            assert await c.gather(c.map(inc, [1, 2, 3], key="named")) == [2, 3, 4]
+            assert await c.has_what() is not None
+            who = await c.who_has()
+            assert not any(k.startswith("inc-") for k in who)
+
+    run(backend, session, cluster.scheduler_address)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fire_and_forget_a_future_made_at_once(cluster: LocalCluster, backend: str) -> None:
+    async def session(address: str) -> None:
+        _gate.clear()
+        _ran.clear()
+        async with Client(address, asynchronous=True) as c:
+            fire_and_forget(c.submit(gated_mark, pure=False))  # the future is dropped here
+            await c.who_has()  # (the release, if any, has been handed over by now)
+            _gate.set()
+            await anyio.to_thread.run_sync(_ran.wait, 20)
+        assert _ran.is_set()
+
+    try:
+        run(backend, session, cluster.scheduler_address)
+    finally:
+        _gate.set()
+
+
+def test_trio_submit_is_sent_before_later_calls(cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In Trio the client runs in the caller's loop: what submit, map,
+    persist and compute make is sent before they return, so nothing the
+    caller does next can overtake it."""
+    import dask
+
+    from trioflow.protocol import messages as m
+
+    async def session(address: str) -> None:
+        async with Client(address, asynchronous=True) as c:
+            sent: list[list[str]] = []
+            real_send = c._core._send
+
+            def recording_send(msg: m.Message) -> None:
+                if isinstance(msg, m.UpdateGraph):
+                    sent.append(list(msg.keys))
+                real_send(msg)
+
+            monkeypatch.setattr(c._core, "_send", recording_send)
+            _gate.clear()
+            f = c.submit(gated, 3, pure=False)
+            assert sent == [[f.key]]
+            fs = c.map(inc, range(2))
+            assert sent[1:] == [[g.key for g in fs]]
+            d = c.persist(dask.delayed(inc)(5))
+            t = c.compute(dask.delayed(inc)(6))
+            assert sent[2:] == [[d.key], [t.key]]
+            await c.cancel([f])
+            assert f.cancelled()
+            _gate.set()
+            assert await c.gather([*fs, t]) == [1, 2, 7]
+
+    try:
+        run("trio", session, cluster.scheduler_address)
+    finally:
+        _gate.set()

@@ -592,7 +592,7 @@ async def test_trio_client_methods(tmp_path: Path) -> None:
             logs = await c.get_worker_logs(n=50, workers=[a])
             assert list(logs) == [a] and any("trio-marker-3" in line for _, line in logs[a])
             _flaky_calls.clear()
-            f = c.submit(flaky, 2, pure=False)
+            f = await c.submit(flaky, 2, pure=False)
             with pytest.raises(Boom):
                 await f
             await c.retry([f])
