@@ -399,6 +399,7 @@ def test_map_errors_at_once_and_sends_nothing_of_a_failed_map(cluster: LocalClus
             with pytest.raises(ValueError, match="keys"):
                 c.map(inc, [1, 2], key=["only-one"])
             assert await c.gather(c.map(inc, [1, 2, 3], key="named")) == [2, 3, 4]
+            assert await c.gather(c.map(add, range(7), [1] * 7, batch_size=3)) == list(range(1, 8))
             assert await c.has_what() is not None
             who = await c.who_has()
             assert not any(k.startswith("inc-") for k in who)
