@@ -502,8 +502,8 @@ def test_async_client_methods(cluster: LocalCluster, backend: str) -> None:
             assert await c.run_on_scheduler(scheduler_address_of) == address
             assert await c.run_on_scheduler(async_double, 2) == 4
             assert set((await c.run(async_double, 3)).values()) == {6}
-            slow = await c.submit(blocked, "s", pure=False)
-            ok = await c.submit(inc, 5)
+            slow = c.submit(blocked, "s", pure=False)
+            ok = c.submit(inc, 5)
             ac = as_completed([slow, ok], with_results=True)
             fut, res = await ac.__anext__()
             assert fut.key == ok.key and res == 6
@@ -511,7 +511,7 @@ def test_async_client_methods(cluster: LocalCluster, backend: str) -> None:
             fut, res = await ac.__anext__()
             assert isinstance(res, CancelledError)
             _gate.set()  # the cancelled task's thread
-            bad = await c.submit(fail, "a")
+            bad = c.submit(fail, "a")
             tb = await bad.traceback()
             assert [fr.name for fr in traceback.extract_tb(tb)] == ["fail"]
             with pytest.raises(Boom) as info:
@@ -523,7 +523,7 @@ def test_async_client_methods(cluster: LocalCluster, backend: str) -> None:
                 await c.recreate_error_locally(bad)
             assert await c.recreate_task_locally(ok) == 6
             _flaky_calls.clear()
-            f = await c.submit(flaky, 1, pure=False)
+            f = c.submit(flaky, 1, pure=False)
             with pytest.raises(Boom):
                 await f
             await f.retry()

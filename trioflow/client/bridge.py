@@ -29,9 +29,13 @@ would double the code that must agree on every byte and every close
 semantic, and ``inproc://`` addresses (a Trio run's memory channels) could
 not be served from asyncio at all.  Hosting the unchanged Trio client costs
 one thread hop per awaited call from asyncio (tens of microseconds); the
-submit path avoids even that (tasks are pickled in the caller's thread and
-handed to the host without waiting), so throughput from asyncio is that of
-the blocking client.
+submit path avoids even that: ``submit``, ``map``, ``persist`` and
+``compute`` pickle their tasks in the caller's thread, hand them to the host
+without waiting and return their futures at once (as dask's asynchronous
+client does), so throughput from asyncio is that of the blocking client.
+Handed-over work runs in the host in order (one Trio token queue), and a
+call made in the host loop itself sends at once, so a later call never
+overtakes a submission.
 
 The same idea serves the daemons: :class:`ServerContext` gives
 ``Scheduler``, ``Worker`` and ``Nanny`` an ``async with`` that works in Trio

@@ -24,6 +24,12 @@ class GraphMixin(ClientParts):
     # ------------------------------------------------------------ dask graphs and collections
 
     async def _submit_graph(self, dsk: Any, wanted: list[Any], **options: Any) -> dict[Any, Future]:
+        futures = self._submit_graph_now(dsk, wanted, **options)
+        await trio.lowlevel.checkpoint()
+        return futures
+
+    def _submit_graph_now(self, dsk: Any, wanted: list[Any], **options: Any) -> dict[Any, Future]:
+        """Send a dask graph from any thread without waiting; ``{wanted key: Future}``."""
         from .. import daskgraph
 
         fbytes = _function_bytes(daskgraph.execute_node)
@@ -46,8 +52,7 @@ class GraphMixin(ClientParts):
             if k not in spec_keys and k not in self._states:
                 raise ValueError(f"key {k!r} is neither in the graph nor held by this client")
         futures = [Future(k, self) for k in str_wanted]
-        self._send_graph(specs, str_wanted)
-        await trio.lowlevel.checkpoint()
+        self._send_graph_soon(specs, str_wanted)
         return dict(zip(wanted, futures, strict=True))
 
     async def get(self, dsk: Any, keys: Any, **options: Any) -> Any:
@@ -65,6 +70,18 @@ class GraphMixin(ClientParts):
     async def compute(self, collections: Any, sync: bool = False, optimize_graph: bool = True, **options: Any) -> Any:
         """Start computing dask collections; returns a Future per collection
         (or their values with ``sync=True``)."""
+        out = self.compute_from_thread(collections, optimize_graph=optimize_graph, **options)
+        await trio.lowlevel.checkpoint()
+        if sync:
+            single = not isinstance(collections, (list, tuple))
+            values = await self.gather([out] if single else out)
+            return values[0] if single else values
+        return out
+
+    def compute_from_thread(self, collections: Any, optimize_graph: bool = True, **options: Any) -> Any:
+        """:meth:`compute` without ``sync``, from any thread, the client's
+        loop included: the Futures at once (the graph is built in the
+        calling thread and handed to the loop without waiting)."""
         import dask
 
         from .. import daskgraph
@@ -77,7 +94,7 @@ class GraphMixin(ClientParts):
         if variables:
             dsk, keys = daskgraph.collections_graph(variables, optimize_graph=optimize_graph, finalize=True)
             names = daskgraph.flatten_keys(keys)
-            results = await self._submit_graph(dsk, names, **options)
+            results = self._submit_graph_now(dsk, names, **options)
         out: list[Any] = []
         i = 0
         for c in items:
@@ -86,19 +103,24 @@ class GraphMixin(ClientParts):
                 i += 1
             else:
                 out.append(c)
-        if sync:
-            out = await self.gather(out)
         return out[0] if singleton else out
 
     async def persist(self, collections: Any, optimize_graph: bool = True, **options: Any) -> Any:
         """Start computing dask collections and return equivalent collections
         backed by the futures of their pieces."""
+        rebuilt = self.persist_from_thread(collections, optimize_graph=optimize_graph, **options)
+        await trio.lowlevel.checkpoint()
+        return rebuilt
+
+    def persist_from_thread(self, collections: Any, optimize_graph: bool = True, **options: Any) -> Any:
+        """:meth:`persist` from any thread, the client's loop included: the
+        collections at once (the graph is handed to the loop without waiting)."""
         from .. import daskgraph
 
         singleton = not isinstance(collections, (list, tuple))
         items = [collections] if singleton else list(collections)
         dsk, keys = daskgraph.collections_graph(items, optimize_graph=optimize_graph, finalize=False)
-        futures = await self._submit_graph(dsk, list(dict.fromkeys(daskgraph.flatten_keys(keys))), **options)
+        futures = self._submit_graph_now(dsk, list(dict.fromkeys(daskgraph.flatten_keys(keys))), **options)
         rebuilt = []
         for c, ks in zip(items, keys, strict=True):
             func, args = c.__dask_postpersist__()

@@ -17,7 +17,7 @@ import pickle
 import sys
 import uuid
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import trio
@@ -229,37 +229,58 @@ class SubmitMixin(ClientParts):
         )
 
     def submit_from_thread(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        """:meth:`submit` (same arguments) from a thread other than the
-        client's event loop; the blocking :class:`~trioflow.Client` uses it.
+        """:meth:`submit` (same arguments) from any thread, the client's
+        loop included, returning the Future at once; the blocking
+        :class:`~trioflow.Client` and ``Client(asynchronous=True)`` use it.
 
         The pickling and hashing happen in the calling thread, and the
         message is handed to the loop without waiting for it: a loop of
         ``submit`` calls costs no thread round trip each.  (Reference counts
         are thread-safe; the loop runs handed-over work in order, so a later
-        blocking call sees this task already sent.)
+        call sees this task already sent.  In the client's own loop it is
+        sent at once.)
         """
-        if self.status != "running" or self._token is None:
-            raise RuntimeError(f"client is {self.status}")
         options = {k: kwargs.pop(k) for k in _SUBMIT_OPTIONS if k in kwargs}
+        if not self._in_own_loop():
+            self._check_can_send()
         spec = self._submit_spec(func, args, kwargs, **options)
         fut = Future(spec.key, self)
-        # The argument futures may be dropped before the loop sends this
-        # task, and a release queued earlier would then forget them first:
-        # hold them until the task that needs them is on its way.
-        holds = [Future(k, self) for k in spec.dependencies]
-        try:
-            self._token.run_sync_soon(self._send_or_lose, m.UpdateGraph(tasks=[spec], keys=[spec.key]), holds)
-        except trio.RunFinishedError:
-            raise RuntimeError("client is closed") from None
+        self._send_graph_soon([spec], [spec.key])
         return fut
 
-    def _send_or_lose(self, msg: m.UpdateGraph, holds: list[Future] | None = None) -> None:
-        """Send from the loop; a message that cannot go errs its futures.
+    def _check_can_send(self) -> None:
+        if self.status != "running" or self._token is None:
+            raise RuntimeError(f"client is {self.status}")
+
+    def _send_graph_soon(self, specs: list[m.TaskSpec], wanted: list[str]) -> None:
+        """Send a graph from any thread without waiting: at once in the
+        client's own loop (so a later call cannot overtake it; raises
+        FutureLostError if it cannot go), else handed to the loop, which runs
+        handed-over work in order (a graph that cannot go errs its futures).
+
+        The futures the graph depends on (and does not define) may be
+        dropped before the loop sends it, and a release queued earlier would
+        then forget them first: they are held until the graph is on its way.
+        """
+        if self._in_own_loop():
+            self._send_graph(specs, wanted)
+            return
+        self._check_can_send()
+        defined = {s.key for s in specs}
+        held = {d for s in specs for d in s.dependencies if d not in defined and d in self._states}
+        holds = [Future(k, self) for k in held]
+        try:
+            self._token.run_sync_soon(self._send_graph_or_lose, specs, wanted, holds)  # type: ignore[union-attr]
+        except trio.RunFinishedError:
+            raise RuntimeError("client is closed") from None
+
+    def _send_graph_or_lose(self, specs: list[m.TaskSpec], wanted: list[str], holds: list[Future] | None = None) -> None:
+        """Send from the loop; a graph that cannot go errs its futures.
         ``holds`` (futures kept alive until now) go when this returns."""
         try:
-            self._send(msg)
+            self._send_graph(specs, wanted)
         except FutureLostError as exc:
-            for k in msg.keys:
+            for k in wanted:
                 st = self._states.get(k)
                 if st is not None and not st.done():
                     st.lose(str(exc))
@@ -291,6 +312,78 @@ class SubmitMixin(ClientParts):
         A task submitted while a long map is being sent may run before the
         map's later graphs.
         """
+        futures: list[Future] = []
+        try:
+            for chunk in self._map_chunks(
+                func, iterables, key=key, workers=workers, resources=resources, retries=retries, priority=priority,
+                allow_other_workers=allow_other_workers, pure=pure, batch_size=batch_size, kwargs=kwargs,
+            ):
+                futures.extend(self._send_map_chunk(chunk))
+                # Let the batched sender write it: the cluster starts on
+                # these tasks while the next chunk is being prepared.
+                await trio.lowlevel.checkpoint()
+        except BaseException:
+            # Nothing of a failed map stays submitted: dropping the futures
+            # releases the chunks already sent (the traceback would otherwise
+            # keep them alive through this frame).
+            futures.clear()
+            raise
+        return futures
+
+    def map_from_thread(
+        self,
+        func: Callable[..., Any],
+        *iterables: Iterable[Any],
+        key: str | list[str] | None = None,
+        workers: Any = None,
+        resources: dict[str, float] | None = None,
+        retries: int | None = None,
+        priority: int = 0,
+        allow_other_workers: bool = False,
+        pure: bool = True,
+        batch_size: int | None = None,
+        **kwargs: Any,
+    ) -> list[Future]:
+        """:meth:`map` (same arguments) from any thread, the client's loop
+        included, returning the Futures without waiting (as
+        :meth:`submit_from_thread`): the tasks are pickled in the calling
+        thread and each graph is handed to the loop as soon as it is ready.
+        """
+        futures: list[Future] = []
+        try:
+            for chunk in self._map_chunks(
+                func, iterables, key=key, workers=workers, resources=resources, retries=retries, priority=priority,
+                allow_other_workers=allow_other_workers, pure=pure, batch_size=batch_size, kwargs=kwargs,
+            ):
+                futures.extend(self._send_map_chunk(chunk))
+        except BaseException:
+            futures.clear()  # as in map: release what was sent
+            raise
+        return futures
+
+    def _send_map_chunk(self, chunk: list[m.TaskSpec]) -> list[Future]:
+        futures = [Future(s.key, self) for s in chunk]
+        # De-duplicate repeated pure keys within one graph.
+        uniq = list({s.key: s for s in chunk}.values())
+        self._send_graph_soon(uniq, [s.key for s in uniq])
+        return futures
+
+    def _map_chunks(
+        self,
+        func: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        *,
+        key: str | list[str] | None,
+        workers: Any,
+        resources: dict[str, float] | None,
+        retries: int | None,
+        priority: int,
+        allow_other_workers: bool,
+        pure: bool,
+        batch_size: int | None,
+        kwargs: dict[str, Any],
+    ) -> Iterator[list[m.TaskSpec]]:
+        """The task specs of a ``map``, in the graphs it sends them in."""
         if not callable(func):
             raise TypeError(f"map() needs a callable, got {type(func).__name__}")
         if not iterables:
@@ -309,38 +402,23 @@ class SubmitMixin(ClientParts):
         # pure=False says the tasks have effects: then all or nothing, as one
         # graph, unless the caller asked for batches.
         step = batch_size or (MAP_CHUNK_TASKS if pure else max(len(arg_lists), 1))
-        futures: list[Future] = []
         chunk: list[m.TaskSpec] = []
-        try:
-            for i, args in enumerate(arg_lists):
-                k = keys[i]
-                spec = self._make_spec(
-                    func, args, kwargs, key=k, pure=pure, workers=workers, resources=resources,
-                    priority=priority, retries=retries or 0, allow_other_workers=allow_other_workers, fbytes=fbytes,
-                )
-                if prefix is not None and k is None:
-                    spec = _rekey(spec, f"{fname}-{spec.key.rsplit('-', 1)[-1]}")
-                chunk.append(spec)
-                if len(chunk) >= step or i == len(arg_lists) - 1:
-                    futures.extend(Future(s.key, self) for s in chunk)
-                    # De-duplicate repeated pure keys within one graph.
-                    uniq = list({s.key: s for s in chunk}.values())
-                    self._send_graph(uniq, [s.key for s in uniq])
-                    chunk = []
-                    # Let the batched sender write it: the cluster starts on
-                    # these tasks while the next chunk is being prepared.
-                    await trio.lowlevel.checkpoint()
-        except BaseException:
-            # Nothing of a failed map stays submitted: dropping the futures
-            # releases the chunks already sent (the traceback would otherwise
-            # keep them alive through this frame).
-            futures.clear()
-            raise
-        return futures
+        for i, args in enumerate(arg_lists):
+            k = keys[i]
+            spec = self._make_spec(
+                func, args, kwargs, key=k, pure=pure, workers=workers, resources=resources,
+                priority=priority, retries=retries or 0, allow_other_workers=allow_other_workers, fbytes=fbytes,
+            )
+            if prefix is not None and k is None:
+                spec = _rekey(spec, f"{fname}-{spec.key.rsplit('-', 1)[-1]}")
+            chunk.append(spec)
+            if len(chunk) >= step or i == len(arg_lists) - 1:
+                yield chunk
+                chunk = []
 
     async def update_graph(self, specs: list[m.TaskSpec], wanted: list[str]) -> list[Future]:
         """Submit prepared task specs (used by the dask integration)."""
         futures = [Future(k, self) for k in wanted]
-        self._send_graph(specs, wanted)
+        self._send_graph_soon(specs, wanted)
         await trio.lowlevel.checkpoint()
         return futures

@@ -3,7 +3,10 @@
 A thin facade over :class:`~trioflow.client.core.AsyncClient`: every method
 is one call through :meth:`Client._call`, which either blocks (the default)
 or returns an awaitable (``asynchronous=True``), so both modes share every
-line below.
+line below.  As in dask, the methods that only hand work to the scheduler
+(``submit``, ``map``, ``persist``, ``compute`` without ``sync``) return
+their Futures (or collections) at once in both modes: the tasks are pickled
+in the caller's thread and handed to the client's loop without waiting.
 
 Blocking: the :class:`AsyncClient` lives in a Trio loop that anyio's
 blocking portal runs in a background thread (:class:`~.bridge.ThreadHost`);
@@ -30,7 +33,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import sniffio
 
 from ..durations import parse_timedelta
@@ -94,12 +96,16 @@ class Client(DatasetsMixin):
     :class:`~trioflow.LocalCluster` with those arguments and closes it with
     the client.
 
-    With ``asynchronous=True`` (in asyncio or Trio) every method returns an
-    awaitable instead, and the client connects when awaited::
+    With ``asynchronous=True`` (in asyncio or Trio) the client connects when
+    awaited and, as in dask, the methods that talk to the cluster (``gather``,
+    ``scatter``, ``run``, ``close``, ...) return awaitables instead, while
+    ``submit``, ``map``, ``compute`` (without ``sync``) and ``persist`` return
+    their Futures (or collections) at once::
 
         async with Client(address, asynchronous=True) as client:
-            future = await client.submit(inc, 1)
+            future = client.submit(inc, 1)
             assert await future == 2
+            assert await client.gather(client.map(inc, range(3))) == [1, 2, 3]
 
     In asyncio such a client still becomes dask's scheduler (``x.compute()``
     works, but blocks the loop while it runs: prefer ``await
@@ -400,20 +406,21 @@ class Client(DatasetsMixin):
 
     # ------------------------------------------------------------ API
 
-    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """See :meth:`AsyncClient.submit` (asynchronous: an awaitable of the Future)."""
-        core = self._running_core()
-        if self._asynchronous:
-            if core._in_own_loop():
-                return core.submit(func, *args, **kwargs)
-            # Pickled here, handed to the client's loop without a round trip.
-            return _ready(core.submit_from_thread(func, *args, **kwargs))
-        return core.submit_from_thread(func, *args, **kwargs)
+    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """See :meth:`AsyncClient.submit`: the Future at once, in both modes
+        (``await future`` for its value in asynchronous code)."""
+        # Pickled here, handed to the client's loop without a round trip.
+        return self._running_core().submit_from_thread(func, *args, **kwargs)
 
     def map(self, func: Callable[..., Any], *iterables: Iterable[Any], **kwargs: Any) -> list[Future]:
-        """See :meth:`AsyncClient.map`."""
+        """See :meth:`AsyncClient.map`: a list of Futures at once, in both modes."""
+        core = self._running_core()
         iterables = tuple(list(it) for it in iterables)
-        return self._call(self._core.map, func, *iterables, **_map_annotations(kwargs))  # type: ignore[no-any-return]
+        if self._asynchronous:
+            # Pickled in the caller's thread (as dask does), each graph handed
+            # to the client's loop as soon as it is ready.
+            return core.map_from_thread(func, *iterables, **kwargs)
+        return self._call(core.map, func, *iterables, **_map_annotations(kwargs))  # type: ignore[no-any-return]
 
     def gather(self, futures: Any, errors: str = "raise", direct: bool | None = None, asynchronous: bool | None = None) -> Any:
         """The futures' values, in the same structure.  ``direct`` is
@@ -667,11 +674,18 @@ class Client(DatasetsMixin):
         return self._call(self._core.get, dsk, keys, **_with_annotations(options))
 
     def compute(self, collections: Any, sync: bool = False, **options: Any) -> Any:
-        """Futures for dask collections (their values with ``sync=True``)."""
+        """Futures for dask collections (their values with ``sync=True``).
+        Asynchronous: the Futures at once (``sync=True``: an awaitable of the
+        values)."""
+        if self._asynchronous and not sync:
+            return self._running_core().compute_from_thread(collections, **_with_annotations(options))
         return self._call(self._core.compute, collections, sync=sync, **_with_annotations(options))
 
     def persist(self, collections: Any, **options: Any) -> Any:
-        """Dask collections of the same kind, backed by futures."""
+        """Dask collections of the same kind, backed by futures (at once, in
+        both modes)."""
+        if self._asynchronous:
+            return self._running_core().persist_from_thread(collections, **_with_annotations(options))
         return self._call(self._core.persist, collections, **_with_annotations(options))
 
     def _set_dask_default(self) -> None:
@@ -720,11 +734,6 @@ class Client(DatasetsMixin):
 def _check_callable(function: Any, method: str) -> None:
     if not callable(function):
         raise TypeError(f"{method}() needs a callable, got {type(function).__name__}")
-
-
-async def _ready(value: Any) -> Any:
-    await anyio.lowlevel.checkpoint()
-    return value
 
 
 async def _with_timeout(call: Callable[[], Any], timeout: float) -> Any:
